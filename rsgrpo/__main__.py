@@ -1,0 +1,5 @@
+import sys
+
+from rsgrpo.cli import main
+
+sys.exit(main())

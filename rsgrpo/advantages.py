@@ -1,0 +1,331 @@
+"""Group advantage estimators: pure functions over a ``[groups, samples]`` reward tensor.
+
+Every estimator maps the rewards of ``G`` groups (one group = the ``N`` completions sampled for one
+prompt) to per-sample advantages of the same shape. Formulas follow ../shared/reference/PAPER.md
+(RS-GRPO, arXiv 2509.24261) and the papers it compares against; each docstring names its source.
+
+Public entry points:
+
+* :func:`compute` -- ``compute(name, rewards, **params)`` validates the input and the parameters and
+  dispatches to the registered estimator.
+* :data:`ESTIMATORS` -- name -> estimator function (``fn(rewards, **params)``), for callers that want
+  to list or introspect the methods.
+
+All arithmetic is done in float64 and the result is returned in the reward dtype (float32 for integer
+or boolean rewards). No I/O, no model: these functions are safe to call from anywhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from typing import Callable
+
+import torch
+
+__all__ = ["ESTIMATORS", "compute", "estimator_params"]
+
+EPS = 1e-6  # added to the group std by ``grpo`` (the usual GRPO constant)
+
+ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _register(name: str):
+    def wrap(fn):
+        ESTIMATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_rewards(rewards, *, min_samples: int = 1) -> torch.Tensor:
+    """Return ``rewards`` as a float64 tensor after checking shape and values."""
+    if not isinstance(rewards, torch.Tensor):
+        raise ValueError(
+            f"rewards must be a torch.Tensor of shape [groups, samples], got {type(rewards).__name__}"
+        )
+    if rewards.dim() != 2:
+        raise ValueError(
+            f"rewards must have shape [groups, samples] (2 dims), got shape {tuple(rewards.shape)}"
+        )
+    if rewards.is_complex():
+        raise ValueError("rewards must be real numbers, got a complex tensor")
+    if rewards.shape[1] < min_samples:
+        raise ValueError(
+            f"this estimator needs at least {min_samples} samples per group, "
+            f"got shape {tuple(rewards.shape)}"
+        )
+    r = rewards.detach().to(torch.float64)
+    bad = ~torch.isfinite(r)
+    if bad.any():
+        g, i = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"rewards must be finite numbers; found {int(bad.sum())} NaN/inf value(s), "
+            f"first at [group {g}, sample {i}] = {rewards[g, i].item()}"
+        )
+    return r
+
+
+def _check_binary(r: torch.Tensor, name: str) -> None:
+    if not bool(((r == 0) | (r == 1)).all()):
+        bad = r[(r != 0) & (r != 1)][0].item()
+        raise ValueError(
+            f"{name} is defined for binary rewards only (each reward 0 or 1), found {bad}; "
+            "use rs_grpo, pkpo_walder, grpo or rloo for continuous rewards"
+        )
+
+
+def _check_k(k, n_samples: int, name: str) -> int:
+    whole = isinstance(k, numbers.Integral) or (isinstance(k, float) and k.is_integer())
+    if isinstance(k, bool) or not whole:
+        raise ValueError(f"{name}: k must be a whole number between 1 and samples ({n_samples}), got {k!r}")
+    k = int(k)
+    if not 1 <= k <= n_samples:
+        raise ValueError(
+            f"{name}: k must be between 1 and the number of samples per group ({n_samples}), got k={k}"
+        )
+    return k
+
+
+def _choice(value, allowed: tuple[str, ...], param: str, name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: {param} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _out(adv: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    dtype = rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype()
+    return adv.to(device=rewards.device, dtype=dtype)
+
+
+def _log_comb(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """log C(n, k) for float64 tensors with 0 <= k <= n (no check)."""
+    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+
+
+def _comb_ratio(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """C(a, k) / C(b, k) elementwise for integer-valued float64 tensors 0 <= a <= b, b >= k.
+
+    Zero where a < k. Computed in log space, so it stays finite for groups of thousands of samples.
+    """
+    kk = torch.as_tensor(float(k), dtype=torch.float64)
+    a_safe = torch.clamp(a, min=float(k))
+    log_ratio = (
+        torch.lgamma(a_safe + 1) - torch.lgamma(a_safe - kk + 1) - torch.lgamma(b + 1) + torch.lgamma(b - kk + 1)
+    )
+    return torch.where(a >= k, torch.exp(log_ratio), torch.zeros_like(a))
+
+
+# ---------------------------------------------------------------------------------------------
+# estimators
+
+
+@_register("grpo")
+def grpo(rewards: torch.Tensor, *, scale: str = "std", eps: float = EPS) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): ``(r - mean) / (std + eps)`` per group.
+
+    ``scale="std"`` divides by the unbiased group standard deviation (as verl and TRL do);
+    ``scale="none"`` returns the mean-centred reward (Dr. GRPO style). Groups with equal rewards get 0.
+    """
+    _choice(scale, ("std", "none"), "scale", "grpo")
+    r = _check_rewards(rewards, min_samples=2 if scale == "std" else 1)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale == "std":
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"grpo: eps must be a number >= 0, got {eps!r}")
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    return _out(centred, rewards)
+
+
+@_register("rs_grpo")
+def rs_grpo(rewards: torch.Tensor, *, beta=2.0) -> torch.Tensor:
+    """RS-GRPO risk-seeking advantage (PAPER.md section 1).
+
+    ``A_i = (1/beta) (exp(beta r_i) / mean_j exp(beta r_j) - 1)``; beta = 0 gives ``r_i - mean(r)``.
+    ``beta`` is a number >= 0 or a tensor of shape ``[groups]`` (one beta per group).
+
+    Stable form: with ``u = r - max(r)`` (so ``beta u <= 0``),
+    ``log(exp(beta r_i)/mean exp(beta r)) = beta u_i - log1p(mean_j expm1(beta u_j))``, then
+    ``A = expm1(.)/beta``. This is exact in both regimes: no overflow for large ``beta * r`` and no
+    cancellation as ``beta -> 0`` (where ``A -> r - mean``). No std normalisation, no clipping.
+    """
+    r = _check_rewards(rewards)
+    b = torch.as_tensor(beta, dtype=torch.float64) if not isinstance(beta, torch.Tensor) else beta.detach().to(torch.float64)
+    if b.dim() == 0:
+        b = b.expand(r.shape[0])
+    if b.dim() != 1 or b.shape[0] != r.shape[0]:
+        raise ValueError(
+            f"rs_grpo: beta must be a number or a tensor of shape [groups]={r.shape[0]}, got shape {tuple(b.shape)}"
+        )
+    if not bool(torch.isfinite(b).all()) or bool((b < 0).any()):
+        raise ValueError(f"rs_grpo: beta must be a finite number >= 0 (0 = risk-neutral), got {beta!r}")
+    b = b.to(r.device)[:, None]
+    u = r - r.max(dim=1, keepdim=True).values
+    log_weight = b * u - torch.log1p(torch.expm1(b * u).mean(dim=1, keepdim=True))
+    safe_b = torch.where(b > 0, b, torch.ones_like(b))
+    risk_seeking = torch.expm1(log_weight) / safe_b
+    neutral = r - r.mean(dim=1, keepdim=True)
+    return _out(torch.where(b > 0, risk_seeking, neutral), rewards)
+
+
+@_register("passk_chen")
+def passk_chen(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
+    """Pass@k training advantage of Chen et al. 2025 (arXiv 2508.10751), analytic form.
+
+    With ``c`` correct of ``N``: ``R = 1 - C(N-c,k)/C(N,k)``, ``sigma = sqrt(R(1-R))``;
+    correct: ``(1-R)/sigma``; wrong: ``(1 - R - C(N-c-1,k-1)/C(N-1,k-1))/sigma``; 0 where sigma = 0.
+    Equals the average, over the k-subsets containing a sample, of the subset-level GRPO advantage
+    (subset reward = max, population std). Binary rewards only.
+    """
+    r = _check_rewards(rewards)
+    _check_binary(r, "passk_chen")
+    n = r.shape[1]
+    k = _check_k(k, n, "passk_chen")
+    c = r.sum(dim=1, keepdim=True)
+    nn = torch.full_like(c, float(n))
+    big_r = 1.0 - _comb_ratio(nn - c, nn, k)
+    sigma = torch.sqrt(torch.clamp(big_r * (1.0 - big_r), min=0.0))
+    all_wrong_given_wrong = _comb_ratio(nn - c - 1, nn - 1, k - 1)
+    numerator = torch.where(r == 1, 1.0 - big_r, 1.0 - big_r - all_wrong_given_wrong)
+    safe_sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    adv = torch.where(sigma > 0, numerator / safe_sigma, torch.zeros_like(numerator))
+    return _out(adv, rewards)
+
+
+@_register("passk_mahdavi")
+def passk_mahdavi(
+    rewards: torch.Tensor,
+    *,
+    k: int,
+    variant: str = "unbiased",
+    normalize: bool = False,
+    scale: str = "std",
+) -> torch.Tensor:
+    """Pass@K reweighting of Mahdavi et al. 2025: GRPO advantage times a per-sample weight.
+
+    The weight estimates ``d/dp [1-(1-p)^K] = K (1-p)^(K-1)``:
+
+    * ``variant="plugin"``: ``K (1 - c/N)^(K-1)`` with the group accuracy plugged in;
+    * ``variant="unbiased"``: the leave-one-out unbiased estimate from the other ``N-1`` samples,
+      ``K C(N-1-c_{-i}, K-1) / C(N-1, K-1)`` (``c_{-i}`` = correct among the others). For a correct
+      sample this is ``K C(N-c, K-1)/C(N-1, K-1)``, which vanishes above accuracy ``1-(K-1)/N`` as the
+      RS-GRPO paper describes. The exact variant Mahdavi et al. used is not published; see PAPER.md.
+
+    ``normalize=True`` rescales the weights so their mean over the whole batch is 1 (batch
+    renormalisation). ``scale`` is passed to the GRPO part. Binary rewards only.
+    """
+    r = _check_rewards(rewards, min_samples=2 if scale == "std" else 1)
+    _check_binary(r, "passk_mahdavi")
+    _choice(variant, ("plugin", "unbiased"), "variant", "passk_mahdavi")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"passk_mahdavi: normalize must be true or false, got {normalize!r}")
+    n = r.shape[1]
+    k = _check_k(k, n, "passk_mahdavi")
+    base = grpo(r, scale=scale)
+    c = r.sum(dim=1, keepdim=True)
+    if variant == "plugin":
+        weight = (k * (1.0 - c / n) ** (k - 1)).expand_as(r)
+    else:
+        if n < 2:
+            raise ValueError("passk_mahdavi: variant='unbiased' needs at least 2 samples per group")
+        wrong_others = (n - 1) - (c - r)
+        weight = k * _comb_ratio(wrong_others, torch.full_like(r, float(n - 1)), k - 1)
+    if normalize:
+        mean_weight = weight.mean()
+        if mean_weight > 0:
+            weight = weight / mean_weight
+    return _out(base * weight, rewards)
+
+
+@_register("pkpo_walder")
+def pkpo_walder(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
+    """PKPO (Walder & Karkhanis 2025, arXiv 2505.15201) with the "k-1" baseline.
+
+    The unbiased pass@k gradient assigns sample ``i`` the reward
+    ``(1/C(N,k)) sum_{S containing i, |S|=k} [max g_S - max g_{S minus i}]`` (max of the empty set = 0).
+    With rewards sorted ascending ``g_(1) <= ... <= g_(N)`` this is
+    ``A_(i) = (1/C(N,k)) sum_{j<i} C(j-1, k-2) (g_(i) - g_(j))`` for k >= 2 and ``g_i/N`` for k = 1.
+    For binary rewards: correct ``C(N-c, k-1)/C(N,k)``, wrong 0. Never negative for k >= 2.
+    Continuous rewards allowed; ties give equal advantages.
+    """
+    r = _check_rewards(rewards)
+    n = r.shape[1]
+    k = _check_k(k, n, "pkpo_walder")
+    if k == 1:
+        return _out(r / n, rewards)
+    g, order = torch.sort(r, dim=1, stable=True)
+    rank = torch.arange(1, n + 1, dtype=torch.float64, device=r.device)  # 1-based sorted rank
+    # weight of a lower-ranked sample j: C(j-1, k-2) / C(N, k), zero when j-1 < k-2
+    valid = rank - 1 >= k - 2
+    log_w = _log_comb(torch.clamp(rank - 1, min=k - 2.0), torch.tensor(k - 2.0, dtype=torch.float64))
+    log_w = log_w - _log_comb(torch.tensor(float(n), dtype=torch.float64), torch.tensor(float(k), dtype=torch.float64))
+    w = torch.where(valid, torch.exp(log_w), torch.zeros_like(log_w))
+    # A_(i) = g_(i) * sum_{j<i} w_j - sum_{j<i} w_j g_(j): exclusive prefix sums
+    w_prefix = torch.cumsum(w, dim=0) - w
+    wg = w * g
+    wg_prefix = torch.cumsum(wg, dim=1) - wg
+    sorted_adv = g * w_prefix - wg_prefix
+    adv = torch.empty_like(sorted_adv).scatter_(1, order, sorted_adv)
+    return _out(adv, rewards)
+
+
+@_register("rloo")
+def rloo(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j``."""
+    r = _check_rewards(rewards, min_samples=2)
+    n = r.shape[1]
+    adv = (r - r.mean(dim=1, keepdim=True)) * (n / (n - 1))
+    return _out(adv, rewards)
+
+
+# ---------------------------------------------------------------------------------------------
+# public dispatch
+
+
+def estimator_params(name: str) -> dict[str, object]:
+    """Parameters an estimator accepts, with their defaults (``inspect.Parameter.empty`` = required)."""
+    fn = _lookup(name)
+    sig = inspect.signature(fn)
+    return {p.name: p.default for p in list(sig.parameters.values())[1:]}
+
+
+def _lookup(name: str):
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; allowed: {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def compute(name: str, rewards: torch.Tensor, **params) -> torch.Tensor:
+    """Advantages of estimator ``name`` for ``rewards`` of shape ``[groups, samples]`` (same shape out).
+
+    Raises ValueError naming the problem for an unknown estimator, an unknown or missing parameter,
+    a reward tensor of the wrong shape or with NaN/inf, and out-of-range parameters.
+    """
+    fn = _lookup(name)
+    accepted = estimator_params(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        shown = {p: ("required" if d is inspect.Parameter.empty else d) for p, d in accepted.items()}
+        raise ValueError(f"{name}: unknown parameter(s) {unknown}; allowed parameters: {shown or 'none'}")
+    missing = [p for p, d in accepted.items() if d is inspect.Parameter.empty and p not in params]
+    if missing:
+        raise ValueError(f"{name}: missing required parameter(s) {missing}")
+    return fn(rewards, **params)
+
+
+def binary_closed_form(beta: float, n: int, c: int) -> tuple[float, float]:
+    """RS-GRPO advantages ``(A+, A-)`` of a binary group with ``c`` of ``n`` correct (PAPER.md section 1).
+
+    ``A+ = (1/beta)(e^beta / (1 + p(e^beta - 1)) - 1)``, ``A- = (1/beta)(1 / (1 + p(e^beta - 1)) - 1)``,
+    ``p = c/n``; beta = 0 gives ``(1-p, -p)``. Used by the advantage figure and as a test oracle.
+    """
+    p = c / n
+    if beta == 0:
+        return 1.0 - p, -p
+    denom = 1.0 + p * math.expm1(beta)
+    return (math.exp(beta) / denom - 1.0) / beta, (1.0 / denom - 1.0) / beta

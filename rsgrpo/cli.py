@@ -1,0 +1,43 @@
+"""``python -m rsgrpo <verb> ...``: one command-line verb per workflow rule.
+
+Each verb lives in the module that owns its work and is imported only when that verb runs, so
+``python -m rsgrpo bandit`` never pays for importing transformers. A verb module exposes
+``add_arguments(parser)`` and ``main(args) -> int | None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line description). Keep in sync with workflow/rules/*.smk.
+VERBS: dict[str, tuple[str, str]] = {
+    "bandit": ("rsgrpo.bandit_cli", "the paper's 100-armed bandit (Fig. 3): CSV and figure"),
+    "plot-advantages": ("rsgrpo.plots", "advantage vs reward and vs prompt accuracy (Fig. 2)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = ["usage: python -m rsgrpo <verb> [options]", "", "verbs:"]
+    lines += [f"  {verb:<{width}}  {desc}" for verb, (_, desc) in VERBS.items()]
+    lines += ["", "python -m rsgrpo <verb> --help shows a verb's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"rsgrpo: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, desc = VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m rsgrpo {verb}", description=desc)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.main(args) or 0)
