@@ -13,6 +13,8 @@ TORCH   := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# rules call `python -m rsgrpo`: make that the project's interpreter
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: demo test bench lint clean
 

@@ -118,7 +118,8 @@ def _comb_ratio(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
     log_ratio = (
         torch.lgamma(a_safe + 1) - torch.lgamma(a_safe - kk + 1) - torch.lgamma(b + 1) + torch.lgamma(b - kk + 1)
     )
-    return torch.where(a >= k, torch.exp(log_ratio), torch.zeros_like(a))
+    ratio = torch.where(a == b, torch.ones_like(log_ratio), torch.exp(log_ratio))  # exact 1, no lgamma rounding
+    return torch.where(a >= k, ratio, torch.zeros_like(a))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +190,9 @@ def passk_chen(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
     c = r.sum(dim=1, keepdim=True)
     nn = torch.full_like(c, float(n))
     big_r = 1.0 - _comb_ratio(nn - c, nn, k)
-    sigma = torch.sqrt(torch.clamp(big_r * (1.0 - big_r), min=0.0))
+    # R is exactly 0 (no correct sample) or 1 (fewer than k wrong) in the degenerate groups: no signal
+    informative = (c > 0) & (nn - c >= k)
+    sigma = torch.where(informative, torch.sqrt(torch.clamp(big_r * (1.0 - big_r), min=0.0)), torch.zeros_like(big_r))
     all_wrong_given_wrong = _comb_ratio(nn - c - 1, nn - 1, k - 1)
     numerator = torch.where(r == 1, 1.0 - big_r, 1.0 - big_r - all_wrong_given_wrong)
     safe_sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
