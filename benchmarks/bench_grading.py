@@ -1,0 +1,231 @@
+"""Benchmark: rsgrpo.grading.grade vs a plain math-verify loop on a realistic sample set.
+
+The sample set imitates what pass@k evaluation grades: P problems x S samples from a peaked policy,
+i.e. a handful of distinct final answers per problem (Zipf-like frequencies), several of them
+equivalent spellings of one value ("1/2", "\\frac{1}{2}", "0.5"), wrapped in varied reasoning text.
+Golds follow the formats of MATH500/AIME/HMMT: integers, fractions, radicals, tuples, intervals,
+degrees, multiples of pi, decimals, \\text{} words.
+
+Both graders run in the same run on the same data. The plain loop
+(``verify(parse("$gold$"), parse("$answer$"))`` per sample, LaTeX extraction, extraction by
+``extract_answer``) is slow, so by default it runs on the first problems (~3000 samples, whole
+problems so math-verify's built-in LRU cache helps it as it would in practice) and its time is
+extrapolated linearly to the whole set (the output says so); ``--plain-subset 0`` runs it on all.
+The plain loop is warmed on another sample set first (its first parses in a process are slower),
+and also timed with the samples shuffled, which defeats math-verify's lru_cache(20) on parsed
+LaTeX: the ordered ratio is what scoring a problem-major samples file gains, the shuffled one what
+the (gold, answer) dedup is worth by itself.
+Verdicts must be identical on every sample the plain loop graded (an AssertionError otherwise).
+Finally, the worst case for the cache: all-distinct answers, reported as items/s.
+
+    python benchmarks/bench_grading.py                      # 500 x 64, plain loop on ~3000 samples
+    python benchmarks/bench_grading.py --problems 50 --samples 16 --plain-subset 0   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rsgrpo.grading import extract_answer, grade, grade_report  # noqa: E402
+
+_WORDS = ("east", "west", "even", "odd", "ellipse", "parabola")
+
+
+def _fraction_forms(value: Fraction) -> list[str]:
+    p, q = value.numerator, value.denominator
+    forms = [f"\\frac{{{p}}}{{{q}}}", f"{p}/{q}", f"\\dfrac{{{p}}}{{{q}}}"]
+    if p < 10 and q < 10:
+        forms.append(f"\\tfrac{p}{q}")  # one-digit arguments need no braces
+    x = float(value)
+    if len(repr(x)) <= 8:  # terminating decimal
+        forms.append(repr(x))
+    return forms
+
+
+def make_problem(rng: random.Random) -> tuple[str, list[str], list[str]]:
+    """(gold, equivalent answer spellings, wrong answers) in one of the benchmark formats."""
+    kind = rng.choice(["int", "int", "int", "frac", "sqrt", "tuple", "interval", "degree", "pi",
+                       "decimal", "text"])
+    if kind == "int":
+        n = rng.randint(0, 999)
+        return str(n), [str(n), f"{n}.", f"{n}.0"], [str(n + 1), str(n - 1), str(2 * n + 3), str(n * 10)]
+    if kind == "frac":
+        q = rng.choice([2, 3, 4, 5, 6, 8, 9, 12, 16, 25])
+        p = rng.randint(1, 3 * q)
+        while Fraction(p, q).denominator == 1:
+            p += 1
+        v = Fraction(p, q)
+        gold = f"\\frac{{{v.numerator}}}{{{v.denominator}}}"
+        wrong = [f"\\frac{{{v.numerator + 1}}}{{{v.denominator}}}", f"{v.denominator}/{v.numerator}",
+                 str(round(float(v), 1) + 0.1)]
+        return gold, _fraction_forms(v), wrong
+    if kind == "sqrt":
+        a, b = rng.randint(2, 9), rng.choice([2, 3, 5, 6, 7, 10, 11])
+        return (f"{a}\\sqrt{{{b}}}", [f"{a}\\sqrt{{{b}}}", f"{a} \\sqrt{b}", f"\\sqrt{{{a * a * b}}}"],
+                [f"{a + 1}\\sqrt{{{b}}}", f"\\sqrt{{{a * b}}}", f"{a * b}"])
+    if kind == "tuple":
+        a, b = rng.randint(-9, 9), rng.randint(-9, 9)
+        return (f"\\left( {a}, {b} \\right)", [f"({a}, {b})", f"\\left({a},{b}\\right)", f"({a},{b})"],
+                [f"({b}, {a + 1})", f"({a}, {b + 1})", f"[{a}, {b}]"])
+    if kind == "interval":
+        a = rng.randint(-9, 5)
+        b = a + rng.randint(1, 9)
+        return (f"[{a}, {b})", [f"[{a},{b})", f"\\left[{a}, {b}\\right)", f"[{a}, {b})"],
+                [f"({a}, {b})", f"[{a}, {b}]", f"[{a}, {b + 1})"])
+    if kind == "degree":
+        d = rng.randint(1, 179)
+        return f"{d}^\\circ", [f"{d}", f"{d}^\\circ", f"{d}^{{\\circ}}"], [f"{d + 1}", f"{180 - d + 1}^\\circ"]
+    if kind == "pi":
+        k = rng.randint(2, 40)
+        return f"{k}\\pi", [f"{k}\\pi", f"{k} \\pi", f"\\pi {k}"], [f"{k + 1}\\pi", f"{k}", f"\\frac{{{k}}}{{\\pi}}"]
+    if kind == "decimal":
+        v = Fraction(rng.randint(1, 999), 100)
+        return (str(float(v)), [str(float(v)), f"\\frac{{{v.numerator}}}{{{v.denominator}}}", f"{float(v):.2f}"],
+                [str(float(v) + 0.5), str(float(v) * 10)])
+    word = rng.choice(_WORDS)
+    return f"\\text{{{word}}}", [f"\\text{{{word}}}", word], [f"\\text{{{w}}}" for w in _WORDS if w != word][:3]
+
+
+_OPENINGS = ("Let me think step by step.", "We start from the given data.", "First, simplify.",
+             "Consider the setup carefully.", "Let us compute.")
+
+
+def make_sample_set(problems: int, samples: int, seed: int) -> tuple[list[str], list[str]]:
+    """Golds and completions (problem-major) of a peaked policy: 2-6 distinct answers per problem."""
+    rng = random.Random(seed)
+    golds, completions = [], []
+    for _ in range(problems):
+        gold, equivalent, wrong = make_problem(rng)
+        n_distinct = rng.randint(2, 6)
+        pool = rng.sample(equivalent, min(len(equivalent), rng.randint(1, 3)))
+        pool += rng.sample(wrong, min(len(wrong), max(1, n_distinct - len(pool))))
+        rng.shuffle(pool)
+        weights = [1.0 / (rank + 1) ** 1.5 for rank in range(len(pool))]  # peaked
+        for _ in range(samples):
+            golds.append(gold)
+            if rng.random() < 0.04:
+                completions.append(f"{rng.choice(_OPENINGS)} I could not finish the computation.")
+                continue
+            answer = rng.choices(pool, weights)[0]
+            steps = rng.randint(1, 4)
+            body = " ".join(f"Step {i}: x_{i} = {rng.randint(1, 99)}." for i in range(steps))
+            completions.append(f"{rng.choice(_OPENINGS)} {body} So the final answer is $\\boxed{{{answer}}}$.")
+    return golds, completions
+
+
+def plain_loop(golds, completions, indices):
+    """The baseline: parse both sides and verify, per sample, no cache, no pool."""
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    config = [LatexExtractionConfig()]
+    verdicts = {}
+    for i in indices:
+        answer = extract_answer(completions[i])
+        if answer is None:
+            verdicts[i] = False
+            continue
+        verdicts[i] = bool(verify(parse("$" + golds[i] + "$", config), parse("$" + answer + "$", config)))
+    return verdicts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--problems", type=int, default=500)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--plain-subset", type=int, default=3000,
+                    help="about this many samples (whole problems) graded by the plain loop (0 = all); "
+                         "its time is extrapolated")
+    ap.add_argument("--shuffled-subset", type=int, default=2000,
+                    help="random samples graded by the plain loop in random order (extrapolated)")
+    ap.add_argument("--distinct", type=int, default=2000, help="items of the all-distinct worst case")
+    ap.add_argument("--workers", type=int, default=None, help="grading processes (default: all cores)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    golds, completions = make_sample_set(args.problems, args.samples, args.seed)
+    n = len(golds)
+    workers = args.workers if args.workers is not None else os.cpu_count()
+    print(f"sample set: {args.problems} problems x {args.samples} samples = {n} items; "
+          f"{workers} workers on {os.cpu_count()} CPU cores")
+
+    # start the kept worker pool once (forkserver + parser warm-up: a one-off per process, not per
+    # batch, reported separately), then time ours on the sample set
+    start = time.perf_counter()
+    grade(["1"], ["\\boxed{1}"], workers=workers)
+    print(f"one-off pool start-up (forkserver, imports, first parse): {time.perf_counter() - start:.2f} s")
+    start = time.perf_counter()
+    report = grade_report(golds, completions, workers=workers, timeout=5.0)
+    ours_s = time.perf_counter() - start
+    print(f"rsgrpo.grading: {ours_s:.2f} s ({n / ours_s:,.0f} items/s); {report.summary()}")
+
+    # the plain loop runs in this process: warm its parser on another sample set first (untimed),
+    # and give it whole problems (not scattered samples) so that math-verify's own LRU cache
+    # (lru_cache(20) on parsed LaTeX) helps it exactly as it would when scoring a samples file
+    w_golds, w_completions = make_sample_set(20, args.samples, args.seed + 100)
+    start = time.perf_counter()
+    plain_loop(w_golds, w_completions, range(len(w_golds)))
+    warm_s = time.perf_counter() - start
+    if 0 < args.plain_subset < n:
+        subset = list(range(min(n, -(-args.plain_subset // args.samples) * args.samples)))
+    else:
+        subset = list(range(n))
+    start = time.perf_counter()
+    plain = plain_loop(golds, completions, subset)
+    plain_measured_s = time.perf_counter() - start
+    plain_s = plain_measured_s * n / len(subset)
+    note = "" if len(subset) == n else (f" (measured {plain_measured_s:.2f} s on the first "
+                                       f"{len(subset) // args.samples} problems = {len(subset)} samples, "
+                                       f"extrapolated linearly to {n})")
+    note += f"; parser warmed on another set first ({warm_s:.1f} s, not counted)"
+    print(f"plain parse+verify loop: {plain_s:.2f} s ({n / plain_s:,.1f} items/s){note}")
+
+    mismatches = [i for i in subset if report.status[i] != "timeout" and plain[i] != report.verdicts[i]]
+    timeouts = sum(report.status[i] == "timeout" for i in subset)
+    examples = [(golds[i], completions[i]) for i in mismatches[:3]]
+    assert not mismatches, f"verdicts differ on {len(mismatches)} samples, e.g. {examples}"
+    print(f"verdicts identical on all {len(subset) - timeouts} compared samples "
+          f"({timeouts} timed out in ours, excluded)")
+    print(f"speed-up: {plain_s / ours_s:.1f}x (target >= 20x)")
+
+    # the same plain loop with the samples in random order: math-verify's LRU cache no longer sees
+    # the repeats, which shows what the (gold, answer) dedup itself is worth
+    shuffled = random.Random(args.seed + 3).sample(range(n), min(n, args.shuffled_subset))
+    start = time.perf_counter()
+    plain_shuffled = plain_loop(golds, completions, shuffled)
+    shuffled_s = (time.perf_counter() - start) * n / len(shuffled)
+    assert all(plain_shuffled[i] == report.verdicts[i] for i in shuffled if report.status[i] != "timeout")
+    print(f"plain loop, samples in random order (defeats math-verify's LRU): {shuffled_s:.2f} s "
+          f"(measured on {len(shuffled)} random samples, extrapolated; verdicts identical too); "
+          f"speed-up {shuffled_s / ours_s:.1f}x")
+
+    # worst case for the cache: every answer distinct (no repeats within a gold)
+    rng = random.Random(args.seed + 2)
+    d_golds, d_completions = [], []
+    for i in range(args.distinct):
+        gold = str(rng.randint(1, 999))
+        d_golds.append(gold)
+        d_completions.append(f"so $\\boxed{{\\frac{{{i + 1}}}{{{rng.randint(2, 97)}}}}}$" if i % 2 else
+                             f"\\boxed{{{i * 7 + 1000}}}")
+    start = time.perf_counter()
+    d_report = grade_report(d_golds, d_completions, workers=workers, timeout=5.0)
+    d_s = time.perf_counter() - start
+    d_plain_n = min(300, args.distinct)
+    start = time.perf_counter()
+    plain_loop(d_golds, d_completions, range(d_plain_n))
+    d_plain_s = (time.perf_counter() - start) * args.distinct / d_plain_n
+    print(f"worst case (all {args.distinct} answers distinct, {d_report.cache_hits} cache hits): "
+          f"{args.distinct / d_s:,.0f} items/s ours vs {args.distinct / d_plain_s:,.0f} items/s plain "
+          f"(plain measured on {d_plain_n}); speed-up {d_plain_s / d_s:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
