@@ -1,0 +1,426 @@
+"""``python -m rsgrpo plots``: the paper's result figures (Figs. 4, 5, 7 and an entropy plot) from a grid.
+
+Inputs are ``cells.csv`` and ``benchmarks.csv`` as documented in :mod:`rsgrpo.aggregate`. Figures,
+each written as PNG + PDF (house style of :mod:`rsgrpo.plots`, atomic writes), into ``--out``:
+
+* ``passk_curves`` (Fig. 4): pass@k (%) against k on a log2 axis, one row per setting, one column per
+  benchmark, one line per cell (Base, GRPO, RS-GRPO betas, other methods) with its 95% bootstrap
+  band, from each cell's final ``passk.csv``.
+* ``beta_ablation`` (Fig. 5): for every setting with at least two RS-GRPO runs: cumulative solve rate
+  and training reward over steps (``metrics.csv``; the reward as a moving average), and test pass@1
+  and pass@32 (largest k <= 32) averaged over the benchmarks at every evaluated checkpoint
+  (``step_evals``; step 0 is the model's base cell when there is one). GRPO is drawn when present.
+* ``unique_answers`` (Fig. 7 left): the unique-correct-answer ratio, see :func:`unique_correct_ratio`;
+  numbers in ``unique_answers.csv``.
+* ``transition_heatmap`` (Fig. 7 right): problems counted by (accuracy bin under method A, bin under
+  method B), bins ``0, (0,.2], (.2,.4], (.4,.6], (.6,.8], (.8,1]``, default A = GRPO, B = RS-GRPO;
+  numbers in ``transition_matrix.csv``.
+* ``entropy``: policy entropy over training steps per run (``metrics.csv``), one panel per setting.
+
+A figure whose inputs are absent (e.g. no beta ablation in the grid) is skipped with a line on stderr
+and a ``# skipped`` line in the index ``figures.txt``; no empty figure is ever written. ``figures.txt``
+lists one written figure per line: ``name<TAB>file<TAB>file...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from rsgrpo.aggregate import (  # noqa: E402
+    TABLE_K, Grid, read_table, load_grid, parse_step_evals, read_metrics, read_passk, table_k,
+)
+from rsgrpo.io import atomic_path  # noqa: E402
+from rsgrpo.plots import _style, save_figure  # noqa: E402
+
+__all__ = ["ACCURACY_BINS", "accuracy_bins", "transition_matrix", "normalize_text", "unique_correct_ratio",
+           "plot_passk_curves", "plot_beta_ablation", "plot_unique_answers", "plot_transition_heatmap",
+           "plot_entropy", "make_figures", "FIGURES"]
+
+FIGURES = ("passk_curves", "beta_ablation", "unique_answers", "transition_heatmap", "entropy")
+ACCURACY_BINS = ("0", "(0,0.2]", "(0.2,0.4]", "(0.4,0.6]", "(0.6,0.8]", "(0.8,1]")
+FIXED_COLORS = {"base": "#7f7f7f", "grpo": "#1f77b4", "chen": "#2ca02c", "mahdavi": "#9467bd",
+                "walder": "#8c564b"}
+OTHER_COLORS = ("#17becf", "#bcbd22", "#e377c2", "#ff7f0e", "#393b79")
+
+
+class Skip(Exception):
+    """A figure's inputs are absent from this grid; the message says which."""
+
+
+# ------------------------------------------------------------------------------------- numbers
+def accuracy_bins(correct: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Bin index 0..5 of per-problem accuracy c/n: 0 for c = 0, else ceil(5 c / n) (so (0, .2] -> 1).
+
+    Integer arithmetic, so an accuracy of exactly 0.2, 0.4, ... falls in its closed upper bin.
+    """
+    c, n = np.asarray(correct, dtype=np.int64), np.asarray(n, dtype=np.int64)
+    if np.any(n < 1) or np.any(c < 0) or np.any(c > n):
+        raise ValueError("need 0 <= correct <= n and n >= 1 for every problem")
+    return np.where(c == 0, 0, (5 * c + n - 1) // n)
+
+
+def transition_matrix(c_from, n_from, c_to, n_to) -> np.ndarray:
+    """6x6 counts: row = accuracy bin under the source method, column = bin under the target method.
+
+    Arrays are per problem and aligned (same problem at the same index); row sums are the number of
+    problems in each source bin.
+    """
+    b_from, b_to = accuracy_bins(c_from, n_from), accuracy_bins(c_to, n_to)
+    if b_from.shape != b_to.shape:
+        raise ValueError(f"need the same problems for both methods: {b_from.shape} vs {b_to.shape}")
+    m = np.zeros((len(ACCURACY_BINS), len(ACCURACY_BINS)), dtype=np.int64)
+    np.add.at(m, (b_from, b_to), 1)
+    return m
+
+
+def normalize_text(text) -> str:
+    """A completion's text with leading/trailing whitespace removed and inner whitespace runs as one space."""
+    return " ".join(str(text).split()) if isinstance(text, str) else ""
+
+
+def unique_correct_ratio(graded: pd.DataFrame) -> pd.DataFrame:
+    """Per problem: ``n_correct`` correct completions and ``n_unique`` distinct ones among them.
+
+    Two correct completions are the same solution when their texts are equal after
+    :func:`normalize_text`. The figure's ratio for a benchmark is the mean over problems with at
+    least one correct completion of ``n_unique / n_correct`` (1 = every correct solution differs,
+    1/n_correct = one solution repeated), so a method that collapses onto one way of solving a
+    problem scores low even when it solves it often. Returns ``benchmark, problem_id, n_correct,
+    n_unique`` for every problem (0, 0 where nothing is correct).
+    """
+    missing = [c for c in ("benchmark", "problem_id", "text", "correct") if c not in graded.columns]
+    if missing:
+        raise ValueError(f"graded data lacks column(s) {missing}")
+    df = pd.DataFrame({"benchmark": graded["benchmark"].astype(str), "problem_id": graded["problem_id"].astype(str),
+                       "correct": graded["correct"].astype(bool),
+                       "norm": [normalize_text(t) for t in graded["text"]]})
+    keys = df[["benchmark", "problem_id"]].drop_duplicates()
+    good = df[df["correct"]]
+    stats = good.groupby(["benchmark", "problem_id"], sort=False)["norm"].agg(n_correct="size", n_unique="nunique")
+    out = keys.merge(stats.reset_index(), on=["benchmark", "problem_id"], how="left").fillna(
+        {"n_correct": 0, "n_unique": 0})
+    return out.astype({"n_correct": np.int64, "n_unique": np.int64}).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _colors(members: pd.DataFrame) -> dict[str, object]:
+    """Cell -> colour: fixed per known method, reds by beta for RS-GRPO, a cycle for the rest.
+
+    Pass the whole grid's memberships, so a cell keeps its colour in every panel and figure.
+    """
+    colors, other = {}, iter(OTHER_COLORS * 10)
+    rs = members[members["method"] == "rs_grpo"].drop_duplicates("cell")
+    betas = sorted(set(rs["beta"].fillna(-1.0)))  # one shade per beta, the same in every setting
+    reds = plt.get_cmap("Reds")
+    shade = {b: reds(0.55 + 0.4 * i / (len(betas) - 1)) if len(betas) > 1 else "#d62728"
+             for i, b in enumerate(betas)}
+    for cell, beta in zip(rs["cell"], rs["beta"].fillna(-1.0)):
+        colors[cell] = shade[beta]
+    for _, m in members.drop_duplicates("cell").iterrows():
+        if m["cell"] not in colors:
+            colors[m["cell"]] = FIXED_COLORS.get(m["method"]) or next(other)
+    return colors
+
+
+def _log2_axis(ax, ks: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _grid_axes(nrows: int, ncols: int, w: float, h: float):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    return fig, axes
+
+
+def _passk_at(passk: pd.DataFrame, bench: str, k_target: int | None) -> tuple[int, float] | None:
+    """(k, pass@k) on ``bench``: k = 1 when ``k_target`` is None, else the largest k <= k_target."""
+    rows = passk[passk["benchmark"] == bench]
+    if rows.empty:
+        return None
+    k = 1 if k_target is None else table_k(rows["k"].tolist(), int(rows["k"].max()), k_target)
+    return k, float(rows.loc[rows["k"] == k, "pass_at_k"].iloc[0])
+
+
+def _benchmark_average(passk: pd.DataFrame, benches: Sequence[str], k_target: int | None) -> float:
+    vals = [v for b in benches if (v := _passk_at(passk, b, k_target)) is not None]
+    return float(np.mean([v[1] for v in vals])) * 100 if vals else math.nan
+
+
+# ------------------------------------------------------------------------------------ figures
+def plot_passk_curves(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Fig. 4: pass@k vs k (log2), rows = settings, columns = benchmarks, bands = bootstrap CIs."""
+    settings = list(dict.fromkeys(grid.memberships["setting"]))
+    benches = list(grid.benchmarks["benchmark"])
+    colors = _colors(grid.memberships)
+    passk = {c: read_passk(grid.cells.loc[c, "passk"]) for c in grid.memberships["cell"].unique()}
+    fig, axes = _grid_axes(len(settings), len(benches), 3.3, 2.9)
+    for r, setting in enumerate(settings):
+        members = grid.memberships[grid.memberships["setting"] == setting]
+        for col, bench in enumerate(benches):
+            ax = axes[r, col]
+            ks_all = set()
+            for _, m in members.iterrows():
+                d = passk[m["cell"]]
+                d = d[d["benchmark"] == bench].sort_values("k")
+                if d.empty:
+                    continue
+                ks_all |= set(d["k"])
+                ax.plot(d["k"], d["pass_at_k"] * 100, color=colors[m["cell"]], lw=1.5, marker="o", ms=2.5,
+                        label=m["label"])
+                ax.fill_between(d["k"], d["ci_low"] * 100, d["ci_high"] * 100, color=colors[m["cell"]],
+                                alpha=0.15, lw=0)
+            if ks_all:
+                _log2_axis(ax, sorted(ks_all))
+            ax.set_title(f"{setting}\n{grid.benchmark_name(bench)}" if col == 0 else grid.benchmark_name(bench),
+                         fontsize=9)
+            if col == 0:
+                ax.set_ylabel("pass@k (%)")
+            if r == len(settings) - 1:
+                ax.set_xlabel("k")
+        axes[r, -1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("pass@k (95% bootstrap band over problems)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out / "passk_curves.png", formats)
+
+
+def _ablation_runs(grid: Grid) -> list[tuple[str, pd.DataFrame]]:
+    """Settings with >= 2 RS-GRPO runs, each with its RS-GRPO and GRPO members."""
+    out = []
+    for setting, g in grid.memberships.groupby("setting", sort=False):
+        runs = g[g["method"].isin(["rs_grpo", "grpo"])]
+        if (runs["method"] == "rs_grpo").sum() >= 2:
+            out.append((setting, runs))
+    return out
+
+
+def _eval_curve(grid: Grid, cell: str, base_cell: str | None, k_target: int | None) -> tuple[list, list]:
+    row = grid.cells.loc[cell]
+    evals = parse_step_evals(row["step_evals"], grid.cells_path.parent, where=f"cell {cell!r}")
+    benches = list(grid.benchmarks["benchmark"])
+    points = [(s, _benchmark_average(read_passk(d / "passk.csv"), benches, k_target)) for s, d in evals]
+    if base_cell is not None and not any(s == 0 for s, _ in evals):
+        points.insert(0, (0, _benchmark_average(read_passk(grid.cells.loc[base_cell, "passk"]), benches, k_target)))
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_beta_ablation(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Fig. 5: training and test curves for every setting with several RS-GRPO betas."""
+    ablations = _ablation_runs(grid)
+    if not ablations:
+        raise Skip("no setting has two or more RS-GRPO runs (betas)")
+    fig, axes = _grid_axes(len(ablations), 4, 3.4, 2.9)
+    titles = ["cumulative solve rate (train)", "training reward (moving avg.)", "test pass@1 (%)",
+              f"test pass@{TABLE_K} (%, largest k ≤ {TABLE_K})"]
+    for r, (setting, runs) in enumerate(ablations):
+        colors = _colors(grid.memberships)
+        model = runs["model"].iloc[0]
+        base = grid.memberships[(grid.memberships["model"] == model) & (grid.memberships["method"] == "base")]
+        base_cell = base["cell"].iloc[0] if len(base) else None
+        for _, m in runs.iterrows():
+            row = grid.cells.loc[m["cell"]]
+            kw = dict(color=colors[m["cell"]], lw=1.5, label=m["label"])
+            if row["metrics"] is not None:
+                met = read_metrics(row["metrics"])
+                axes[r, 0].plot(met["step"], met["cumulative_solve_rate"], **kw)
+                window = max(1, len(met) // 20)
+                axes[r, 1].plot(met["step"], met["reward_mean"].rolling(window, min_periods=1).mean(), **kw)
+            if row["step_evals"]:
+                for col, k_target in ((2, None), (3, TABLE_K)):
+                    steps, vals = _eval_curve(grid, m["cell"], base_cell, k_target)
+                    axes[r, col].plot(steps, vals, marker="o", ms=3, **kw)
+        for col, title in enumerate(titles):
+            axes[r, col].set_title(f"{setting}\n{title}" if col == 0 else title, fontsize=9)
+            axes[r, col].set_xlabel("training step")
+        axes[r, 0].legend(fontsize=7)
+    fig.suptitle("β ablation: training curves and test pass@k averaged over benchmarks (step 0 = base model)",
+                 fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out / "beta_ablation.png", formats)
+
+
+def unique_answer_table(grid: Grid) -> pd.DataFrame:
+    """Per (setting, cell, benchmark): mean unique-correct ratio over problems with >= 1 correct."""
+    per_cell = {}
+    for cell in grid.memberships["cell"].unique():
+        path = grid.cells.loc[cell, "graded"]
+        graded = read_table(path, "graded", ["benchmark", "problem_id", "text", "correct"])
+        per_cell[cell] = unique_correct_ratio(graded)
+    rows = []
+    for _, m in grid.memberships.iterrows():
+        stats = per_cell[m["cell"]]
+        for bench in grid.benchmarks["benchmark"]:
+            s = stats[(stats["benchmark"] == bench) & (stats["n_correct"] > 0)]
+            rows.append({"setting": m["setting"], "cell": m["cell"], "label": m["label"], "method": m["method"],
+                         "benchmark": bench, "benchmark_name": grid.benchmark_name(bench),
+                         "unique_ratio": float((s["n_unique"] / s["n_correct"]).mean()) if len(s) else math.nan,
+                         "n_problems_with_correct": len(s), "n_correct": int(s["n_correct"].sum()),
+                         "n_unique": int(s["n_unique"].sum())})
+    return pd.DataFrame(rows)
+
+
+def plot_unique_answers(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Fig. 7 left: grouped bars of the unique-correct ratio, one panel per setting."""
+    table = unique_answer_table(grid)
+    if table["unique_ratio"].isna().all():
+        raise Skip("no cell has a correct completion")
+    with atomic_path(out / "unique_answers.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    settings = list(dict.fromkeys(table["setting"]))
+    colors = _colors(grid.memberships)
+    fig, axes = _grid_axes(1, len(settings), max(4.0, 1.1 * len(grid.benchmarks) + 1.5), 3.2)
+    for ax, setting in zip(axes[0], settings):
+        t = table[table["setting"] == setting]
+        cells = list(dict.fromkeys(t["cell"]))
+        names = [grid.benchmark_name(b) for b in grid.benchmarks["benchmark"]]
+        width = 0.8 / len(cells)
+        for i, cell in enumerate(cells):
+            tc = t[t["cell"] == cell]
+            x = np.arange(len(names)) + (i - (len(cells) - 1) / 2) * width
+            ax.bar(x, tc["unique_ratio"], width=width, color=colors[cell], label=tc["label"].iloc[0])
+        ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+        ax.set(title=setting, ylabel="unique correct / correct", ylim=(0, 1.05))
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Ratio of unique correct solutions (per problem, whitespace-normalised text; "
+                 "mean over problems with >= 1 correct)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out / "unique_answers.png", formats)
+
+
+def _matches(m: pd.Series, key: str) -> bool:
+    return key in (m["method"], m["label"], m["cell"])
+
+
+def transition_pairs(grid: Grid, source: str, target: str) -> list[tuple[str, str, str]]:
+    """(setting, source cell, target cell) for every setting holding both (matched by method key,
+    label or cell id)."""
+    pairs = []
+    for setting, g in grid.memberships.groupby("setting", sort=False):
+        sources = [m["cell"] for _, m in g.iterrows() if _matches(m, source)]
+        targets = [m["cell"] for _, m in g.iterrows() if _matches(m, target)]
+        pairs += [(setting, a, b) for a in sources for b in targets if a != b]
+    return pairs
+
+
+def _pooled_counts(grid: Grid, cell: str) -> pd.DataFrame:
+    rows = [pd.DataFrame({"benchmark": b, "problem_id": c.problem_ids, "n": c.n, "c": c.c})
+            for b, c in grid.counts(cell).items() if b in set(grid.benchmarks["benchmark"])]
+    return pd.concat(rows, ignore_index=True)
+
+
+def plot_transition_heatmap(grid: Grid, out: Path, formats: Sequence[str], source: str = "grpo",
+                            target: str = "rs_grpo") -> list[Path]:
+    """Fig. 7 right: per-problem accuracy bins source -> target over all benchmarks' problems."""
+    pairs = transition_pairs(grid, source, target)
+    if not pairs:
+        raise Skip(f"no setting has both a {source!r} and a {target!r} cell")
+    labels = grid.cells["label"]
+    fig, axes = _grid_axes(1, len(pairs), 4.3, 3.9)
+    rows = []
+    for ax, (setting, a, b) in zip(axes[0], pairs):
+        joined = _pooled_counts(grid, a).merge(_pooled_counts(grid, b), on=["benchmark", "problem_id"],
+                                               suffixes=("_from", "_to"))
+        m = transition_matrix(joined["c_from"], joined["n_from"], joined["c_to"], joined["n_to"])
+        ax.imshow(m, cmap="Blues", origin="upper")
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if m[i, j] > m.max() / 2 else "black")
+                rows.append({"setting": setting, "from_cell": a, "to_cell": b, "from_bin": ACCURACY_BINS[i],
+                             "to_bin": ACCURACY_BINS[j], "count": int(m[i, j])})
+        ax.set_xticks(range(6), ACCURACY_BINS, rotation=45, fontsize=7)
+        ax.set_yticks(range(6), ACCURACY_BINS, fontsize=7)
+        ax.grid(False)
+        ax.set(xlabel=f"accuracy under {labels[b]}", ylabel=f"accuracy under {labels[a]}",
+               title=f"{setting}\n{labels[a]} → {labels[b]} ({len(joined)} problems)")
+    with atomic_path(out / "transition_matrix.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    fig.suptitle("Per-problem accuracy transitions (counts of problems)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out / "transition_heatmap.png", formats)
+
+
+def plot_entropy(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Policy entropy over training steps, one panel per setting, one line per trained run."""
+    per_setting = []
+    for setting, g in grid.memberships.groupby("setting", sort=False):
+        trained = [m for _, m in g.iterrows() if grid.cells.loc[m["cell"], "metrics"] is not None]
+        if trained:
+            per_setting.append((setting, g, trained))
+    if not per_setting:
+        raise Skip("no cell has a metrics.csv")
+    fig, axes = _grid_axes(1, len(per_setting), 4.2, 3.2)
+    for ax, (setting, g, trained) in zip(axes[0], per_setting):
+        colors = _colors(grid.memberships)
+        for m in trained:
+            met = read_metrics(grid.cells.loc[m["cell"], "metrics"])
+            ax.plot(met["step"], met["entropy"], color=colors[m["cell"]], lw=1.5, label=m["label"])
+        ax.set(title=setting, xlabel="training step", ylabel="policy entropy (nats / token)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Policy entropy during training", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out / "entropy.png", formats)
+
+
+def make_figures(cells: str | Path, benchmarks: str | Path, out_dir: str | Path, *,
+                 formats: Sequence[str] = ("pdf",), transition_from: str = "grpo",
+                 transition_to: str = "rs_grpo") -> dict[str, list[Path]]:
+    """Render every figure whose inputs exist; write ``figures.txt``; return ``{name: files}``."""
+    _style()
+    grid = load_grid(cells, benchmarks)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    makers = {
+        "passk_curves": lambda: plot_passk_curves(grid, out, formats),
+        "beta_ablation": lambda: plot_beta_ablation(grid, out, formats),
+        "unique_answers": lambda: plot_unique_answers(grid, out, formats),
+        "transition_heatmap": lambda: plot_transition_heatmap(grid, out, formats, transition_from, transition_to),
+        "entropy": lambda: plot_entropy(grid, out, formats),
+    }
+    written, index = {}, []
+    for name, make in makers.items():
+        try:
+            written[name] = make()
+            index.append("\t".join([name] + [p.name for p in written[name]]))
+        except Skip as why:
+            plt.close("all")
+            print(f"plots: skipped {name}: {why}", file=sys.stderr)
+            index.append(f"# skipped {name}: {why}")
+    with atomic_path(out / "figures.txt") as tmp:
+        tmp.write_text("\n".join(index) + "\n")
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cells", required=True, type=Path, help="cells.csv of the evaluated grid")
+    parser.add_argument("--benchmarks", required=True, type=Path, help="benchmarks.csv")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (PNG + PDF per figure, figures.txt)")
+    parser.add_argument("--formats", nargs="+", default=["pdf"],
+                        help="formats besides PNG (default: pdf)")
+    parser.add_argument("--transition-from", default="grpo",
+                        help="source of the transition heatmap: a method key, label or cell id (default grpo)")
+    parser.add_argument("--transition-to", default="rs_grpo",
+                        help="target of the transition heatmap: a method key, label or cell id (default rs_grpo)")
+
+
+def main(args: argparse.Namespace) -> int:
+    written = make_figures(args.cells, args.benchmarks, args.out, formats=args.formats,
+                           transition_from=args.transition_from, transition_to=args.transition_to)
+    for paths in written.values():
+        for p in paths:
+            print(p)
+    print(args.out / "figures.txt")
+    return 0

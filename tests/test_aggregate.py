@@ -1,0 +1,353 @@
+"""``rsgrpo.aggregate`` on synthetic result trees with known truth (tests/synthetic_results.py).
+
+Every table number is checked against an independent computation (math.comb on the generated
+counts), the CIs against their nominal coverage of the known population mean, the paired
+differences against a constructed improvement / deterioration, the published comparison against
+numbers copied by hand from the paper's Table 2, and every documented error message.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsgrpo import aggregate as agg
+from rsgrpo.cli import main as cli_main
+from rsgrpo.passk import bootstrap_ci, pass_at_k
+
+import synthetic_results as syn
+
+N_BOOT = 400
+
+
+def comb_pass_at_k(n: int, c: np.ndarray, k: int) -> float:
+    """Mean over problems of 1 - C(n-c, k)/C(n, k), with exact integers."""
+    return float(np.mean([1 - math.comb(n - int(ci), k) / math.comb(n, k) for ci in c]))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return syn.write_tree(tmp_path_factory.mktemp("synthetic"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def outputs(tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("aggregate")
+    written = agg.aggregate(tree.cells_csv, tree.benchmarks_csv, out, n_boot=N_BOOT, seed=0)
+    assert sorted(p.name for p in written.values()) == sorted(
+        f"{name}.{ext}" for name in ("table2", "rsgrpo_vs_grpo", "published_comparison") for ext in ("csv", "md"))
+    return {name: pd.read_csv(out / f"{name}.csv", keep_default_na=False, na_values=[""])
+            for name in ("table2", "rsgrpo_vs_grpo", "published_comparison")} | {"dir": out}
+
+
+# --------------------------------------------------------------------------------------- Table 2
+def test_table2_pass_at_k_equals_math_comb(tree, outputs):
+    t2 = outputs["table2"]
+    bench_n = {b.key: b.n for b in tree.benchmarks}
+    checked = 0
+    for _, r in t2[t2["benchmark"] != agg.AVG].iterrows():
+        counts = tree.counts[(r["cell"], tree.final_step(r["cell"]), r["benchmark"])]
+        n = bench_n[r["benchmark"]]
+        # pass@32 is the largest k <= 32 the samples allow: 32 for n = 32, 16 for the n = 16 'toy' set
+        assert r["k"] == (1 if r["metric"] == "pass@1" else min(32, n))
+        assert r["pass_at_k_pct"] == pytest.approx(100 * comb_pass_at_k(n, counts, int(r["k"])), abs=1e-4)
+        assert r["ci_low_pct"] <= r["pass_at_k_pct"] <= r["ci_high_pct"]
+        assert r["n_problems"] == len(counts) and r["n_samples"] == n
+        checked += 1
+    assert checked == 2 * 3 * (5 + 3)  # metrics x benchmarks x (7B cells + 1.5B cells)
+    # AVG is the unweighted mean over benchmarks; its k is empty because toy's k (16) differs
+    for (setting, cell, metric), g in t2.groupby(["setting", "cell", "metric"]):
+        avg = g[g["benchmark"] == agg.AVG]
+        assert avg["pass_at_k_pct"].iloc[0] == pytest.approx(g[g["benchmark"] != agg.AVG]["pass_at_k_pct"].mean(),
+                                                            abs=1e-4)
+        assert (avg["k"].iloc[0] == 1) if metric == "pass@1" else pd.isna(avg["k"].iloc[0])
+
+
+def test_table2_ci_is_the_bootstrap_of_the_per_problem_values(tree, outputs):
+    t2 = outputs["table2"]
+    r = t2[(t2["cell"] == "qwen7b/deepmath103k/grpo") & (t2["benchmark"] == "math500")
+           & (t2["metric"] == "pass@32")].iloc[0]
+    counts = tree.counts[("qwen7b/deepmath103k/grpo", 30, "math500")]
+    ci = bootstrap_ci(pass_at_k(32, counts, 32), n_boot=N_BOOT, seed=0)
+    assert (r["ci_low_pct"], r["ci_high_pct"]) == pytest.approx((100 * ci.low, 100 * ci.high), abs=1e-3)
+
+
+def test_base_row_is_shared_by_every_setting_of_its_model(tmp_path):
+    q = dict(model="m", model_name="Model-X")
+    cells = [syn.CellSpec(**q, method="base", label="Base"),
+             syn.CellSpec(**q, method="grpo", label="GRPO", train_set="setA", eval_steps=(2,), transform=syn.grpo_like),
+             syn.CellSpec(**q, method="grpo", label="GRPO", train_set="setB", eval_steps=(2,), transform=syn.chen_like)]
+    tree = syn.write_tree(tmp_path, cells, [syn.BenchSpec("b1", "", 6, 4)], seed=3)
+    grid = agg.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    t2 = agg.build_table2(grid, n_boot=50)
+    assert list(dict.fromkeys(t2["setting"])) == ["Model-X/setA", "Model-X/setB"]
+    for setting in ("Model-X/setA", "Model-X/setB"):
+        assert list(dict.fromkeys(t2.loc[t2["setting"] == setting, "label"])) == ["Base", "GRPO"]
+    base = t2[t2["cell"] == "m/base"]
+    assert base.groupby("setting")["pass_at_k_pct"].apply(tuple).nunique() == 1  # identical numbers
+    md = agg.table2_markdown(t2)
+    assert md.count("| Base |") == 2 and "## Model-X/setA" in md and "b1 p@32†" in md and "b1: k = 4" in md
+
+
+# --------------------------------------------------------------------------------- CI coverage
+def _beta_pass_at_k(a: float, b: float, k: int) -> float:
+    """Population pass@k for p ~ Beta(a, b): E[1 - (1-p)^k] = 1 - prod_{j<k} (b+j)/(a+b+j)."""
+    return 1.0 - float(np.prod([(b + j) / (a + b + j) for j in range(k)]))
+
+
+def test_bootstrap_cis_cover_the_true_population_mean_at_the_nominal_rate():
+    """Over 200 independent benchmarks drawn from a known problem population, the 95% CI of the
+    table (bootstrap over problems) and of the AVG column (stratified bootstrap) must cover the true
+    population pass@k about 95% of the time. A CI ignoring problem-level variance (e.g. a binomial CI
+    on all samples pooled) covers ~0.77 here; a band of [0.89, 0.99] catches that and an over-wide CI,
+    while the percentile bootstrap (~0.94 at 80 problems; slightly anti-conservative) passes."""
+    draws, n, p_problems = 200, 8, 80
+    populations = [(0.5, 2.5), (2.0, 2.0)]
+    hits = {"pass@1": 0, "pass@4": 0, "avg": 0}
+    truth_avg = np.mean([_beta_pass_at_k(a, b, 1) for a, b in populations])
+    for d in range(draws):
+        rng = np.random.default_rng([7, d])
+        strata = []
+        for i, (a, b) in enumerate(populations):
+            probs = rng.beta(a, b, size=p_problems)
+            counts = agg.Counts(np.arange(p_problems).astype(str), np.full(p_problems, n), rng.binomial(n, probs))
+            strata.append(counts.per_problem(1))
+            if i == 0:
+                for k, key in ((1, "pass@1"), (4, "pass@4")):
+                    ci = bootstrap_ci(counts.per_problem(k), n_boot=500, seed=d)
+                    hits[key] += ci.low <= _beta_pass_at_k(a, b, k) <= ci.high
+        ci = agg.stratified_bootstrap(strata, n_boot=500, seed=d)
+        hits["avg"] += ci.low <= truth_avg <= ci.high
+    coverage = {k: v / draws for k, v in hits.items()}
+    assert all(0.89 <= c <= 0.99 for c in coverage.values()), coverage
+
+
+def test_stratified_bootstrap_keeps_each_benchmark_weight():
+    # a 1-problem stratum has no variance: the AVG CI is the other stratum's CI halved and shifted
+    other = np.linspace(0, 1, 50)
+    ci = agg.stratified_bootstrap([np.array([1.0]), other], n_boot=300, seed=4)
+    assert ci.mean == pytest.approx((1.0 + other.mean()) / 2)
+    assert ci.low >= 0.5 and ci.high <= 1.0 and ci.high - ci.low < 0.5 * (other.max() - other.min())
+    with pytest.raises(ValueError, match="at least one stratum"):
+        agg.stratified_bootstrap([], n_boot=10)
+
+
+# ------------------------------------------------------------------------------ paired differences
+def test_paired_difference_sign_and_ci_on_constructed_changes(tmp_path):
+    """Model 'up': RS-GRPO = GRPO's probabilities + 0.25 on every problem; model 'down': - 0.25."""
+    bench = [syn.BenchSpec("b1", "AIME24", 40, 16), syn.BenchSpec("b2", "MATH500", 30, 16)]
+    cells = []
+    for model, shift in (("up", 0.25), ("down", -0.25)):
+        q = dict(model=model, model_name=model.upper(), train_set="ts", eval_steps=(1,))
+        base = syn.grpo_like
+        cells += [syn.CellSpec(**q, method="grpo", label="GRPO", transform=base),
+                  syn.CellSpec(**q, method="rs_grpo", beta=2.0, label="RS", transform=lambda p, s=shift: base(p) + s)]
+    tree = syn.write_tree(tmp_path, cells, bench, seed=5)
+    grid = agg.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    diff = agg.build_rsgrpo_vs_grpo(grid, n_boot=500, seed=0)
+    t2 = agg.build_table2(grid, n_boot=500, seed=0)
+    for model, sign in (("UP", 1), ("DOWN", -1)):
+        d = diff[diff["setting"] == f"{model}/ts"]
+        assert len(d) == 2 * 3  # (b1, b2, AVG) x (pass@1, pass@32 = pass@16 here: n = 16)
+        for _, r in d[d["metric"] == "pass@1"].iterrows():
+            assert sign * r["diff_pct"] > 10 and sign * r["ci_low_pct"] > 0 and sign * r["ci_high_pct"] > 0
+            assert r["diff_pct"] == pytest.approx(r["rs_grpo_pct"] - r["grpo_pct"])
+            if r["benchmark"] == agg.AVG:
+                continue
+            rs_c = tree.counts[(f"{model.lower()}/ts/rs_grpo_beta2", 1, r["benchmark"])]
+            gr_c = tree.counts[(f"{model.lower()}/ts/grpo", 1, r["benchmark"])]
+            assert r["diff_pct"] == pytest.approx(100 * (rs_c.mean() - gr_c.mean()) / 16)
+            # pairing: the paired CI is narrower than the two marginal CIs' half-widths added up
+            marg = t2[(t2["setting"] == f"{model}/ts") & (t2["benchmark"] == r["benchmark"]) & (t2["metric"] == "pass@1")]
+            half = ((marg["ci_high_pct"] - marg["ci_low_pct"]) / 2).sum()
+            assert r["ci_high_pct"] - r["ci_low_pct"] < 2 * half * 0.8
+        assert d.loc[d["metric"] == "pass@32", "k"].tolist() == [16, 16, 16]
+
+
+def test_rsgrpo_vs_grpo_outputs(outputs):
+    d = outputs["rsgrpo_vs_grpo"]
+    # 7B: beta 2 and beta 4 against GRPO; 1.5B: beta 2 against GRPO; 4 rows (3 benchmarks + AVG) x 2 metrics each
+    assert d.groupby(["setting", "rs_cell"]).size().to_dict() == {
+        ("Qwen2.5-Math-1.5B/deepmath103k", "qwen15b/deepmath103k/rs_grpo_beta2"): 8,
+        ("Qwen2.5-Math-7B/deepmath103k", "qwen7b/deepmath103k/rs_grpo_beta2"): 8,
+        ("Qwen2.5-Math-7B/deepmath103k", "qwen7b/deepmath103k/rs_grpo_beta4"): 8}
+    assert (d["ci_low_pct"] <= d["diff_pct"]).all() and (d["diff_pct"] <= d["ci_high_pct"]).all()
+    md = (outputs["dir"] / "rsgrpo_vs_grpo.md").read_text()
+    # the paper's RS-GRPO - GRPO AVG over the same two settings: p@1 (-0.1 + 2.0)/2, p@32 (4.5 + 3.0)/2
+    assert "+0.95 (2)" in md and "+3.75 (2)" in md
+    beta4_line = next(line for line in md.splitlines() if line.startswith("| RS-GRPO (β=4) - GRPO | 1 |"))
+    assert beta4_line.endswith("| n/a | n/a |")  # no published beta-4 run to compare with
+
+
+# ------------------------------------------------------------------------------ published numbers
+def test_published_comparison_picks_the_paper_numbers(outputs):
+    comp = outputs["published_comparison"]
+    t2 = outputs["table2"]
+
+    def one(cell, setting, bench, metric):
+        rows = comp[(comp["cell"] == cell) & (comp["setting"] == setting) & (comp["benchmark"] == bench)
+                    & (comp["metric"] == metric)]
+        assert len(rows) == 1, (cell, bench, metric)
+        return rows.iloc[0]
+
+    s7, s15 = "Qwen2.5-Math-7B/deepmath103k", "Qwen2.5-Math-1.5B/deepmath103k"
+    expected = {("qwen7b/deepmath103k/rs_grpo_beta2", s7, "aime24", "pass@1"): 30.2,
+                ("qwen7b/deepmath103k/rs_grpo_beta2", s7, "math500", "pass@32"): 95.8,
+                ("qwen7b/deepmath103k/grpo", s7, "aime24", "pass@32"): 58.0,
+                ("qwen7b/deepmath103k/chen", s7, "math500", "pass@1"): 85.6,
+                ("qwen7b/base", s7, "aime24", "pass@1"): 2.9,
+                ("qwen15b/base", s15, "math500", "pass@32"): 84.8,
+                ("qwen15b/deepmath103k/rs_grpo_beta2", s15, "aime24", "pass@32"): 45.1}
+    for key, published in expected.items():
+        r = one(*key)
+        ours = t2[(t2["cell"] == key[0]) & (t2["setting"] == key[1]) & (t2["benchmark"] == key[2])
+                  & (t2["metric"] == key[3])]["pass_at_k_pct"].iloc[0]
+        assert r["published_pct"] == published and r["ours_pct"] == pytest.approx(ours)
+        assert r["diff_pct"] == pytest.approx(ours - published)
+        assert np.sign(r["diff_pct"]) == np.sign(ours - published)
+        assert r["published_in_ci"] == (r["ci_low_pct"] <= published <= r["ci_high_pct"])
+    # never compared: the unpublished beta-4 run, the unpublished 'toy' benchmark (and its k = 16),
+    # and AVG (our benchmarks are not the paper's six)
+    assert not (comp["cell"] == "qwen7b/deepmath103k/rs_grpo_beta4").any()
+    assert set(comp["benchmark"]) == {"aime24", "math500"}
+    assert len(comp) == 2 * 2 * (4 + 3)  # benchmarks x metrics x published cells
+
+
+def test_published_avg_compared_only_with_the_papers_six_benchmarks(tmp_path):
+    six = ["AIME24", "AIME25", "HMMT24", "HMMT25", "CMIMC25", "MATH500"]
+    benches = [syn.BenchSpec(name.lower(), name, 4, 32) for name in six]
+    q = dict(model="q", model_name="Qwen2.5-7B", published_model="Qwen2.5-7B")
+    cells = [syn.CellSpec(**q, method="base", label="Base", published_method="Base"),
+             syn.CellSpec(**q, method="grpo", label="GRPO", published_method="GRPO", train_set="math12k",
+                          eval_steps=(1,), transform=syn.grpo_like)]
+    tree = syn.write_tree(tmp_path, cells, benches, seed=2)
+    grid = agg.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    t2 = agg.build_table2(grid, n_boot=50)
+    comp = agg.build_published_comparison(t2, grid)
+    avg = comp[(comp["benchmark"] == agg.AVG) & (comp["cell"] == "q/math12k/grpo")].set_index("metric")
+    assert avg.loc["pass@1", "published_pct"] == 20.2 and avg.loc["pass@32", "published_pct"] == 33.7
+    assert len(comp) == 2 * 2 * 7  # cells x metrics x (6 benchmarks + AVG)
+
+
+def test_published_table_is_package_data():
+    pub = agg.load_published_table()
+    assert pub.loc[("Qwen2.5-Math-7B/deepmath103k", "RS-GRPO"), "AIME24_p1"] == 30.2
+    assert len(pub) == 28
+    # the paper's headline: mean over its 7 settings of RS-GRPO - GRPO AVG = +1.29 / +3.64 points
+    settings = pub.index.get_level_values(0).unique()
+    for col, headline in (("AVG_p1", 1.29), ("AVG_p32", 3.64)):
+        diffs = [pub.loc[(s, "RS-GRPO"), col] - pub.loc[(s, "GRPO"), col] for s in settings]
+        assert np.mean(diffs) == pytest.approx(headline, abs=0.005)
+
+
+def test_markdown_tables(outputs):
+    md = (outputs["dir"] / "table2.md").read_text()
+    assert "## Qwen2.5-Math-7B/deepmath103k" in md and "toy p@32†" in md and "toy: k = 16" in md
+    assert "| Method | AIME24 p@1 | AIME24 p@32 |" in md
+    first = next(line for line in md.splitlines() if line.startswith("| RS-GRPO (β=2) |"))
+    assert first.count("[") == 8  # value [low, high] for 3 benchmarks + AVG, 2 metrics each
+    comp_md = (outputs["dir"] / "published_comparison.md").read_text()
+    assert "/ 30.2 (" in comp_md
+
+
+def test_cli_verb(tree, tmp_path):
+    assert cli_main(["aggregate", "--cells", str(tree.cells_csv), "--benchmarks", str(tree.benchmarks_csv),
+                     "--out", str(tmp_path), "--bootstrap", "20", "--seed", "3"]) == 0
+    assert (tmp_path / "table2.csv").stat().st_size > 0 and (tmp_path / "published_comparison.md").is_file()
+
+
+# ------------------------------------------------------------------------------------- errors
+def _edit_cells(tree, tmp_path, edit) -> tuple:
+    cells = pd.read_csv(tree.cells_csv, dtype=str, keep_default_na=False)
+    cells = edit(cells)
+    path = tmp_path / "cells.csv"
+    cells.to_csv(path, index=False)
+    return path, tree.benchmarks_csv
+
+
+def _edit_benchmarks(tree, tmp_path, edit) -> tuple:
+    b = pd.read_csv(tree.benchmarks_csv, dtype=str, keep_default_na=False)
+    path = tmp_path / "benchmarks.csv"
+    edit(b).to_csv(path, index=False)
+    return tree.cells_csv, path
+
+
+def _set(df, col, value, row=0):
+    df.loc[row, col] = value
+    return df
+
+
+ERRORS = {
+    "cells file missing": (lambda t, p: (p / "nope.csv", t.benchmarks_csv), r"cells file '.*nope\.csv' does not exist"),
+    "cells column missing": (lambda t, p: _edit_cells(t, p, lambda d: d.drop(columns=["graded"])),
+                             r"cells file .* lacks column\(s\) \['graded'\]"),
+    "cells empty": (lambda t, p: _edit_cells(t, p, lambda d: d.iloc[:0]), r"cells file .* holds no rows"),
+    "cell repeated": (lambda t, p: _edit_cells(t, p, lambda d: _set(d, "cell", d.loc[1, "cell"])),
+                      r"column 'cell' repeats 'qwen7b/deepmath103k/grpo'"),
+    "label empty": (lambda t, p: _edit_cells(t, p, lambda d: _set(d, "label", "", 2)),
+                    r"column 'label' is empty in row 4"),
+    "passk file missing": (lambda t, p: _edit_cells(t, p, lambda d: _set(d, "passk", "gone/passk.csv")),
+                           r"cell 'qwen7b/base': column 'passk' names 'gone/passk.csv', which does not exist"),
+    "bad beta": (lambda t, p: _edit_cells(t, p, lambda d: _set(d, "beta", "two", 2)),
+                 r"column 'beta' must be a number or empty, got 'two'"),
+    "bad step_evals": (lambda t, p: _edit_cells(t, p, lambda d: _set(d, "step_evals", "ten:/x", 1)),
+                       r"column 'step_evals' entry 'ten:/x' is not 'step:dir'"),
+    "benchmarks file missing": (lambda t, p: (t.cells_csv, p / "b.csv"), r"benchmarks file '.*b\.csv' does not exist"),
+    "benchmarks column missing": (lambda t, p: _edit_benchmarks(t, p, lambda d: d.drop(columns=["ks"])),
+                                  r"benchmarks file .* lacks column\(s\) \['ks'\]"),
+    "benchmarks empty": (lambda t, p: _edit_benchmarks(t, p, lambda d: d.iloc[:0]), r"benchmarks file .* holds no rows"),
+    "bad ks": (lambda t, p: _edit_benchmarks(t, p, lambda d: _set(d, "ks", "1;two")),
+               r"benchmark 'aime24'.*column 'ks' must be ';'-separated positive integers"),
+    "benchmark not graded": (
+        lambda t, p: _edit_benchmarks(t, p, lambda d: pd.concat([d, pd.DataFrame([{"benchmark": "extra",
+                                      "published_name": "", "n": "4", "ks": "1"}])], ignore_index=True)),
+        r"graded file .* column 'graded', cell 'qwen7b/base'\) has no rows for benchmark\(s\) \['extra'\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_error_messages(tree, tmp_path, case):
+    make, pattern = ERRORS[case]
+    cells, benchmarks = make(tree, tmp_path)
+    with pytest.raises(ValueError, match=pattern):
+        agg.aggregate(cells, benchmarks, tmp_path / "out", n_boot=10)
+    assert not (tmp_path / "out" / "table2.csv").exists()
+
+
+def test_error_graded_column_and_stale_passk(tree, tmp_path):
+    graded = pd.read_parquet(tree.root / "qwen7b/base/eval/graded.parquet")
+    bad_graded = tmp_path / "graded.parquet"
+    graded.drop(columns=["correct"]).to_parquet(bad_graded)
+    cells, bench = _edit_cells(tree, tmp_path, lambda d: _set(d, "graded", str(bad_graded)))
+    with pytest.raises(ValueError, match=r"graded file '.*graded\.parquet' lacks column\(s\) \['correct'\]"):
+        agg.aggregate(cells, bench, tmp_path / "out", n_boot=10)
+
+    passk = pd.read_csv(tree.root / "qwen7b/base/eval/passk.csv")
+    passk.loc[passk["k"] == 1, "pass_at_k"] += 0.01
+    stale = tmp_path / "stale_passk.csv"
+    passk.to_csv(stale, index=False)
+    cells, bench = _edit_cells(tree, tmp_path, lambda d: _set(d, "passk", str(stale)))
+    with pytest.raises(ValueError, match=r"passk file '.*stale_passk\.csv' \(cell 'qwen7b/base'\) says pass@1 .* stale"):
+        agg.aggregate(cells, bench, tmp_path / "out", n_boot=10)
+
+    with pytest.raises(ValueError, match="--bootstrap must be >= 1"):
+        agg.aggregate(tree.cells_csv, tree.benchmarks_csv, tmp_path / "out", n_boot=0)
+
+
+def test_relative_paths_resolve_against_the_cells_folder(tree, tmp_path):
+    """The workflow may write cells.csv with paths relative to its own folder."""
+    root = tmp_path / "copy"
+    shutil.copytree(tree.root, root)
+    cells = pd.read_csv(root / "cells.csv", dtype=str, keep_default_na=False)
+    for col in ("passk", "graded", "metrics"):
+        cells[col] = [v.replace(str(tree.root) + "/", "") for v in cells[col]]
+    cells["step_evals"] = [v.replace(str(tree.root) + "/", "") for v in cells["step_evals"]]
+    cells.to_csv(root / "cells.csv", index=False)
+    grid = agg.load_grid(root / "cells.csv", root / "benchmarks.csv")
+    assert grid.cells.loc["qwen7b/base", "graded"] == root / "qwen7b/base/eval/graded.parquet"
+    steps = agg.parse_step_evals(grid.cells.loc["qwen7b/deepmath103k/grpo", "step_evals"], root, where="x")
+    assert [s for s, _ in steps] == [10, 20, 30] and all(d.is_dir() for _, d in steps)

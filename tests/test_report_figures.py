@@ -1,0 +1,216 @@
+"""``rsgrpo.report_figures`` on synthetic result trees: files, panels, plotted numbers, the transition
+matrix and the unique-answer count against hand-made cases, and graceful skipping."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsgrpo import report_figures as rf
+from rsgrpo.cli import main as cli_main
+
+import synthetic_results as syn
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """The default synthetic grid rendered once (PNG + PDF); each figure's axes recorded before close."""
+    tree = syn.write_tree(tmp_path_factory.mktemp("synthetic"), seed=2)
+    out = tmp_path_factory.mktemp("figures")
+    seen = {}
+    original = rf.save_figure
+
+    def spy(fig, path, formats=None):
+        seen[path.stem] = list(fig.axes)
+        return original(fig, path, formats)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rf, "save_figure", spy)
+        written = rf.make_figures(tree.cells_csv, tree.benchmarks_csv, out, formats=("pdf",))
+    return tree, out, written, seen
+
+
+def test_every_figure_written_as_png_and_pdf_and_indexed(rendered):
+    tree, out, written, _ = rendered
+    assert list(written) == list(rf.FIGURES)
+    for name, paths in written.items():
+        assert sorted(p.name for p in paths) == [f"{name}.pdf", f"{name}.png"]
+        assert all(p.stat().st_size > 5_000 for p in paths)
+    index = (out / "figures.txt").read_text().splitlines()
+    assert index == [f"{name}\t{name}.png\t{name}.pdf" for name in rf.FIGURES]
+
+
+def test_passk_curves_panels_and_values(rendered):
+    tree, _, _, seen = rendered
+    axes = seen["passk_curves"]
+    assert len(axes) == 2 * 3  # settings x benchmarks
+    assert [len(ax.get_lines()) for ax in axes] == [5, 5, 5, 3, 3, 3]  # cells per setting (Base included)
+    assert axes[0].get_xscale() == "log"
+    # top-left panel: 7B setting, aime24; the GRPO line is its passk.csv in percent
+    passk = pd.read_csv(tree.root / "qwen7b/deepmath103k/grpo/eval/step_30/passk.csv")
+    passk = passk[passk["benchmark"] == "aime24"]
+    grpo = next(line for line in axes[0].get_lines() if line.get_label() == "GRPO")
+    np.testing.assert_allclose(grpo.get_xdata(), passk["k"])
+    np.testing.assert_allclose(grpo.get_ydata(), 100 * passk["pass_at_k"])
+    assert len(axes[0].collections) == 5  # one CI band per line
+    assert max(axes[2].get_lines()[0].get_xdata()) == 16  # toy has n = 16 samples
+
+
+def test_beta_ablation_panels_and_values(rendered):
+    tree, _, _, seen = rendered
+    axes = seen["beta_ablation"]
+    assert len(axes) == 4  # one setting (the 7B one has betas 2 and 4) x 4 panels
+    assert [sorted(line.get_label() for line in ax.get_lines()) for ax in axes] == [
+        ["GRPO", "RS-GRPO (β=2)", "RS-GRPO (β=4)"]] * 4
+    pass1 = {line.get_label(): line for line in axes[2].get_lines()}["RS-GRPO (β=4)"]
+    assert list(pass1.get_xdata()) == [0, 10, 20, 30]  # step 0 is the base model
+    benches = [b.key for b in tree.benchmarks]
+    for x, y in zip(pass1.get_xdata(), pass1.get_ydata()):
+        cell = "qwen7b/base" if x == 0 else "qwen7b/deepmath103k/rs_grpo_beta4"
+        step = 0 if x == 0 else int(x)
+        expected = np.mean([tree.counts[(cell, step, b)].mean() / bs.n for b, bs in zip(benches, tree.benchmarks)])
+        assert y == pytest.approx(100 * expected)
+    # pass@32 panel: largest k <= 32 per benchmark (16 on toy), averaged
+    pass32 = {line.get_label(): line for line in axes[3].get_lines()}["GRPO"]
+    from math import comb
+    final = [np.mean([1 - comb(bs.n - int(c), min(32, bs.n)) / comb(bs.n, min(32, bs.n))
+                      for c in tree.counts[("qwen7b/deepmath103k/grpo", 30, bs.key)]]) for bs in tree.benchmarks]
+    assert pass32.get_ydata()[-1] == pytest.approx(100 * np.mean(final), abs=1e-6)
+    metrics = pd.read_csv(tree.root / "qwen7b/deepmath103k/grpo/train/metrics.csv")
+    solve = {line.get_label(): line for line in axes[0].get_lines()}["GRPO"]
+    np.testing.assert_allclose(solve.get_ydata(), metrics["cumulative_solve_rate"])
+
+
+def test_other_figures_panels(rendered):
+    _, out, _, seen = rendered
+    assert len(seen["unique_answers"]) == 2  # one panel per setting
+    assert [len(ax.patches) for ax in seen["unique_answers"]] == [5 * 3, 3 * 3]  # cells x benchmarks bars
+    assert len(seen["transition_heatmap"]) == 3  # GRPO -> beta 2 and beta 4 (7B), GRPO -> beta 2 (1.5B)
+    assert len(seen["entropy"]) == 2
+    assert [len(ax.get_lines()) for ax in seen["entropy"]] == [4, 2]  # trained runs per setting
+
+
+def test_transition_matrix_csv_matches_the_counts(rendered):
+    tree, out, _, _ = rendered
+    tm = pd.read_csv(out / "transition_matrix.csv")
+    for (setting, a, b), g in tm.groupby(["setting", "from_cell", "to_cell"], sort=False):
+        m = g.pivot(index="from_bin", columns="to_bin", values="count").loc[list(rf.ACCURACY_BINS),
+                                                                           list(rf.ACCURACY_BINS)].to_numpy()
+        c_from = np.concatenate([tree.counts[(a, 30, bs.key)] for bs in tree.benchmarks])
+        n_from = np.concatenate([np.full(bs.n_problems, bs.n) for bs in tree.benchmarks])
+        c_to = np.concatenate([tree.counts[(b, 30, bs.key)] for bs in tree.benchmarks])
+        assert m.sum() == 90
+        # row sums = problems per source bin, column sums = problems per target bin (independent binning)
+        bins = lambda c, n: np.searchsorted([0, 0.2, 0.4, 0.6, 0.8], c / n, side="left")  # noqa: E731
+        np.testing.assert_array_equal(m.sum(axis=1), np.bincount(bins(c_from, n_from), minlength=6))
+        np.testing.assert_array_equal(m.sum(axis=0), np.bincount(bins(c_to, n_from), minlength=6))
+
+
+def test_transition_matrix_hand_made_case():
+    n = np.full(8, 10)
+    c_from = np.array([0, 0, 1, 2, 3, 6, 10, 9])
+    c_to = np.array([0, 4, 2, 5, 8, 6, 10, 10])
+    # bins from: 0,0,1,1,2,3,5,5   to: 0,2,1,3,4,3,5,5
+    expected = np.zeros((6, 6), dtype=int)
+    for i, j in [(0, 0), (0, 2), (1, 1), (1, 3), (2, 4), (3, 3), (5, 5), (5, 5)]:
+        expected[i, j] += 1
+    np.testing.assert_array_equal(rf.transition_matrix(c_from, n, c_to, n), expected)
+    # bin edges: exactly 0.2 is in (0, 0.2]; anything above in (0.2, 0.4]; 1.0 in (0.8, 1]
+    np.testing.assert_array_equal(rf.accuracy_bins([0, 1, 3, 4, 5, 12, 13, 15], np.full(8, 15)),
+                                  [0, 1, 1, 2, 2, 4, 5, 5])
+    with pytest.raises(ValueError, match="0 <= correct <= n"):
+        rf.accuracy_bins([3], [2])
+    with pytest.raises(ValueError, match="same problems"):
+        rf.transition_matrix([1, 2], [4, 4], [1], [4])
+
+
+def test_unique_correct_ratio_hand_made():
+    graded = pd.DataFrame({
+        "benchmark": ["b"] * 8 + ["c"],
+        "problem_id": ["p1"] * 5 + ["p2"] * 2 + ["p3"] + ["p1"],
+        "text": ["x  y", "x y", " x y\n", "z", "w", "a", "a", "q", "x y"],
+        "correct": [True, True, True, True, False, False, False, True, True],
+    })
+    got = rf.unique_correct_ratio(graded).set_index(["benchmark", "problem_id"])
+    assert got.loc[("b", "p1")].tolist() == [4, 2]  # "x y" three times (whitespace variants) + "z"
+    assert got.loc[("b", "p2")].tolist() == [0, 0]  # nothing correct
+    assert got.loc[("b", "p3")].tolist() == [1, 1]
+    assert got.loc[("c", "p1")].tolist() == [1, 1]  # same id in another benchmark is another problem
+    assert rf.normalize_text("  a \t b\n\nc ") == "a b c" and rf.normalize_text(None) == ""
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['text'\]"):
+        rf.unique_correct_ratio(graded.drop(columns=["text"]))
+
+
+def test_unique_answers_csv_matches_an_independent_count(rendered):
+    tree, out, _, _ = rendered
+    table = pd.read_csv(out / "unique_answers.csv")
+    cell = "qwen7b/deepmath103k/rs_grpo_beta2"
+    graded = pd.read_parquet(tree.root / cell / "eval/step_30/graded.parquet")
+    for bench, g in graded.groupby("benchmark"):
+        ratios = []
+        for _, p in g[g["correct"]].groupby("problem_id"):
+            texts = [" ".join(t.split()) for t in p["text"]]
+            ratios.append(len(set(texts)) / len(texts))
+        row = table[(table["cell"] == cell) & (table["benchmark"] == bench)].iloc[0]
+        assert row["unique_ratio"] == pytest.approx(np.mean(ratios))
+        assert row["n_problems_with_correct"] == len(ratios)
+
+
+def test_skips_figures_without_inputs(tmp_path):
+    """Base models only: no training runs, so beta ablation, transitions and entropy are skipped."""
+    cells = [syn.CellSpec(model="m", model_name="M", method="base", label="Base"),
+             syn.CellSpec(model="k", model_name="K", method="base", label="Base")]
+    tree = syn.write_tree(tmp_path / "tree", cells, [syn.BenchSpec("b1", "", 5, 4)], seed=0)
+    out = tmp_path / "figs"
+    assert cli_main(["plots", "--cells", str(tree.cells_csv), "--benchmarks", str(tree.benchmarks_csv),
+                     "--out", str(out), "--formats", "png"]) == 0
+    index = (out / "figures.txt").read_text().splitlines()
+    assert [line for line in index if not line.startswith("#")] == [
+        "passk_curves\tpassk_curves.png", "unique_answers\tunique_answers.png"]
+    assert sorted(line for line in index if line.startswith("#")) == [
+        "# skipped beta_ablation: no setting has two or more RS-GRPO runs (betas)",
+        "# skipped entropy: no cell has a metrics.csv",
+        "# skipped transition_heatmap: no setting has both a 'grpo' and a 'rs_grpo' cell"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures.txt", "passk_curves.png", "unique_answers.csv",
+                                                     "unique_answers.png"]
+
+
+def test_transition_source_and_target_by_label(tmp_path):
+    q = dict(model="m", model_name="M", train_set="t", eval_steps=(1,))
+    cells = [syn.CellSpec(**q, method="grpo", label="GRPO", transform=syn.grpo_like),
+             syn.CellSpec(**q, method="chen", label="Chen2025", transform=syn.chen_like)]
+    tree = syn.write_tree(tmp_path / "tree", cells, [syn.BenchSpec("b1", "", 7, 4)], seed=0)
+    grid = rf.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    assert rf.transition_pairs(grid, "Chen2025", "grpo") == [("M/t", "m/t/chen", "m/t/grpo")]
+    assert rf.transition_pairs(grid, "grpo", "rs_grpo") == []
+    rf._style()
+    (png,) = rf.plot_transition_heatmap(grid, tmp_path, (), "GRPO", "chen")
+    assert png.stat().st_size > 5_000
+    tm = pd.read_csv(tmp_path / "transition_matrix.csv")
+    assert tm["count"].sum() == 7 and set(tm["to_cell"]) == {"m/t/chen"}
+    with pytest.raises(rf.Skip, match="no setting has both a 'walder' and a 'chen' cell"):
+        rf.plot_transition_heatmap(grid, tmp_path, (), "walder", "chen")
+
+
+def test_metrics_missing_column_is_named(tmp_path):
+    q = dict(model="m", model_name="M", train_set="t", eval_steps=(1,))
+    tree = syn.write_tree(tmp_path / "tree", [syn.CellSpec(**q, method="grpo", label="GRPO")],
+                          [syn.BenchSpec("b1", "", 3, 2)], seed=0)
+    metrics = tree.root / "m/t/grpo/train/metrics.csv"
+    pd.read_csv(metrics).drop(columns=["entropy"]).to_csv(metrics, index=False)
+    with pytest.raises(ValueError, match=r"metrics file '.*metrics\.csv' lacks column\(s\) \['entropy'\]"):
+        rf.make_figures(tree.cells_csv, tree.benchmarks_csv, tmp_path / "figs", formats=())
+
+
+def test_graded_without_text_is_named(tmp_path):
+    tree = syn.write_tree(tmp_path / "tree", [syn.CellSpec(model="m", model_name="M", method="base", label="Base")],
+                          [syn.BenchSpec("b1", "", 3, 2)], seed=0)
+    graded = tree.root / "m/base/eval/graded.parquet"
+    pd.read_parquet(graded).drop(columns=["text"]).to_parquet(graded)
+    with pytest.raises(ValueError, match=r"graded file '.*graded\.parquet' lacks column\(s\) \['text'\]"):
+        rf.make_figures(tree.cells_csv, tree.benchmarks_csv, tmp_path / "figs", formats=())
