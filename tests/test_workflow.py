@@ -4,6 +4,7 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
 from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
 
@@ -19,30 +20,95 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("configfile", ["config/grid.yaml", "config/demo.yaml"])
-def test_dry_run_job_counts(tmp_path, configfile):
-    wf = copy_workflow(tmp_path)
-    out = snakemake(wf, "-n", "--configfile", configfile)
+PAPER_COUNTS = {
+    "all": 1, "bandit": 1, "plot_advantages": 1, "cell_index": 1, "aggregate": 1, "figures": 1,
+    "prepare_model": 5,  # one per model
+    "prepare_data": 9,  # 3 train sets + 6 benchmarks
+    "train": 27,  # 32 cells minus 5 shared base models
+    "score": 64,  # 32 final evaluations + 8 ablation cells x 4 intermediate checkpoints
+    "sample": 384,  # 64 evaluations x 6 benchmarks
+}
+
+
+def test_paper_grid_dry_run_job_counts(tmp_path):
+    out = snakemake(copy_workflow(tmp_path), "-n")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout + out.stderr) == {"all": 1, "bandit": 1, "plot_advantages": 1}
+    assert job_counts(out.stdout + out.stderr) == PAPER_COUNTS
 
 
-@pytest.mark.parametrize(
-    "config, message",
-    [
-        ({"bandit": {"betas": [-1]}}, "-1 is less than the minimum of 0"),
-        ({"bandit": {"seeds": 0}}, "0 is less than the minimum of 1"),
-        ({"bandit": {"betaz": [1]}}, "Additional properties are not allowed \\('betaz' was unexpected\\)"),
-        ({"bandits": {}}, "'bandits' was unexpected"),
-        ({"figures": {"advantage_betas": "2"}}, "'2' is not of type 'array'"),
-    ],
-)
+def test_single_cell_schedules_exactly_its_jobs(tmp_path):
+    out = snakemake(copy_workflow(tmp_path), "-n", "-p", "results/qwen7b/beta4/passk.csv")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout + out.stderr) == {
+        "prepare_model": 1, "prepare_data": 7, "train": 1, "sample": 6, "score": 1}
+    text = out.stdout + out.stderr
+    assert "--set=method_params={\"beta\": 4.0}" in text.replace("'", "")
+    assert "runs/qwen7b/beta4" in text and "models/qwen7b" in text
+
+
+def test_base_evaluation_is_shared_by_every_cell_of_a_model(tmp_path):
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "-n", "results/qwen7b/beta4/passk.csv", "results/qwen7b/dapo17k/grpo/passk.csv", "results/qwen7b/base/passk.csv")
+    counts = job_counts(out.stdout + out.stderr)
+    assert counts["prepare_model"] == 1 and counts["score"] == 3 and counts["train"] == 2
+
+
+def test_adding_a_sweep_adds_exactly_the_expected_jobs(tmp_path):
+    wf = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((REPO / "config/grid.yaml").read_text())
+    cfg["sweeps"].append({"name": "extra", "models": ["qwen3_4b"], "methods": ["chen", "rs_grpo"], "betas": [1, 2]})
+    out = snakemake(wf, "-n", "--configfile", str(write_config(tmp_path / "more.yaml", cfg)))
+    counts = job_counts(out.stdout + out.stderr)
+    # new cells: qwen3_4b/chen and qwen3_4b/beta1 (beta2 exists): 2 trainings, 2 scores, 12 samples
+    expected = dict(PAPER_COUNTS, train=29, score=66, sample=396)
+    assert counts == expected
+
+
+def test_demo_config_dry_run(tmp_path):
+    out = snakemake(copy_workflow(tmp_path), "-n", "--configfile", "config/demo.yaml")
+    assert out.returncode == 0, out.stderr
+
+
+SCHEMA_ERRORS = [
+    ({"bandit": {"betas": [-1]}}, "-1 is less than the minimum of 0"),
+    ({"bandit": {"seeds": 0}}, "0 is less than the minimum of 1"),
+    ({"bandit": {"betaz": [1]}}, "Additional properties are not allowed \\('betaz' was unexpected\\)"),
+    ({"bandits": {}}, "'bandits' was unexpected"),
+    ({"figures": {"advantage_betas": "2"}}, "'2' is not of type 'array'"),
+    ({"models": {"m": {"spec": {"source": "ftp"}, "train_set": "t"}}}, "'ftp' is not one of"),
+    ({"models": {"m-1": {"spec": {"source": "tiny"}, "train_set": "t"}}}, "'m-1' does not match"),
+    ({"benchmarks": {"b": {"spec": {"source": "local"}, "n": 0, "ks": [1]}}}, "0 is less than the minimum of 1"),
+    ({"evaluation": {"top_p": 1.5}}, "1.5 is greater than the maximum of 1"),
+    ({"sweeps": [{"models": ["m"]}]}, "'methods' is a required property"),
+]
+
+CROSS_CHECK_ERRORS = [
+    ({"sweeps": [{"models": ["qwen9b"], "methods": ["grpo"]}]}, "sweeps\\[0\\].models\\[0\\]: unknown model 'qwen9b'"),
+    ({"sweeps": [{"models": ["qwen7b"], "methods": ["grpo"], "betas": [2]}]}, "none of the methods \\['grpo'\\] takes beta"),
+    ({"benchmarks": {"math500": {"spec": {"source": "local", "path": "x.jsonl"}, "n": 8, "ks": [16]}}}, "k=16 exceeds the 8 samples"),
+    ({"methods": {"grpo": {"estimator": "grpo", "params": {"temperature": 1}}}}, "estimator 'grpo' takes no parameter 'temperature'"),
+]
+
+
+@pytest.mark.parametrize("config, message", SCHEMA_ERRORS + CROSS_CHECK_ERRORS)
 def test_bad_config_rejected_before_any_job(tmp_path, config, message):
     wf = copy_workflow(tmp_path)
-    cfg = write_config(tmp_path / "bad.yaml", config)
+    base = yaml.safe_load((REPO / "config/grid.yaml").read_text())
+    for key, value in config.items():  # replace whole sections, as a user editing a copy would
+        base[key] = value
+    cfg = write_config(tmp_path / "bad.yaml", base)
     out = snakemake(wf, "-n", "--configfile", str(cfg))
     assert out.returncode != 0
     assert re.search(message, out.stdout + out.stderr), out.stdout + out.stderr
+    assert "Job stats" not in out.stdout + out.stderr  # rejected before scheduling anything
+
+
+def test_duplicate_key_in_config_file_rejected(tmp_path):
+    wf = copy_workflow(tmp_path)
+    text = (REPO / "config/grid.yaml").read_text().replace("bandit:\n", "bandit:\n  seeds: 3\n", 1)
+    (tmp_path / "dup.yaml").write_text(text)
+    out = snakemake(wf, "-n", "--configfile", str(tmp_path / "dup.yaml"))
+    assert out.returncode != 0 and "duplicate key 'seeds'" in out.stdout + out.stderr
 
 
 def test_real_run_on_tiny_config(tmp_path):

@@ -1,15 +1,124 @@
-# Loads and validates the config (JSON schema; fills documented defaults) and holds shared patterns.
+# Loads and validates the config, expands the grid (rsgrpo.grid), and holds the shared helpers.
+# All experiment logic lives in rsgrpo; this file only maps wildcards to cells and CLI arguments.
+import json
+import shlex
+
 from snakemake.utils import validate
+
+from rsgrpo import grid as G
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-RESULTS = "results"
-LOGS = "logs"
+# Duplicate keys are silently merged by YAML loaders: re-read each config file strictly.
+CONFIG_FILES = [str(f) for f in workflow.configfiles]
+for _file in CONFIG_FILES:
+    G.load_yaml_strict(_file)
+
+LAYOUT = G.Layout()
+RESULTS, LOGS = LAYOUT.results, LAYOUT.logs
+CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
+BENCHMARKS = list(config["benchmarks"])
+
+# Every rule runs in this environment under --software-deployment-method conda (see the file).
+RSGRPO_ENV = "../envs/rsgrpo.yaml"
+
+
+wildcard_constraints:
+    model=r"[A-Za-z][A-Za-z0-9_]*",
+    name=r"[A-Za-z][A-Za-z0-9_]*",
+    bench=r"[A-Za-z][A-Za-z0-9_]*",
+    # [<train_set>/]<method>[/step<N>]: one or two name segments, optionally a checkpoint segment
+    evalrun=r"(?:[A-Za-z][A-Za-z0-9_]*/)?[A-Za-z][A-Za-z0-9_.\-]*(?:/step\d+)?",
+    run=r"(?:[A-Za-z][A-Za-z0-9_]*/)?[A-Za-z][A-Za-z0-9_.\-]*",
 
 
 def space_separated(values):
     """Format a list for a shell command line (betas etc.)."""
     return " ".join(str(v) for v in values)
 
-# Every rule runs in this environment under --software-deployment-method conda (see the file).
-RSGRPO_ENV = "../envs/rsgrpo.yaml"
+
+def cell_of(wildcards):
+    run = getattr(wildcards, "run", None) or G.split_eval(wildcards.evalrun)[0]
+    return G.cell_from_path(config, wildcards.model, run, CELLS)
+
+
+def eval_step(wildcards):
+    return G.split_eval(wildcards.evalrun)[1]
+
+
+def checkpoint_dir(wildcards):
+    """The checkpoint an evaluation samples from: the prepared model for base, else a train step."""
+    cell = cell_of(wildcards)
+    if cell.is_base:
+        return LAYOUT.model_dir(cell.model)
+    step = G.step_number(config, eval_step(wildcards), cell)
+    return f"{LAYOUT.run_dir(cell.id)}/checkpoints/step-{step:06d}"
+
+
+def train_settings(cell):
+    settings = G.train_settings(config, cell, LAYOUT)
+    if any(s != G.FINAL for s in cell.eval_steps):
+        settings["keep_last"] = 0  # intermediate checkpoints are evaluated: keep them all
+    return settings
+
+
+def set_flags(settings):
+    """--set key=value flags for `python -m rsgrpo train` (values as JSON, which YAML reads)."""
+    return " ".join(shlex.quote(f"--set={k}={json.dumps(v)}") for k, v in settings.items())
+
+
+def model_gpus(wildcards):
+    return int(config["models"][wildcards.model].get("gpus", 0))
+
+
+def report_table(name, caption):
+    """An aggregate CSV marked for the HTML report."""
+    return report(f"{RESULTS}/aggregate/{name}.csv", caption=f"../report/{caption}.rst", category="Tables")
+
+
+def aggregate_inputs():
+    """Everything the aggregate and figure steps read: each evaluation's tables, each run's metrics."""
+    files = []
+    for cell in CELLS:
+        for step in cell.eval_steps:
+            files += [f"{LAYOUT.eval_dir(cell.id, step)}/passk.csv", f"{LAYOUT.eval_dir(cell.id, step)}/graded.parquet"]
+        if not cell.is_base:
+            files.append(f"{LAYOUT.cell_dir(cell.id)}/metrics.csv")
+    return files
+
+
+def final_outputs():
+    """Every cell's final pass@k table and every evaluated checkpoint's."""
+    outs = []
+    for cell in CELLS:
+        for step in cell.eval_steps:
+            outs.append(f"{LAYOUT.eval_dir(cell.id, step)}/passk.csv")
+    return outs
+
+
+def dataset_spec(wildcards):
+    section = "train_sets" if wildcards.kind == "train" else "benchmarks"
+    if wildcards.name not in config[section]:
+        raise ValueError(f"no {section} entry named {wildcards.name!r} in the config")
+    entry = config[section][wildcards.name]
+    return shlex.quote(json.dumps(entry if section == "train_sets" else entry["spec"]))
+
+
+def sample_inputs(wildcards):
+    cell = cell_of(wildcards)
+    inputs = {"benchmark": LAYOUT.benchmark_data(wildcards.bench)}
+    if cell.is_base:
+        inputs["model"] = LAYOUT.model_dir(cell.model)
+    else:
+        inputs["manifest"] = f"{LAYOUT.cell_dir(cell.id)}/manifest.json"
+    return inputs
+
+
+def sample_args(wildcards):
+    bench = config["benchmarks"][wildcards.bench]
+    ev = config["evaluation"]
+    template = config["models"][wildcards.model].get("template", "chat")
+    return (
+        f"--n {bench['n']} --temperature {ev['temperature']} --top-p {ev['top_p']}"
+        f" --max-tokens {ev['max_tokens']} --seed {ev['seed']} --engine {ev['engine']} --template {template}"
+    )

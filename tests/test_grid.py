@@ -1,0 +1,128 @@
+"""Grid expansion and the config cross-checks the JSON schema cannot express."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rsgrpo import grid as G
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = yaml.safe_load((REPO / "config/grid.yaml").read_text())
+
+
+def paper():
+    return copy.deepcopy(PAPER)
+
+
+def test_paper_grid_cells():
+    cells = G.expand(paper())
+    ids = [c.id for c in cells]
+    assert len(ids) == len(set(ids)) == 32
+    assert sum(c.is_base for c in cells) == 5  # one shared base evaluation per model
+    # Table 2 settings: 1.5B/deepmath has all 5 trained methods, 7B/dapo has 4, math12k settings 2 each
+    assert {c.run for c in cells if c.model == "qwen1p5b"} == {"base", "grpo", "walder", "mahdavi", "chen", "beta0", "beta2", "beta4", "beta8"}
+    assert {c.run for c in cells if c.model == "qwen7b" and c.train_set == "dapo17k"} == {
+        "dapo17k/grpo", "dapo17k/mahdavi", "dapo17k/chen", "dapo17k/beta2"}
+    for model in ("qwen25_7b", "qwen3_4b", "llama8b"):
+        assert {c.run for c in cells if c.model == model} == {"base", "grpo", "beta2"}
+    # the ablation cell qwen7b/beta2 is also a Table 2 cell: one cell, union of evaluation steps
+    beta2 = next(c for c in cells if c.id == "qwen7b/beta2")
+    assert beta2.eval_steps == ("100", "200", "300", "400", "final")
+    assert next(c for c in cells if c.id == "qwen7b/grpo").eval_steps == ("final",)
+
+
+def test_single_cell_path_parsing():
+    cfg = paper()
+    cell = G.cell_from_path(cfg, "qwen7b", "beta4", G.expand(cfg))
+    assert (cell.model, cell.train_set, cell.method, cell.beta) == ("qwen7b", "deepmath103k", "rs_grpo", 4.0)
+    off_grid = G.cell_from_path(cfg, "qwen7b", "math12k/beta3")
+    assert (off_grid.train_set, off_grid.beta, off_grid.eval_steps) == ("math12k", 3.0, ("final",))
+    assert G.cell_from_path(cfg, "llama8b", "base").is_base
+    for run, message in [("beta-1", "beta must be >= 0"), ("betax", "cannot read a beta"), ("nope", "unknown method 'nope'"),
+                         ("grpo-beta2", "takes no beta"), ("math12k/base", "base model has no train set"),
+                         ("gsm8k/grpo", "unknown train set 'gsm8k'"), ("a/b/c", "expected results/")]:
+        with pytest.raises(G.ConfigError, match=message):
+            G.cell_from_path(cfg, "qwen7b", run)
+    with pytest.raises(G.ConfigError, match="unknown model 'qwen9b'"):
+        G.cell_from_path(cfg, "qwen9b", "grpo")
+
+
+def test_split_eval():
+    assert G.split_eval("beta4") == ("beta4", "final")
+    assert G.split_eval("dapo17k/beta2/step000100") == ("dapo17k/beta2", "100")
+    assert G.split_eval("dapo17k/beta2") == ("dapo17k/beta2", "final")
+
+
+def test_adding_a_sweep_adds_exactly_its_cells():
+    cfg = paper()
+    before = {c.id for c in G.expand(cfg)}
+    cfg["sweeps"].append({"name": "new", "models": ["qwen3_4b"], "methods": ["base", "chen", "rs_grpo"], "betas": [1, 2]})
+    after = {c.id for c in G.expand(cfg)}
+    assert after - before == {"qwen3_4b/chen", "qwen3_4b/beta1"}  # base and beta2 already exist
+
+
+def test_train_settings_merge_order():
+    cfg = paper()
+    cell = G.cell_from_path(cfg, "qwen7b", "dapo17k/beta2")
+    s = G.train_settings(cfg, cell)
+    assert s["method"] == "rs_grpo" and s["method_params"] == {"beta": 2.0}
+    assert s["micro_batch_size"] == 4  # model override beats the training default
+    assert s["lr"] == 1e-6 and s["train_data"] == "data/train/dapo17k.jsonl" and s["model_dir"] == "models/qwen7b"
+    chen = G.train_settings(cfg, G.cell_from_path(cfg, "qwen7b", "chen"))
+    assert chen["method"] == "passk_chen" and chen["method_params"] == {"k": 4}
+
+
+def test_cells_table_columns_and_published_mapping():
+    cfg = paper()
+    rows = {r["cell"]: r for r in G.cells_table(cfg, G.expand(cfg))}
+    assert rows["qwen7b/beta2"]["published_method"] == "RS-GRPO"
+    assert rows["qwen7b/beta4"]["published_method"] == ""  # the paper reports beta 2 only
+    assert rows["qwen7b/base"]["train_set"] == "" and rows["qwen7b/base"]["metrics"] == ""
+    assert rows["qwen7b/beta2"]["step_evals"].split(";")[0] == "100:results/qwen7b/beta2/step000100"
+    assert rows["qwen7b/beta2"]["step_evals"].split(";")[-1] == "500:results/qwen7b/beta2"
+    assert rows["qwen1p5b/walder"]["label"] == "Walder&Karkhanis2025"
+
+
+def mutate(path, value):
+    def apply(cfg):
+        node = cfg
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        return cfg
+    return apply
+
+
+BAD = [
+    (mutate(("sweeps", 0, "models"), ["qwen9b"]), "sweeps\\[0\\] \\(table2-qwen-math-1.5b\\).models\\[0\\]: unknown model 'qwen9b'"),
+    (mutate(("sweeps", 1, "train_sets"), ["gsm8k"]), "sweeps\\[1\\].*train_sets\\[0\\]: unknown train set 'gsm8k'"),
+    (mutate(("sweeps", 2, "methods"), ["base", "ppo"]), "methods\\[1\\]: unknown method 'ppo'"),
+    (mutate(("sweeps", 0, "methods"), ["base", "grpo"]), "betas: \\[2\\] given, but none of the methods \\['base', 'grpo'\\] takes beta"),
+    (mutate(("sweeps", 3, "betas"), []), "methods \\['rs_grpo'\\] need beta"),
+    (mutate(("methods", "grpo", "params"), {"scale": "std", "beta": 2}), "methods.grpo.params.beta: estimator 'grpo' takes no parameter 'beta'"),
+    (mutate(("methods", "rs_grpo", "params"), {"beta": 2}), "methods.rs_grpo.params.beta: set beta in a sweep"),
+    (mutate(("methods", "chen", "params"), {}), "methods.chen.params: estimator 'passk_chen' needs \\['k'\\]"),
+    (mutate(("methods", "chen", "estimator"), "pass_at_k"), "methods.chen.estimator: unknown estimator 'pass_at_k'"),
+    (mutate(("methods", "base", "estimator"), "grpo"), "methods.base.estimator: the base model is not trained"),
+    (mutate(("methods", "grpo", "estimator"), None), "methods.grpo.estimator: missing"),
+    (mutate(("benchmarks", "math500", "ks"), [1, 64]), "benchmarks.math500.ks: k=64 exceeds the 32 samples per problem"),
+    (mutate(("models", "qwen7b", "train_set"), "gsm8k"), "models.qwen7b.train_set: unknown train set 'gsm8k'"),
+    (mutate(("sweeps", 3, "eval_steps"), [150, "final"]), "eval_steps\\[0\\]: step 150 is not a multiple of training.checkpoint_every = 100"),
+    (mutate(("sweeps", 3, "eval_steps"), [900]), "step 900 is beyond training.steps = 500"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD)
+def test_inconsistent_config_rejected_with_key_and_value(change, message):
+    with pytest.raises(G.ConfigError, match=message):
+        G.expand(change(paper()), source="config/grid.yaml")
+
+
+def test_duplicate_yaml_keys_rejected(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("models:\n  a: {spec: {source: tiny}, train_set: t}\n  a: {spec: {source: tiny}, train_set: u}\n")
+    with pytest.raises(G.ConfigError, match="dup.yaml: line 3: duplicate key 'a' \\(first defined on line 2\\)"):
+        G.load_yaml_strict(path)
+    assert G.load_yaml_strict(REPO / "config/grid.yaml")["bandit"]["seeds"] == 10

@@ -1,0 +1,23 @@
+rule train:
+    """RL training of one cell. The resumable run directory (checkpoints, optimizer and RNG state)
+    lives outside the declared outputs under runs/, so a retried or restarted job continues from its
+    last complete checkpoint instead of starting over."""
+    input:
+        model=lambda wc: LAYOUT.model_dir(wc.model),
+        data=lambda wc: LAYOUT.train_data(cell_of(wc).train_set),
+    output:
+        manifest=f"{RESULTS}/{{model}}/{{run}}/manifest.json",
+        metrics=f"{RESULTS}/{{model}}/{{run}}/metrics.csv",
+    log:
+        f"{LOGS}/train/{{model}}/{{run}}.log",
+    params:
+        run_dir=lambda wc: LAYOUT.run_dir(f"{wc.model}/{wc.run}"),
+        settings=lambda wc: set_flags(train_settings(cell_of(wc))),
+    threads: 2
+    resources:
+        gpu=model_gpus,
+    conda:
+        RSGRPO_ENV
+    shell:
+        "python -m rsgrpo train --run-dir {params.run_dir} {params.settings}"
+        " --out-manifest {output.manifest} --out-metrics {output.metrics} >> {log} 2>&1"
