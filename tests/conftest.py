@@ -1,0 +1,33 @@
+"""Shared pytest fixtures.
+
+HF_HUB_OFFLINE is set before anything imports transformers / huggingface_hub: without it a failed
+hub lookup costs ~50 s per call on this offline machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread: the test models are tiny, and on this 2-core machine shared with other jobs
+# two OpenMP threads make a tiny forward pass 10-100x slower (spin-waiting on a busy core).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Path of a tiny random Qwen2 checkpoint (char vocabulary, seed 0), built once per session.
+
+    Treat it as read-only: it is shared by every test of the session. Tests that need to change
+    weights must copy the model (or load it and modify the in-memory module).
+    """
+    from rsgrpo.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny", seed=0)
+
