@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "prepare-data": ("rsgrpo.data", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
     "score": ("rsgrpo.score", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
     "sample": ("rsgrpo.sample", "checkpoint x benchmark -> parquet of n samples per problem"),
+    "train": ("rsgrpo.train", "RL training (RS-GRPO and baselines): checkpoints with exact resume, metrics.csv"),
     "aggregate": ("rsgrpo.aggregate", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published (CSV + Markdown, bootstrap CIs)"),
     "plots": ("rsgrpo.report_figures", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, transition heatmap, entropy"),
 }

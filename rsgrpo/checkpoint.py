@@ -1,0 +1,166 @@
+"""Atomic training checkpoints and exact resume.
+
+Layout: ``<run_dir>/checkpoints/step-XXXXXX/`` holds
+
+* an HF checkpoint (``save_pretrained`` safetensors + config + tokenizer files): directly usable by
+  ``sample`` / ``load_policy`` and the source of the weights on resume;
+* ``trainer_state.pt``: everything else resume needs -- the inner torch optimizer state (AdamW
+  moments and step counts), RNG states (python, numpy, torch) as tensors/plain types, the data
+  position, the step, the cumulative-solve set, the metric rows so far and the config hash;
+* ``COMPLETE``: a marker (JSON) written last.
+
+Why atomic: a run may be SIGKILLed at any instant (preemption, OOM killer). Everything is written
+into ``.tmp-step-XXXXXX-<pid>``, fsynced, the marker written, and only then the directory renamed to
+its final name (``rename`` is atomic on POSIX). A directory counts as a checkpoint only if its name
+matches ``step-\\d{6}`` AND it holds the marker, so temp dirs and any marker-less leftovers are
+ignored (and cleaned up) on resume.
+
+Why not ``DeepSpeedEngine.save_checkpoint``: its loader unpickles arbitrary objects (its optimizer
+state contains a ``LossScaler`` instance), while this project loads only with safetensors or
+``torch.load(weights_only=True)``. The trainer runs a single process, so the state of the inner
+torch optimizer (for ZeRO 1/2: the optimizer over the flat fp32 partition, which is then the whole
+model) plus the module weights (from which DeepSpeed rebuilds its fp32 partition at
+``deepspeed.initialize``) is the complete optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["MARKER", "STATE_FILE", "checkpoint_name", "complete_checkpoints", "latest_checkpoint",
+           "save_checkpoint", "load_state", "prune", "capture_rng", "restore_rng", "clean_incomplete"]
+
+MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.pt"
+_NAME = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every complete checkpoint, ascending by step."""
+    root = checkpoints_dir(run_dir)
+    out = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _NAME.match(p.name)
+            if m and p.is_dir() and (p / MARKER).is_file() and (p / STATE_FILE).is_file():
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
+    ckpts = complete_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove temp dirs and marker-less step dirs (leftovers of a killed writer); return them."""
+    root = checkpoints_dir(run_dir)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-") or (_NAME.match(p.name) and not (p / MARKER).is_file()):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, state: dict[str, Any]) -> Path:
+    """Write checkpoint ``step`` atomically and return its final path.
+
+    ``state`` must hold only tensors and plain Python types (it is reloaded with weights_only=True).
+    """
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / MARKER).write_text(json.dumps({"step": step}) + "\n")
+    _fsync_tree(tmp)
+    if final.exists():  # a leftover of an earlier attempt at the same step: replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return final
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The trainer state of a complete checkpoint (``torch.load(weights_only=True)`` only)."""
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def prune(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints (0 = keep all)."""
+    if keep_last <= 0:
+        return []
+    ckpts = complete_checkpoints(run_dir)
+    removed = []
+    for _, p in ckpts[:-keep_last]:
+        # Remove the marker first: a crash mid-delete then leaves an ignorable, incomplete dir.
+        (p / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors / plain types (weights_only-loadable)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state().clone(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"],
+                         nps["has_gauss"], nps["gauss"]))
+    torch.set_rng_state(state["torch"])

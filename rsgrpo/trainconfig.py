@@ -1,0 +1,351 @@
+"""Configuration of ``python -m rsgrpo train``: one flat, documented dataclass loaded from YAML.
+
+Why flat: YAML keys map 1:1 to fields, ``--set key=value`` overrides work without a path syntax,
+and the config hash that guards resume covers every field. Defaults follow PAPER.md section 6 (the
+DeepMath-Zero recipe of the same family: lr 1e-6, weight decay 0.1, grad clip 1.0, 512 prompts x 16
+samples, temperature 1.0, clip 0.2/0.28, token-mean loss, no KL, dynamic sampling) and the paper's
+recommended RS-GRPO beta = 2. Values the paper does not publish are marked UNKNOWN next to the field.
+
+Every problem found while loading raises ``ValueError`` naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "beta_at", "lr_at",
+           "config_hash", "FIELD_DOCS"]
+
+# Field name -> one-line documentation (also written as comments into config/train_defaults.yaml).
+FIELD_DOCS: dict[str, str] = {}
+
+
+def _f(default, doc: str, *, kind: str):
+    """A dataclass field with its documentation and its accepted YAML kind (for type checks)."""
+    meta = {"doc": doc, "kind": kind}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one RL training run (see FIELD_DOCS / config/train_defaults.yaml)."""
+
+    # --- inputs ---------------------------------------------------------------------------------
+    model_dir: str | None = _f(None, "prepared HF checkpoint directory of the initial policy (required)", kind="str?")
+    train_data: Any = _f(None, "training set: path to a JSONL of {id, problem, answer} records, or a data spec mapping for rsgrpo.data.load_records (required)", kind="str|dict?")
+    prompt_template: str = _f("chat", "prompt template of rsgrpo.data.build_prompt: chat | plain", kind="str")
+    # --- objective ------------------------------------------------------------------------------
+    method: str = _f("rs_grpo", "advantage estimator, a name in rsgrpo.advantages.ESTIMATORS", kind="str")
+    method_params: dict | None = _f(None, "keyword parameters of the estimator; null = its paper default (rs_grpo: {beta: 2.0}; others: {})", kind="dict?")
+    beta_schedule: str = _f("constant", "rs_grpo beta over training: constant (method_params.beta) | linear | cosine (beta_start -> beta_end)", kind="str")
+    beta_start: float | None = _f(None, "first-step beta of a linear/cosine schedule", kind="float?")
+    beta_end: float | None = _f(None, "beta reached at the end of the ramp of a linear/cosine schedule", kind="float?")
+    beta_ramp_steps: int = _f(0, "length of the beta ramp in steps (0 = the whole run); beta stays at beta_end afterwards", kind="int")
+    clip_low: float = _f(0.2, "PPO ratio clip below: ratio >= 1 - clip_low (DAPO clip-higher recipe)", kind="float")
+    clip_high: float = _f(0.28, "PPO ratio clip above: ratio <= 1 + clip_high (clip-higher)", kind="float")
+    kl_coef: float = _f(0.0, "weight of the k3 KL estimate to the frozen initial policy; 0 = off (the reference model is then never loaded)", kind="float")
+    dynamic_sampling: bool = _f(True, "drop groups whose rewards are all equal (zero advantage) before the update", kind="bool")
+    reward_kind: str = _f("binary", "rsgrpo.grading.compute_rewards kind: binary (paper) | partial (0.1 for a wrong boxed answer)", kind="str")
+    # --- rollouts -------------------------------------------------------------------------------
+    steps: int = _f(100, "number of RL steps (one rollout batch + update each); UNKNOWN in the paper", kind="int")
+    prompts_per_step: int = _f(512, "prompts (groups) per step", kind="int")
+    samples_per_prompt: int = _f(16, "completions sampled per prompt (group size N)", kind="int")
+    max_new_tokens: int = _f(2048, "max completion tokens; the paper is bounded by the model context (4k for Qwen2.5-Math); UNKNOWN", kind="int")
+    temperature: float = _f(1.0, "rollout sampling temperature (also divides the trainer's logits, so ratios are taken under the sampling policy)", kind="float")
+    top_p: float = _f(1.0, "rollout nucleus sampling mass", kind="float")
+    engine: str = _f("auto", "rollout engine: auto (vLLM on GPU, else transformers) | hf | vllm", kind="str")
+    engine_batch_size: int = _f(64, "sequences per generate call of the engine", kind="int")
+    engine_options: dict = _f({}, "extra keyword options of rsgrpo.rollout.make_engine (e.g. kv_cache_memory_bytes)", kind="dict")
+    grading_workers: int | None = _f(None, "grading processes (null = CPU count, 0 = in-process)", kind="int?")
+    grading_timeout: float = _f(5.0, "seconds per answer verification", kind="float")
+    # --- optimisation ---------------------------------------------------------------------------
+    lr: float = _f(1e-6, "AdamW learning rate", kind="float")
+    weight_decay: float = _f(0.1, "AdamW weight decay", kind="float")
+    adam_beta1: float = _f(0.9, "AdamW beta1", kind="float")
+    adam_beta2: float = _f(0.999, "AdamW beta2", kind="float")
+    adam_eps: float = _f(1e-8, "AdamW epsilon", kind="float")
+    warmup_steps: int = _f(0, "linear lr warm-up steps (lr constant afterwards)", kind="int")
+    grad_clip: float = _f(1.0, "max global gradient norm (0 = no clipping)", kind="float")
+    ppo_epochs: int = _f(1, "optimizer steps per rollout batch, each over the whole batch (1 = on-policy; clipping acts from the 2nd)", kind="int")
+    micro_batch_size: int = _f(8, "sequences per forward/backward pass (gradient accumulation over the batch)", kind="int")
+    zero_stage: int = _f(0, "DeepSpeed ZeRO stage 0 | 1 | 2 (single process; 3 is not supported by the CPU trainer)", kind="int")
+    dtype: str = _f("float32", "model / optimizer dtype: float32 | bfloat16 (exact resume is guaranteed for float32 on CPU)", kind="str")
+    seed: int = _f(0, "seed of data order, rollouts and torch RNG", kind="int")
+    # --- bookkeeping ----------------------------------------------------------------------------
+    run_dir: str | None = _f(None, "run directory holding checkpoints/, metrics.csv, manifest.json (required; --run-dir overrides)", kind="str?")
+    checkpoint_every: int = _f(50, "write a checkpoint every this many steps (0 = only at the end; the last step is always saved)", kind="int")
+    keep_last: int = _f(3, "complete checkpoints kept on disk (0 = keep all)", kind="int")
+    tensorboard: bool = _f(False, "also log metrics to run_dir/tensorboard if torch.utils.tensorboard works", kind="bool")
+    progress: bool = _f(True, "tqdm progress bar on stderr", kind="bool")
+
+
+for _fld in dataclasses.fields(TrainConfig):
+    FIELD_DOCS[_fld.name] = _fld.metadata["doc"]
+
+# Fields that do not influence the trajectory of a run (may change between a run and its resume).
+NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "tensorboard", "progress",
+                         "grading_workers", "engine", "engine_batch_size", "engine_options")
+
+_CHOICES = {
+    "prompt_template": ("chat", "plain"),
+    "beta_schedule": ("constant", "linear", "cosine"),
+    "reward_kind": ("binary", "partial"),
+    "engine": ("auto", "hf", "vllm"),
+    "dtype": ("float32", "bfloat16"),
+}
+
+
+def _err(source: str, key: str, value, problem: str) -> ValueError:
+    return ValueError(f"{source}: key {key!r}: {problem} (got {value!r})")
+
+
+def _coerce(source: str, key: str, value, kind: str):
+    """Check ``value`` against ``kind`` ("int", "float?", "str|dict?" ...); return the coerced value.
+
+    Floats accept integers and numeric strings: PyYAML reads ``1e-6`` (no dot) as a string, and
+    refusing the common spelling of a learning rate would only annoy.
+    """
+    optional = kind.endswith("?")
+    base = kind.rstrip("?")
+    if value is None:
+        if optional:
+            return None
+        raise _err(source, key, value, f"must be a {base}, not null")
+    for k in base.split("|"):
+        if k == "bool" and isinstance(value, bool):
+            return value
+        if k == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if k == "float":
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                v = float(value)
+            elif isinstance(value, str):
+                try:
+                    v = float(value)
+                except ValueError:
+                    continue
+            else:
+                continue
+            if not math.isfinite(v):
+                raise _err(source, key, value, "must be a finite number")
+            return v
+        if k == "str" and isinstance(value, str):
+            return value
+        if k == "dict" and isinstance(value, dict):
+            return dict(value)
+    raise _err(source, key, value, f"must be of type {kind.replace('|', ' or ').rstrip('?')}"
+               + (" or null" if optional else ""))
+
+
+def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
+    """Type- and range-check every field; resolve ``method_params``. Returns ``cfg`` (modified).
+
+    Why so strict: a typo in a YAML grid silently training the wrong thing for hours is the costliest
+    failure of an RL pipeline; every field is checked before any model is loaded.
+    """
+    import torch
+
+    from . import advantages
+
+    for fld in dataclasses.fields(cfg):
+        setattr(cfg, fld.name, _coerce(source, fld.name, getattr(cfg, fld.name), fld.metadata["kind"]))
+    for key, allowed in _CHOICES.items():
+        v = getattr(cfg, key)
+        if v not in allowed:
+            raise _err(source, key, v, f"must be one of {list(allowed)}")
+
+    def need(key, ok, problem):
+        if not ok:
+            raise _err(source, key, getattr(cfg, key), problem)
+
+    need("lr", cfg.lr > 0, "must be > 0")
+    need("weight_decay", cfg.weight_decay >= 0, "must be >= 0")
+    need("adam_beta1", 0 <= cfg.adam_beta1 < 1, "must be in [0, 1)")
+    need("adam_beta2", 0 <= cfg.adam_beta2 < 1, "must be in [0, 1)")
+    need("adam_eps", cfg.adam_eps > 0, "must be > 0")
+    need("warmup_steps", cfg.warmup_steps >= 0, "must be >= 0")
+    need("grad_clip", cfg.grad_clip >= 0, "must be >= 0 (0 = off)")
+    need("clip_low", 0 <= cfg.clip_low < 1, "must be in [0, 1)")
+    need("clip_high", cfg.clip_high >= 0, "must be >= 0")
+    need("kl_coef", cfg.kl_coef >= 0, "must be >= 0 (0 = off)")
+    need("steps", cfg.steps >= 1, "must be >= 1")
+    need("prompts_per_step", cfg.prompts_per_step >= 1, "must be >= 1")
+    need("samples_per_prompt", cfg.samples_per_prompt >= 1, "must be >= 1")
+    need("max_new_tokens", cfg.max_new_tokens >= 1, "must be >= 1")
+    need("temperature", cfg.temperature > 0, "must be > 0 (RL needs sampled rollouts)")
+    need("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]")
+    need("engine_batch_size", cfg.engine_batch_size >= 1, "must be >= 1")
+    need("grading_workers", cfg.grading_workers is None or cfg.grading_workers >= 0, "must be >= 0 or null")
+    need("grading_timeout", cfg.grading_timeout > 0, "must be > 0")
+    need("ppo_epochs", cfg.ppo_epochs >= 1, "must be >= 1")
+    need("micro_batch_size", cfg.micro_batch_size >= 1, "must be >= 1")
+    need("zero_stage", cfg.zero_stage in (0, 1, 2), "must be 0, 1 or 2")
+    need("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)")
+    need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
+    need("beta_ramp_steps", cfg.beta_ramp_steps >= 0, "must be >= 0 (0 = the whole run)")
+    if isinstance(cfg.train_data, dict):
+        need("train_data", "source" in cfg.train_data, "a data spec mapping needs a 'source' key")
+
+    if cfg.method not in advantages.ESTIMATORS:
+        raise _err(source, "method", cfg.method, f"unknown advantage estimator; allowed: {sorted(advantages.ESTIMATORS)}")
+    accepted = advantages.estimator_params(cfg.method)
+    if cfg.method_params is None:
+        paper_default = cfg.method == "rs_grpo" and cfg.beta_schedule == "constant"
+        cfg.method_params = {"beta": 2.0} if paper_default else {}
+    params = dict(cfg.method_params)
+    for k in params:
+        if k not in accepted:
+            raise _err(source, f"method_params.{k}", params[k],
+                       f"not a parameter of method {cfg.method!r}; allowed: {sorted(accepted)}")
+    if cfg.beta_schedule != "constant":
+        if "beta" not in accepted:
+            raise _err(source, "beta_schedule", cfg.beta_schedule,
+                       f"a beta schedule needs a method with a beta parameter; {cfg.method!r} has none")
+        for key in ("beta_start", "beta_end"):
+            v = getattr(cfg, key)
+            need(key, v is not None and v >= 0, f"must be a number >= 0 for beta_schedule {cfg.beta_schedule!r}")
+        if "beta" in params:
+            raise _err(source, "method_params.beta", params["beta"],
+                       "give either method_params.beta (constant schedule) or beta_start/beta_end, not both")
+        params["beta"] = cfg.beta_start
+    else:
+        for key in ("beta_start", "beta_end"):
+            need(key, getattr(cfg, key) is None, "only used by a linear/cosine beta_schedule; set beta_schedule or remove it")
+    # Let the estimator itself judge parameter values (k range, variant names, beta >= 0, ...).
+    n = cfg.samples_per_prompt
+    probe = torch.zeros(2, n)
+    probe[0, 0] = 1.0
+    try:
+        advantages.compute(cfg.method, probe, **params)
+    except ValueError as exc:
+        raise ValueError(f"{source}: key 'method_params': {exc} (got {cfg.method_params!r})") from None
+    return cfg
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``key=value`` strings (value parsed as YAML) to a raw config mapping."""
+    import yaml
+
+    out = dict(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"{source}: expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        out[key] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def from_dict(data: dict, source: str = "<config>") -> TrainConfig:
+    """Build and validate a config from a mapping; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: the config must be a mapping of keys to values, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in data.items():
+        if key not in names:
+            raise _err(source, str(key), value, f"unknown key; allowed keys: {sorted(names)}")
+    return validate(TrainConfig(**data), source)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (``None`` = all defaults), apply ``--set`` overrides, validate."""
+    import yaml
+
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"{source}: cannot read the config file: {exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{source}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{source}: the config must be a mapping of keys to values, got {type(loaded).__name__}")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} (with --set {' '.join(overrides)})"
+    return from_dict(data, source)
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """SHA-256 of the trajectory-relevant fields; resume refuses a checkpoint with another hash.
+
+    ``steps`` is left out unless it shapes the beta schedule (a ramp over the whole run), so a
+    finished run can be extended by rerunning it with a larger ``steps``.
+    """
+    skip = set(NON_TRAJECTORY_FIELDS)
+    if cfg.beta_schedule == "constant" or cfg.beta_ramp_steps > 0:
+        skip.add("steps")
+    d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def beta_at(cfg: TrainConfig, step: int) -> float | None:
+    """The rs_grpo beta used at 0-based ``step`` (None when the method has no beta).
+
+    linear: ``start + (end - start) * t``; cosine: ``start + (end - start) * (1 - cos(pi t)) / 2``,
+    with ``t = min(step, R - 1) / (R - 1)`` and ``R`` = beta_ramp_steps (0 = steps); ``R = 1`` gives end.
+    """
+    if cfg.beta_schedule == "constant":
+        b = (cfg.method_params or {}).get("beta")
+        if b is None and cfg.method == "rs_grpo":
+            from . import advantages
+
+            b = advantages.estimator_params("rs_grpo")["beta"]
+        return None if b is None else float(b)
+    ramp = cfg.beta_ramp_steps or cfg.steps
+    t = 1.0 if ramp <= 1 else min(step, ramp - 1) / (ramp - 1)
+    if cfg.beta_schedule == "cosine":
+        t = (1.0 - math.cos(math.pi * t)) / 2.0
+    return float(cfg.beta_start + (cfg.beta_end - cfg.beta_start) * t)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of 0-based ``step``: linear warm-up to ``lr`` over ``warmup_steps``, then constant.
+
+    A pure function of the step, so the "scheduler state" of a checkpoint is just the step.
+    """
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def defaults_yaml() -> str:
+    """The text of config/train_defaults.yaml: every key, its default, its one-line documentation."""
+    import yaml
+
+    lines = ["# Defaults of `python -m rsgrpo train` (rsgrpo/trainconfig.py:TrainConfig).",
+             "# Generated by `python -m rsgrpo.trainconfig > config/train_defaults.yaml`; every key maps",
+             "# 1:1 to a TrainConfig field. Defaults follow PAPER.md section 6; UNKNOWN = not published.", ""]
+    for fld in dataclasses.fields(TrainConfig):
+        value = getattr(TrainConfig(), fld.name)
+        dumped = yaml.safe_dump({fld.name: value}, default_flow_style=True, width=10**6).strip()
+        if dumped.startswith("{") and dumped.endswith("}"):
+            dumped = dumped[1:-1]
+        lines.append(f"# {fld.metadata['doc']}")
+        lines.append(dumped)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(defaults_yaml(), end="")

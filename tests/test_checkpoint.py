@@ -1,0 +1,248 @@
+"""Checkpoints: atomicity, pruning, RNG round trip, and exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from rsgrpo import checkpoint as ckpt  # noqa: E402
+from rsgrpo.train import TIMING_COLUMNS, Trainer  # noqa: E402
+from rsgrpo.trainconfig import from_dict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The subprocess entry point: the real CLI (data, rollout, DeepSpeed, checkpoints), with grading
+# replaced by a deterministic reward a random tiny model actually earns (a digit in the completion),
+# so updates are non-trivial (the real math grader would give a random model reward 0 everywhere).
+RUNNER = """
+import sys
+import rsgrpo.grading as grading
+
+def compute_rewards(golds, completions, **kwargs):
+    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
+
+grading.compute_rewards = compute_rewards
+from rsgrpo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _write_run_inputs(tmp_path: Path, model_dir: Path) -> tuple[Path, Path]:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"Compute {i} * 3.", "answer": str(3 * i)})
+                            + "\n" for i in range(6)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"model_dir: {model_dir}\ntrain_data: {data}\nsteps: 6\nprompts_per_step: 2\nsamples_per_prompt: 4\n"
+        "max_new_tokens: 8\nlr: 1.0e-3\nengine: hf\nmicro_batch_size: 3\ncheckpoint_every: 2\nkeep_last: 2\n"
+        "progress: false\nppo_epochs: 2\nseed: 5\n")
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    return cfg, runner
+
+
+def _cmd(runner: Path, cfg: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, str(runner), "train", "--config", str(cfg), "--run-dir", str(run_dir)]
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):
+    pytest.importorskip("rsgrpo.data")
+    cfg, runner = _write_run_inputs(tmp_path, tiny_model_dir)
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+
+    ref = subprocess.run(_cmd(runner, cfg, ref_dir), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=400)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    proc = subprocess.Popen(_cmd(runner, cfg, kill_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while ckpt.latest_checkpoint(kill_dir) is None:
+            assert proc.poll() is None, "run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = ckpt.latest_checkpoint(kill_dir)[0]
+    assert killed_at < 6, "the run finished before it could be killed"
+
+    again = subprocess.run(_cmd(runner, cfg, kill_dir), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                           timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+
+    for run in (ref_dir, kill_dir):
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["final_step"] == 6
+        assert [c["step"] for c in manifest["checkpoints"]] == [4, 6]
+    w_ref = load_file(ref_dir / "checkpoints" / "step-000006" / "model.safetensors")
+    w_res = load_file(kill_dir / "checkpoints" / "step-000006" / "model.safetensors")
+    assert w_ref.keys() == w_res.keys()
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_res[k]), k
+    # the run really trained (weights moved away from the initial model)
+    w0 = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert any(not torch.equal(w0[k], w_ref[k]) for k in w_ref)
+    m_ref, m_res = _metrics(ref_dir), _metrics(kill_dir)
+    assert [int(r["step"]) for r in m_ref] == list(range(1, 7))
+    assert m_ref == m_res
+    assert any(float(r["grad_norm"]) > 0 for r in m_ref if r["grad_norm"] != "nan")
+    # optimizer state equal too
+    s_ref = ckpt.load_state(ref_dir / "checkpoints" / "step-000006")
+    s_res = ckpt.load_state(kill_dir / "checkpoints" / "step-000006")
+    for pid, st in s_ref["optimizer"]["state"].items():
+        for name, t in st.items():
+            assert torch.equal(t, s_res["optimizer"]["state"][pid][name]), (pid, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# atomicity / in-process resume
+# ------------------------------------------------------------------------------------------------
+RECORDS = [{"id": f"r{i}", "problem": f"{i}", "answer": "1"} for i in range(4)]
+
+
+def _trainer(model_dir, run_dir, **over):
+    cfg = dict(model_dir=str(model_dir), steps=4, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=5,
+               lr=1e-3, engine="hf", progress=False, checkpoint_every=2, keep_last=0)
+    cfg.update(over)
+    return Trainer(from_dict(cfg), run_dir, records=RECORDS, prompt_fn=lambda p: f"Q{p}:",
+                   reward_fn=lambda golds, texts: [float(len(t) % 2) for t in texts])
+
+
+def test_incomplete_checkpoints_are_ignored_and_cleaned(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    _trainer(tiny_model_dir, run, steps=2).run()
+    root = run / "checkpoints"
+    assert [s for s, _ in ckpt.complete_checkpoints(run)] == [2]
+    # a killed writer leaves a temp dir; a marker-less step dir (e.g. killed during pruning/copy)
+    shutil.copytree(root / "step-000002", root / ".tmp-step-000004-999")
+    shutil.copytree(root / "step-000002", root / "step-000004")
+    (root / "step-000004" / ckpt.MARKER).unlink()
+    shutil.copytree(root / "step-000002", root / "step-000006")
+    (root / "step-000006" / ckpt.STATE_FILE).unlink()
+    (root / "step-000006" / ckpt.MARKER).unlink()
+    assert ckpt.latest_checkpoint(run)[0] == 2
+    t = _trainer(tiny_model_dir, run, steps=4)
+    t.setup()
+    assert t.start_step == 2 and len(t.metrics) == 2
+    assert not (root / ".tmp-step-000004-999").exists() and not (root / "step-000004").exists()
+    assert not (root / "step-000006").exists()
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        ckpt.load_state(tmp_path)
+
+
+def test_resume_refuses_another_config(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    _trainer(tiny_model_dir, run, steps=2).run()
+    with pytest.raises(ValueError, match="different config"):
+        _trainer(tiny_model_dir, run, steps=2, lr=5e-4).setup()
+    # fields that do not change the trajectory may differ
+    t = _trainer(tiny_model_dir, run, steps=2, keep_last=1, checkpoint_every=1)
+    manifest = t.run()
+    assert manifest["final_step"] == 2
+
+
+def test_in_process_resume_matches_and_keep_last(tiny_model_dir, tmp_path):
+    a = _trainer(tiny_model_dir, tmp_path / "a", checkpoint_every=1, keep_last=2).run()
+    assert [c["step"] for c in a["checkpoints"]] == [3, 4]
+    _trainer(tiny_model_dir, tmp_path / "b", steps=4, checkpoint_every=1).run()
+    # drop the last checkpoint and the metrics row of step 4: the rerun recomputes them identically
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-000004")
+    with open(tmp_path / "b" / "metrics.csv", "a") as fh:
+        fh.write("999,garbage\n")
+    _trainer(tiny_model_dir, tmp_path / "b", steps=4, checkpoint_every=1).run()
+    wa = load_file(tmp_path / "a" / "checkpoints" / "step-000004" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "checkpoints" / "step-000004" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+
+
+def test_rng_state_round_trip_through_weights_only_load(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = ckpt.capture_rng()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    torch.save({"rng": state}, tmp_path / "s.pt")
+    loaded = torch.load(tmp_path / "s.pt", weights_only=True)["rng"]
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    ckpt.restore_rng(loaded)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+
+
+def test_save_is_atomic_under_a_failing_writer(tiny_model_dir, tmp_path):
+    """A writer that dies mid-save leaves only a temp dir, never a step dir."""
+    from rsgrpo.models import load_policy
+
+    model, tok = load_policy(tiny_model_dir)
+
+    class Unpicklable:
+        pass
+
+    with pytest.raises(Exception):
+        ckpt.save_checkpoint(tmp_path, 2, model=model, tokenizer=tok, state={"obj": Unpicklable()})
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    assert not (tmp_path / "checkpoints" / "step-000002").exists()
+    assert ckpt.clean_incomplete(tmp_path)  # the temp dir of checkpoint 2 is found and removed
+    path = ckpt.save_checkpoint(tmp_path, 3, model=model, tokenizer=tok, state={"step": 3})
+    assert ckpt.latest_checkpoint(tmp_path) == (3, path)
+    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_stages_train_like_stage0_and_resume_exactly(tiny_model_dir, tmp_path, stage):
+    """ZeRO 1/2 (single process) follow the same trajectory as stage 0, and resume bit-exactly
+    (the inner optimizer over the flat fp32 partition is what the checkpoint stores)."""
+    _trainer(tiny_model_dir, tmp_path / "s0", steps=3, checkpoint_every=1).run()
+    _trainer(tiny_model_dir, tmp_path / "a", steps=3, checkpoint_every=1, zero_stage=stage).run()
+    _trainer(tiny_model_dir, tmp_path / "b", steps=3, checkpoint_every=1, zero_stage=stage).run()
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-000003")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-000002")
+    _trainer(tiny_model_dir, tmp_path / "b", steps=3, checkpoint_every=1, zero_stage=stage).run()
+    w0 = load_file(tmp_path / "s0" / "checkpoints" / "step-000003" / "model.safetensors")
+    wa = load_file(tmp_path / "a" / "checkpoints" / "step-000003" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "checkpoints" / "step-000003" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for k in wa:
+        torch.testing.assert_close(wa[k], w0[k], rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(wa[k], load_file(Path(tiny_model_dir) / "model.safetensors")[k]) for k in wa)
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    assert all(float(r["grad_norm"]) > 0 for r in _metrics(tmp_path / "a") if r["grad_norm"] != "nan")
+
+
+def test_resume_refuses_changed_data(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    _trainer(tiny_model_dir, run, steps=2).run()
+    t = _trainer(tiny_model_dir, run, steps=3)
+    t._records = RECORDS[:3]
+    with pytest.raises(ValueError, match="train_data changed"):
+        t.setup()

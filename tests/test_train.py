@@ -1,0 +1,370 @@
+"""Tests of the RL loop: loss math, gradient direction for every estimator, config validation,
+beta schedules, data order, and the real ``python -m rsgrpo train`` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rsgrpo import advantages  # noqa: E402
+from rsgrpo.trainconfig import TrainConfig, beta_at, from_dict, load_config, lr_at  # noqa: E402
+from rsgrpo.train import METRIC_COLUMNS, Trainer, build_batch, policy_loss, token_logprobs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+# ------------------------------------------------------------------------------------------------
+# loss math on hand-made tensors
+# ------------------------------------------------------------------------------------------------
+def _direct_loss(logp, old, adv, mask, lo, hi, n_tokens):
+    """Reference: an explicit per-token loop of the clipped objective."""
+    total, clipped = 0.0, 0
+    for i in range(len(logp)):
+        for t in range(len(logp[0])):
+            if mask[i][t] == 0:
+                continue
+            r = math.exp(logp[i][t] - old[i][t])
+            a = adv[i]
+            r_clip = min(max(r, 1 - lo), 1 + hi)
+            unclipped, clip_term = -a * r, -a * r_clip
+            total += max(unclipped, clip_term)
+            clipped += clip_term > unclipped
+    return total / n_tokens, clipped
+
+
+def test_policy_loss_matches_direct_computation_with_asymmetric_clip():
+    # ratios chosen on both sides of both (asymmetric) bounds: 0.7 < 0.8, 0.85, 1.25 < 1.28, 1.3 > 1.28
+    ratios = torch.tensor([[0.7, 0.85, 1.25, 1.3], [0.7, 0.85, 1.25, 1.3], [1.0, 1.3, 0.7, 0.0]])
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-1.5, -0.1, -2.0, -1.0], [-1.0, -1.0, -1.0, -1.0]])
+    logp = old + torch.log(ratios.clamp(min=1e-12))
+    adv = torch.tensor([1.5, -0.7, 0.4])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.float32)
+    n_tokens = int(mask.sum())
+    logp.requires_grad_(True)
+    loss, st = policy_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, n_tokens=n_tokens)
+    ref, n_clipped = _direct_loss(logp.detach().tolist(), old.tolist(), adv.tolist(), mask.tolist(),
+                                  0.2, 0.28, n_tokens)
+    assert loss.item() == pytest.approx(ref, rel=1e-6)
+    assert st["clipped"] == n_clipped
+    # A > 0: clipped above 1.28 only (1.3); A < 0: clipped below 0.8 only (0.7); row 3: 1.3 -> clipped
+    assert n_clipped == 3
+    assert st["tokens"] == n_tokens
+    loss.backward()
+    g = logp.grad
+    # gradient is -A * r / n_tokens on unclipped tokens, 0 on clipped and masked ones
+    expected = torch.zeros_like(g)
+    for i in range(3):
+        for t in range(4):
+            r = ratios[i, t].item()
+            a = adv[i].item()
+            active = mask[i, t] and not ((a > 0 and r > 1.28) or (a < 0 and r < 0.8))
+            expected[i, t] = -a * r / n_tokens if active else 0.0
+    torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_token_mean_is_over_the_whole_batch_and_additive_over_micro_batches():
+    torch.manual_seed(0)
+    logp = -torch.rand(4, 6)
+    old = logp.clone()
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    mask = torch.zeros(4, 6)
+    for i, n in enumerate([6, 1, 3, 2]):  # different lengths: token-mean != sequence-mean
+        mask[i, :n] = 1
+    n_tokens = int(mask.sum())
+    full, _ = policy_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, n_tokens=n_tokens)
+    # ratio = 1 everywhere: loss = -sum_i A_i len_i / total tokens
+    assert full.item() == pytest.approx(-(1.0 * 6 - 1.0 * 1 + 0.5 * 3 + 2.0 * 2) / 12)
+    seq_mean = -(1.0 - 1.0 + 0.5 + 2.0) / 4
+    assert full.item() != pytest.approx(seq_mean)
+    a, _ = policy_loss(logp[:2], old[:2], adv[:2], mask[:2], clip_low=0.2, clip_high=0.28, n_tokens=n_tokens)
+    b, _ = policy_loss(logp[2:], old[2:], adv[2:], mask[2:], clip_low=0.2, clip_high=0.28, n_tokens=n_tokens)
+    assert (a + b).item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_k3_kl_term():
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -2.0]])
+    mask = torch.ones(1, 2)
+    loss, st = policy_loss(logp, logp.clone(), torch.tensor([0.0]), mask, clip_low=0.2, clip_high=0.28,
+                           n_tokens=2, ref_logp=ref, kl_coef=0.5)
+    d = -0.5
+    k3 = math.exp(d) - d - 1
+    assert st["kl"] == pytest.approx(k3)
+    assert loss.item() == pytest.approx(0.5 * k3 / 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# beta schedules, lr, config validation
+# ------------------------------------------------------------------------------------------------
+def test_beta_schedules():
+    const = from_dict({"steps": 5})
+    assert [beta_at(const, s) for s in range(5)] == [2.0] * 5
+    lin = from_dict({"steps": 5, "beta_schedule": "linear", "beta_start": 0, "beta_end": 8})
+    assert [beta_at(lin, s) for s in range(6)] == [0.0, 2.0, 4.0, 6.0, 8.0, 8.0]
+    cos = from_dict({"steps": 5, "beta_schedule": "cosine", "beta_start": 8, "beta_end": 0,
+                     "beta_ramp_steps": 3})
+    assert [beta_at(cos, s) for s in range(5)] == pytest.approx([8.0, 4.0, 0.0, 0.0, 0.0])
+    cos5 = from_dict({"steps": 5, "beta_schedule": "cosine", "beta_start": 0, "beta_end": 4})
+    assert beta_at(cos5, 1) == pytest.approx(2 * (1 - math.cos(math.pi / 4)))
+    assert beta_at(from_dict({"method": "grpo"}), 0) is None
+    warm = from_dict({"lr": 1e-3, "warmup_steps": 4})
+    assert [lr_at(warm, s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_defaults_follow_the_paper_and_yaml_file_lists_every_key():
+    import dataclasses
+
+    import yaml
+
+    c = from_dict({})
+    assert (c.lr, c.weight_decay, c.grad_clip, c.samples_per_prompt, c.temperature) == (1e-6, 0.1, 1.0, 16, 1.0)
+    assert (c.clip_low, c.clip_high, c.kl_coef, c.dynamic_sampling) == (0.2, 0.28, 0.0, True)
+    assert c.method == "rs_grpo" and c.method_params == {"beta": 2.0}
+    data = yaml.safe_load((ROOT / "config" / "train_defaults.yaml").read_text())
+    assert list(data) == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert from_dict(data).__dict__ == c.__dict__
+
+
+BAD_CONFIGS = [
+    ({"learning_rate": 1e-6}, "learning_rate", "unknown key"),
+    ({"lr": -1e-6}, "'lr'", "must be > 0"),
+    ({"lr": "fast"}, "'lr'", "fast"),
+    ({"steps": 2.5}, "'steps'", "2.5"),
+    ({"dynamic_sampling": "yes"}, "'dynamic_sampling'", "yes"),
+    ({"method": "ppo"}, "'method'", "ppo"),
+    ({"method": "grpo", "method_params": {"beta": 2}}, "method_params.beta", "not a parameter"),
+    ({"method": "passk_chen"}, "method_params", "missing required"),
+    ({"method": "passk_chen", "method_params": {"k": 99}}, "method_params", "k=99"),
+    ({"method_params": {"beta": -1.0}}, "method_params", "beta"),
+    ({"beta_schedule": "linear", "beta_start": 0}, "'beta_end'", "None"),
+    ({"method": "rloo", "beta_schedule": "cosine", "beta_start": 0, "beta_end": 4}, "'beta_schedule'", "cosine"),
+    ({"beta_start": 1.0}, "'beta_start'", "1.0"),
+    ({"clip_low": 1.5}, "'clip_low'", "1.5"),
+    ({"zero_stage": 3}, "'zero_stage'", "3"),
+    ({"temperature": 0}, "'temperature'", "0"),
+    ({"prompt_template": "fancy"}, "'prompt_template'", "fancy"),
+    ({"keep_last": -1}, "'keep_last'", "-1"),
+]
+
+
+@pytest.mark.parametrize("data,key,fragment", BAD_CONFIGS, ids=[str(i) for i in range(len(BAD_CONFIGS))])
+def test_config_errors_name_file_key_and_value(tmp_path, data, key, fragment):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and key in msg and fragment in msg, msg
+
+
+def test_config_overrides_and_yaml_spellings(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("lr: 1e-5\nmethod: passk_chen\nmethod_params: {k: 4}\n")
+    cfg = load_config(path, ["steps=7", "dynamic_sampling=false"])
+    assert cfg.lr == 1e-5 and cfg.steps == 7 and cfg.dynamic_sampling is False
+    with pytest.raises(ValueError, match="expected key=value"):
+        load_config(path, ["steps"])
+
+
+# ------------------------------------------------------------------------------------------------
+# one full step of a tiny model for every estimator: gradient direction follows the advantages
+# ------------------------------------------------------------------------------------------------
+METHOD_PARAMS = {"grpo": {}, "rs_grpo": {"beta": 2.0}, "passk_chen": {"k": 2},
+                 "passk_mahdavi": {"k": 2}, "pkpo_walder": {"k": 2}, "rloo": {}}
+
+
+def test_every_estimator_is_covered():
+    assert set(METHOD_PARAMS) == set(advantages.ESTIMATORS)
+
+
+class FixedEngine:
+    """Rollout engine returning hand-made completions per prompt (for gradient tests)."""
+
+    def __init__(self, tokenizer, table):
+        from rsgrpo.rollout import encode_prompts
+
+        self.tok, self.table, self.encode = tokenizer, table, encode_prompts
+        self.loads = 0
+
+    def generate(self, prompts, params):
+        from rsgrpo.rollout import Completion
+
+        out = []
+        for prompt, ids in zip(prompts, self.encode(self.tok, prompts)):
+            texts = self.table[prompt]
+            assert len(texts) == params.n
+            out.append([Completion(list(ids), self.tok(t, add_special_tokens=False)["input_ids"]
+                                   + [self.tok.eos_token_id], t, True) for t in texts])
+        return out
+
+    def load_weights(self, model):
+        self.loads += 1
+
+    def close(self):
+        pass
+
+
+# prompt -> its 4 completions; reward 1 for "42", else 0. Within a group every correct completion is
+# the same text and every wrong one too, so the sign of each completion's log-prob change is fixed.
+RECORDS = [{"id": "a", "problem": "6*7", "answer": "42"}, {"id": "b", "problem": "40+2", "answer": "42"},
+           {"id": "c", "problem": "1+1", "answer": "2"}]
+TABLE = {"Q: 6*7\nA:": ["42", "17", "17", "17"], "Q: 40+2\nA:": ["42", "42", "9x", "9x"],
+         "Q: 1+1\nA:": ["xy", "xy", "xy", "xy"]}
+
+
+def _reward_fn(golds, texts):
+    return [1.0 if t == "42" else 0.0 for t in texts]
+
+
+def _tiny_trainer(model_dir, run_dir, **overrides):
+    cfg = dict(model_dir=str(model_dir), steps=1, prompts_per_step=3, samples_per_prompt=4,
+               max_new_tokens=4, lr=1e-4, micro_batch_size=5, engine="hf", progress=False, seed=0)
+    cfg.update(overrides)
+    trainer = Trainer(from_dict(cfg), run_dir, records=RECORDS, reward_fn=_reward_fn,
+                      prompt_fn=lambda p: f"Q: {p}\nA:",
+                      engine_factory=lambda model, tok, src: FixedEngine(tok, TABLE))
+    trainer.setup()
+    return trainer
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
+def test_one_step_moves_logprobs_along_the_advantages(tiny_model_dir, tmp_path, method):
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", method=method, method_params=METHOD_PARAMS[method])
+    model = trainer.model
+    prompts = [f"Q: {r['problem']}\nA:" for r in RECORDS]
+    comps = trainer.engine.generate(prompts, type("P", (), {"n": 4})())
+    flat = [c for g in comps for c in g]
+    rewards = torch.tensor(_reward_fn(None, [c.text for c in flat])).view(3, 4)
+    adv = advantages.compute(method, rewards, **METHOD_PARAMS[method]).reshape(-1)
+    pairs = [(c.prompt_token_ids, c.token_ids) for c in flat]
+    batch = build_batch(pairs, trainer.pad_id)
+    mask = batch.completion_mask[:, 1:]
+    n_tokens = int(mask.sum())
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def seq_logp_grads():
+        grads = []
+        for i in range(len(pairs)):
+            b = build_batch([pairs[i]], trainer.pad_id)
+            lp, _ = token_logprobs(model, b)
+            total = (lp * b.completion_mask[:, 1:]).sum()
+            grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(total, params)]))
+        return torch.stack(grads)
+
+    per_seq = seq_logp_grads()  # [12, P]: gradient of sum log pi of each completion
+    with torch.no_grad():
+        old, _ = token_logprobs(model, batch)
+    lp, _ = token_logprobs(model, batch)
+    loss, _ = policy_loss(lp, old, adv, mask, clip_low=0.2, clip_high=0.28, n_tokens=n_tokens)
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params)])
+    # on-policy (ratio 1): grad of the token-mean loss = -(1/T) sum_j A_j grad log pi(y_j)
+    expected = -(adv[:, None] * per_seq).sum(0) / n_tokens
+    torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-7)
+    # directional derivative of log pi(y_j) along -grad has the sign of A_j
+    deriv = per_seq @ (-g)
+    nonzero = adv.abs() > 1e-9
+    assert nonzero.sum() >= 3
+    assert torch.equal(torch.sign(deriv[nonzero]), torch.sign(adv[nonzero])), (method, adv, deriv)
+
+    # the full training step (DeepSpeed AdamW): the advantage-weighted log-likelihood rises
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        lp0, _ = token_logprobs(model, batch)
+    row = trainer.train_step(0)
+    with torch.no_grad():
+        lp1, _ = token_logprobs(model, batch)
+    delta = ((lp1 - lp0) * mask).sum(1)
+    assert float((adv * delta).sum()) > 0
+    assert row["groups_kept"] == 2  # the all-wrong group is dropped by dynamic sampling
+    assert row["solved_frac"] == pytest.approx(2 / 3) and row["cumulative_solve_rate"] == pytest.approx(2 / 3)
+    assert row["reward_mean"] == pytest.approx(3 / 12)
+    assert math.isfinite(row["loss"]) and row["grad_norm"] > 0 and row["clip_frac"] == 0.0
+    assert row["entropy"] > 0 and row["response_len_mean"] == pytest.approx(
+        sum(len(c.token_ids) for c in flat) / 12)
+    assert trainer.engine.loads == 1
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_step_with_every_group_dropped_makes_no_update(tiny_model_dir, tmp_path):
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run")
+    trainer._reward_fn = lambda golds, texts: [0.0] * len(texts)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    row = trainer.train_step(0)
+    assert row["groups_kept"] == 0 and row["step"] == 1
+    assert math.isnan(row["loss"]) and math.isnan(row["grad_norm"])
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.engine.loads == 0
+
+
+def test_ppo_epochs_clip_and_kl(tiny_model_dir, tmp_path):
+    """Second PPO epoch is off-policy: with a large lr some ratios leave the clip range; the KL to
+    the reference model is 0 before the first update and positive afterwards."""
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", ppo_epochs=3, lr=3e-2, kl_coef=0.1,
+                            method="grpo", method_params={})
+    assert trainer.ref_model is not None
+    row = trainer.train_step(0)
+    assert row["clip_frac"] > 0
+    assert row["kl"] > 0
+
+
+def test_data_order_is_epochwise_and_seeded(tiny_model_dir, tmp_path):
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", prompts_per_step=2)
+    trainer.records = [{"id": str(i), "problem": "p", "answer": "1"} for i in range(7)]
+    trainer._perm_cache = {}
+    stream = [i for s in range(7) for i in trainer.step_indices(s)]  # 14 = two epochs
+    assert sorted(stream[:7]) == list(range(7)) and sorted(stream[7:]) == list(range(7))
+    assert stream[:7] != stream[7:]
+    assert stream == [i for s in range(7) for i in trainer.step_indices(s)]
+
+
+# ------------------------------------------------------------------------------------------------
+# the real command
+# ------------------------------------------------------------------------------------------------
+def test_train_cli_with_real_modules(tiny_model_dir, tmp_path):
+    """``python -m rsgrpo train`` with the real data, rollout and grading modules: writes metrics.csv
+    (one row per step), a manifest listing the checkpoints, and the declared output copies."""
+    pytest.importorskip("rsgrpo.data")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)})
+                            + "\n" for i in range(5)))
+    cfgfile = tmp_path / "cfg.yaml"
+    cfgfile.write_text(f"model_dir: {tiny_model_dir}\ntrain_data: {data}\nsteps: 2\nprompts_per_step: 2\n"
+                       "samples_per_prompt: 3\nmax_new_tokens: 6\nengine: hf\ngrading_workers: 0\n"
+                       "checkpoint_every: 1\nkeep_last: 1\nprogress: false\n")
+    out = tmp_path / "results"
+    proc = subprocess.run([PY, "-m", "rsgrpo", "train", "--config", str(cfgfile), "--run-dir",
+                           str(tmp_path / "run"), "--set", "seed=3", "--out-manifest", str(out / "manifest.json"),
+                           "--out-metrics", str(out / "metrics.csv")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["final_step"] == 2 and manifest["config"]["seed"] == 3
+    assert [c["step"] for c in manifest["checkpoints"]] == [2]  # keep_last 1
+    final = Path(manifest["final_checkpoint"])
+    assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2] and list(rows[0]) == METRIC_COLUMNS
+
+
+def test_train_cli_reports_config_errors(tmp_path):
+    cfgfile = tmp_path / "cfg.yaml"
+    cfgfile.write_text("lr: 1.0e-6\nclip_hi: 0.3\n")
+    proc = subprocess.run([PY, "-m", "rsgrpo", "train", "--config", str(cfgfile), "--run-dir", str(tmp_path / "r")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert str(cfgfile) in proc.stderr and "'clip_hi'" in proc.stderr and "unknown key" in proc.stderr
+    assert not (tmp_path / "r").exists()
