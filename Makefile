@@ -51,7 +51,7 @@ test-vllm: $(VLLM_STAMP)
 DEMO := --configfile config/demo.yaml
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) $(DEMO) all
+	$(VENV)/bin/snakemake all --profile profiles/local --cores $(CORES) $(DEMO)
 	$(VENV)/bin/snakemake $(DEMO) --report report.html
 	@echo "demo done: results/, report.html"
 

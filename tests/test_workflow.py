@@ -1,17 +1,18 @@
 """The Snakemake workflow: lint, DAG shape, config validation, and a real run on a tiny config."""
 
+import json
+import math
 import re
 
 import pandas as pd
 import pytest
 import yaml
 
+from rsgrpo.grading import extract_answer
 from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
 
-TINY = {
-    "bandit": {"betas": [0, 8], "seeds": 2, "updates": 200, "record_every": 20},
-    "figures": {"advantage_betas": [0, 2]},
-}
+TINY_CONFIG = REPO / "tests/fixtures/workflow/tiny.yaml"
+TINY = yaml.safe_load(TINY_CONFIG.read_text())
 
 
 def test_lint_is_clean():
@@ -111,16 +112,52 @@ def test_duplicate_key_in_config_file_rejected(tmp_path):
     assert out.returncode != 0 and "duplicate key 'seeds'" in out.stdout + out.stderr
 
 
+def check_results(wf):
+    """Every cell's outputs exist and agree with each other; return the cells table."""
+    cells = pd.read_csv(wf / "results/aggregate/cells.csv", keep_default_na=False)
+    assert sorted(cells.cell) == ["tiny/base", "tiny/beta2", "tiny/beta4", "tiny/grpo"]
+    for _, cell in cells.iterrows():
+        evals = [cell.passk.rsplit("/", 1)[0]]
+        if cell.step_evals:
+            evals = [e.split(":", 1)[1] for e in cell.step_evals.split(";")]
+            manifest = json.loads((wf / "results" / cell.cell / "manifest.json").read_text())
+            assert manifest["final_step"] == TINY["training"]["steps"]
+            metrics = pd.read_csv(wf / cell.metrics)
+            assert metrics.step.tolist() == [1, 2]
+        for folder in evals:
+            graded = pd.read_parquet(wf / folder / "graded.parquet")
+            passk = pd.read_csv(wf / folder / "passk.csv")
+            assert len(graded) == 4 * 4  # problems x samples
+            assert [None if pd.isna(x) else x for x in graded.extracted] == [extract_answer(t) for t in graded.text]
+            counts = graded.groupby("problem_id").correct.sum()
+            for _, row in passk.iterrows():
+                expected = sum(1 - math.comb(4 - int(c), row.k) / math.comb(4, row.k) for c in counts) / len(counts)
+                assert row.pass_at_k == pytest.approx(expected)
+    return cells
+
+
 def test_real_run_on_tiny_config(tmp_path):
+    """The whole DAG on CPU: prepare, train (2 steps), sample, score, aggregate, figures, report."""
     wf = copy_workflow(tmp_path)
-    cfg = write_config(tmp_path / "tiny.yaml", TINY)
-    out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(cfg))
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(TINY_CONFIG))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    check_results(wf)
     df = pd.read_csv(wf / "results/bandit/bandit.csv")
     assert sorted(df.beta.unique()) == [0.0, 8.0] and len(df) == 2 * 2 * 10
-    for name in ("results/bandit/bandit.png", "results/figures/advantages.png", "results/figures/advantages.pdf"):
-        assert (wf / name).stat().st_size > 10_000, name
+    figures = [line.split("\t")[1] for line in (wf / "results/figures/results/figures.txt").read_text().splitlines()
+               if not line.startswith("#")]
+    assert {"passk_curves.png", "beta_ablation.png", "entropy.png", "transition_heatmap.png"} <= set(figures)
     assert "simulated in" in (wf / "logs/bandit.log").read_text()
+    assert (wf / "logs/train/tiny/beta2.log").stat().st_size > 0
+    # the run directory outlives the declared outputs: checkpoints of both steps are there
+    assert sorted(p.name for p in (wf / "runs/tiny/beta2/checkpoints").iterdir()) == ["step-000001", "step-000002"]
     # nothing left to do afterwards
-    again = snakemake(wf, "-n", "--configfile", str(cfg))
+    again = snakemake(wf, "-n", "--configfile", str(TINY_CONFIG))
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the HTML report holds every figure and table, each with its caption
+    report = snakemake(wf, "--configfile", str(TINY_CONFIG), "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "ERROR/" not in report.stderr  # caption RST problems
+    html = (wf / "report.html").read_text()
+    for name in figures + ["bandit.png", "advantages.png", "table2.csv", "rsgrpo_vs_grpo.csv", "published_comparison.csv"]:
+        assert name in html, name

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the workflow's real SLURM test.
 #   cluster.sh install          apt-get install slurm-wlm and munge if missing (needs root)
-#   cluster.sh start DIR CPUS   write DIR/slurm.conf, start munged, slurmctld and slurmd; wait until idle
+#   cluster.sh start DIR CPUS MEM_MB   write DIR/slurm.conf, start munged, slurmctld and slurmd; wait until
+#                              idle. CPUS and MEM_MB are the node's *configured* size (config_overrides),
+#                              so a profile written for real GPU nodes schedules unchanged on a laptop.
 #   cluster.sh stop DIR         stop the daemons started by `start DIR`
 # The config is also linked to /etc/slurm/slurm.conf (unless something else owns that path): the slurm
 # jobstep executor strips every SLURM_* variable, SLURM_CONF included, before its nested srun, so
@@ -9,7 +11,7 @@
 # slurm executor then needs `--slurm-status-command squeue`.
 set -euo pipefail
 
-cmd=${1:?usage: cluster.sh install|start DIR CPUS|stop DIR}
+cmd=${1:?usage: cluster.sh install|start DIR CPUS MEM_MB|stop DIR}
 
 case "$cmd" in
 install)
@@ -19,10 +21,10 @@ install)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
   ;;
 start)
-  dir=$(realpath -m "${2:?DIR}"); cpus=${3:-2}
+  dir=$(realpath -m "${2:?DIR}"); cpus=${3:-2}; mem=${4:-}
   mkdir -p "$dir"/{spool,state,log}
   host=$(hostname -s)
-  mem=$(awk '/MemTotal/ {print int($2/1024*0.8)}' /proc/meminfo)
+  [ -n "$mem" ] || mem=$(awk '/MemTotal/ {print int($2/1024*0.8)}' /proc/meminfo)
   cat >"$dir/slurm.conf" <<CONF
 ClusterName=rsgrpo-test
 SlurmctldHost=$host
@@ -44,6 +46,7 @@ SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
+SlurmdParameters=config_overrides
 MpiDefault=none
 SchedulerType=sched/backfill
 InactiveLimit=0
@@ -99,5 +102,5 @@ stop)
   if [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$dir/slurm.conf" ]; then rm -f /etc/slurm/slurm.conf; fi
   ;;
 *)
-  echo "usage: cluster.sh install|start DIR CPUS|stop DIR" >&2; exit 2 ;;
+  echo "usage: cluster.sh install|start DIR CPUS MEM_MB|stop DIR" >&2; exit 2 ;;
 esac
