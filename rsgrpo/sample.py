@@ -31,29 +31,14 @@ PARTS_CONFIG = "config.json"
 
 
 def read_benchmark(path: str | Path) -> list[dict]:
-    """Records ``{id, problem, answer}`` from a JSONL file; ValueError naming the file and line."""
+    """Records ``{id, problem, answer}`` of a benchmark file (JSONL or parquet), checked by
+    :func:`rsgrpo.data.load_records` (missing fields, empty answers, duplicate ids name the file)."""
+    from .data import load_records
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"benchmark file {str(path)!r} does not exist")
-    records, seen = [], set()
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: a record must be a JSON object")
-            for key in ("id", "problem"):
-                if key not in rec:
-                    raise ValueError(f"{path}:{lineno}: missing field {key!r}")
-            pid = str(rec["id"])
-            if pid in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate id {pid!r}")
-            seen.add(pid)
-            records.append(rec)
+    records = load_records({"source": "local", "path": str(path)})
     if not records:
         raise ValueError(f"benchmark file {str(path)!r} holds no records")
     return records
