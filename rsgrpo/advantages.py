@@ -165,13 +165,21 @@ def rs_grpo(rewards: torch.Tensor, *, beta=2.0) -> torch.Tensor:
         )
     if not bool(torch.isfinite(b).all()) or bool((b < 0).any()):
         raise ValueError(f"rs_grpo: beta must be a finite number >= 0 (0 = risk-neutral), got {beta!r}")
-    b = b.to(r.device)[:, None]
+    return _out(rs_grpo_kernel(r, b.to(r.device)[:, None]), rewards)
+
+
+def rs_grpo_kernel(r: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The RS-GRPO arithmetic without validation: float64 ``r [G, N]``, ``beta [G, 1]`` >= 0.
+
+    Callers that validated their inputs once may use it directly; everyone else calls ``rs_grpo``.
+    ``rsgrpo.bandit._rs_grpo_np`` is its numpy twin (tests pin the two equal).
+    """
     u = r - r.max(dim=1, keepdim=True).values
-    log_weight = b * u - torch.log1p(torch.expm1(b * u).mean(dim=1, keepdim=True))
-    safe_b = torch.where(b > 0, b, torch.ones_like(b))
-    risk_seeking = torch.expm1(log_weight) / safe_b
+    log_weight = beta * u - torch.log1p(torch.expm1(beta * u).mean(dim=1, keepdim=True))
+    safe_beta = torch.where(beta > 0, beta, torch.ones_like(beta))
+    risk_seeking = torch.expm1(log_weight) / safe_beta
     neutral = r - r.mean(dim=1, keepdim=True)
-    return _out(torch.where(b > 0, risk_seeking, neutral), rewards)
+    return torch.where(beta > 0, risk_seeking, neutral)
 
 
 @_register("passk_chen")

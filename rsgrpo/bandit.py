@@ -26,7 +26,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rsgrpo.advantages import rs_grpo
 
 N_ARMS = 100
 GLOBAL_ARM, LOCAL_ARM = 40, 75
@@ -88,19 +87,23 @@ class BanditResult:
 
 
 class _UniformStreams:
-    """Per-seed uniform draws, produced in chunks: seed s always sees the same sequence."""
+    """Per-seed uniform draws, produced in chunks: seed s always sees the same sequence.
 
-    def __init__(self, seeds: Sequence[int], width: int, chunk: int = 2048):
+    ``copies`` repeats the seed block (one copy per beta: common random numbers) once per chunk.
+    """
+
+    def __init__(self, seeds: Sequence[int], width: int, chunk: int = 2048, copies: int = 1):
         self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.width, self.chunk = width, chunk
+        self.width, self.chunk, self.copies = width, chunk, copies
         self.buffer, self.pos = None, chunk
 
-    def next(self) -> torch.Tensor:
-        """``[seeds, width]`` uniforms in [0, 1) for one update."""
+    def next(self) -> np.ndarray:
+        """``[copies * seeds, width]`` uniforms in [0, 1) for one update."""
         if self.pos == self.chunk:
-            self.buffer = torch.stack(
+            block = torch.stack(
                 [torch.rand(self.chunk, self.width, generator=g, dtype=torch.float64) for g in self.gens], dim=1
             )
+            self.buffer = block.repeat(1, self.copies, 1).numpy()
             self.pos = 0
         u = self.buffer[self.pos]
         self.pos += 1
@@ -148,17 +151,20 @@ def _simulate(betas, seeds, spec: BanditSpec) -> BanditResult:
     n_beta, n_seed, m = len(betas), len(seed_list), spec.samples_per_update
     runs = n_beta * n_seed
 
-    rewards_of_arm = arm_rewards()
-    theta = initial_logits().repeat(runs, 1)  # run index = beta_index * n_seed + seed_index
-    beta_per_run = torch.tensor(betas, dtype=torch.float64).repeat_interleave(n_seed)
-    streams = _UniformStreams(seed_list, m)
-    run_rows = torch.arange(runs)[:, None]
+    # numpy in the loop: on [70, 100] arrays torch's per-op overhead costs twice the arithmetic
+    rewards_of_arm = arm_rewards().numpy()
+    theta = np.tile(initial_logits().numpy(), (runs, 1))  # run index = beta_index * n_seed + seed_index
+    beta_per_run = np.repeat(np.array(betas), n_seed)[:, None]
+    risk_seeking = beta_per_run > 0
+    safe_beta = np.where(risk_seeking, beta_per_run, 1.0)
+    streams = _UniformStreams(seed_list, m, copies=n_beta)
+    flat_offset = (np.arange(runs) * N_ARMS)[:, None]
 
     # ring buffer of the last `moving_average` sampled rewards per run
     window = spec.moving_average
-    ring = torch.zeros(runs, window, dtype=torch.float64)
+    ring = np.zeros((runs, window))
     ring_fill = 0
-    offsets = torch.arange(m)
+    offsets = np.arange(m)
     n_points = spec.updates // spec.record_every
     reward_ma = np.empty((runs, n_points))
     entropy = np.empty((runs, n_points))
@@ -166,26 +172,29 @@ def _simulate(betas, seeds, spec: BanditSpec) -> BanditResult:
     point = 0
     scale = spec.lr / m
     for update in range(1, spec.updates + 1):
-        probs = torch.softmax(theta, dim=-1)
-        u = streams.next().repeat(n_beta, 1)  # same uniforms for every beta (common random numbers)
-        arms = sample_arms(probs, u)
+        probs = _softmax(theta)
+        arms = _sample_arms_np(probs, streams.next())  # same uniforms for every beta
         r = rewards_of_arm[arms]
-        w = rs_grpo(r, beta=beta_per_run)
-        # sum_i w_i (onehot(a_i) - pi) = counts_w - (sum_i w_i) pi
-        grad = torch.zeros_like(theta).index_put_((run_rows.expand_as(arms), arms), w, accumulate=True)
-        grad -= w.sum(dim=1, keepdim=True) * probs
+        w = _rs_grpo_np(r, beta_per_run, risk_seeking, safe_beta)
+        # sum_i w_i (onehot(a_i) - pi) = per-arm sums of w - (sum_i w_i) pi
+        grad = np.bincount((flat_offset + arms).ravel(), weights=w.ravel(), minlength=runs * N_ARMS).reshape(runs, N_ARMS)
+        grad -= w.sum(axis=1, keepdims=True) * probs
         theta += scale * grad
 
-        ring[:, ((update - 1) * m + offsets) % window] = r
+        start = ((update - 1) * m) % window
+        if start + m <= window:
+            ring[:, start : start + m] = r
+        else:
+            ring[:, (start + offsets) % window] = r
         ring_fill = min(ring_fill + m, window)
         if update % spec.record_every == 0 and point < n_points:
-            new_probs = torch.softmax(theta, dim=-1)
-            reward_ma[:, point] = ring[:, :ring_fill].mean(dim=1).numpy()
-            entropy[:, point] = (-(new_probs * torch.log(new_probs.clamp_min(1e-300))).sum(dim=1)).numpy()
+            new_probs = _softmax(theta)
+            reward_ma[:, point] = ring[:, :ring_fill].mean(axis=1)
+            entropy[:, point] = -(new_probs * np.log(np.maximum(new_probs, 1e-300))).sum(axis=1)
             samples[point] = update * m
             point += 1
 
-    final = (torch.softmax(theta, dim=-1) @ rewards_of_arm).numpy()
+    final = _softmax(theta) @ rewards_of_arm
     shape = (n_beta, n_seed)
     return BanditResult(
         betas=betas,
@@ -195,6 +204,38 @@ def _simulate(betas, seeds, spec: BanditSpec) -> BanditResult:
         entropy=entropy.reshape(shape + (n_points,)),
         final_expected_reward=final.reshape(shape),
     )
+
+
+def _softmax(theta: np.ndarray) -> np.ndarray:
+    z = np.exp(theta - theta.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _sample_arms_np(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse-CDF sampling row by row (as :func:`sample_arms`) in one searchsorted call.
+
+    Row r's CDF and uniforms are shifted by r, which makes the concatenated CDF sorted; the shift
+    moves rounding by ~1e-14, so a draw could change only within ~1e-14 of a CDF boundary.
+    """
+    rows, arms = probs.shape
+    cdf = np.cumsum(probs, axis=1)
+    cdf[:, -1] = 1.0
+    shift = np.arange(rows, dtype=np.float64)[:, None]
+    flat = np.searchsorted((cdf + shift).ravel(), (uniforms + shift).ravel(), side="right")
+    return np.minimum(flat.reshape(uniforms.shape) - (np.arange(rows) * arms)[:, None], arms - 1)
+
+
+def _rs_grpo_np(r: np.ndarray, beta: np.ndarray, risk_seeking=None, safe_beta=None) -> np.ndarray:
+    """numpy twin of :func:`rsgrpo.advantages.rs_grpo_kernel` (same stable form; tests pin them equal).
+
+    ``risk_seeking = beta > 0`` and ``safe_beta`` (beta, 1 where beta = 0) may be passed precomputed.
+    """
+    if risk_seeking is None:
+        risk_seeking = beta > 0
+        safe_beta = np.where(risk_seeking, beta, 1.0)
+    u = r - r.max(axis=1, keepdims=True)
+    log_weight = beta * u - np.log1p(np.expm1(beta * u).mean(axis=1, keepdims=True))
+    return np.where(risk_seeking, np.expm1(log_weight) / safe_beta, r - r.mean(axis=1, keepdims=True))
 
 
 def simulate_reference(beta: float, seed: int, spec: BanditSpec = BanditSpec()) -> np.ndarray:
@@ -212,7 +253,7 @@ def simulate_reference(beta: float, seed: int, spec: BanditSpec = BanditSpec()) 
         pi = z / z.sum()
         cdf = np.cumsum(pi)
         cdf[-1] = 1.0
-        arms = np.minimum(np.searchsorted(cdf, streams.next()[0].numpy(), side="right"), N_ARMS - 1)
+        arms = np.minimum(np.searchsorted(cdf, streams.next()[0], side="right"), N_ARMS - 1)
         r = rewards_of_arm[arms]
         if beta == 0:
             w = r - r.mean()

@@ -82,3 +82,15 @@ def test_bad_spec(kwargs, message):
 def test_bad_betas():
     with pytest.raises(ValueError, match=">= 0"):
         simulate([-1.0], 1, BanditSpec(updates=10))
+
+
+def test_numpy_rs_grpo_twin_equals_the_estimator():
+    from rsgrpo.advantages import compute
+    from rsgrpo.bandit import _rs_grpo_np
+
+    rng = np.random.default_rng(0)
+    r = rng.random((40, 16))
+    r[:5] = (r[:5] < 0.3).astype(float)
+    betas = rng.choice([0.0, 0.5, 2.0, 8.0, 64.0], size=40)
+    expected = compute("rs_grpo", torch.from_numpy(r), beta=torch.from_numpy(betas)).numpy()
+    np.testing.assert_allclose(_rs_grpo_np(r, betas[:, None]), expected, rtol=1e-12, atol=1e-14)
