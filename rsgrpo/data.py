@@ -359,9 +359,8 @@ def build_prompt(problem: str, *, template: str = "chat", tokenizer=None, system
 
 
 def write_records(records: Iterable[dict], path: str | Path) -> Path:
-    """Write canonical records as JSONL atomically (temp file + ``os.replace``); extra keys kept."""
-    import os
-    import tempfile
+    """Write canonical records as JSONL atomically (:func:`rsgrpo.io.atomic_path`); extra keys kept."""
+    from .io import atomic_path
 
     path = Path(path)
     records = list(records)
@@ -374,16 +373,9 @@ def write_records(records: Iterable[dict], path: str | Path) -> Path:
         if record["id"] in seen:
             raise ValueError(f"{path}: duplicate id {record['id']!r} at record {position}")
         seen.add(record["id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
 

@@ -22,28 +22,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from rsgrpo.io import atomic_path
 
 __all__ = ["score", "SAMPLE_COLUMNS", "PASSK_COLUMNS"]
 
 SAMPLE_COLUMNS = ("problem_id", "sample_idx", "text")
 PASSK_COLUMNS = ["benchmark", "k", "pass_at_k", "ci_low", "ci_high", "n_problems", "n_samples"]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_samples(path: Path):
@@ -179,8 +168,10 @@ def score(
     graded = pd.concat(graded_frames, ignore_index=True)
     passk = pd.concat(passk_frames, ignore_index=True)
 
-    _atomic_write(Path(out_graded), lambda tmp: graded.to_parquet(tmp, index=False))
-    _atomic_write(Path(out_passk), lambda tmp: passk.to_csv(tmp, index=False))
+    with atomic_path(out_graded) as tmp:
+        graded.to_parquet(tmp, index=False)
+    with atomic_path(out_passk) as tmp:
+        passk.to_csv(tmp, index=False)
     return graded, passk, report
 
 

@@ -47,6 +47,7 @@ import torch
 
 from . import advantages
 from . import checkpoint as ckpt
+from .io import atomic_path
 from .trainconfig import TrainConfig, beta_at, config_hash, load_config, lr_at, to_dict
 
 __all__ = ["Trainer", "policy_loss", "token_logprobs", "build_batch", "METRIC_COLUMNS",
@@ -542,13 +543,11 @@ class Trainer:
     def _write_metrics_file(self) -> None:
         """(Re)write metrics.csv from the in-memory rows: on resume this drops rows written after
         the checkpoint by the killed process, which the resumed run recomputes identically."""
-        tmp = self.metrics_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(self.metrics_path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(METRIC_COLUMNS)
             for row in self.metrics:
                 w.writerow([_fmt(row[c]) for c in METRIC_COLUMNS])
-        os.replace(tmp, self.metrics_path)
 
     def _append_metrics(self, row: dict) -> None:
         with open(self.metrics_path, "a", newline="") as fh:
@@ -590,9 +589,8 @@ class Trainer:
             "config_hash": self.hash,
             "config": to_dict(self.cfg),
         }
-        tmp = self.run_dir / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, self.run_dir / "manifest.json")
+        with atomic_path(self.run_dir / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         return manifest
 
     # -- main loop -------------------------------------------------------------------------------
@@ -645,11 +643,8 @@ def add_arguments(parser) -> None:
 
 
 def _copy(src: Path, dst: str) -> None:
-    d = Path(dst)
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = d.with_name(d.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, d)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def main(args) -> int:
