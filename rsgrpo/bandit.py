@@ -19,7 +19,6 @@ between streams. Pure computation, no I/O: the CLI lives in :mod:`rsgrpo.bandit_
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -117,29 +116,8 @@ def sample_arms(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, uniforms, right=True).clamp_(max=probs.shape[-1] - 1)
 
 
-@contextlib.contextmanager
-def _small_tensor_mode():
-    """One intra-op thread (the arrays are tiny: thread hand-offs cost more than they save, badly so
-    on a busy machine) and flush-to-zero (converged policies put most arms at denormal probabilities,
-    which are ~100x slower on x86). Restores both settings afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    flushed = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        if flushed:
-            torch.set_flush_denormal(False)
-
-
 def simulate(betas: Sequence[float], seeds: int | Sequence[int] = 10, spec: BanditSpec = BanditSpec()) -> BanditResult:
     """Run the bandit for every (beta, seed) pair at once. ``seeds``: a count (0..n-1) or explicit list."""
-    with _small_tensor_mode():
-        return _simulate(betas, seeds, spec)
-
-
-def _simulate(betas, seeds, spec: BanditSpec) -> BanditResult:
     betas = [float(b) for b in betas]
     if not betas:
         raise ValueError("need at least one beta")
