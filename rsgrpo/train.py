@@ -35,7 +35,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ import torch
 
 from . import advantages
 from . import checkpoint as ckpt
+from . import distributed as dist_utils
+from .distributed import init_distributed
 from .io import atomic_path
 from .trainconfig import TrainConfig, beta_at, config_hash, load_config, lr_at, to_dict
 
@@ -78,6 +79,9 @@ class Batch:
     input_ids: torch.Tensor       # [B, L] long
     attention_mask: torch.Tensor  # [B, L] long
     completion_mask: torch.Tensor  # [B, L] float
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
 
 
 def build_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> Batch:
@@ -146,65 +150,27 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
 
 
 # ------------------------------------------------------------------------------------------------
-# DeepSpeed on one CPU process
+# DeepSpeed
 # ------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> None:
-    """Initialise a single-process gloo process group for DeepSpeed (idempotent).
-
-    DeepSpeed needs ``torch.distributed`` even for one process; gloo is the CPU backend. The
-    environment defaults (rank 0 of 1, a free local port) are only set when absent, so a launcher's
-    values win. DeepSpeed JIT-compiles a shared-memory collective kernel for the CPU backend
-    (~2 minutes of C++ build on a fresh machine); one process never uses shared-memory collectives,
-    so that op is marked unavailable when WORLD_SIZE is 1.
-    """
-    import deepspeed
-    import torch.distributed as dist
-
-    defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
-                "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    added = [k for k in defaults if k not in os.environ]
-    for k in added:
-        os.environ[k] = defaults[k]
-    for name in ("DeepSpeed", "deepspeed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        from deepspeed.utils import logger as ds_logger
-
-        ds_logger.setLevel(logging.WARNING)
-    except Exception:  # pragma: no cover - logger location differs across versions
-        pass
-    if os.environ["WORLD_SIZE"] == "1":
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo")
-    # The rendezvous address we chose is in use by this process now: do not hand it to children
-    # (a `train` subprocess of a test or a benchmark would otherwise try to bind the same port).
-    for k in ("MASTER_ADDR", "MASTER_PORT"):
-        if k in added:
-            os.environ.pop(k, None)
-
-
 def deepspeed_config(cfg: TrainConfig) -> dict:
     """DeepSpeed config dict. Gradient accumulation is unmanaged: the trainer calls ``backward``
     once per micro-batch (losses pre-scaled for the token mean) and ``step`` once per optimizer
     step, because the number of micro-batches varies from step to step with dynamic sampling."""
-    return {
+    zero: dict[str, Any] = {"stage": int(cfg.zero_stage)}
+    config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
-        "managed_gradient_accumulation": False,
         "gradient_clipping": float(cfg.grad_clip),
-        "zero_optimization": {"stage": int(cfg.zero_stage)},
+        "zero_optimization": zero,
         "steps_per_print": 10 ** 12,
         "wall_clock_breakdown": False,
     }
+    if cfg.offload_optimizer:
+        # Optimizer state (AdamW moments, fp32 master weights) in host memory; the torch AdamW we
+        # pass keeps running there (DeepSpeed's fused CPU Adam would need a C++ build).
+        zero["offload_optimizer"] = {"device": "cpu"}
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,10 +231,17 @@ class Trainer:
         from .models import load_policy
 
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        removed = ckpt.clean_incomplete(self.run_dir)
-        for p in removed:
-            log.info("removed incomplete checkpoint %s", p)
+        # The process group comes first: every rank must agree on what it resumes from.
+        self.dist = init_distributed()
+        if cfg.prompts_per_step % self.dist.world_size:
+            raise ValueError(
+                f"key 'prompts_per_step': {cfg.prompts_per_step} prompts cannot be split evenly over "
+                f"{self.dist.world_size} ranks (got {cfg.prompts_per_step}); use a multiple of the rank count")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for p in ckpt.clean_incomplete(self.run_dir):
+                log.info("removed incomplete checkpoint %s", p)
+        dist_utils.barrier()
         latest = ckpt.latest_checkpoint(self.run_dir)
         state = None
         if latest is not None:
@@ -292,6 +265,8 @@ class Trainer:
         np.random.seed(cfg.seed % 2 ** 32)
 
         source = latest[1] if latest is not None else cfg.model_dir
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+            else torch.device("cpu")
         self.model, self.tokenizer = load_policy(source, dtype=cfg.dtype)
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else self.tokenizer.eos_token_id)
@@ -299,34 +274,36 @@ class Trainer:
 
         import deepspeed
 
-        init_distributed()
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         self.ds, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
                                                 config=deepspeed_config(cfg))
         # The torch optimizer that owns the moments: AdamW itself (stage 0) or the AdamW over the
-        # flat fp32 partition inside DeepSpeed's ZeRO optimizer (stages 1/2).
-        self.inner_opt = self.ds.optimizer if cfg.zero_stage == 0 else self.ds.optimizer.optimizer
+        # flat fp32 partitions inside DeepSpeed's ZeRO optimizer (stages 1-3).
+        self.inner_opt = dist_utils._inner_optimizer(self.ds)
         self.model.train()
 
         self.ref_model = None
         if cfg.kl_coef > 0:
-            self.ref_model, _ = load_policy(cfg.model_dir, dtype=cfg.dtype)
+            self.ref_model, _ = load_policy(cfg.model_dir, dtype=cfg.dtype, device=self.device)
             self.ref_model.eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
 
+        # Under ZeRO-3 the module holds only this rank's partition: the rollout engine keeps a full
+        # copy of its own (loaded from the same checkpoint) and is refreshed by a gather each step.
+        shared = self.model if cfg.zero_stage != 3 else None
         if self._engine_factory is not None:
-            self.engine = self._engine_factory(self.model, self.tokenizer, str(source))
+            self.engine = self._engine_factory(shared, self.tokenizer, str(source))
         else:
             from .rollout import make_engine
 
-            self.engine = make_engine(cfg.engine, model_dir=str(source), model=self.model,
+            self.engine = make_engine(cfg.engine, model_dir=str(source), model=shared,
                                       tokenizer=self.tokenizer, dtype=cfg.dtype,
                                       batch_size=cfg.engine_batch_size, **cfg.engine_options)
 
         if state is not None:
-            self.inner_opt.load_state_dict(state["optimizer"])
+            dist_utils.load_full_optimizer_state(self.ds, self.model, state["optimizer"])
             ckpt.restore_rng(state["rng"])
             self.start_step = int(state["step"])
             self.solved = set(state["solved_ids"])
@@ -335,9 +312,11 @@ class Trainer:
             if int(state["data_position"]) != expected:
                 raise ValueError(f"checkpoint {latest[1]}: data_position {state['data_position']} "
                                  f"!= step x prompts_per_step = {expected}")
-            log.info("resuming from %s (step %d)", latest[1], self.start_step)
-        self._write_metrics_file()
-        self._open_tensorboard()
+            log.info("resuming from %s (step %d) with %d rank(s)", latest[1], self.start_step,
+                     self.dist.world_size)
+        if self.dist.is_main:
+            self._write_metrics_file()
+            self._open_tensorboard()
 
     def _load_records(self) -> list[dict]:
         from .data import load_records
@@ -384,6 +363,20 @@ class Trainer:
         return out
 
     # -- one step --------------------------------------------------------------------------------
+    # With several ranks every forward (ZeRO-3 gathers parameters in it) and every backward
+    # (gradients are reduced in it) is a collective: each rank runs the same number of micro-batches,
+    # padding with a masked dummy batch where it has fewer sequences than the busiest rank.
+    def _micro_batches(self, n_pairs: int) -> int:
+        mb = self.cfg.micro_batch_size
+        local = -(-n_pairs // mb)
+        return int(dist_utils.all_reduce([local], "max")[0])
+
+    def _dummy_batch(self) -> Batch:
+        """One pad-token "prompt" and one pad-token "completion", fully masked: contributes nothing."""
+        batch = build_batch([([self.pad_id], [self.pad_id])], self.pad_id)
+        batch.completion_mask.zero_()
+        return batch
+
     def _forward_all(self, model, pairs, *, with_entropy: bool):
         """No-grad per-token log-probs (and entropies) of every pair, in micro-batches."""
         mb = self.cfg.micro_batch_size
@@ -391,15 +384,17 @@ class Trainer:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            for s in range(0, len(pairs), mb):
-                batch = build_batch(pairs[s:s + mb], self.pad_id)
-                lp, ent = token_logprobs(model, batch, self.cfg.temperature, with_entropy=with_entropy)
+            for b in range(self._micro_batches(len(pairs))):
+                chunk = pairs[b * mb:(b + 1) * mb]
+                batch = build_batch(chunk, self.pad_id) if chunk else self._dummy_batch()
+                lp, ent = token_logprobs(model, batch.to(self.device), self.cfg.temperature,
+                                         with_entropy=with_entropy)
                 mask = batch.completion_mask[:, 1:]
-                for i in range(lp.shape[0]):
+                for i in range(len(chunk)):
                     m = mask[i].bool()
-                    logps.append(lp[i][m].clone())
+                    logps.append(lp[i].cpu()[m].clone())
                     if ent is not None:
-                        ents.append(ent[i][m].clone())
+                        ents.append(ent[i].cpu()[m].clone())
         model.train(was_training)
         return logps, ents
 
@@ -411,35 +406,54 @@ class Trainer:
         return out
 
     def update(self, pairs, adv: torch.Tensor, step: int, old_logp: list[torch.Tensor] | None = None) -> dict:
-        """PPO update on ``pairs`` (``(prompt_ids, completion_ids)``) with per-sequence ``adv``.
+        """PPO update on this rank's ``pairs`` (``(prompt_ids, completion_ids)``) with per-sequence ``adv``.
 
         ``old_logp``: per-sequence completion-token log-probs of the policy before the update
-        (computed here by a no-grad forward when not given). Returns loss / clip_frac / kl /
-        grad_norm (averages over the ``ppo_epochs`` optimizer steps) and the lr.
+        (computed here by a no-grad forward when not given). Every rank calls this together (a rank
+        may have no pairs). Returns loss / clip_frac / kl / grad_norm (averages over the
+        ``ppo_epochs`` optimizer steps, over the whole global batch) and the lr.
+
+        Token mean over the GLOBAL batch: each rank divides its token sum by ``n_global / W`` and
+        DeepSpeed averages gradients over the W ranks, so the gradient is that of
+        ``sum over all tokens / n_global`` whatever the number of ranks.
         """
         cfg = self.cfg
+        world = self.dist.world_size
         if old_logp is None:
             old_logp, _ = self._forward_all(self.model, pairs, with_entropy=False)
         ref_logp = self._forward_all(self.ref_model, pairs, with_entropy=False)[0] \
             if self.ref_model is not None else None
-        n_tokens = sum(len(c) for _, c in pairs)
+        n_global = dist_utils.all_reduce([sum(len(c) for _, c in pairs)])[0]
         lr = lr_at(cfg, step)
         for group in self.inner_opt.param_groups:
             group["lr"] = lr
         tot = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "tokens": 0.0, "grad_norm": 0.0}
         mb = cfg.micro_batch_size
+        n_mb = self._micro_batches(len(pairs))
         for _ in range(cfg.ppo_epochs):
             loss_sum = 0.0
-            for s in range(0, len(pairs), mb):
-                idx = list(range(s, min(s + mb, len(pairs))))
-                batch = build_batch([pairs[i] for i in idx], self.pad_id)
-                lp, _ = token_logprobs(self.ds, batch, cfg.temperature)
-                mask = batch.completion_mask[:, 1:]
-                old = self._scatter(old_logp, idx, mask)
-                ref = self._scatter(ref_logp, idx, mask) if ref_logp is not None else None
-                loss, st = policy_loss(lp, old, adv[idx], mask, clip_low=cfg.clip_low,
-                                       clip_high=cfg.clip_high, n_tokens=n_tokens, ref_logp=ref,
-                                       kl_coef=cfg.kl_coef)
+            for b in range(n_mb):
+                idx = list(range(b * mb, min((b + 1) * mb, len(pairs))))
+                if idx:
+                    batch = build_batch([pairs[i] for i in idx], self.pad_id)
+                    mask = batch.completion_mask[:, 1:]
+                    old = self._scatter(old_logp, idx, mask)
+                    ref = self._scatter(ref_logp, idx, mask) if ref_logp is not None else None
+                    a = adv[idx]
+                else:
+                    batch = self._dummy_batch()
+                    mask = batch.completion_mask[:, 1:]
+                    old, ref, a = torch.zeros(mask.shape), None, torch.zeros(1)
+                    if ref_logp is not None:
+                        ref = torch.zeros(mask.shape)
+                lp, _ = token_logprobs(self.ds, batch.to(self.device), cfg.temperature)
+                lp = lp.float()
+                dev = lp.device
+                loss, st = policy_loss(lp, old.to(dev), a.to(dev), mask.to(dev), clip_low=cfg.clip_low,
+                                       clip_high=cfg.clip_high, n_tokens=n_global / world,
+                                       ref_logp=None if ref is None else ref.to(dev), kl_coef=cfg.kl_coef)
+                # Gradients are reduced across ranks once, after the last micro-batch.
+                self.ds.set_gradient_accumulation_boundary(b == n_mb - 1)
                 self.ds.backward(loss, scale_wrt_gas=False)
                 loss_sum += float(loss.detach())
                 for k in ("clipped", "kl", "tokens"):
@@ -452,11 +466,14 @@ class Trainer:
             tot["loss"] += loss_sum
             tot["grad_norm"] += grad_norm
         e = cfg.ppo_epochs
-        return {"loss": tot["loss"] / e, "clip_frac": tot["clipped"] / max(tot["tokens"], 1.0),
-                "kl": tot["kl"] / max(tot["tokens"], 1.0), "grad_norm": tot["grad_norm"] / e, "lr": lr}
+        loss_total, clipped, kl, tokens = dist_utils.all_reduce(
+            [tot["loss"], tot["clipped"], tot["kl"], tot["tokens"]])
+        return {"loss": loss_total / world / e, "clip_frac": clipped / max(tokens, 1.0),
+                "kl": kl / max(tokens, 1.0), "grad_norm": tot["grad_norm"] / e, "lr": lr}
 
     def _grad_norm_before_step(self) -> float | None:
-        """Global L2 grad norm (pre-clip) for ZeRO stage 0, where DeepSpeed does not report it."""
+        """Global L2 grad norm (pre-clip) for ZeRO stage 0, where DeepSpeed does not report it.
+        (At the accumulation boundary the gradients are already averaged over the ranks.)"""
         if self.cfg.zero_stage != 0:
             return None
         norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
@@ -464,18 +481,48 @@ class Trainer:
             return 0.0
         return float(torch.linalg.vector_norm(torch.stack(norms)))
 
+    def rank_slice(self, step: int) -> tuple[list[int], int]:
+        """This rank's record indices of ``step`` and the position of its first prompt in the step.
+
+        The step's ``prompts_per_step`` prompts are split into equal contiguous blocks, one per rank;
+        each rank samples, grades and computes advantages for whole groups, so group statistics
+        never need another rank's samples.
+        """
+        idx = self.step_indices(step)
+        per = len(idx) // self.dist.world_size
+        first = self.dist.rank * per
+        return idx[first:first + per], first
+
+    def push_weights(self) -> None:
+        """Make the rollout engine generate with the trainer's current weights (collective under
+        ZeRO-3, where the full weights are gathered bucket by bucket)."""
+        if self.cfg.zero_stage == 3:
+            self.engine.load_named_weights(dist_utils.gathered_parameters(self.model))
+        else:
+            self.engine.load_weights(self.model)
+
     def train_step(self, step: int) -> dict:
-        """Run step ``step`` (0-based) and return its metric row."""
-        from .rollout import SamplingParams
+        """Run step ``step`` (0-based) on every rank together and return its (global) metric row."""
+        from .rollout import SamplingParams, row_seed
 
         cfg = self.cfg
-        idx = self.step_indices(step)
+        idx, first = self.rank_slice(step)
         recs = [self.records[i] for i in idx]
+        step_seed = cfg.seed * 1_000_003 + step
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step)
+                                max_tokens=cfg.max_new_tokens, seed=step_seed)
+        # A prompt's samples are seeded by its position in the global step, not on its rank: the
+        # rollouts of a step do not depend on the number of ranks.
+        seeds = [row_seed(step_seed, first + k) for k in range(len(idx))]
+        wake = getattr(self.engine, "wake_up", None)
+        if wake is not None:
+            wake()
         t0 = time.perf_counter()
-        comps = self.engine.generate([self.prompts[i] for i in idx], params)
+        comps = self.engine.generate([self.prompts[i] for i in idx], params, seeds=seeds)
         t1 = time.perf_counter()
+        sleep = getattr(self.engine, "sleep", None)
+        if sleep is not None:
+            sleep()
         flat = [c for group in comps for c in group]
         golds = [str(r["answer"]) for r in recs for _ in range(cfg.samples_per_prompt)]
         rewards_list = self.reward([c.text for c in flat], golds)
@@ -489,41 +536,45 @@ class Trainer:
         adv = advantages.compute(cfg.method, rewards, **mparams).to(torch.float32)
 
         solved_groups = (rewards >= 1.0).any(dim=1)
-        for r, s in zip(recs, solved_groups.tolist()):
-            if s:
-                self.solved.add(str(r["id"]))
+        newly_solved = [str(r["id"]) for r, s in zip(recs, solved_groups.tolist()) if s]
+        for ids in dist_utils.all_gather_objects(newly_solved):
+            self.solved.update(ids)
         keep = (rewards.max(dim=1).values > rewards.min(dim=1).values) if cfg.dynamic_sampling \
             else torch.ones(g, dtype=torch.bool)
         pairs_all = [(c.prompt_token_ids, c.token_ids) for c in flat]
         # One no-grad pass over every sampled completion gives the entropy metric and the old
         # log-probs of the kept ones (the trainer's own numbers, not the engine's).
         old_all, ents = self._forward_all(self.model, pairs_all, with_entropy=True)
+        ent_sum = float(torch.cat(ents).double().sum()) if ents else 0.0
         ent_tokens = sum(e.numel() for e in ents)
-        entropy = float(torch.cat(ents).double().sum() / ent_tokens) if ent_tokens else float("nan")
         kept_rows = [gi * n + j for gi in range(g) if keep[gi] for j in range(n)
                      if len(pairs_all[gi * n + j][1]) > 0]
         upd = {"loss": float("nan"), "clip_frac": float("nan"), "kl": float("nan"),
                "grad_norm": float("nan"), "lr": lr_at(cfg, step)}
-        if kept_rows:
+        if dist_utils.all_reduce([len(kept_rows)], "max")[0] > 0:  # any rank has something to learn
             flat_adv = adv.reshape(-1)
             upd = self.update([pairs_all[i] for i in kept_rows], flat_adv[kept_rows], step,
                               old_logp=[old_all[i] for i in kept_rows])
-            self.engine.load_weights(self.model)
+            self.push_weights()
         t3 = time.perf_counter()
         gen_tokens = sum(len(c.token_ids) for c in flat)
+        (reward_sum, solved_n, kept_n, ent_sum, ent_tokens, gen_tokens, n_seq) = dist_utils.all_reduce(
+            [float(rewards.sum()), float(solved_groups.sum()), float(keep.sum()), ent_sum, ent_tokens,
+             gen_tokens, len(flat)])
+        t_gen, t_grade, t_update = dist_utils.all_reduce([t1 - t0, t2 - t1, t3 - t2], "max")
         row = {
             "step": step + 1,
             "beta": float("nan") if beta is None else float(beta),
-            "reward_mean": float(rewards.mean()),
-            "solved_frac": float(solved_groups.double().mean()),
+            "reward_mean": reward_sum / n_seq,
+            "solved_frac": solved_n / cfg.prompts_per_step,
             "cumulative_solve_rate": len(self.solved) / self.n_unique,
-            "groups_kept": int(keep.sum()),
-            "entropy": entropy,
-            "response_len_mean": gen_tokens / len(flat),
+            "groups_kept": int(kept_n),
+            "entropy": ent_sum / ent_tokens if ent_tokens else float("nan"),
+            "response_len_mean": gen_tokens / n_seq,
             "clip_frac": upd["clip_frac"], "kl": upd["kl"], "grad_norm": upd["grad_norm"],
             "loss": upd["loss"], "lr": upd["lr"],
-            "time_generate": t1 - t0, "time_grade": t2 - t1, "time_update": t3 - t2,
-            "tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "time_generate": t_gen, "time_grade": t_grade, "time_update": t_update,
+            "tokens_per_s": gen_tokens / max(t_gen, 1e-9),
         }
         return row
 
@@ -560,21 +611,31 @@ class Trainer:
                     self._tb.add_scalar(f"train/{c}", v, row["step"])
             self._tb.flush()
 
-    def save(self, step_done: int) -> Path:
-        state = {
-            "step": step_done,
-            "optimizer": self.inner_opt.state_dict(),
-            "rng": ckpt.capture_rng(),
-            "data_position": step_done * self.cfg.prompts_per_step,
-            "solved_ids": sorted(self.solved),
-            "metrics": [dict(m) for m in self.metrics],
-            "config_hash": self.hash,
-            "data_hash": self.data_hash,
-            "config": json.dumps(to_dict(self.cfg), sort_keys=True, default=str),
-        }
-        path = ckpt.save_checkpoint(self.run_dir, step_done, model=self.model, tokenizer=self.tokenizer,
-                                    state=state)
-        ckpt.prune(self.run_dir, self.cfg.keep_last)
+    def save(self, step_done: int) -> Path | None:
+        """Checkpoint ``step_done`` (every rank calls it: gathering the optimizer state, and the
+        weights under ZeRO-3, are collectives); rank 0 writes it, the others wait for the rename.
+        Returns the checkpoint path on rank 0, None elsewhere."""
+        optimizer = dist_utils.full_optimizer_state(self.ds, self.model)
+        weights = dict(dist_utils.gathered_parameters(self.model, include_aliases=False)) \
+            if self.cfg.zero_stage == 3 else None
+        path = None
+        if self.dist.is_main:
+            state = {
+                "step": step_done,
+                "optimizer": optimizer,
+                "rng": ckpt.capture_rng(),
+                "data_position": step_done * self.cfg.prompts_per_step,
+                "solved_ids": sorted(self.solved),
+                "metrics": [dict(m) for m in self.metrics],
+                "config_hash": self.hash,
+                "data_hash": self.data_hash,
+                "config": json.dumps(to_dict(self.cfg), sort_keys=True, default=str),
+                "world_size": self.dist.world_size,
+            }
+            path = ckpt.save_checkpoint(self.run_dir, step_done, model=self.model, tokenizer=self.tokenizer,
+                                        state=state, state_dict=weights)
+            ckpt.prune(self.run_dir, self.cfg.keep_last)
+        dist_utils.barrier()
         return path
 
     def write_manifest(self) -> dict:
@@ -598,8 +659,9 @@ class Trainer:
         """Train from the last checkpoint (or the start) to ``cfg.steps``; return the manifest."""
         self.setup()
         cfg = self.cfg
+        main_rank = self.dist.is_main
         bar = None
-        if cfg.progress:
+        if cfg.progress and main_rank:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.start_step, desc="train", unit="step",
@@ -608,7 +670,8 @@ class Trainer:
             for step in range(self.start_step, cfg.steps):
                 row = self.train_step(step)
                 self.metrics.append(row)
-                self._append_metrics(row)
+                if main_rank:
+                    self._append_metrics(row)
                 done = step + 1
                 if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                     self.save(done)
@@ -616,7 +679,7 @@ class Trainer:
                     bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kept=row["groups_kept"],
                                     ent=f"{row['entropy']:.3f}")
                     bar.update(1)
-                else:
+                elif main_rank:
                     log.info("step %d reward %.4f kept %d", done, row["reward_mean"], row["groups_kept"])
         finally:
             if bar is not None:
@@ -626,7 +689,9 @@ class Trainer:
             close = getattr(getattr(self, "engine", None), "close", None)
             if close is not None:
                 close()
-        return self.write_manifest()
+        manifest = self.write_manifest() if main_rank else None
+        dist_utils.barrier()
+        return manifest
 
 
 # ------------------------------------------------------------------------------------------------
@@ -640,6 +705,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--run-dir", default=None, help="run directory (overrides config run_dir)")
     parser.add_argument("--out-manifest", default=None, help="also copy manifest.json to this path")
     parser.add_argument("--out-metrics", default=None, help="also copy metrics.csv to this path")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="data-parallel ranks per node (GPUs per node; CPU: gloo processes). With more "
+                             "than 1, or in a SLURM job of several nodes, the command starts itself again "
+                             "under torch.distributed.run")
 
 
 def _copy(src: Path, dst: str) -> None:
@@ -647,9 +716,36 @@ def _copy(src: Path, dst: str) -> None:
         shutil.copyfile(src, tmp)
 
 
+def _argv_without_nproc(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    if args.nproc < 1:
+        print(f"rsgrpo train: error: --nproc must be >= 1 (got {args.nproc})", file=sys.stderr)
+        return 2
+    multi_node = int(os.environ.get("SLURM_NNODES", "1") or 1) > 1
+    if (args.nproc > 1 or multi_node) and not dist_utils.under_launcher():
+        # Validate before starting N processes that would all fail the same way.
+        try:
+            load_config(args.config, list(args.overrides or []))
+        except ValueError as exc:
+            print(f"rsgrpo train: error: {exc}", file=sys.stderr)
+            return 2
+        argv = sys.argv[1:]
+        if argv and argv[0] != "train":  # called as `python -m rsgrpo train ...`: argv[0] is the verb
+            argv = ["train", *argv]
+        return dist_utils.relaunch(args.nproc, _argv_without_nproc(argv))
     overrides = list(args.overrides or [])
     if args.run_dir:
         overrides.append(f"run_dir={json.dumps(args.run_dir)}")
@@ -660,8 +756,9 @@ def main(args) -> int:
         print(f"rsgrpo train: error: {exc}", file=sys.stderr)
         return 2
     trainer.run()
-    if args.out_manifest:
-        _copy(trainer.run_dir / "manifest.json", args.out_manifest)
-    if args.out_metrics:
-        _copy(trainer.metrics_path, args.out_metrics)
+    if trainer.dist.is_main:
+        if args.out_manifest:
+            _copy(trainer.run_dir / "manifest.json", args.out_manifest)
+        if args.out_metrics:
+            _copy(trainer.metrics_path, args.out_metrics)
     return 0

@@ -77,7 +77,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "max global gradient norm (0 = no clipping)", kind="float")
     ppo_epochs: int = _f(1, "optimizer steps per rollout batch, each over the whole batch (1 = on-policy; clipping acts from the 2nd)", kind="int")
     micro_batch_size: int = _f(8, "sequences per forward/backward pass (gradient accumulation over the batch)", kind="int")
-    zero_stage: int = _f(0, "DeepSpeed ZeRO stage 0 | 1 | 2 (single process; 3 is not supported by the CPU trainer)", kind="int")
+    zero_stage: int = _f(0, "DeepSpeed ZeRO stage 0 | 1 | 2 | 3 (3 partitions the weights too: for models that do not fit one device)", kind="int")
+    offload_optimizer: bool = _f(False, "ZeRO 1-3: keep the optimizer state (AdamW moments, fp32 master weights) in host memory", kind="bool")
     dtype: str = _f("float32", "model / optimizer dtype: float32 | bfloat16 (exact resume is guaranteed for float32 on CPU)", kind="str")
     seed: int = _f(0, "seed of data order, rollouts and torch RNG", kind="int")
     # --- bookkeeping ----------------------------------------------------------------------------
@@ -93,7 +94,8 @@ for _fld in dataclasses.fields(TrainConfig):
 
 # Fields that do not influence the trajectory of a run (may change between a run and its resume).
 NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "tensorboard", "progress",
-                         "grading_workers", "engine", "engine_batch_size", "engine_options")
+                         "grading_workers", "engine", "engine_batch_size", "engine_options", "zero_stage",
+                         "offload_optimizer", "micro_batch_size")
 
 _CHOICES = {
     "prompt_template": ("chat", "plain"),
@@ -188,7 +190,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("grading_timeout", cfg.grading_timeout > 0, "must be > 0")
     need("ppo_epochs", cfg.ppo_epochs >= 1, "must be >= 1")
     need("micro_batch_size", cfg.micro_batch_size >= 1, "must be >= 1")
-    need("zero_stage", cfg.zero_stage in (0, 1, 2), "must be 0, 1 or 2")
+    need("zero_stage", cfg.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3")
+    need("offload_optimizer", not cfg.offload_optimizer or cfg.zero_stage > 0, "needs zero_stage 1, 2 or 3")
     need("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)")
     need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
     need("beta_ramp_steps", cfg.beta_ramp_steps >= 0, "must be >= 0 (0 = the whole run)")

@@ -151,7 +151,8 @@ BAD_CONFIGS = [
     ({"method": "rloo", "beta_schedule": "cosine", "beta_start": 0, "beta_end": 4}, "'beta_schedule'", "cosine"),
     ({"beta_start": 1.0}, "'beta_start'", "1.0"),
     ({"clip_low": 1.5}, "'clip_low'", "1.5"),
-    ({"zero_stage": 3}, "'zero_stage'", "3"),
+    ({"zero_stage": 4}, "'zero_stage'", "4"),
+    ({"offload_optimizer": True}, "'offload_optimizer'", "True"),
     ({"temperature": 0}, "'temperature'", "0"),
     ({"prompt_template": "fancy"}, "'prompt_template'", "fancy"),
     ({"keep_last": -1}, "'keep_last'", "-1"),
@@ -199,7 +200,7 @@ class FixedEngine:
         self.tok, self.table, self.encode = tokenizer, table, encode_prompts
         self.loads = 0
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, *, seeds=None):
         from rsgrpo.rollout import Completion
 
         out = []

@@ -1,0 +1,387 @@
+"""Data-parallel plumbing for ``python -m rsgrpo train``: process group, collectives, full-state
+gathers that do not depend on the ZeRO stage or the number of ranks, and the launcher command.
+
+Why a module of its own: the trainer's loop reads the same whether it runs as 1 process or as N
+ranks; everything that knows about ranks (who writes files, how to sum a metric over ranks, how to
+get the full weights out of a ZeRO-3 partition) lives here.
+
+* :func:`init_distributed` -- the process group (gloo on CPU, NCCL on GPU). Without a launcher it
+  is a 1-rank group; under ``torchrun`` (or SLURM's ``srun`` + ``torchrun``) the launcher's
+  ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` win.
+* :func:`all_reduce` / :func:`all_gather_objects` / :func:`barrier` -- no-ops for one rank.
+* :func:`gathered_parameters` -- the full weights of every parameter, gathered in buckets under
+  ZeRO-3 (each bucket is gathered, copied out and released before the next one, so the peak extra
+  memory is one bucket, not the model).
+* :func:`full_optimizer_state` / :func:`load_full_optimizer_state` -- AdamW moments per parameter
+  name in full shape: a checkpoint written by N ranks at any ZeRO stage resumes on M ranks at any
+  stage (DeepSpeed's own checkpoints are partitioned per rank and unpickle arbitrary objects).
+* :func:`launch_command` -- the ``torch.distributed.run`` command line for ``--nproc N`` (one node)
+  or a SLURM multi-node job (rendezvous on the job's first node, one launcher per node via srun).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+__all__ = ["DistInfo", "info", "init_distributed", "all_reduce", "all_gather_objects", "barrier",
+           "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state",
+           "launch_command", "under_launcher", "RENDEZVOUS_PORT"]
+
+log = logging.getLogger("rsgrpo.distributed")
+
+# Port of the c10d rendezvous on a multi-node job's first node (any free port of that node works).
+RENDEZVOUS_PORT = 29500
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def info() -> DistInfo:
+    """This process's place in the process group (rank 0 of 1 before/without initialisation)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def under_launcher(env: Mapping[str, str] | None = None) -> bool:
+    """True inside a process started by torchrun / the deepspeed launcher (they set these)."""
+    env = os.environ if env is None else env
+    return "LOCAL_RANK" in env and "WORLD_SIZE" in env
+
+
+def init_distributed() -> DistInfo:
+    """Initialise the process group for DeepSpeed (idempotent) and return this rank's place.
+
+    Backend: NCCL when CUDA is available, gloo otherwise (DeepSpeed needs ``torch.distributed`` even
+    for one process). Environment defaults (rank 0 of 1, a free local port) are set only where the
+    launcher set nothing. DeepSpeed would JIT-compile a shared-memory collective kernel for its CPU
+    backend (~2 minutes of C++ build on a fresh machine); gloo does every collective the trainer
+    needs, so that op is marked unavailable on CPU.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+                "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    added = [k for k in defaults if k not in os.environ]
+    for k in added:
+        os.environ[k] = defaults[k]
+    for name in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+    except Exception:  # pragma: no cover - logger location differs across versions
+        pass
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    else:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    # The rendezvous address we chose is in use by this process now: do not hand it to children
+    # (a `train` subprocess of a test or a benchmark would otherwise try to bind the same port).
+    for k in ("MASTER_ADDR", "MASTER_PORT"):
+        if k in added:
+            os.environ.pop(k, None)
+    return info()
+
+
+# ------------------------------------------------------------------------------------------------
+# collectives (no-ops for one rank)
+# ------------------------------------------------------------------------------------------------
+def _multi() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _device() -> torch.device:
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
+    """Element-wise sum / max / min of ``values`` over all ranks (float64)."""
+    if not _multi():
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_device())
+    dist.all_reduce(t, op=ops[op])
+    return t.cpu().tolist()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable plain data only: our own values)."""
+    if not _multi():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if _multi():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------
+# full weights and optimizer state, whatever the partitioning
+# ------------------------------------------------------------------------------------------------
+def _is_zero3(param: torch.nn.Parameter) -> bool:
+    return hasattr(param, "ds_id")
+
+
+def _numel(param: torch.nn.Parameter) -> int:
+    return int(param.ds_numel) if _is_zero3(param) else param.numel()
+
+
+def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_000,
+                        include_aliases: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, full tensor)`` for every parameter and persistent buffer of ``model``.
+
+    Collective under ZeRO-3: every rank must consume the whole iterator. Parameters are gathered
+    ``bucket_numel`` elements at a time with ``deepspeed.zero.GatheredParameters`` and copied out
+    (CPU tensors) before the bucket is released. Without ZeRO-3 the tensors are the module's own
+    (detached, not copied).
+
+    ``include_aliases``: also yield state-dict names that alias another parameter (a tied
+    ``lm_head.weight``) -- an engine that loads weights by name needs them (vLLM keeps the old
+    output head otherwise).
+    """
+    named = list(model.named_parameters())
+    by_id = {id(p): n for n, p in named}
+    aliases = []
+    if include_aliases:
+        for key, t in model.state_dict(keep_vars=True).items():
+            owner = by_id.get(id(t))
+            if owner is not None and owner != key:
+                aliases.append((key, owner))
+    buffers = [(k, b) for k, b in model.state_dict(keep_vars=True).items()
+               if id(b) not in by_id and not isinstance(b, torch.nn.Parameter)]
+    if not any(_is_zero3(p) for _, p in named):
+        for n, p in named:
+            yield n, p.detach()
+        for key, owner in aliases:
+            yield key, dict(named)[owner].detach()
+        for k, b in buffers:
+            yield k, b.detach()
+        return
+    import deepspeed
+
+    full: dict[str, torch.Tensor] = {}
+    alias_of: dict[str, list[str]] = {}
+    for key, owner in aliases:
+        alias_of.setdefault(owner, []).append(key)
+    bucket: list[tuple[str, torch.nn.Parameter]] = []
+    size = 0
+
+    def flush():
+        with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
+            for n, p in bucket:
+                full[n] = p.detach().to("cpu", copy=True)
+        out = [(n, full.pop(n)) for n, _ in bucket]
+        bucket.clear()
+        return out
+
+    for n, p in named:
+        bucket.append((n, p))
+        size += _numel(p)
+        if size >= bucket_numel:
+            for item in flush():
+                yield item
+                for key in alias_of.get(item[0], []):
+                    yield key, item[1]
+            size = 0
+    if bucket:
+        for item in flush():
+            yield item
+            for key in alias_of.get(item[0], []):
+                yield key, item[1]
+    for k, b in buffers:
+        yield k, b.detach().to("cpu", copy=True)
+
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _zero_stage(ds_engine) -> int:
+    return int(ds_engine.zero_optimization_stage()) if hasattr(ds_engine, "zero_optimization_stage") else 0
+
+
+def _inner_optimizer(ds_engine):
+    """The torch optimizer that owns the moments: AdamW itself (stage 0) or the AdamW over the
+    flat fp32 partitions inside DeepSpeed's ZeRO optimizer (stages 1-3)."""
+    return ds_engine.optimizer if _zero_stage(ds_engine) == 0 else ds_engine.optimizer.optimizer
+
+
+def _adam_step(inner_opt) -> int:
+    steps = {int(float(s["step"])) for s in inner_opt.state.values() if "step" in s}
+    if len(steps) > 1:
+        raise RuntimeError(f"optimizer parameters disagree on the step count: {sorted(steps)}")
+    return steps.pop() if steps else 0
+
+
+def full_optimizer_state(ds_engine, model: torch.nn.Module) -> dict[str, Any]:
+    """AdamW state as ``{"step": int, "exp_avg": {name: full tensor}, "exp_avg_sq": {...}}``.
+
+    Collective for ZeRO stages 1-3 (DeepSpeed assembles each tensor from the partitions of all
+    ranks); every rank gets the full state. Names are those of ``model.named_parameters()``.
+    """
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    stage = _zero_stage(ds_engine)
+    inner = _inner_optimizer(ds_engine)
+    out: dict[str, Any] = {"step": _adam_step(inner), **{m: {} for m in _MOMENTS}}
+    for name, p in model.named_parameters():
+        for m in _MOMENTS:
+            if stage == 0:
+                t = inner.state.get(p, {}).get(m)
+            else:
+                t = safe_get_full_optimizer_state(p, m) if out["step"] > 0 else None
+            if t is None:  # no step taken yet: the moments are still zero
+                shape = tuple(p.ds_shape) if _is_zero3(p) else tuple(p.shape)
+                t = torch.zeros(shape, dtype=torch.float32)
+            out[m][name] = t.detach().to("cpu", torch.float32, copy=True)
+    return out
+
+
+def load_full_optimizer_state(ds_engine, model: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`full_optimizer_state` for any ZeRO stage and world size (collective for 1-3).
+
+    Raises ``ValueError`` when the parameter names or shapes do not match the model.
+    """
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    stage = _zero_stage(ds_engine)
+    inner = _inner_optimizer(ds_engine)
+    step = int(state["step"])
+    named = list(model.named_parameters())
+    names = {n for n, _ in named}
+    saved = set(state["exp_avg"])
+    if names != saved:
+        missing, extra = sorted(names - saved)[:5], sorted(saved - names)[:5]
+        raise ValueError(f"optimizer state does not match the model: missing {missing}, unexpected {extra}")
+    if step == 0:
+        return
+    if stage == 0:
+        for name, p in named:
+            st = inner.state[p]
+            st["step"] = torch.tensor(float(step))
+            for m in _MOMENTS:
+                src = state[m][name]
+                if tuple(src.shape) != tuple(p.shape):
+                    raise ValueError(f"optimizer state of {name}: shape {tuple(src.shape)} != {tuple(p.shape)}")
+                st[m] = src.to(p.device, p.dtype if p.is_floating_point() else torch.float32, copy=True)
+        return
+    # ZeRO 1-3: create the (lazily initialised) moments of the flat partitions, then fill them
+    # parameter by parameter through DeepSpeed's fragment mapping.
+    for group in inner.param_groups:
+        for flat in group["params"]:
+            st = inner.state[flat]
+            st["step"] = torch.tensor(float(step))
+            for m in _MOMENTS:
+                st[m] = torch.zeros_like(flat, memory_format=torch.preserve_format)
+    if stage in (1, 2):
+        # point each parameter's fragment mapping at the state tensors just created (DeepSpeed does
+        # this lazily at the first step otherwise)
+        ds_engine.optimizer._lazy_init_hp_params_optimizer_state()
+    for name, p in named:
+        shape = tuple(p.ds_shape) if _is_zero3(p) else tuple(p.shape)
+        for m in _MOMENTS:
+            src = state[m][name]
+            if tuple(src.shape) != shape:
+                raise ValueError(f"optimizer state of {name}: shape {tuple(src.shape)} != {shape}")
+            safe_set_full_optimizer_state(p, src.to(torch.float32), m)
+
+
+# ------------------------------------------------------------------------------------------------
+# launcher
+# ------------------------------------------------------------------------------------------------
+def _slurm_head_node(env: Mapping[str, str]) -> str:
+    """First host name of the job's node list (``scontrol show hostnames`` expands ``n[01-04]``)."""
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodelist:
+        raise RuntimeError("SLURM_NNODES > 1 but SLURM_JOB_NODELIST is not set")
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()[0]
+
+
+def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | None = None, *,
+                   head_node: str | None = None, python: str | None = None,
+                   entry: Sequence[str] = ("-m", "rsgrpo")) -> list[str]:
+    """The command that runs ``python <entry> <argv>`` (``python -m rsgrpo train ...``) as ``nproc``
+    ranks per node.
+
+    One node (no SLURM job, or a job of one node): ``torch.distributed.run --standalone``.
+    A SLURM job of ``SLURM_NNODES`` > 1 nodes: ``srun`` starts one launcher per node
+    (``--ntasks-per-node=1``: the job itself declares no tasks), and the launchers meet at a c10d
+    rendezvous on the job's first node (``head_node``, looked up with ``scontrol`` when not given),
+    keyed by the job id. ``--max-restarts 0``: a failing rank fails the whole launch (torchrun stops
+    the other ranks), so the job fails instead of hanging and Snakemake's retry resumes it.
+    """
+    env = os.environ if env is None else env
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"--nproc must be an integer >= 1, got {nproc!r}")
+    python = python or sys.executable
+    nnodes = int(env.get("SLURM_NNODES", "1") or 1)
+    run = [python, "-m", "torch.distributed.run", "--max-restarts", "0", "--nproc-per-node", str(nproc)]
+    tail = [*entry, *argv]
+    if nnodes <= 1:
+        return run[:3] + ["--standalone"] + run[3:] + tail
+    head = head_node or _slurm_head_node(env)
+    job = env.get("SLURM_JOB_ID", "rsgrpo")
+    return (["srun", "--ntasks-per-node=1", f"--nodes={nnodes}", "--kill-on-bad-exit=1"] + run
+            + ["--nnodes", str(nnodes), "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"{head}:{RENDEZVOUS_PORT}", "--rdzv-id", str(job)] + tail)
+
+
+def relaunch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``launch_command(nproc, argv)`` and return its exit status (the caller's).
+
+    The ranks run the same entry point as this process (``rsgrpo/__main__.py``, or a wrapper script).
+    """
+    script = sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else None
+    cmd = launch_command(nproc, argv, entry=[script] if script else ("-m", "rsgrpo"))
+    log.info("launching %d rank(s) per node: %s", nproc, " ".join(shlex.quote(c) for c in cmd))
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(cmd, env=env)
