@@ -26,6 +26,7 @@ ZeRO stage resumes on M ranks. Only rank 0 writes; the other ranks take part in 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 __all__ = ["MARKER", "STATE_FILE", "checkpoint_name", "complete_checkpoints", "latest_checkpoint",
-           "save_checkpoint", "load_state", "prune", "capture_rng", "restore_rng", "clean_incomplete"]
+           "save_checkpoint", "load_state", "lock_run_dir", "prune", "capture_rng", "restore_rng", "clean_incomplete"]
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
@@ -124,6 +125,44 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, 
     finally:
         os.close(fd)
     return final
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_run_dir(run_dir: str | os.PathLike, wait_s: float = 10.0):
+    """Hold an exclusive lock on ``run_dir`` for this process's lifetime; return the open lock file.
+
+    Two trainers in one run directory would overwrite each other's checkpoints. The lock is a POSIX
+    record lock (``lockf``, honoured by NFS and Lustre clients), which the kernel releases when the
+    holder dies, SIGKILL included; a restarted job waits up to ``wait_s`` for a just-killed holder to
+    go away. Raises ``ValueError`` naming the holder's pid when the directory stays locked.
+    """
+    import fcntl
+    import time
+
+    path = Path(run_dir) / LOCK_FILE
+    fh = open(path, "a+")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):  # no lock support on this file system
+                return fh
+            if time.monotonic() >= deadline:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                fh.close()
+                raise ValueError(f"run_dir {str(run_dir)!r} is in use by another trainer (pid {holder}); "
+                                 "two runs in one directory would overwrite each other's checkpoints") from None
+            time.sleep(0.2)
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-__all__ = ["DistInfo", "info", "init_distributed", "all_reduce", "all_gather_objects", "barrier",
+__all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduce", "all_gather_objects", "barrier",
            "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state",
            "launch_command", "under_launcher", "RENDEZVOUS_PORT"]
 
@@ -74,6 +75,28 @@ def under_launcher(env: Mapping[str, str] | None = None) -> bool:
     return "LOCAL_RANK" in env and "WORLD_SIZE" in env
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (no-op elsewhere).
+
+    torchrun starts each rank in a session of its own, so a SIGKILL of the launcher (OOM killer,
+    ``kill -9``, a killed ``srun`` step) would leave the ranks training on, orphaned, while a
+    restarted job trains in the same run directory. Called by every launched rank, and for the
+    launcher by :func:`relaunch`.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except OSError:  # pragma: no cover - no glibc
+        return
+    if os.getppid() == 1:  # the parent died before the call: follow it now
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def init_distributed() -> DistInfo:
     """Initialise the process group for DeepSpeed (idempotent) and return this rank's place.
 
@@ -86,6 +109,8 @@ def init_distributed() -> DistInfo:
     import deepspeed
     import torch.distributed as dist
 
+    if under_launcher():
+        die_with_parent()
     defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
                 "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     added = [k for k in defaults if k not in os.environ]
@@ -313,12 +338,15 @@ def load_full_optimizer_state(ds_engine, model: torch.nn.Module, state: Mapping[
         return
     # ZeRO 1-3: create the (lazily initialised) moments of the flat partitions, then fill them
     # parameter by parameter through DeepSpeed's fragment mapping.
-    for group in inner.param_groups:
-        for flat in group["params"]:
-            st = inner.state[flat]
-            st["step"] = torch.tensor(float(step))
-            for m in _MOMENTS:
-                st[m] = torch.zeros_like(flat, memory_format=torch.preserve_format)
+    if stage == 3:  # ZeRO-3 swaps its sub-groups in and out of param_groups around each step
+        flats = list(ds_engine.optimizer.fp32_partitioned_groups_flat)
+    else:
+        flats = [flat for group in inner.param_groups for flat in group["params"]]
+    for flat in flats:
+        st = inner.state[flat]
+        st["step"] = torch.tensor(float(step))
+        for m in _MOMENTS:
+            st[m] = torch.zeros_like(flat, memory_format=torch.preserve_format)
     if stage in (1, 2):
         # point each parameter's fragment mapping at the state tensors just created (DeepSpeed does
         # this lazily at the first step otherwise)
@@ -384,4 +412,4 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     log.info("launching %d rank(s) per node: %s", nproc, " ".join(shlex.quote(c) for c in cmd))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env=env, preexec_fn=die_with_parent)

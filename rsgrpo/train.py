@@ -223,6 +223,7 @@ class Trainer:
         self.start_step = 0
         self._perm_cache: dict[int, list[int]] = {}
         self._tb = None
+        self._lock = None  # the run-dir lock (rank 0), held from setup to the end of run
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -239,6 +240,7 @@ class Trainer:
                 f"{self.dist.world_size} ranks (got {cfg.prompts_per_step}); use a multiple of the rank count")
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = ckpt.lock_run_dir(self.run_dir)
             for p in ckpt.clean_incomplete(self.run_dir):
                 log.info("removed incomplete checkpoint %s", p)
         dist_utils.barrier()
@@ -689,6 +691,9 @@ class Trainer:
             close = getattr(getattr(self, "engine", None), "close", None)
             if close is not None:
                 close()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
         manifest = self.write_manifest() if main_rank else None
         dist_utils.barrier()
         return manifest
@@ -738,9 +743,14 @@ def main(args) -> int:
     if (args.nproc > 1 or multi_node) and not dist_utils.under_launcher():
         # Validate before starting N processes that would all fail the same way.
         try:
-            load_config(args.config, list(args.overrides or []))
+            cfg = load_config(args.config, list(args.overrides or []))
         except ValueError as exc:
             print(f"rsgrpo train: error: {exc}", file=sys.stderr)
+            return 2
+        ranks = args.nproc * int(os.environ.get("SLURM_NNODES", "1") or 1)
+        if cfg.prompts_per_step % ranks:
+            print(f"rsgrpo train: error: key 'prompts_per_step': {cfg.prompts_per_step} prompts cannot be "
+                  f"split evenly over {ranks} ranks; use a multiple of the rank count", file=sys.stderr)
             return 2
         argv = sys.argv[1:]
         if argv and argv[0] != "train":  # called as `python -m rsgrpo train ...`: argv[0] is the verb

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -21,52 +20,15 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from rsgrpo import checkpoint as ckpt  # noqa: E402
-from rsgrpo.train import TIMING_COLUMNS, Trainer  # noqa: E402
+from rsgrpo.train import Trainer  # noqa: E402
 from rsgrpo.trainconfig import from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The subprocess entry point: the real CLI (data, rollout, DeepSpeed, checkpoints), with grading
-# replaced by a deterministic reward a random tiny model actually earns (a digit in the completion),
-# so updates are non-trivial (the real math grader would give a random model reward 0 everywhere).
-RUNNER = """
-import sys
-import rsgrpo.grading as grading
-
-def compute_rewards(golds, completions, **kwargs):
-    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
-
-grading.compute_rewards = compute_rewards
-from rsgrpo.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _write_run_inputs(tmp_path: Path, model_dir: Path) -> tuple[Path, Path]:
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"Compute {i} * 3.", "answer": str(3 * i)})
-                            + "\n" for i in range(6)))
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        f"model_dir: {model_dir}\ntrain_data: {data}\nsteps: 6\nprompts_per_step: 2\nsamples_per_prompt: 4\n"
-        "max_new_tokens: 8\nlr: 1.0e-3\nengine: hf\nmicro_batch_size: 3\ncheckpoint_every: 2\nkeep_last: 2\n"
-        "progress: false\nppo_epochs: 2\nseed: 5\n")
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER)
-    return cfg, runner
-
-
-def _cmd(runner: Path, cfg: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, str(runner), "train", "--config", str(cfg), "--run-dir", str(run_dir)]
-
-
-def _env():
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+from train_helpers import metrics as _metrics  # noqa: E402
+from train_helpers import run_env as _env  # noqa: E402
+from train_helpers import train_cmd as _cmd  # noqa: E402
+from train_helpers import write_run_inputs as _write_run_inputs  # noqa: E402
 
 
 def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):

@@ -1,0 +1,251 @@
+"""Data-parallel training on CPU (gloo): N ranks follow the 1-rank trajectory, a checkpoint written by
+2 ranks resumes on 1, ZeRO-3 gathers return the exact full weights and optimizer state, a failing
+rank fails the launch instead of hanging, and the launcher command for one node and for SLURM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from rsgrpo import checkpoint as ckpt  # noqa: E402
+from rsgrpo.distributed import RENDEZVOUS_PORT, launch_command, under_launcher  # noqa: E402
+from train_helpers import ROOT, metrics, run_env, train_cmd, write_run_inputs  # noqa: E402
+
+
+def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / ckpt.checkpoint_name(step) / "model.safetensors")
+
+
+def _assert_rows_close(rows_a: list[dict], rows_b: list[dict], rel: float) -> None:
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    for a, b in zip(rows_a, rows_b):
+        for key in a:
+            x, y = float(a[key]), float(b[key])
+            if x != x:  # nan (no update this step) must be nan on both sides
+                assert y != y, (a["step"], key)
+            else:
+                assert y == pytest.approx(x, rel=rel, abs=1e-7), (a["step"], key, x, y)
+
+
+def _run(cmd, env=None, timeout=600):
+    out = subprocess.run(cmd, cwd=ROOT, env=env or run_env(), capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_rank_reference(tiny_model_dir, tmp_path_factory):
+    """A 1-process run (ZeRO 0) of the shared 6-step config: the trajectory every N-rank run must follow."""
+    tmp = tmp_path_factory.mktemp("one-rank")
+    cfg, runner = write_run_inputs(tmp, tiny_model_dir)
+    _run(train_cmd(runner, cfg, tmp / "run"))
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, tmp_path, one_rank_reference, stage):
+    """Same global batch and seed: every metric (loss, rewards, entropy, grad norm...) and the final
+    weights agree with the 1-rank run to float tolerance (only summation order differs)."""
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, zero_stage=stage)
+    out = _run(train_cmd(runner, cfg, tmp_path / "run", "--nproc", "2"))
+    assert "launching 2 rank(s) per node" in out.stderr
+    ref_rows, rows = metrics(one_rank_reference), metrics(tmp_path / "run")
+    assert len(rows) == 6
+    _assert_rows_close(ref_rows, rows, rel=1e-4)
+    losses = [float(r["loss"]) for r in rows if r["loss"] != "nan"]
+    assert len(losses) >= 4 and any(abs(x) > 1e-4 for x in losses)  # a real curve, not zeros
+    # some step kept one group only: one rank learnt nothing and padded its collectives
+    assert any(int(r["groups_kept"]) == 1 for r in rows) or stage != 0
+    w_ref, w = _weights(one_rank_reference, 6), _weights(tmp_path / "run", 6)
+    assert w.keys() == w_ref.keys()
+    for k in w:
+        torch.testing.assert_close(w[k], w_ref[k], rtol=0, atol=2e-5)
+    w0 = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert max(float((w[k] - w0[k]).abs().max()) for k in w) > 1e-3  # it trained
+    # only rank 0 wrote: one metrics row per step, one manifest
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["final_step"] == 6 and [c["step"] for c in manifest["checkpoints"]] == [4, 6]
+    assert ckpt.load_state(tmp_path / "run" / "checkpoints" / "step-000006")["world_size"] == 2
+
+
+def test_two_rank_zero3_run_killed_and_resumed_with_one_rank(tiny_model_dir, tmp_path, one_rank_reference):
+    """SIGKILL the whole 2-rank ZeRO-3 launch after a checkpoint; the same command with --nproc 1
+    (and ZeRO 0) resumes from it and ends on the 1-rank run's weights (the optimizer moments moved
+    over: without them the first resumed step would differ by ~lr)."""
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, zero_stage=3)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(runner, cfg, run, "--nproc", "2"), cwd=ROOT,
+                            env=run_env(RSGRPO_TEST_STEP_SLEEP="0.7"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while ckpt.latest_checkpoint(run) is None:
+            assert proc.poll() is None, "the launch ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+    finally:
+        proc.wait()
+    killed_at = ckpt.latest_checkpoint(run)[0]
+    assert killed_at < 6
+    assert ckpt.load_state(ckpt.latest_checkpoint(run)[1])["world_size"] == 2
+    cfg.write_text(cfg.read_text().replace("zero_stage: 3", "zero_stage: 0"))
+    out = _run(train_cmd(runner, cfg, run, "--nproc", "1"))
+    assert f"(step {killed_at}) with 1 rank(s)" in out.stderr
+    assert json.loads((run / "manifest.json").read_text())["final_step"] == 6
+    _assert_rows_close(metrics(one_rank_reference), metrics(run), rel=1e-4)
+    w_ref, w = _weights(one_rank_reference, 6), _weights(run, 6)
+    for k in w_ref:
+        torch.testing.assert_close(w[k], w_ref[k], rtol=0, atol=2e-5)
+
+
+def test_a_failing_rank_fails_the_launch_without_hanging(tiny_model_dir, tmp_path):
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir)
+    start = time.monotonic()
+    out = subprocess.run(train_cmd(runner, cfg, tmp_path / "run", "--nproc", "2"), cwd=ROOT,
+                         env=run_env(RSGRPO_TEST_FAIL="1:2"), capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert out.returncode != 0
+    assert "injected failure of rank 1 at step 2" in out.stderr
+    assert elapsed < 120, f"the launch took {elapsed:.0f} s to fail"
+    # what was checkpointed before the failure is intact and resumable
+    assert ckpt.latest_checkpoint(tmp_path / "run")[0] == 2
+
+
+ZERO3_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    from safetensors.torch import load_file
+    from rsgrpo import distributed as D
+    from rsgrpo.models import load_policy
+    import deepspeed
+
+    model_dir, out = sys.argv[1], sys.argv[2]
+    info = D.init_distributed()
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (3, 12))
+
+    def engine(stage):
+        model, _ = load_policy(model_dir)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+               "zero_optimization": {"stage": stage}, "steps_per_print": 10 ** 12}
+        return deepspeed.initialize(model=model, optimizer=opt, config=cfg)[0], model
+
+    ds, model = engine(3)
+    initial = load_file(model_dir + "/model.safetensors")
+    gathered = dict(D.gathered_parameters(model, bucket_numel=5000))  # many buckets
+    report = {"world": info.world_size,
+              "partitioned": all(p.numel() == 0 or p.numel() < p.ds_numel for p in model.parameters()),
+              "initial_exact": sorted(initial) == sorted(k for k in gathered if k in initial)
+                               and all(torch.equal(gathered[k], initial[k]) for k in initial),
+              "names": sorted(gathered)}
+    # one step with the same loss on every rank: averaged gradients = the single-process gradient
+    loss = ds(input_ids=ids, use_cache=False).logits.float().pow(2).mean()
+    ds.backward(loss)
+    ds.step()
+    state = D.full_optimizer_state(ds, model)
+    after = dict(D.gathered_parameters(model, include_aliases=False))
+    # the reference: plain AdamW on the full model, one process
+    ref, _ = load_policy(model_dir)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1)
+    ref(input_ids=ids, use_cache=False).logits.float().pow(2).mean().backward()
+    ref_opt.step()
+    err = lambda a, b: float((a - b).abs().max())
+    report["step"] = state["step"]
+    report["weights_err"] = max(err(after[n], p.detach()) for n, p in ref.named_parameters())
+    report["exp_avg_err"] = max(err(state["exp_avg"][n], ref_opt.state[p]["exp_avg"]) for n, p in ref.named_parameters())
+    report["exp_avg_sq_err"] = max(err(state["exp_avg_sq"][n], ref_opt.state[p]["exp_avg_sq"]) for n, p in ref.named_parameters())
+    report["exp_avg_scale"] = max(float(ref_opt.state[p]["exp_avg"].abs().max()) for p in ref.parameters())
+    # round trip into a fresh ZeRO-3 engine (its own partition layout) and back
+    ds2, model2 = engine(3)
+    D.load_full_optimizer_state(ds2, model2, state)
+    again = D.full_optimizer_state(ds2, model2)
+    report["round_trip_exact"] = again["step"] == state["step"] and all(
+        torch.equal(again[m][n], state[m][n]) for m in ("exp_avg", "exp_avg_sq") for n in state["exp_avg"])
+    if info.rank == 0:
+        with open(out, "w") as fh:
+            json.dump(report, fh)
+""")
+
+
+def test_zero3_gather_returns_exact_full_weights_and_optimizer_state(tiny_model_dir, tmp_path):
+    script = tmp_path / "zero3.py"
+    script.write_text(ZERO3_SCRIPT)
+    out = tmp_path / "report.json"
+    cmd = launch_command(2, [str(tiny_model_dir), str(out)], env={}, entry=[str(script)])
+    _run(cmd, timeout=300)
+    r = json.loads(out.read_text())
+    assert r["world"] == 2 and r["partitioned"]
+    assert r["initial_exact"]  # bit-exact full weights out of two partitions
+    assert "lm_head.weight" in r["names"] or "model.embed_tokens.weight" in r["names"]
+    assert r["step"] == 1
+    # one AdamW step moves every weight by ~lr = 1e-2; where a gradient is near eps (1e-8) the step
+    # is sensitive to its last bits, so the weights agree to 1% of a step, the moments to ~1e-7 relative
+    assert r["weights_err"] < 1e-4
+    assert r["exp_avg_scale"] > 1e-4  # the moments are not trivially zero
+    assert r["exp_avg_err"] < 1e-7 and r["exp_avg_sq_err"] < 1e-9
+    assert r["round_trip_exact"]
+
+
+# ------------------------------------------------------------------------------------------------
+# launcher command lines (pure)
+# ------------------------------------------------------------------------------------------------
+def test_launch_command_one_node():
+    cmd = launch_command(4, ["train", "--config", "c.yaml"], env={}, python="py")
+    assert cmd == ["py", "-m", "torch.distributed.run", "--standalone", "--max-restarts", "0",
+                   "--nproc-per-node", "4", "-m", "rsgrpo", "train", "--config", "c.yaml"]
+    # a SLURM job of one node is still standalone
+    assert "--standalone" in launch_command(2, ["train"], env={"SLURM_NNODES": "1"}, python="py")
+
+
+def test_launch_command_slurm_multi_node():
+    env = {"SLURM_NNODES": "3", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-09]"}
+    cmd = launch_command(8, ["train", "--run-dir", "runs/x"], env=env, head_node="gpu07", python="py")
+    assert cmd[:4] == ["srun", "--ntasks-per-node=1", "--nodes=3", "--kill-on-bad-exit=1"]
+    assert "--standalone" not in cmd
+    tail = cmd[4:]
+    assert tail[:3] == ["py", "-m", "torch.distributed.run"]
+    for flag, value in [("--nproc-per-node", "8"), ("--nnodes", "3"), ("--rdzv-backend", "c10d"),
+                        ("--rdzv-endpoint", f"gpu07:{RENDEZVOUS_PORT}"), ("--rdzv-id", "4242"),
+                        ("--max-restarts", "0")]:
+        assert tail[tail.index(flag) + 1] == value
+    assert tail[-5:] == ["-m", "rsgrpo", "train", "--run-dir", "runs/x"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_launch_command_rejects_bad_process_counts(bad):
+    with pytest.raises(ValueError, match="--nproc"):
+        launch_command(bad, ["train"], env={})
+
+
+def test_under_launcher():
+    assert under_launcher({"LOCAL_RANK": "0", "WORLD_SIZE": "2"})
+    assert not under_launcher({"SLURM_NNODES": "2"})
+
+
+def test_indivisible_batch_is_refused_before_training(tiny_model_dir, tmp_path):
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, prompts_per_step=3)
+    out = subprocess.run(train_cmd(runner, cfg, tmp_path / "run", "--nproc", "2"), cwd=ROOT, env=run_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "'prompts_per_step'" in out.stderr and "cannot be split evenly over 2 ranks" in out.stderr
+    assert ckpt.latest_checkpoint(tmp_path / "run") is None
+
+
+def test_train_cli_rejects_nproc_zero(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "rsgrpo", "train", "--nproc", "0"], cwd=ROOT, env=run_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--nproc must be >= 1" in out.stderr

@@ -1,0 +1,78 @@
+"""Running the real ``train`` verb in a subprocess, for the resume and multi-rank tests.
+
+The entry point is a wrapper of ``rsgrpo.cli.main`` with grading replaced by a deterministic reward
+a random tiny model actually earns (a digit in the completion), so updates are non-trivial (the real
+math grader would give a random model reward 0 everywhere). Two test hooks, read from the
+environment by every rank: ``RSGRPO_TEST_STEP_SLEEP`` (seconds added to each step, to give a kill
+a wide window) and ``RSGRPO_TEST_FAIL`` (``rank:step``: that rank raises at that 0-based step).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUNNER = """
+import os
+import sys
+import time
+
+import rsgrpo.grading as grading
+import rsgrpo.train as train
+
+def compute_rewards(golds, completions, **kwargs):
+    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
+
+grading.compute_rewards = compute_rewards
+_step = train.Trainer.train_step
+_sleep = float(os.environ.get("RSGRPO_TEST_STEP_SLEEP", "0"))
+_fail = os.environ.get("RSGRPO_TEST_FAIL")
+
+def train_step(self, step):
+    if _fail and tuple(map(int, _fail.split(":"))) == (self.dist.rank, step):
+        raise RuntimeError(f"injected failure of rank {self.dist.rank} at step {step}")
+    time.sleep(_sleep)
+    return _step(self, step)
+
+train.Trainer.train_step = train_step
+from rsgrpo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+TIMING_COLUMNS = ["time_generate", "time_grade", "time_update", "tokens_per_s"]
+
+
+def write_run_inputs(tmp_path: Path, model_dir: Path, **overrides) -> tuple[Path, Path]:
+    """(config, runner) of a 6-step tiny-model run: 2 prompts x 4 samples, checkpoints every 2 steps."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"Compute {i} * 3.", "answer": str(3 * i)})
+                            + "\n" for i in range(6)))
+    settings = dict(model_dir=str(model_dir), train_data=str(data), steps=6, prompts_per_step=2,
+                    samples_per_prompt=4, max_new_tokens=8, lr=1.0e-3, engine="hf", micro_batch_size=3,
+                    checkpoint_every=2, keep_last=2, progress=False, ppo_epochs=2, seed=5)
+    settings.update(overrides)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    return cfg, runner
+
+
+def train_cmd(runner: Path, cfg: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(runner), "train", "--config", str(cfg), "--run-dir", str(run_dir), *extra]
+
+
+def run_env(**extra: str) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """metrics.csv rows without the wall-clock columns."""
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
