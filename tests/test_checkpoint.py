@@ -210,3 +210,22 @@ def test_resume_refuses_changed_data(tiny_model_dir, tmp_path):
     t._records = RECORDS[:3]
     with pytest.raises(ValueError, match="train_data changed"):
         t.setup()
+
+
+def test_run_dir_lock_refuses_a_second_trainer_and_dies_with_its_holder(tmp_path):
+    """Another process holding the run-dir lock makes setup fail fast, naming its pid; once that
+    process is SIGKILLed the kernel releases the lock and the next trainer gets it."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from rsgrpo import checkpoint as c; "
+        "fh = c.lock_run_dir(sys.argv[2]); print('locked', flush=True); time.sleep(60)"),
+        str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"in use by another trainer \(pid {holder.pid}\)"):
+            ckpt.lock_run_dir(tmp_path, wait_s=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+    fh = ckpt.lock_run_dir(tmp_path, wait_s=5)
+    assert (tmp_path / ckpt.LOCK_FILE).read_text().strip() == str(os.getpid())
+    fh.close()

@@ -191,6 +191,31 @@ def test_load_weights_copies_into_own_model(tiny_model_dir, policy):
     assert [c.token_ids for c in after[0]] == [c.token_ids for c in ref[0]]
 
 
+def test_load_named_weights_streams_a_gathered_model(tiny_model_dir):
+    """The ZeRO-3 refresh path: (name, tensor) pairs, aliases of tied weights included, as
+    rsgrpo.distributed.gathered_parameters yields them; missing or misshapen tensors are refused."""
+    from rsgrpo.distributed import gathered_parameters
+
+    eng = HFEngine(tiny_model_dir)
+    params = SamplingParams(n=2, max_tokens=12, seed=4)
+    other, _ = load_policy(tiny_model_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    eng.load_named_weights(gathered_parameters(other, bucket_numel=1000))
+    for k, v in other.state_dict().items():
+        assert torch.equal(eng.model.state_dict()[k], v), k
+    ref = HFEngine(model=other, tokenizer=eng.tokenizer).generate(["hello"], params)
+    assert [c.token_ids for c in eng.generate(["hello"], params)[0]] == [c.token_ids for c in ref[0]]
+    items = list(other.state_dict().items())
+    with pytest.raises(ValueError, match="no weights given for"):
+        eng.load_named_weights(items[1:])
+    with pytest.raises(ValueError, match="has shape"):
+        eng.load_named_weights([(items[0][0], torch.zeros(3))])
+    with pytest.raises(ValueError, match="no tensor 'nope'"):
+        eng.load_named_weights([("nope", torch.zeros(3))])
+
+
 class _RecordingTokenizer:
     bos_token = "<BOS>"
 
