@@ -35,7 +35,7 @@ import torch
 
 __all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduce", "all_gather_objects", "barrier",
            "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state",
-           "launch_command", "under_launcher", "RENDEZVOUS_PORT"]
+           "launch_command", "relaunch", "slurm_job_nodes", "under_launcher", "RENDEZVOUS_PORT"]
 
 log = logging.getLogger("rsgrpo.distributed")
 
@@ -363,11 +363,18 @@ def load_full_optimizer_state(ds_engine, model: torch.nn.Module, state: Mapping[
 # ------------------------------------------------------------------------------------------------
 # launcher
 # ------------------------------------------------------------------------------------------------
+def slurm_job_nodes(env: Mapping[str, str] | None = None) -> int:
+    """Nodes of the surrounding SLURM job (1 outside SLURM). The job's count, not the step's: the
+    train command usually runs inside a one-node step of a larger job."""
+    env = os.environ if env is None else env
+    return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+
+
 def _slurm_head_node(env: Mapping[str, str]) -> str:
     """First host name of the job's node list (``scontrol show hostnames`` expands ``n[01-04]``)."""
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
-        raise RuntimeError("SLURM_NNODES > 1 but SLURM_JOB_NODELIST is not set")
+        raise RuntimeError("a SLURM job of several nodes, but SLURM_JOB_NODELIST is not set")
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                          check=True)
     return out.stdout.split()[0]
@@ -380,7 +387,7 @@ def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | Non
     ranks per node.
 
     One node (no SLURM job, or a job of one node): ``torch.distributed.run --standalone``.
-    A SLURM job of ``SLURM_NNODES`` > 1 nodes: ``srun`` starts one launcher per node
+    A SLURM job of more nodes (``SLURM_JOB_NUM_NODES``): ``srun`` starts one launcher per node
     (``--ntasks-per-node=1``: the job itself declares no tasks), and the launchers meet at a c10d
     rendezvous on the job's first node (``head_node``, looked up with ``scontrol`` when not given),
     keyed by the job id. ``--max-restarts 0``: a failing rank fails the whole launch (torchrun stops
@@ -390,14 +397,17 @@ def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | Non
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"--nproc must be an integer >= 1, got {nproc!r}")
     python = python or sys.executable
-    nnodes = int(env.get("SLURM_NNODES", "1") or 1)
+    nnodes = slurm_job_nodes(env)
     run = [python, "-m", "torch.distributed.run", "--max-restarts", "0", "--nproc-per-node", str(nproc)]
     tail = [*entry, *argv]
     if nnodes <= 1:
         return run[:3] + ["--standalone"] + run[3:] + tail
     head = head_node or _slurm_head_node(env)
     job = env.get("SLURM_JOB_ID", "rsgrpo")
-    return (["srun", "--ntasks-per-node=1", f"--nodes={nnodes}", "--kill-on-bad-exit=1"] + run
+    # --overlap: the train command itself may run inside a one-task step (Snakemake's jobstep
+    # executor wraps it in `srun -n1`), whose CPUs the launchers' step shares.
+    return (["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1",
+             "--kill-on-bad-exit=1"] + run
             + ["--nnodes", str(nnodes), "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"{head}:{RENDEZVOUS_PORT}", "--rdzv-id", str(job)] + tail)
 

@@ -739,7 +739,7 @@ def main(args) -> int:
     if args.nproc < 1:
         print(f"rsgrpo train: error: --nproc must be >= 1 (got {args.nproc})", file=sys.stderr)
         return 2
-    multi_node = int(os.environ.get("SLURM_NNODES", "1") or 1) > 1
+    multi_node = dist_utils.slurm_job_nodes() > 1
     if (args.nproc > 1 or multi_node) and not dist_utils.under_launcher():
         # Validate before starting N processes that would all fail the same way.
         try:
@@ -747,7 +747,7 @@ def main(args) -> int:
         except ValueError as exc:
             print(f"rsgrpo train: error: {exc}", file=sys.stderr)
             return 2
-        ranks = args.nproc * int(os.environ.get("SLURM_NNODES", "1") or 1)
+        ranks = args.nproc * dist_utils.slurm_job_nodes()
         if cfg.prompts_per_step % ranks:
             print(f"rsgrpo train: error: key 'prompts_per_step': {cfg.prompts_per_step} prompts cannot be "
                   f"split evenly over {ranks} ranks; use a multiple of the rank count", file=sys.stderr)

@@ -208,15 +208,18 @@ def test_launch_command_one_node():
     assert cmd == ["py", "-m", "torch.distributed.run", "--standalone", "--max-restarts", "0",
                    "--nproc-per-node", "4", "-m", "rsgrpo", "train", "--config", "c.yaml"]
     # a SLURM job of one node is still standalone
-    assert "--standalone" in launch_command(2, ["train"], env={"SLURM_NNODES": "1"}, python="py")
+    assert "--standalone" in launch_command(2, ["train"], env={"SLURM_JOB_NUM_NODES": "1"}, python="py")
 
 
 def test_launch_command_slurm_multi_node():
-    env = {"SLURM_NNODES": "3", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-09]"}
+    # inside Snakemake's one-task step: the step has 1 node, the job 3
+    env = {"SLURM_JOB_NUM_NODES": "3", "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "gpu[07-09]"}
     cmd = launch_command(8, ["train", "--run-dir", "runs/x"], env=env, head_node="gpu07", python="py")
-    assert cmd[:4] == ["srun", "--ntasks-per-node=1", "--nodes=3", "--kill-on-bad-exit=1"]
+    assert cmd[:6] == ["srun", "--overlap", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1",
+                       "--kill-on-bad-exit=1"]
     assert "--standalone" not in cmd
-    tail = cmd[4:]
+    tail = cmd[6:]
     assert tail[:3] == ["py", "-m", "torch.distributed.run"]
     for flag, value in [("--nproc-per-node", "8"), ("--nnodes", "3"), ("--rdzv-backend", "c10d"),
                         ("--rdzv-endpoint", f"gpu07:{RENDEZVOUS_PORT}"), ("--rdzv-id", "4242"),

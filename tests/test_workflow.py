@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from rsgrpo.grading import extract_answer
@@ -44,6 +45,7 @@ def test_single_cell_schedules_exactly_its_jobs(tmp_path):
         "prepare_model": 1, "prepare_data": 7, "train": 1, "sample": 6, "score": 1}
     text = out.stdout + out.stderr
     assert "--set=method_params={\"beta\": 4.0}" in text.replace("'", "")
+    assert "python -m rsgrpo train --nproc 4 " in text  # models.qwen7b.gpus: one rank per GPU
     assert "runs/qwen7b/beta4" in text and "models/qwen7b" in text
 
 
@@ -148,7 +150,10 @@ def test_real_run_on_tiny_config(tmp_path):
                if not line.startswith("#")]
     assert {"passk_curves.png", "beta_ablation.png", "entropy.png", "transition_heatmap.png"} <= set(figures)
     assert "simulated in" in (wf / "logs/bandit.log").read_text()
-    assert (wf / "logs/train/tiny/beta2.log").stat().st_size > 0
+    train_log = (wf / "logs/train/tiny/beta2.log").read_text()
+    assert "launching 2 rank(s) per node" in train_log  # models.tiny.cpu_processes: 2
+    state = torch.load(wf / "runs/tiny/beta2/checkpoints/step-000002/trainer_state.pt", weights_only=True)
+    assert state["world_size"] == 2
     # the run directory outlives the declared outputs: checkpoints of both steps are there
     assert sorted(p.name for p in (wf / "runs/tiny/beta2/checkpoints").iterdir()) == ["step-000001", "step-000002"]
     # nothing left to do afterwards

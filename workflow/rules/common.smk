@@ -71,6 +71,16 @@ def model_gpus(wildcards):
     return int(config["models"][wildcards.model].get("gpus", 0))
 
 
+def model_nodes(wildcards):
+    return int(config["models"][wildcards.model].get("nodes", 1))
+
+
+def train_ranks_per_node(wildcards):
+    """`train --nproc`: one rank per GPU, or the configured number of gloo processes on CPU."""
+    model = config["models"][wildcards.model]
+    return int(model.get("gpus", 0)) or int(model.get("cpu_processes", 1))
+
+
 def report_table(name, caption):
     """An aggregate CSV marked for the HTML report."""
     return report(f"{RESULTS}/aggregate/{name}.csv", caption=f"../report/{caption}.rst", category="Tables")

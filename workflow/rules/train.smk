@@ -1,7 +1,9 @@
 rule train:
     """RL training of one cell. The resumable run directory (checkpoints, optimizer and RNG state)
     lives outside the declared outputs under runs/, so a retried or restarted job continues from its
-    last complete checkpoint instead of starting over."""
+    last complete checkpoint instead of starting over. `--nproc` ranks per node (one per GPU, or
+    models.<key>.cpu_processes on CPU) are started by the train verb itself under
+    torch.distributed.run; a job of several nodes (models.<key>.nodes) starts one launcher per node."""
     input:
         model=lambda wc: LAYOUT.model_dir(wc.model),
         data=lambda wc: LAYOUT.train_data(cell_of(wc).train_set),
@@ -13,11 +15,13 @@ rule train:
     params:
         run_dir=lambda wc: LAYOUT.run_dir(f"{wc.model}/{wc.run}"),
         settings=lambda wc: set_flags(train_settings(cell_of(wc))),
-    threads: 2
+        nproc=train_ranks_per_node,
+    threads: lambda wc: max(2, train_ranks_per_node(wc))
     resources:
-        gpu=model_gpus,
+        gpu=lambda wc: model_gpus(wc) * model_nodes(wc),  # the job's total: --gpus=N
+        nodes=model_nodes,
     conda:
         RSGRPO_ENV
     shell:
-        "python -m rsgrpo train --run-dir {params.run_dir} {params.settings}"
+        "python -m rsgrpo train --nproc {params.nproc} --run-dir {params.run_dir} {params.settings}"
         " --out-manifest {output.manifest} --out-metrics {output.metrics} >> {log} 2>&1"
