@@ -54,11 +54,12 @@ def one_rank_reference(tiny_model_dir, tmp_path_factory):
     return tmp / "run"
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, tmp_path, one_rank_reference, stage):
+@pytest.mark.parametrize("stage,offload", [(0, False), (2, True)])
+def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, tmp_path, one_rank_reference, stage, offload):
     """Same global batch and seed: every metric (loss, rewards, entropy, grad norm...) and the final
-    weights agree with the 1-rank run to float tolerance (only summation order differs)."""
-    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, zero_stage=stage)
+    weights agree with the 1-rank run to float tolerance (only summation order differs); also with
+    ZeRO-2 and the optimizer state offloaded to host memory."""
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, zero_stage=stage, offload_optimizer=offload)
     out = _run(train_cmd(runner, cfg, tmp_path / "run", "--nproc", "2"))
     assert "launching 2 rank(s) per node" in out.stderr
     ref_rows, rows = metrics(one_rank_reference), metrics(tmp_path / "run")
