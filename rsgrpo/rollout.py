@@ -404,20 +404,12 @@ class VLLMEngine(RolloutEngine):
         # state dict, and without it vLLM's output head would silently keep the old weights.
         self.load_named_weights((k, v.detach()) for k, v in model.state_dict().items())
 
-    # Tensors handed to the worker per call: bounds the extra memory of a gathered (ZeRO-3) model.
-    RELOAD_BUCKET_BYTES = 1 << 30
-
     def load_named_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        bucket: list[tuple[str, torch.Tensor]] = []
-        size = 0
-        for name, tensor in weights:
-            bucket.append((name, tensor))
-            size += tensor.numel() * tensor.element_size()
-            if size >= self.RELOAD_BUCKET_BYTES:
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": bucket})
-                bucket, size = [], 0
-        if bucket:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": bucket})
+        # One reload call over a lazy iterator: vLLM's reload expects the whole model in one pass
+        # (split into several calls it leaves the layers of the other calls uninitialised), and the
+        # in-process engine pulls each tensor only when it loads it, so a ZeRO-3 gather feeding this
+        # iterator is materialised one bucket at a time, never whole.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:

@@ -120,6 +120,40 @@ def test_load_weights_replaces_weights_including_tied_head(engines):
     assert torch.allclose(_vllm_prompt_logprobs(vl, ids), before, atol=1e-6)
 
 
+def test_load_named_weights_from_a_lazy_gather(engines):
+    """The ZeRO-3 refresh path: (name, tensor) pairs from gathered_parameters, pulled lazily by vLLM in
+    one reload (the tied head alias included), give the same model as the trainer's."""
+    from rsgrpo.distributed import gathered_parameters
+
+    model, tok, hf, vl = engines
+    ids = tok(_prompts(tok)[1], add_special_tokens=False)["input_ids"]
+    before = _vllm_prompt_logprobs(vl, ids)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    pulled = []
+
+    def tracked():
+        for name, tensor in gathered_parameters(model, bucket_numel=4096):
+            pulled.append(name)
+            yield name, tensor
+
+    try:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(1)
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        vl.load_named_weights(tracked())
+        assert "lm_head.weight" in pulled and sorted(pulled) == sorted(model.state_dict())
+        after = _vllm_prompt_logprobs(vl, ids)
+        assert (after - before).abs().max() > 0.1
+        assert torch.allclose(after, _hf_prompt_logprobs(model, ids), atol=1e-5)
+        params = SamplingParams(n=1, temperature=0, max_tokens=16)
+        assert _ids(vl.generate(_prompts(tok), params)) == _ids(hf.generate(_prompts(tok), params))
+    finally:
+        model.load_state_dict(original)
+        vl.load_weights(model)
+    assert torch.allclose(_vllm_prompt_logprobs(vl, ids), before, atol=1e-6)
+
+
 def test_many_seeded_long_prompts(engines):
     """Many more prompt tokens than one scheduler step: on CPU a split prefill of a seeded request
     crashes vLLM 0.32 ("CPU Generator does not use offset"; reproduced with chunked prefill on and
