@@ -483,6 +483,11 @@ class Trainer:
             return 0.0
         return float(torch.linalg.vector_norm(torch.stack(norms)))
 
+    def _wake_engine(self) -> None:
+        wake = getattr(self.engine, "wake_up", None)
+        if wake is not None:
+            wake()
+
     def rank_slice(self, step: int) -> tuple[list[int], int]:
         """This rank's record indices of ``step`` and the position of its first prompt in the step.
 
@@ -497,7 +502,9 @@ class Trainer:
 
     def push_weights(self) -> None:
         """Make the rollout engine generate with the trainer's current weights (collective under
-        ZeRO-3, where the full weights are gathered bucket by bucket)."""
+        ZeRO-3, where the full weights are gathered bucket by bucket). A sleeping engine (vLLM
+        sleep mode: its GPU memory was freed for the update) is woken first."""
+        self._wake_engine()
         if self.cfg.zero_stage == 3:
             self.engine.load_named_weights(dist_utils.gathered_parameters(self.model))
         else:
@@ -516,13 +523,11 @@ class Trainer:
         # A prompt's samples are seeded by its position in the global step, not on its rank: the
         # rollouts of a step do not depend on the number of ranks.
         seeds = [row_seed(step_seed, first + k) for k in range(len(idx))]
-        wake = getattr(self.engine, "wake_up", None)
-        if wake is not None:
-            wake()
+        self._wake_engine()
         t0 = time.perf_counter()
         comps = self.engine.generate([self.prompts[i] for i in idx], params, seeds=seeds)
         t1 = time.perf_counter()
-        sleep = getattr(self.engine, "sleep", None)
+        sleep = getattr(self.engine, "sleep", None)  # free the engine's GPU memory for the update
         if sleep is not None:
             sleep()
         flat = [c for group in comps for c in group]

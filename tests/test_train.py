@@ -310,6 +310,37 @@ def test_step_with_every_group_dropped_makes_no_update(tiny_model_dir, tmp_path)
     assert trainer.engine.loads == 0
 
 
+class SleepyEngine(FixedEngine):
+    """Records the order of the calls the trainer makes (vLLM sleep mode's contract)."""
+
+    def __init__(self, tokenizer, table):
+        super().__init__(tokenizer, table)
+        self.calls = []
+
+    def generate(self, prompts, params, *, seeds=None):
+        self.calls.append("generate")
+        return super().generate(prompts, params, seeds=seeds)
+
+    def load_weights(self, model):
+        self.calls.append("load_weights")
+        super().load_weights(model)
+
+    def sleep(self):
+        self.calls.append("sleep")
+
+    def wake_up(self):
+        self.calls.append("wake_up")
+
+
+def test_engine_sleeps_during_the_update_and_wakes_before_weights_and_generation(tiny_model_dir, tmp_path):
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run")
+    trainer.engine = SleepyEngine(trainer.tokenizer, TABLE)
+    trainer.train_step(0)
+    trainer.train_step(1)
+    step = ["wake_up", "generate", "sleep", "wake_up", "load_weights"]
+    assert trainer.engine.calls == step + step
+
+
 def test_ppo_epochs_clip_and_kl(tiny_model_dir, tmp_path):
     """Second PPO epoch is off-policy: with a large lr some ratios leave the clip range; the KL to
     the reference model is 0 before the first update and positive afterwards."""
