@@ -70,9 +70,11 @@ def _free_port() -> int:
 
 
 def under_launcher(env: Mapping[str, str] | None = None) -> bool:
-    """True inside a process started by torchrun / the deepspeed launcher (they set these)."""
+    """True inside a rank started by torchrun (it sets TORCHELASTIC_RUN_ID) or another launcher of
+    several ranks (WORLD_SIZE > 1). A leftover ``RANK=0 WORLD_SIZE=1 LOCAL_RANK=0`` -- what DeepSpeed
+    leaves in the environment of any process that initialised it, and so in its children -- is not."""
     env = os.environ if env is None else env
-    return "LOCAL_RANK" in env and "WORLD_SIZE" in env
+    return "TORCHELASTIC_RUN_ID" in env or int(env.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def die_with_parent() -> None:

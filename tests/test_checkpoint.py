@@ -6,10 +6,8 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +23,7 @@ from rsgrpo.trainconfig import from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from train_helpers import kill_after_first_checkpoint  # noqa: E402
 from train_helpers import metrics as _metrics  # noqa: E402
 from train_helpers import run_env as _env  # noqa: E402
 from train_helpers import train_cmd as _cmd  # noqa: E402
@@ -40,19 +39,7 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):
                          timeout=400)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
-    proc = subprocess.Popen(_cmd(runner, cfg, kill_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while ckpt.latest_checkpoint(kill_dir) is None:
-            assert proc.poll() is None, "run ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = ckpt.latest_checkpoint(kill_dir)[0]
+    killed_at = kill_after_first_checkpoint(_cmd(runner, cfg, kill_dir), kill_dir, _env())
     assert killed_at < 6, "the run finished before it could be killed"
 
     again = subprocess.run(_cmd(runner, cfg, kill_dir), cwd=ROOT, env=_env(), capture_output=True, text=True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from rsgrpo import checkpoint as ckpt  # noqa: E402
 from rsgrpo.distributed import RENDEZVOUS_PORT, launch_command, under_launcher  # noqa: E402
-from train_helpers import ROOT, metrics, run_env, train_cmd, write_run_inputs  # noqa: E402
+from train_helpers import (ROOT, kill_after_first_checkpoint, metrics, run_env, train_cmd,  # noqa: E402
+                           write_run_inputs)
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -87,19 +87,8 @@ def test_two_rank_zero3_run_killed_and_resumed_with_one_rank(tiny_model_dir, tmp
     over: without them the first resumed step would differ by ~lr)."""
     cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, zero_stage=3)
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(runner, cfg, run, "--nproc", "2"), cwd=ROOT,
-                            env=run_env(RSGRPO_TEST_STEP_SLEEP="0.7"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while ckpt.latest_checkpoint(run) is None:
-            assert proc.poll() is None, "the launch ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-    finally:
-        proc.wait()
-    killed_at = ckpt.latest_checkpoint(run)[0]
+    killed_at = kill_after_first_checkpoint(train_cmd(runner, cfg, run, "--nproc", "2"), run,
+                                            run_env(RSGRPO_TEST_STEP_SLEEP="0.7"))
     assert killed_at < 6
     assert ckpt.load_state(ckpt.latest_checkpoint(run)[1])["world_size"] == 2
     cfg.write_text(cfg.read_text().replace("zero_stage: 3", "zero_stage: 0"))
@@ -236,8 +225,11 @@ def test_launch_command_rejects_bad_process_counts(bad):
 
 
 def test_under_launcher():
-    assert under_launcher({"LOCAL_RANK": "0", "WORLD_SIZE": "2"})
+    assert under_launcher({"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"})
+    assert under_launcher({"TORCHELASTIC_RUN_ID": "x", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})  # torchrun, 1 rank
     assert not under_launcher({"SLURM_NNODES": "2"})
+    # what a process that initialised DeepSpeed leaves to its children is not a launcher
+    assert not under_launcher({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
 
 
 def test_indivisible_batch_is_refused_before_training(tiny_model_dir, tmp_path):

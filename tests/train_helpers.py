@@ -12,7 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +79,23 @@ def metrics(run_dir: Path) -> list[dict]:
     """metrics.csv rows without the wall-clock columns."""
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict) -> int:
+    """Start ``cmd``, SIGKILL its whole process group (launcher and ranks) as soon as ``run_dir``
+    holds a complete checkpoint; return the step of that checkpoint."""
+    from rsgrpo import checkpoint as ckpt
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while ckpt.latest_checkpoint(run_dir) is None:
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return ckpt.latest_checkpoint(run_dir)[0]
