@@ -351,3 +351,235 @@ def test_in_process_grading_times_out_with_a_timer():
     assert report.status == ["timeout", "ok"]
     assert report.verdicts == [False, True]
     assert report.seconds[0] < 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# speed machinery: fast parsing in the workers, batched verdicts, the boxed-answer fast path
+# ---------------------------------------------------------------------------------------------
+
+# Answer formats of MATH500 / AIME / HMMT (and the spellings models produce), for the parser
+# equivalence test; the fixture's golds and answers are added to them.
+PARSE_CORPUS = [
+    "0", "7", "-7", "007", "-0", "1,000", "10,080", "12345678901234567890", "3.", "3.0", "-0.25",
+    "0.5", ".5", "0.333", "1e5", "2^{10}", "10^{-3}", "\\frac{1}{2}", "\\frac{-1}{2}",
+    "-\\frac{5}{12}", "\\frac12", "1/2", "\\dfrac{3}{4}", "\\tfrac{3}{4}", "2\\sqrt{3}",
+    "\\sqrt{12}", "2 \\sqrt 3", "\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", "4\\pi", "\\pi 4",
+    "\\frac{\\pi}{3}", "30^\\circ", "30^{\\circ}", "(1, -2)", "\\left( 3, \\frac{\\pi}{2} \\right)",
+    "[-3, 5)", "(-\\infty, 2] \\cup [3, \\infty)", "\\{1, 2, 3\\}", "1, 2, 3", "\\text{east}",
+    "east", "\\text{(C)}", "x = 5", "y = 2x + 3", "x \\le 2", "3 + 4i", "x^2 + 2x + 1",
+    "(x+1)^2", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+    "25\\%", "\\$18.90", "\\log_2 8", "\\sin x", "5!", "\\binom{10}{3}", "p - q", "\\infty",
+    "a=1,b=2", "\\frac{a}{b}", "2^{2^{3}}", "\\sqrt[3]{2}", "10 \\text{ cm}^2", "\\mbox{odd}",
+    "1 - \\frac{\\sqrt{3}}{2}", "-\\sqrt{2}", "\\pm 2", "\\emptyset", "x \\in [0, 1]", "\\{-1\\}",
+]
+
+
+def _parse_corpus() -> list[str]:
+    import random
+
+    corpus = set(PARSE_CORPUS)
+    for row in EQUIVALENCES:
+        corpus.add(row["gold"])
+        answer = extract_answer(row["completion"])
+        if answer:
+            corpus.update((answer, normalize_answer(answer)))
+    rng = random.Random(5)
+    for s in sorted(corpus):  # broken variants: syntax errors, the SLL -> LL fallback
+        for _ in range(2):
+            chars = list(s)
+            pos = rng.randrange(len(chars) + 1)
+            if rng.random() < 0.5 and chars:
+                del chars[min(pos, len(chars) - 1)]
+            else:
+                chars.insert(pos, rng.choice("{}()[],\\^_=|"))
+            corpus.add("".join(chars))
+    return sorted(corpus)
+
+
+def _parse_keys(strings, *, fast: bool) -> dict:
+    """srepr of every element math-verify's parse returns, per string; run in a fresh process
+    with fast parsing enabled when ``fast``, else in this (stock) process."""
+    if fast:
+        import subprocess
+        import sys
+
+        code = (
+            "import json, sys\n"
+            "import rsgrpo.grading as g\n"
+            "assert g._enable_fast_parsing()\n"
+            "from tests.test_grading import _parse_keys\n"
+            "keys = _parse_keys(json.load(sys.stdin), fast=False)\n"
+            "print(json.dumps({'keys': keys, 'counts': g._FAST_PARSE_COUNTS}))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], input=json.dumps(strings), text=True,
+                             capture_output=True, check=True, timeout=600,
+                             cwd=Path(__file__).resolve().parents[1])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    from sympy import srepr
+
+    from rsgrpo.grading import _parse, _quiet_math_verify
+
+    _quiet_math_verify()
+    return {s: [[type(x).__name__, x if isinstance(x, str) else srepr(x)] for x in _parse(s)]
+            for s in strings}
+
+
+def test_fast_parsing_gives_the_stock_parse_on_a_corpus():
+    from latex2sympy2_extended import latex2sympy2
+
+    import rsgrpo.grading as grading
+
+    corpus = _parse_corpus()
+    assert len(corpus) > 300
+    fast = _parse_keys(corpus, fast=True)
+    stock = _parse_keys(corpus, fast=False)
+    differ = [(s, fast["keys"][s], stock[s]) for s in corpus if fast["keys"][s] != stock[s]]
+    assert not differ, differ[:5]
+    # both paths ran: SLL parses and LL re-parses after an SLL syntax error
+    assert fast["counts"]["sll"] > 100 and fast["counts"]["ll_fallback"] > 50, fast["counts"]
+    # the corpus is not trivial: real expressions, and strings math-verify cannot parse
+    assert sum(1 for keys in stock.values() if keys and keys[0][0] not in ("Integer", "str")) > 100
+    assert sum(1 for keys in stock.values() if not keys) >= 1
+    # this process keeps the stock parser (only workers and the subprocess switch)
+    assert not grading._FAST_PARSING_ENABLED
+    assert not hasattr(latex2sympy2._Latex2Sympy.create_parser, "__wrapped__")
+
+
+def test_fast_number_tokens_equal_sympy_number():
+    """The worker's parse_number (ASCII digits -> Integer, others cached) against the stock one,
+    on many thousands of tokens: leading zeros, huge integers, decimals, commas, exponents,
+    non-ASCII digits, non-numbers."""
+    import random
+    import subprocess
+    import sys
+
+    from latex2sympy2_extended import latex2sympy2
+
+    rng = random.Random(11)
+    texts = ["0", "00", "000123", "7", "10", "1,000", "0,5", "1.", ".5", "1.50", "-5", "+5", "1e5",
+             "1E-3", "2.5e10", "\u00b2", "\u0663", "\uff15", " 5", "5 ", "", "inf", "nan", "x", "1/2",
+             "9" * 64, "9" * 65, "0" * 70 + "1", "1" + "0" * 200]
+    for _ in range(4000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 70)))
+        texts.append("0" * rng.randint(0, 3) + digits)
+    for _ in range(1000):
+        texts.append(f"{rng.randint(0, 10**6)}.{rng.randint(0, 10**6):0{rng.randint(1, 8)}d}")
+
+    code = (
+        "import json, sys\n"
+        "import rsgrpo.grading as g\n"
+        "assert g._enable_fast_parsing()\n"
+        "from latex2sympy2_extended import latex2sympy2\n"
+        "from tests.test_grading import _number_outcome\n"
+        "texts = json.load(sys.stdin)\n"
+        "c = latex2sympy2._Latex2Sympy()\n"
+        "first = [_number_outcome(c, t) for t in texts]\n"
+        "again = [_number_outcome(c, t) for t in texts]\n"  # cached results are the same
+        "print(json.dumps([first, again]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), text=True,
+                         capture_output=True, check=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
+    first, again = json.loads(out.stdout.strip().splitlines()[-1])
+    converter = latex2sympy2._Latex2Sympy()
+    stock = [_number_outcome(converter, t) for t in texts]
+    assert first == again
+    differ = [(t, f, s) for t, f, s in zip(texts, first, stock) if f != s]
+    assert not differ, differ[:5]
+    assert sum(1 for s in stock if s[0] == "Integer") > 3900
+    assert sum(1 for s in stock if s[0] == "Float") > 500
+    assert sum(1 for s in stock if s[0] == "raises") >= 3
+
+
+def _number_outcome(converter, text):
+    """``[type, srepr]`` of ``parse_number(text)``, or ``["raises", exception type]``: the stock
+    method raises for non-numbers, and so must the fast one."""
+    try:
+        value = converter.parse_number(text)
+    except Exception as error:
+        return ["raises", type(error).__name__]
+    from sympy import srepr
+
+    return [type(value).__name__, srepr(value)]
+
+
+def require_fast_parsing_hook(gold: str, answer: str) -> None:
+    """Worker hook: fail the item (verdict False) unless the worker parses with fast parsing."""
+    import rsgrpo.grading as grading
+
+    if not grading._FAST_PARSING_ENABLED:
+        raise RuntimeError("fast parsing is off in this worker")
+
+
+def test_workers_parse_fast_and_the_caller_keeps_the_stock_parser():
+    from latex2sympy2_extended import latex2sympy2
+
+    import rsgrpo.grading as grading
+
+    report = grade_report(["\\frac{1}{2}", "3"], ["\\boxed{0.5}", "\\boxed{4}"], workers=1,
+                          item_hook=require_fast_parsing_hook, keep_workers=False)
+    assert report.verdicts == [True, False] and report.status == ["ok", "ok"]
+    assert not grading._FAST_PARSING_ENABLED
+    assert not hasattr(latex2sympy2._Latex2Sympy.create_parser, "__wrapped__")
+
+
+def test_a_hang_inside_a_batch_is_killed_and_only_it_fails():
+    """Verdicts travel in batches: items finished just before a hang may still sit in the killed
+    worker's batch. They must be redone (not lost, not blamed), the hanging one graded False."""
+    golds, completions, expected = [], [], []
+    for k in range(1, 31):  # one gold, 30 distinct correct spellings: one group, several chunks
+        golds.append("5")
+        completions.append(f"\\boxed{{\\frac{{{5 * k}}}{{{k}}}}}")
+        expected.append(True)
+    golds.insert(13, "5")
+    completions.insert(13, f"\\boxed{{{HANG_MARKER}}}")
+    expected.insert(13, False)
+    for k in range(20):  # another gold, wrong and right answers
+        golds.append("12")
+        completions.append(f"\\boxed{{{12 + k % 2}}}" if k < 2 else f"\\boxed{{{k}.5}}")
+        expected.append(k == 0)
+    timeout = 1.0
+    start = time.monotonic()
+    report = grade_report(golds, completions, workers=1, timeout=timeout,
+                          item_hook=misbehaving_worker_hook, keep_workers=False)
+    wall = time.monotonic() - start
+    assert report.verdicts == expected
+    assert [i for i, s in enumerate(report.status) if s != "ok"] == [13]
+    assert report.status[13] == "timeout" and report.timeouts == 1 and report.workers_replaced == 1
+    assert timeout <= report.seconds[13] <= timeout + 1.0
+    assert wall < 30
+    # order is kept on a larger batch spread over two workers
+    golds = [str(i % 97) for i in range(600)]
+    completions = [f"\\boxed{{{i % 97 if i % 5 else i % 97 + 1}}}" for i in range(600)]
+    assert grade(golds, completions, workers=2) == [i % 5 != 0 for i in range(600)]
+
+
+def test_progress_value_round_trip():
+    from rsgrpo.grading import _pack_progress, _unpack_progress
+
+    for now in (0.0, 12.3456, 4_294_967.295, 4_294_967.296, 10**6 + 0.5, 7 * 4_294_967.296 + 1.25):
+        for step in (0, 1, 17, 2**31 - 1):
+            for age in (0.0, 0.002, 1.5, 3600.0):
+                got_step, started = _unpack_progress(_pack_progress(step, now - age), now)
+                assert got_step == step
+                assert abs(started - (now - age)) <= 0.002, (now, step, age, started)
+
+
+def test_last_box_fast_path_equals_the_all_boxes_reference():
+    import random
+
+    from rsgrpo.grading import _box_argument, _boxed_answer, _boxed_answer_all_boxes, _close_of_brace
+
+    rng = random.Random(3)
+    atoms = ["\\boxed", "\\fbox", "\\boxedtext", "{", "}", "\\", "\\\\", "\\{", "\\}", " ", "\t",
+             "$", "a", "1", "\n", "\\frac"]
+    found = found_behind_an_unusable_last_box = 0
+    for _ in range(30_000):
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 14)))
+        fast = _boxed_answer(text)
+        assert fast == _boxed_answer_all_boxes(text), text
+        found += fast is not None
+        pos, cmd = max((text.rfind(c), c) for c in ("\\boxed", "\\fbox"))
+        if fast is not None and _box_argument(text, pos, cmd, lambda k: _close_of_brace(text, k)) is None:
+            found_behind_an_unusable_last_box += 1
+    assert found > 1500 and found_behind_an_unusable_last_box > 100
