@@ -8,7 +8,7 @@ get the full weights out of a ZeRO-3 partition) lives here.
 * :func:`init_distributed` -- the process group (gloo on CPU, NCCL on GPU). Without a launcher it
   is a 1-rank group; under ``torchrun`` (or SLURM's ``srun`` + ``torchrun``) the launcher's
   ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` win.
-* :func:`all_reduce` / :func:`all_gather_objects` / :func:`barrier` -- no-ops for one rank.
+* :func:`all_reduce` / :func:`all_gather_json` / :func:`barrier` -- no-ops for one rank.
 * :func:`gathered_parameters` -- the full weights of every parameter, gathered in buckets under
   ZeRO-3 (each bucket is gathered, copied out and released before the next one, so the peak extra
   memory is one bucket, not the model).
@@ -21,6 +21,7 @@ get the full weights out of a ZeRO-3 partition) lives here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -33,7 +34,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-__all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduce", "all_gather_objects", "barrier",
+__all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduce", "all_gather_json", "barrier",
            "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state",
            "launch_command", "relaunch", "slurm_job_nodes", "under_launcher", "RENDEZVOUS_PORT"]
 
@@ -171,15 +172,26 @@ def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
     return t.cpu().tolist()
 
 
-def all_gather_objects(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` (picklable plain data only: our own values)."""
+def all_gather_json(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` for JSON-serialisable ``obj``.
+
+    Sent as UTF-8 JSON bytes in tensors rather than with ``all_gather_object``, which unpickles
+    what it receives.
+    """
     if not _multi():
         return [obj]
     import torch.distributed as dist
 
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=_device())
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=_device()) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=_device()))
+    longest = int(max(int(n) for n in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=_device())
+    padded[: data.numel()] = data
+    chunks = [torch.zeros(longest, dtype=torch.uint8, device=_device()) for _ in range(world)]
+    dist.all_gather(chunks, padded)
+    return [json.loads(bytes(c[: int(n)].cpu().tolist()).decode()) for c, n in zip(chunks, sizes)]
 
 
 def barrier() -> None:

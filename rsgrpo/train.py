@@ -544,7 +544,7 @@ class Trainer:
 
         solved_groups = (rewards >= 1.0).any(dim=1)
         newly_solved = [str(r["id"]) for r, s in zip(recs, solved_groups.tolist()) if s]
-        for ids in dist_utils.all_gather_objects(newly_solved):
+        for ids in dist_utils.all_gather_json(newly_solved):
             self.solved.update(ids)
         keep = (rewards.max(dim=1).values > rewards.min(dim=1).values) if cfg.dynamic_sampling \
             else torch.ones(g, dtype=torch.bool)

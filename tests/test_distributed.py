@@ -165,6 +165,8 @@ ZERO3_SCRIPT = textwrap.dedent("""
     again = D.full_optimizer_state(ds2, model2)
     report["round_trip_exact"] = again["step"] == state["step"] and all(
         torch.equal(again[m][n], state[m][n]) for m in ("exp_avg", "exp_avg_sq") for n in state["exp_avg"])
+    # uneven, non-ASCII payloads through the JSON gather the trainer uses for solved ids
+    report["gathered"] = D.all_gather_json(["id"] * (info.rank + 1) + [f"é{info.rank}"])
     if info.rank == 0:
         with open(out, "w") as fh:
             json.dump(report, fh)
@@ -188,6 +190,7 @@ def test_zero3_gather_returns_exact_full_weights_and_optimizer_state(tiny_model_
     assert r["exp_avg_scale"] > 1e-4  # the moments are not trivially zero
     assert r["exp_avg_err"] < 1e-7 and r["exp_avg_sq_err"] < 1e-9
     assert r["round_trip_exact"]
+    assert r["gathered"] == [["id", "é0"], ["id", "id", "é1"]]
 
 
 # ------------------------------------------------------------------------------------------------
