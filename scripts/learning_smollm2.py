@@ -1,31 +1,62 @@
 """Does the trainer learn? RS-GRPO (beta 2) on SmolLM2-135M-Instruct, offline arithmetic, CPU.
 
-Prepares SmolLM2 (``rsgrpo.models.prepare_model({"source": "smollm2"})``) if needed, measures
-held-out accuracy of the initial model, trains with ``rsgrpo.train.Trainer`` (the same code as
-``python -m rsgrpo train``: real data, rollout, grading, DeepSpeed), then measures held-out accuracy
-of the final checkpoint with the same sampling settings, and prints
+Prepares SmolLM2 (``rsgrpo.models.prepare_model({"source": "smollm2"})``) if needed, then
 
-* training reward over the first vs the last steps (from metrics.csv);
-* held-out accuracy before vs after (greedy by default; ``--eval-temperature`` > 0 samples).
+1. splits the DISTINCT problem texts of the arithmetic generator (levels ``--levels``) with a seeded
+   shuffle into a held-out set (``--eval-n`` problems, default 64) and a training set (the rest, at
+   most ``--train-n``); the two are disjoint by problem text, which the script asserts;
+2. evaluates the initial model on the held-out set: ``--eval-samples`` completions per problem
+   (default 4) at the training sampling settings (temperature, top_p, max_new_tokens);
+3. trains with ``rsgrpo.train.Trainer`` (the code behind ``python -m rsgrpo train``: transformers
+   rollouts, math-verify rewards, RS-GRPO advantages, dynamic sampling, DeepSpeed AdamW);
+4. evaluates the final checkpoint on the same held-out problems with the SAME per-sample seeds
+   (common random numbers: the before/after difference is not inflated by sampling noise of
+   the two runs being independent);
 
-Budgets are chosen for ~20-30 minutes on 2 uncontended CPU cores: 10 steps of 8 prompts x 8
-samples, ``max_new_tokens`` 96 and lr 5e-5. The paper's lr 1e-6 is tuned for hundreds of steps of
-512 x 16 samples and does not move a 135M model measurably in 10 small steps. 48 new tokens is
-too short: SmolLM2 reasons step by step as the prompt asks, and nearly every answer is cut before
-its ``\boxed{}`` (measured: reward 0 on all 64 samples of a first step). Easy problems (arithmetic
-levels 1-2) keep the reward away from 0 so some groups survive dynamic sampling. Held-out
-accuracy: 4 samples at temperature 1.0 per held-out problem by default (less noisy than greedy on a
-few dozen problems); the held-out problems are generated with another seed and any problem text
-seen in training is removed. Results go to ``<out>/learning.json``.
+and prints
 
-    python scripts/learning_smollm2.py --out runs/learning_smollm2
+* the training reward of every step, and the mean of the first vs the last ``--window`` steps;
+* held-out accuracy before and after under TWO graders: math-verify (``rsgrpo.grading``, exactly
+  the training reward) and a strict check (the last integer written in the completion equals the
+  answer), each as mean per-problem pass@1 (= correct / samples, ``rsgrpo.passk.pass_at_k``) and
+  pass@k for k = samples, with a percentile-bootstrap 95% CI over problems
+  (``rsgrpo.passk.bootstrap_ci``), the paired after - before difference with a paired bootstrap CI
+  (``rsgrpo.passk.paired_difference``), and how many problems got better / worse.
+
+Why two graders: math-verify compares expressions symbolically, so "The answer is 5 + 8." counts
+as correct for "What is 5 + 8?". With these settings the policy learns exactly that shortcut
+(restating the sum, ~10 tokens), which the training reward and the math-verify held-out accuracy
+both reward; the strict grader shows whether the model actually writes the number.
+``--reward both`` trains on math-verify AND strict instead (a reward without that shortcut; its run
+lives in ``<out>/run-both``, its summary in ``<out>/learning-both.json``). Every held-out
+completion and both verdicts are written to ``<out>/eval_before.jsonl`` / ``eval_after.jsonl``.
+
+Default budget (~11 min of training and ~2 min per evaluation on 2 otherwise idle CPU cores; several
+times that when the cores are shared): level-1
+arithmetic (one-digit sums a + b: 100 distinct texts, 64 held out, 36 to train on), 16
+steps of 4 prompts x 8 samples, temperature 0.6, top_p 0.9, 64 new tokens, lr 5e-5, beta 2.
+Why these: the paper's lr 1e-6 is tuned for hundreds of steps of 512 x 16 samples and does not
+move a 135M model measurably in a few small steps; at temperature 1.0 SmolLM2 rambles and the
+reward is ~0.03 (most groups are dropped by dynamic sampling), at 0.6 / top_p 0.9 the base model
+solves ~10% of samples, so groups with a non-zero advantage exist from the first step (the demo's
+settings, config/demo.yaml). The held-out set is never used to choose any of these.
+
+    python scripts/learning_smollm2.py --out runs/learning_smollm2 [--fresh]
+
+Results (and per-problem correct counts) go to ``<out>/learning.json``. A second call with the same
+arguments reuses the finished training run in ``<out>/run`` (the trainer resumes it at its last
+step; config and data hashes must match) and only redoes the two evaluations; ``--fresh`` retrains.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import random
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,24 +68,79 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def held_out_accuracy(model_dir: str, records: list[dict], *, max_new_tokens: int, temperature: float,
-                      samples: int, seed: int, batch_size: int) -> float:
-    """Mean binary reward of ``samples`` completions per held-out problem (greedy: 1 sample)."""
+def split_problems(levels: list[int], eval_n: int, train_n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Held-out and training records, disjoint by problem text.
+
+    The generator draws problems with replacement, so its distinct texts are collected from a large
+    draw (seed ``seed``), sorted, shuffled with ``seed`` and cut: the first ``eval_n`` are held out,
+    the next (at most ``train_n``) are the training set.
+    """
+    from rsgrpo.data import load_records
+
+    pool = load_records({"source": "generator", "name": "arithmetic", "n": 20000, "seed": seed,
+                         "difficulty": levels})
+    distinct: dict[str, dict] = {}
+    for r in pool:
+        distinct.setdefault(r["problem"], r)
+    texts = sorted(distinct)
+    random.Random(f"learning-split/{seed}").shuffle(texts)
+    if len(texts) < eval_n + 8:
+        raise SystemExit(f"levels {levels} have only {len(texts)} distinct problems; need {eval_n} held out + "
+                         "at least 8 to train on")
+    held_out = [dict(distinct[t], id=f"heldout-{i:04d}") for i, t in enumerate(texts[:eval_n])]
+    train = [dict(distinct[t], id=f"train-{i:04d}") for i, t in enumerate(texts[eval_n:eval_n + train_n])]
+    overlap = {r["problem"] for r in held_out} & {r["problem"] for r in train}
+    assert not overlap, f"held-out and training problems overlap: {sorted(overlap)[:5]}"
+    return held_out, train
+
+
+LAST_INTEGER = re.compile(r"-?\d+")
+
+
+def strict_correct(text: str, gold: str) -> bool:
+    """The LAST integer literal written in the completion equals the (integer) gold answer.
+
+    Why a second grader: math-verify compares expressions symbolically, so a completion that just
+    restates the question ("The answer is 5 + 8.") is graded correct for "What is 5 + 8?" (5 + 8 =
+    13). RL finds that shortcut. This check requires the number itself to be written."""
+    found = LAST_INTEGER.findall(text.replace(",", ""))
+    return bool(found) and int(found[-1]) == int(gold)
+
+
+def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: float, top_p: float,
+             max_new_tokens: int, seed: int, batch_size: int, dump: Path) -> tuple[list[int], list[int], list[int]]:
+    """Correct-sample counts per problem (``samples`` completions each): by math-verify
+    (``rsgrpo.grading``, binary), by :func:`strict_correct`, and by both at once. Every completion
+    and its verdicts are written to ``dump`` (JSONL).
+
+    Problem ``i`` samples with the per-problem seed ``(seed, i)``, so two evaluations of different
+    checkpoints draw the same random numbers for the same problem."""
     from rsgrpo.data import build_prompt
     from rsgrpo.grading import compute_rewards
     from rsgrpo.models import load_policy
-    from rsgrpo.rollout import SamplingParams, make_engine
+    from rsgrpo.rollout import SamplingParams, make_engine, row_seed
 
     model, tok = load_policy(model_dir)
     engine = make_engine("hf", model_dir=model_dir, model=model, tokenizer=tok, batch_size=batch_size)
     prompts = [build_prompt(r["problem"], template="chat", tokenizer=tok) for r in records]
-    n = 1 if temperature == 0 else samples
-    params = SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=seed)
-    comps = engine.generate(prompts, params)
-    golds = [str(r["answer"]) for r in records for _ in range(n)]
-    rewards = compute_rewards(golds, [c.text for group in comps for c in group], kind="binary")
+    params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+    comps = engine.generate(prompts, params, seeds=[row_seed(seed, i) for i in range(len(records))])
     engine.close()
-    return sum(rewards) / len(rewards)
+    texts = [c.text for group in comps for c in group]
+    golds = [str(r["answer"]) for r in records for _ in range(samples)]
+    mv = compute_rewards(golds, texts, kind="binary", workers=0)
+    st = [strict_correct(t, g) for t, g in zip(texts, golds)]
+    with open(dump, "w") as fh:
+        for k, (t, g, a, b) in enumerate(zip(texts, golds, mv, st)):
+            fh.write(json.dumps({"problem": records[k // samples]["problem"], "gold": g, "completion": t,
+                                 "math_verify": bool(a), "strict": bool(b)}) + "\n")
+    both = [bool(a) and b for a, b in zip(mv, st)]
+    per = lambda v: [int(sum(v[i * samples:(i + 1) * samples])) for i in range(len(records))]  # noqa: E731
+    return per(mv), per(st), per(both)
+
+
+def fmt_ci(ci) -> str:
+    return f"{float(ci.mean):.4f} [95% CI {float(ci.low):.4f}, {float(ci.high):.4f}]"
 
 
 def main(argv=None) -> int:
@@ -62,25 +148,39 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", default=str(ROOT / "models" / "smollm2"),
                     help="prepared SmolLM2 dir (created with prepare_model if missing)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "learning_smollm2"))
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    ap.add_argument("--samples", type=int, default=8, help="samples per prompt (group size)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.6, help="rollout AND evaluation temperature")
+    ap.add_argument("--top-p", type=float, default=0.9, help="rollout AND evaluation top_p")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=2.0)
-    ap.add_argument("--levels", default="1,2", help="arithmetic difficulty levels (comma list)")
-    ap.add_argument("--train-n", type=int, default=200)
-    ap.add_argument("--eval-n", type=int, default=32)
-    ap.add_argument("--eval-temperature", type=float, default=1.0)
-    ap.add_argument("--eval-samples", type=int, default=4)
-    ap.add_argument("--window", type=int, default=3, help="steps averaged for first/last reward")
+    ap.add_argument("--levels", default="1", help="arithmetic difficulty levels (comma list)")
+    ap.add_argument("--train-n", type=int, default=1000, help="max training problems (distinct texts)")
+    ap.add_argument("--eval-n", type=int, default=64, help="held-out problems (distinct texts)")
+    ap.add_argument("--eval-samples", type=int, default=4, help="completions per held-out problem")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--window", type=int, default=4, help="steps averaged for first/last reward")
+    ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CIs")
+    ap.add_argument("--reward", choices=["math_verify", "both"], default="math_verify",
+                    help="training reward: math_verify = rsgrpo.grading (the trainer's own, binary); both = "
+                         "math-verify AND the last integer written equals the answer (closes the "
+                         "restate-the-question shortcut); trains in <out>/run-both")
+    ap.add_argument("--fresh", action="store_true",
+                    help="delete <out>/run first (default: a finished run of the same config is reused, "
+                         "only the evaluations are redone)")
     args = ap.parse_args(argv)
 
-    from rsgrpo.data import load_records, write_records
+    import numpy as np
+
+    from rsgrpo.data import write_records
     from rsgrpo.models import prepare_model
+    from rsgrpo.passk import bootstrap_ci, paired_difference, pass_at_k
     from rsgrpo.train import Trainer
     from rsgrpo.trainconfig import from_dict
 
+    t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model_dir)
@@ -89,55 +189,126 @@ def main(argv=None) -> int:
         prepare_model({"source": "smollm2"}, model_dir)
 
     levels = [int(x) for x in args.levels.split(",")]
-    train = load_records({"source": "generator", "name": "arithmetic", "n": args.train_n, "seed": 0,
-                          "difficulty": levels})
-    seen = {r["problem"] for r in train}
-    pool = load_records({"source": "generator", "name": "arithmetic", "n": 4 * args.eval_n, "seed": 12345,
-                         "difficulty": levels})
-    held_out = [r for r in pool if r["problem"] not in seen][: args.eval_n]
+    held_out, train = split_problems(levels, args.eval_n, args.train_n, args.split_seed)
+    print(f"problems: {len(train)} training, {len(held_out)} held out (levels {levels}); "
+          f"disjoint by problem text: {not ({r['problem'] for r in train} & {r['problem'] for r in held_out})}",
+          flush=True)
     train_path = write_records(train, out / "train.jsonl")
-    eval_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.eval_temperature,
-                   samples=args.eval_samples, seed=777, batch_size=64)
+    write_records(held_out, out / "held_out.jsonl")
+    eval_kw = dict(samples=args.eval_samples, temperature=args.temperature, top_p=args.top_p,
+                   max_new_tokens=args.max_new_tokens, seed=777, batch_size=64)
 
     t0 = time.time()
-    acc_before = held_out_accuracy(str(model_dir), held_out, **eval_kw)
-    print(f"held-out accuracy before: {acc_before:.4f} ({len(held_out)} problems, "
-          f"{time.time() - t0:.0f}s)", flush=True)
+    before = evaluate(str(model_dir), held_out, dump=out / "eval_before.jsonl", **eval_kw)
+    tag = "" if args.reward == "math_verify" else f"-{args.reward}"
+    eval_before_s = time.time() - t0
+    print(f"held-out before: {sum(before[0])} (math-verify) / {sum(before[1])} (strict) / {sum(before[2])} (both) of "
+          f"{len(held_out) * args.eval_samples} samples correct ({eval_before_s:.0f}s)", flush=True)
 
+    run_dir = out / ("run" if args.reward == "math_verify" else f"run-{args.reward}")
+    if args.fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
     cfg = from_dict({
         "model_dir": str(model_dir), "train_data": str(train_path), "steps": args.steps,
         "prompts_per_step": args.prompts, "samples_per_prompt": args.samples,
-        "max_new_tokens": args.max_new_tokens, "lr": args.lr, "method": "rs_grpo",
-        "method_params": {"beta": args.beta}, "engine": "hf", "micro_batch_size": 8,
-        "checkpoint_every": 0, "keep_last": 1, "run_dir": str(out / "run"), "grading_workers": 1,
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+        "lr": args.lr, "method": "rs_grpo", "method_params": {"beta": args.beta}, "engine": "hf",
+        "micro_batch_size": 16, "checkpoint_every": 0, "keep_last": 1, "run_dir": str(run_dir),
+        "grading_workers": 0, "seed": 0,
     }, "learning_smollm2")
     t1 = time.time()
-    manifest = Trainer(cfg).run()
-    train_s = time.time() - t1
-    import csv
+    # A run dir holding the finished run of the SAME config (the trainer checks the config and
+    # data hashes) is resumed at its last step, i.e. reused without training again.
+    reward_fn = None
+    if args.reward == "both":
+        from rsgrpo.grading import compute_rewards
 
-    rows = list(csv.DictReader((out / "run" / "metrics.csv").open()))
+        def reward_fn(golds, texts):  # math-verify AND the number itself written last
+            mv = compute_rewards(golds, texts, kind="binary", workers=0)
+            return [float(bool(a) and strict_correct(t, g)) for a, t, g in zip(mv, texts, golds)]
+    manifest = Trainer(cfg, reward_fn=reward_fn).run()
+    train_s = time.time() - t1
+
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     rewards = [float(r["reward_mean"]) for r in rows]
     w = min(args.window, len(rewards))
-    first, last = sum(rewards[:w]) / w, sum(rewards[-w:]) / w
+    first, last = float(np.mean(rewards[:w])), float(np.mean(rewards[-w:]))
+    step_seconds = [float(r["time_generate"]) + float(r["time_grade"]) + float(r["time_update"]) for r in rows]
 
     t2 = time.time()
-    acc_after = held_out_accuracy(manifest["final_checkpoint"], held_out, **eval_kw)
+    after = evaluate(manifest["final_checkpoint"], held_out, dump=out / f"eval_after{tag}.jsonl", **eval_kw)
+    eval_after_s = time.time() - t2
+
+    n = args.eval_samples
+    bkw = dict(n_boot=args.bootstrap, seed=0)
+    interval = lambda ci: {"mean": float(ci.mean), "low": float(ci.low), "high": float(ci.high)}  # noqa: E731
+    graders = {}
+    for gi, grader in enumerate(("math_verify", "strict", "both")):
+        cb, ca = np.array(before[gi]), np.array(after[gi])
+        res = {"correct_before": cb.tolist(), "correct_after": ca.tolist(),
+               "problems_better": int((ca > cb).sum()), "problems_worse": int((ca < cb).sum())}
+        for k in sorted({1, n}):
+            pb, pa = pass_at_k(n, cb, k), pass_at_k(n, ca, k)
+            res[f"pass{k}_before"] = interval(bootstrap_ci(pb, **bkw))
+            res[f"pass{k}_after"] = interval(bootstrap_ci(pa, **bkw))
+            res[f"pass{k}_diff"] = interval(paired_difference(pa, pb, **bkw))
+        graders[grader] = res
+
     summary = {
-        "steps": args.steps, "prompts_per_step": args.prompts, "samples_per_prompt": args.samples,
-        "max_new_tokens": args.max_new_tokens, "lr": args.lr, "beta": args.beta, "levels": levels,
-        "reward_per_step": rewards, f"reward_first_{w}": first, f"reward_last_{w}": last,
-        "held_out_problems": len(held_out), "eval_temperature": args.eval_temperature,
-        "held_out_acc_before": acc_before, "held_out_acc_after": acc_after,
+        "model": "SmolLM2-135M-Instruct", "method": "rs_grpo", "beta": args.beta, "steps": args.steps,
+        "reward": args.reward,
+        "prompts_per_step": args.prompts, "samples_per_prompt": args.samples,
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+        "lr": args.lr, "levels": levels, "train_problems": len(train), "held_out_problems": len(held_out),
+        "eval_samples_per_problem": n, "bootstrap": args.bootstrap,
+        "reward_per_step": rewards, "groups_kept_per_step": [int(r["groups_kept"]) for r in rows],
         "entropy_per_step": [float(r["entropy"]) for r in rows],
+        "response_len_per_step": [float(r["response_len_mean"]) for r in rows],
+        "step_seconds": step_seconds,
+        f"reward_first_{w}": first, f"reward_last_{w}": last,
         "cumulative_solve_rate_final": float(rows[-1]["cumulative_solve_rate"]),
-        "train_seconds": train_s, "eval_seconds_after": time.time() - t2,
+        "held_out": graders,
+        "eval_before_seconds": eval_before_s, "train_seconds_this_call": train_s,
+        "train_seconds_recorded": sum(step_seconds), "eval_after_seconds": eval_after_s,
+        "total_seconds": time.time() - t_start,
     }
-    (out / "learning.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"learning{'' if args.reward == 'math_verify' else '-' + args.reward}.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    print()
+    print(f"RS-GRPO beta {args.beta}, reward {args.reward}, SmolLM2-135M-Instruct, arithmetic levels {levels}: {args.steps} steps x "
+          f"{args.prompts} prompts x {args.samples} samples, T {args.temperature}, top_p {args.top_p}, "
+          f"{args.max_new_tokens} new tokens, lr {args.lr}")
+    print("step  reward  groups_kept  entropy  resp_len  seconds")
+    for r, sec in zip(rows, step_seconds):
+        print(f"{int(r['step']):4d}  {float(r['reward_mean']):.4f}  {int(r['groups_kept']):11d}  "
+              f"{float(r['entropy']):7.3f}  {float(r['response_len_mean']):8.1f}  {sec:7.1f}")
     print(f"training reward: first {w} steps {first:.4f} -> last {w} steps {last:.4f}")
-    print(f"held-out accuracy: before {acc_before:.4f} -> after {acc_after:.4f}")
-    print(f"train time {train_s:.0f}s for {args.steps} steps; summary in {out / 'learning.json'}")
+    print(f"held-out: {len(held_out)} problems disjoint from training, {n} samples each, same seeds before/after; "
+          f"mean over problems, percentile bootstrap 95% CI ({args.bootstrap} resamples of problems)")
+    for grader, res in graders.items():
+        label = {"math_verify": "math-verify (rsgrpo.grading)",
+                 "strict": "strict (last integer written == answer)",
+                 "both": "math-verify AND strict"}[grader]
+        if grader == args.reward:
+            label += " (= the training reward)"
+        print(f"  grader {label}:")
+        for k in sorted({1, n}):
+            print(f"    pass@{k} before {fmt_ci(_ci(res[f'pass{k}_before']))}")
+            print(f"    pass@{k} after  {fmt_ci(_ci(res[f'pass{k}_after']))}")
+            print(f"    pass@{k} after - before (paired) {fmt_ci(_ci(res[f'pass{k}_diff']))}")
+        print(f"    problems with more / fewer correct samples after training: "
+              f"{res['problems_better']} / {res['problems_worse']}")
+    print(f"completions and verdicts: {out / 'eval_before.jsonl'}, {out / f'eval_after{tag}.jsonl'}")
+    print(f"time: eval before {eval_before_s:.0f}s, training {sum(step_seconds):.0f}s recorded for {len(rows)} steps "
+          f"({train_s:.0f}s in this call), eval after {eval_after_s:.0f}s, total {time.time() - t_start:.0f}s; "
+          f"summary in {out / f'learning{tag}.json'}")
     return 0
+
+
+def _ci(d: dict):
+    from rsgrpo.passk import Interval
+
+    return Interval(d["mean"], d["low"], d["high"])
 
 
 if __name__ == "__main__":
