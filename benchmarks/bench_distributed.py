@@ -32,11 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SETTINGS = {
-    # model -> (prompts per step, samples per prompt, max new tokens, micro batch)
-    "tiny": (8, 8, 64, 16),
-    "smollm2": (4, 8, 48, 8),
-}
+# model -> (prompts per step, samples per prompt, max new tokens, micro batch): bench_train.py's sizes
+from bench_train import SETTINGS  # noqa: E402  (this script's folder is on sys.path)
 # (label, ranks, ZeRO stage, OpenMP threads per rank). The baseline is the first row. A single rank
 # is also timed with 2 threads: on a shared machine OpenMP's spin-waiting can make that far slower.
 CONFIGS = [("1 rank x 1 thread", 1, 0, 1), ("1 rank x 2 threads", 1, 0, 2),

@@ -75,11 +75,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# model -> (prompts per step, samples per prompt, max new tokens, micro batch); the bench_train.py sizes
-SETTINGS = {
-    "tiny": (8, 8, 64, 16),
-    "smollm2": (4, 8, 48, 8),
-}
+# model -> (prompts per step, samples per prompt, max new tokens, micro batch): bench_train.py's sizes
+from bench_train import SETTINGS  # noqa: E402  (this script's folder is on sys.path)
 COMMON = {"temperature": 1.0, "top_p": 1.0, "lr": 1e-5, "weight_decay": 0.0, "grad_clip": 1.0,
           "clip_low": 0.2, "clip_high": 0.28, "seed": 0}
 
