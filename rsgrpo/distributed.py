@@ -227,55 +227,46 @@ def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_00
     """
     named = list(model.named_parameters())
     by_id = {id(p): n for n, p in named}
-    aliases = []
+    state = model.state_dict(keep_vars=True)
+    alias_of: dict[str, list[str]] = {}
     if include_aliases:
-        for key, t in model.state_dict(keep_vars=True).items():
+        for key, t in state.items():
             owner = by_id.get(id(t))
             if owner is not None and owner != key:
-                aliases.append((key, owner))
-    buffers = [(k, b) for k, b in model.state_dict(keep_vars=True).items()
-               if id(b) not in by_id and not isinstance(b, torch.nn.Parameter)]
-    if not any(_is_zero3(p) for _, p in named):
+                alias_of.setdefault(owner, []).append(key)
+    buffers = [(k, b) for k, b in state.items() if id(b) not in by_id and not isinstance(b, torch.nn.Parameter)]
+    zero3 = any(_is_zero3(p) for _, p in named)
+
+    def with_aliases(items):
+        for name, tensor in items:
+            yield name, tensor
+            for key in alias_of.get(name, ()):
+                yield key, tensor
+
+    if not zero3:
+        yield from with_aliases((n, p.detach()) for n, p in named)
+    else:
+        import deepspeed
+
+        bucket: list[tuple[str, torch.nn.Parameter]] = []
+
+        def flush():
+            with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
+                out = [(n, p.detach().to("cpu", copy=True)) for n, p in bucket]
+            bucket.clear()
+            return out
+
+        size = 0
         for n, p in named:
-            yield n, p.detach()
-        for key, owner in aliases:
-            yield key, dict(named)[owner].detach()
-        for k, b in buffers:
-            yield k, b.detach()
-        return
-    import deepspeed
-
-    full: dict[str, torch.Tensor] = {}
-    alias_of: dict[str, list[str]] = {}
-    for key, owner in aliases:
-        alias_of.setdefault(owner, []).append(key)
-    bucket: list[tuple[str, torch.nn.Parameter]] = []
-    size = 0
-
-    def flush():
-        with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
-            for n, p in bucket:
-                full[n] = p.detach().to("cpu", copy=True)
-        out = [(n, full.pop(n)) for n, _ in bucket]
-        bucket.clear()
-        return out
-
-    for n, p in named:
-        bucket.append((n, p))
-        size += _numel(p)
-        if size >= bucket_numel:
-            for item in flush():
-                yield item
-                for key in alias_of.get(item[0], []):
-                    yield key, item[1]
-            size = 0
-    if bucket:
-        for item in flush():
-            yield item
-            for key in alias_of.get(item[0], []):
-                yield key, item[1]
+            bucket.append((n, p))
+            size += _numel(p)
+            if size >= bucket_numel:
+                yield from with_aliases(flush())
+                size = 0
+        if bucket:
+            yield from with_aliases(flush())
     for k, b in buffers:
-        yield k, b.detach().to("cpu", copy=True)
+        yield k, b.detach().to("cpu", copy=zero3)
 
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
