@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # model -> (prompts per step, samples per prompt, max new tokens, micro batch): bench_train.py's sizes
-from bench_train import SETTINGS  # noqa: E402  (this script's folder is on sys.path)
+from bench_train import SETTINGS, bench_model  # noqa: E402  (this script's folder is on sys.path)
 # (label, ranks, ZeRO stage, OpenMP threads per rank). The baseline is the first row. A single rank
 # is also timed with 2 threads: on a shared machine OpenMP's spin-waiting can make that far slower.
 CONFIGS = [("1 rank x 1 thread", 1, 0, 1), ("1 rank x 2 threads", 1, 0, 2),
@@ -46,17 +46,10 @@ PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv
 
 def prepare(name: str, work: Path) -> tuple[Path, Path]:
     from rsgrpo.data import load_records, write_records
-    from rsgrpo.models import build_tiny_model, prepare_model
 
-    model = work / f"model-{name}"
-    if not model.exists():
-        if name == "tiny":
-            build_tiny_model(model, seed=0)
-        else:
-            prepare_model({"source": "smollm2"}, model)
     data = write_records(load_records({"source": "generator", "name": "arithmetic", "n": 64, "seed": 0}),
                          work / "train.jsonl")
-    return model, data
+    return bench_model(name, work), data
 
 
 def run(name: str, model: Path, data: Path, nproc: int, stage: int, threads: int, steps: int,

@@ -33,6 +33,21 @@ SETTINGS = {
 }
 
 
+def bench_model(name: str, work: Path, smollm2_dir: str | Path = ROOT / "models" / "smollm2") -> Path:
+    """A benchmark's model: a fresh tiny random one under ``work``, or SmolLM2-135M-Instruct prepared
+    once into ``smollm2_dir`` (the workflow's models/ folder by default) and reused."""
+    from rsgrpo.models import build_tiny_model, prepare_model
+
+    if name == "tiny":
+        return build_tiny_model(work / "tiny", seed=0)
+    if name == "smollm2":
+        model_dir = Path(smollm2_dir)
+        if not (model_dir / "config.json").is_file():
+            prepare_model({"source": "smollm2"}, model_dir)
+        return model_dir
+    raise SystemExit(f"unknown model {name!r}; choose from {sorted(SETTINGS)}")
+
+
 def bench(name: str, model_dir: Path, steps: int, work: Path) -> dict:
     from rsgrpo.data import load_records, write_records
     from rsgrpo.train import Trainer
@@ -70,21 +85,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from rsgrpo.models import build_tiny_model, prepare_model
-
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         for name in args.models.split(","):
-            if name == "tiny":
-                model_dir = build_tiny_model(work / "tiny", seed=0)
-            elif name == "smollm2":
-                model_dir = Path(args.smollm2_dir)
-                if not (model_dir / "config.json").is_file():
-                    prepare_model({"source": "smollm2"}, model_dir)
-            else:
-                raise SystemExit(f"unknown model {name!r}; choose from {sorted(SETTINGS)}")
-            results.append(bench(name, model_dir, args.steps, work))
+            results.append(bench(name, bench_model(name, work, args.smollm2_dir), args.steps, work))
 
     cols = ["model", "batch", "max_new_tokens", "generate_s", "grade_s", "update_s", "step_s",
             "gen_tokens_per_s", "response_len"]

@@ -76,7 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # model -> (prompts per step, samples per prompt, max new tokens, micro batch): bench_train.py's sizes
-from bench_train import SETTINGS  # noqa: E402  (this script's folder is on sys.path)
+from bench_train import SETTINGS, bench_model  # noqa: E402  (this script's folder is on sys.path)
 COMMON = {"temperature": 1.0, "top_p": 1.0, "lr": 1e-5, "weight_decay": 0.0, "grad_clip": 1.0,
           "clip_low": 0.2, "clip_high": 0.28, "seed": 0}
 
@@ -310,7 +310,6 @@ def main(argv=None) -> int:
             raise SystemExit(f"{py} not found (TRL side: bash benchmarks/setup_trl_venv.sh)")
 
     from rsgrpo.data import load_records, write_records
-    from rsgrpo.models import build_tiny_model, prepare_model
 
     t_start = time.perf_counter()
     rows, raw = [], []
@@ -319,14 +318,7 @@ def main(argv=None) -> int:
         data = write_records(load_records({"source": "generator", "name": "arithmetic", "n": 64, "seed": 0,
                                            "difficulty": [1, 2]}), work / "prompts.jsonl")
         for name in args.models.split(","):
-            if name == "tiny":
-                model_dir = build_tiny_model(work / "tiny", seed=0)
-            elif name == "smollm2":
-                model_dir = Path(args.smollm2_dir)
-                if not (model_dir / "config.json").is_file():
-                    prepare_model({"source": "smollm2"}, model_dir)
-            else:
-                raise SystemExit(f"unknown model {name!r}; choose from {sorted(SETTINGS)}")
+            model_dir = bench_model(name, work, args.smollm2_dir)
             prompts, samples, max_new, micro = SETTINGS[name]
             steps = args.steps_tiny if name == "tiny" else args.steps_smollm2
             for side, py in (("ours", args.ours_python), ("trl", args.trl_python)):
