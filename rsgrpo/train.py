@@ -234,10 +234,7 @@ class Trainer:
         cfg = self.cfg
         # The process group comes first: every rank must agree on what it resumes from.
         self.dist = init_distributed()
-        if cfg.prompts_per_step % self.dist.world_size:
-            raise ValueError(
-                f"key 'prompts_per_step': {cfg.prompts_per_step} prompts cannot be split evenly over "
-                f"{self.dist.world_size} ranks (got {cfg.prompts_per_step}); use a multiple of the rank count")
+        check_rank_split(cfg, self.dist.world_size)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock = ckpt.lock_run_dir(self.run_dir)
@@ -622,7 +619,9 @@ class Trainer:
         """Checkpoint ``step_done`` (every rank calls it: gathering the optimizer state, and the
         weights under ZeRO-3, are collectives); rank 0 writes it, the others wait for the rename.
         Returns the checkpoint path on rank 0, None elsewhere."""
-        optimizer = dist_utils.full_optimizer_state(self.ds, self.model)
+        # a collective for ZeRO 1-3; at stage 0 only the writer needs the copy
+        optimizer = dist_utils.full_optimizer_state(self.ds, self.model) \
+            if self.dist.is_main or self.cfg.zero_stage > 0 else None
         weights = dict(dist_utils.gathered_parameters(self.model, include_aliases=False)) \
             if self.cfg.zero_stage == 3 else None
         path = None
@@ -696,10 +695,14 @@ class Trainer:
             close = getattr(getattr(self, "engine", None), "close", None)
             if close is not None:
                 close()
-            if self._lock is not None:
+        manifest = None
+        try:
+            if main_rank:
+                manifest = self.write_manifest()
+        finally:
+            if self._lock is not None:  # held until the manifest is written
                 self._lock.close()
                 self._lock = None
-        manifest = self.write_manifest() if main_rank else None
         dist_utils.barrier()
         return manifest
 
@@ -726,6 +729,13 @@ def _copy(src: Path, dst: str) -> None:
         shutil.copyfile(src, tmp)
 
 
+def check_rank_split(cfg: TrainConfig, ranks: int) -> None:
+    """Each rank takes an equal block of every step's prompts: refuse a batch that does not divide."""
+    if cfg.prompts_per_step % ranks:
+        raise ValueError(f"key 'prompts_per_step': {cfg.prompts_per_step} prompts cannot be split evenly "
+                         f"over {ranks} ranks; use a multiple of the rank count")
+
+
 def _argv_without_nproc(argv: Sequence[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -744,18 +754,13 @@ def main(args) -> int:
     if args.nproc < 1:
         print(f"rsgrpo train: error: --nproc must be >= 1 (got {args.nproc})", file=sys.stderr)
         return 2
-    multi_node = dist_utils.slurm_job_nodes() > 1
-    if (args.nproc > 1 or multi_node) and not dist_utils.under_launcher():
+    nodes = dist_utils.slurm_job_nodes()
+    if (args.nproc > 1 or nodes > 1) and not dist_utils.under_launcher():
         # Validate before starting N processes that would all fail the same way.
         try:
-            cfg = load_config(args.config, list(args.overrides or []))
+            check_rank_split(load_config(args.config, list(args.overrides or [])), args.nproc * nodes)
         except ValueError as exc:
             print(f"rsgrpo train: error: {exc}", file=sys.stderr)
-            return 2
-        ranks = args.nproc * dist_utils.slurm_job_nodes()
-        if cfg.prompts_per_step % ranks:
-            print(f"rsgrpo train: error: key 'prompts_per_step': {cfg.prompts_per_step} prompts cannot be "
-                  f"split evenly over {ranks} ranks; use a multiple of the rank count", file=sys.stderr)
             return 2
         argv = sys.argv[1:]
         if argv and argv[0] != "train":  # called as `python -m rsgrpo train ...`: argv[0] is the verb
