@@ -1,15 +1,20 @@
 """Group advantage estimators: pure functions over a ``[groups, samples]`` reward tensor.
 
 Every estimator maps the rewards of ``G`` groups (one group = the ``N`` completions sampled for one
-prompt) to per-sample advantages of the same shape. Formulas follow ../shared/reference/PAPER.md
-(RS-GRPO, arXiv 2509.24261) and the papers it compares against; each docstring names its source.
+prompt) to per-sample advantages of the same shape. Formulas follow RS-GRPO (arXiv 2509.24261, its
+risk-sensitive advantage) and the papers it compares against; each docstring names its source.
 
 Public entry points:
 
 * :func:`compute` -- ``compute(name, rewards, **params)`` validates the input and the parameters and
   dispatches to the registered estimator.
-* :data:`ESTIMATORS` -- name -> estimator function (``fn(rewards, **params)``), for callers that want
-  to list or introspect the methods.
+* :data:`ESTIMATORS` -- name -> estimator function (``fn(rewards, **params)``), in registration order,
+  which is the order of methods in every table and figure (the paper's: GRPO, the pass@k baselines,
+  RS-GRPO last).
+* :func:`register` -- adds an estimator: a new method is one decorated function here (plus its test);
+  the trainer, the config checks and the analysis find it through this registry.
+* :func:`estimator_params`, :func:`takes_beta`, :func:`default_params` -- what an estimator accepts,
+  read from its signature (so "takes beta" is a property of the estimator, not of a method name).
 
 All arithmetic is done in float64 and the result is returned in the reward dtype (float32 for integer
 or boolean rewards). No I/O, no model: these functions are safe to call from anywhere.
@@ -24,16 +29,31 @@ from typing import Callable
 
 import torch
 
-__all__ = ["ESTIMATORS", "compute", "estimator_params"]
+__all__ = ["ESTIMATORS", "EXAMPLE_PARAMS", "register", "compute", "estimator_params", "takes_beta",
+           "default_params"]
 
 EPS = 1e-6  # added to the group std by ``grpo`` (the usual GRPO constant)
 
 ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
+# name -> parameters of one valid call on groups of >= 4 binary rewards (the required ones filled
+# in): what generic tests and tools use to exercise every estimator without knowing it.
+EXAMPLE_PARAMS: dict[str, dict] = {}
 
 
-def _register(name: str):
+def register(name: str, *, example_params: dict | None = None):
+    """Decorator adding ``fn(rewards, **params) -> advantages`` to :data:`ESTIMATORS` as ``name``.
+
+    ``example_params``: values for the estimator's required parameters in a valid call on groups of
+    at least 4 samples (e.g. ``{"k": 2}``). A name can be registered once: a second estimator of the
+    same name would silently change what every existing config means.
+    """
+
     def wrap(fn):
+        if name in ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered "
+                             f"(by {ESTIMATORS[name].__module__}.{ESTIMATORS[name].__qualname__})")
         ESTIMATORS[name] = fn
+        EXAMPLE_PARAMS[name] = dict(example_params or {})
         return fn
 
     return wrap
@@ -123,10 +143,10 @@ def _comb_ratio(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# estimators
+# estimators, in the paper's table order (the registry's order is every table's and figure's)
 
 
-@_register("grpo")
+@register("grpo")
 def grpo(rewards: torch.Tensor, *, scale: str = "std", eps: float = EPS) -> torch.Tensor:
     """GRPO (Shao et al. 2024): ``(r - mean) / (std + eps)`` per group.
 
@@ -143,12 +163,125 @@ def grpo(rewards: torch.Tensor, *, scale: str = "std", eps: float = EPS) -> torc
     return _out(centred, rewards)
 
 
-@_register("rs_grpo")
+@register("pkpo_walder", example_params={"k": 2})
+def pkpo_walder(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
+    """PKPO (Walder & Karkhanis 2025, arXiv 2505.15201) with the "k-1" baseline.
+
+    The unbiased pass@k gradient assigns sample ``i`` the reward
+    ``(1/C(N,k)) sum_{S containing i, |S|=k} [max g_S - max g_{S minus i}]`` (max of the empty set = 0).
+    With rewards sorted ascending ``g_(1) <= ... <= g_(N)`` this is
+    ``A_(i) = (1/C(N,k)) sum_{j<i} C(j-1, k-2) (g_(i) - g_(j))`` for k >= 2 and ``g_i/N`` for k = 1.
+    For binary rewards: correct ``C(N-c, k-1)/C(N,k)``, wrong 0. Never negative for k >= 2.
+    Continuous rewards allowed; ties give equal advantages.
+    """
+    r = _check_rewards(rewards)
+    n = r.shape[1]
+    k = _check_k(k, n, "pkpo_walder")
+    if k == 1:
+        return _out(r / n, rewards)
+    g, order = torch.sort(r, dim=1, stable=True)
+    rank = torch.arange(1, n + 1, dtype=torch.float64, device=r.device)  # 1-based sorted rank
+    # weight of a lower-ranked sample j: C(j-1, k-2) / C(N, k), zero when j-1 < k-2
+    valid = rank - 1 >= k - 2
+    log_w = _log_comb(torch.clamp(rank - 1, min=k - 2.0), torch.tensor(k - 2.0, dtype=torch.float64))
+    log_w = log_w - _log_comb(torch.tensor(float(n), dtype=torch.float64), torch.tensor(float(k), dtype=torch.float64))
+    w = torch.where(valid, torch.exp(log_w), torch.zeros_like(log_w))
+    # A_(i) = g_(i) * sum_{j<i} w_j - sum_{j<i} w_j g_(j): exclusive prefix sums
+    w_prefix = torch.cumsum(w, dim=0) - w
+    wg = w * g
+    wg_prefix = torch.cumsum(wg, dim=1) - wg
+    sorted_adv = g * w_prefix - wg_prefix
+    adv = torch.empty_like(sorted_adv).scatter_(1, order, sorted_adv)
+    return _out(adv, rewards)
+
+
+@register("passk_mahdavi", example_params={"k": 2})
+def passk_mahdavi(
+    rewards: torch.Tensor,
+    *,
+    k: int,
+    variant: str = "unbiased",
+    normalize: bool = False,
+    scale: str = "std",
+) -> torch.Tensor:
+    """Pass@K reweighting of Mahdavi et al. 2025: GRPO advantage times a per-sample weight.
+
+    The weight estimates ``d/dp [1-(1-p)^K] = K (1-p)^(K-1)``:
+
+    * ``variant="plugin"``: ``K (1 - c/N)^(K-1)`` with the group accuracy plugged in;
+    * ``variant="unbiased"``: the leave-one-out unbiased estimate from the other ``N-1`` samples,
+      ``K C(N-1-c_{-i}, K-1) / C(N-1, K-1)`` (``c_{-i}`` = correct among the others). For a correct
+      sample this is ``K C(N-c, K-1)/C(N-1, K-1)``, which vanishes above accuracy ``1-(K-1)/N`` as the
+      RS-GRPO paper describes. Which variant the RS-GRPO paper's baseline used is not published.
+
+    ``normalize=True`` rescales the weights so their mean over the whole batch is 1 (batch
+    renormalisation). ``scale`` is passed to the GRPO part. Binary rewards only.
+    """
+    r = _check_rewards(rewards, min_samples=2 if scale == "std" else 1)
+    _check_binary(r, "passk_mahdavi")
+    _choice(variant, ("plugin", "unbiased"), "variant", "passk_mahdavi")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"passk_mahdavi: normalize must be true or false, got {normalize!r}")
+    n = r.shape[1]
+    k = _check_k(k, n, "passk_mahdavi")
+    base = grpo(r, scale=scale)
+    c = r.sum(dim=1, keepdim=True)
+    if variant == "plugin":
+        weight = (k * (1.0 - c / n) ** (k - 1)).expand_as(r)
+    else:
+        if n < 2:
+            raise ValueError("passk_mahdavi: variant='unbiased' needs at least 2 samples per group")
+        wrong_others = (n - 1) - (c - r)
+        weight = k * _comb_ratio(wrong_others, torch.full_like(r, float(n - 1)), k - 1)
+    if normalize:
+        mean_weight = weight.mean()
+        if mean_weight > 0:
+            weight = weight / mean_weight
+    return _out(base * weight, rewards)
+
+
+@register("passk_chen", example_params={"k": 2})
+def passk_chen(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
+    """Pass@k training advantage of Chen et al. 2025 (arXiv 2508.10751), analytic form.
+
+    With ``c`` correct of ``N``: ``R = 1 - C(N-c,k)/C(N,k)``, ``sigma = sqrt(R(1-R))``;
+    correct: ``(1-R)/sigma``; wrong: ``(1 - R - C(N-c-1,k-1)/C(N-1,k-1))/sigma``; 0 where sigma = 0.
+    Equals the average, over the k-subsets containing a sample, of the subset-level GRPO advantage
+    (subset reward = max, population std). Binary rewards only.
+    """
+    r = _check_rewards(rewards)
+    _check_binary(r, "passk_chen")
+    n = r.shape[1]
+    k = _check_k(k, n, "passk_chen")
+    c = r.sum(dim=1, keepdim=True)
+    nn = torch.full_like(c, float(n))
+    big_r = 1.0 - _comb_ratio(nn - c, nn, k)
+    # R is exactly 0 (no correct sample) or 1 (fewer than k wrong) in the degenerate groups: no signal
+    informative = (c > 0) & (nn - c >= k)
+    sigma = torch.where(informative, torch.sqrt(torch.clamp(big_r * (1.0 - big_r), min=0.0)), torch.zeros_like(big_r))
+    all_wrong_given_wrong = _comb_ratio(nn - c - 1, nn - 1, k - 1)
+    numerator = torch.where(r == 1, 1.0 - big_r, 1.0 - big_r - all_wrong_given_wrong)
+    safe_sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    adv = torch.where(sigma > 0, numerator / safe_sigma, torch.zeros_like(numerator))
+    return _out(adv, rewards)
+
+
+@register("rloo")
+def rloo(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j``."""
+    r = _check_rewards(rewards, min_samples=2)
+    n = r.shape[1]
+    adv = (r - r.mean(dim=1, keepdim=True)) * (n / (n - 1))
+    return _out(adv, rewards)
+
+
+@register("rs_grpo")
 def rs_grpo(rewards: torch.Tensor, *, beta=2.0) -> torch.Tensor:
-    """RS-GRPO risk-seeking advantage (PAPER.md section 1).
+    """RS-GRPO risk-seeking advantage (arXiv 2509.24261, the risk-sensitive advantage).
 
     ``A_i = (1/beta) (exp(beta r_i) / mean_j exp(beta r_j) - 1)``; beta = 0 gives ``r_i - mean(r)``.
-    ``beta`` is a number >= 0 or a tensor of shape ``[groups]`` (one beta per group).
+    ``beta`` is a number >= 0 or a tensor of shape ``[groups]`` (one beta per group); the default 2
+    is the value the authors recommend.
 
     Stable form: with ``u = r - max(r)`` (so ``beta u <= 0``),
     ``log(exp(beta r_i)/mean exp(beta r)) = beta u_i - log1p(mean_j expm1(beta u_j))``, then
@@ -182,118 +315,6 @@ def rs_grpo_kernel(r: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return torch.where(beta > 0, risk_seeking, neutral)
 
 
-@_register("passk_chen")
-def passk_chen(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
-    """Pass@k training advantage of Chen et al. 2025 (arXiv 2508.10751), analytic form.
-
-    With ``c`` correct of ``N``: ``R = 1 - C(N-c,k)/C(N,k)``, ``sigma = sqrt(R(1-R))``;
-    correct: ``(1-R)/sigma``; wrong: ``(1 - R - C(N-c-1,k-1)/C(N-1,k-1))/sigma``; 0 where sigma = 0.
-    Equals the average, over the k-subsets containing a sample, of the subset-level GRPO advantage
-    (subset reward = max, population std). Binary rewards only.
-    """
-    r = _check_rewards(rewards)
-    _check_binary(r, "passk_chen")
-    n = r.shape[1]
-    k = _check_k(k, n, "passk_chen")
-    c = r.sum(dim=1, keepdim=True)
-    nn = torch.full_like(c, float(n))
-    big_r = 1.0 - _comb_ratio(nn - c, nn, k)
-    # R is exactly 0 (no correct sample) or 1 (fewer than k wrong) in the degenerate groups: no signal
-    informative = (c > 0) & (nn - c >= k)
-    sigma = torch.where(informative, torch.sqrt(torch.clamp(big_r * (1.0 - big_r), min=0.0)), torch.zeros_like(big_r))
-    all_wrong_given_wrong = _comb_ratio(nn - c - 1, nn - 1, k - 1)
-    numerator = torch.where(r == 1, 1.0 - big_r, 1.0 - big_r - all_wrong_given_wrong)
-    safe_sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
-    adv = torch.where(sigma > 0, numerator / safe_sigma, torch.zeros_like(numerator))
-    return _out(adv, rewards)
-
-
-@_register("passk_mahdavi")
-def passk_mahdavi(
-    rewards: torch.Tensor,
-    *,
-    k: int,
-    variant: str = "unbiased",
-    normalize: bool = False,
-    scale: str = "std",
-) -> torch.Tensor:
-    """Pass@K reweighting of Mahdavi et al. 2025: GRPO advantage times a per-sample weight.
-
-    The weight estimates ``d/dp [1-(1-p)^K] = K (1-p)^(K-1)``:
-
-    * ``variant="plugin"``: ``K (1 - c/N)^(K-1)`` with the group accuracy plugged in;
-    * ``variant="unbiased"``: the leave-one-out unbiased estimate from the other ``N-1`` samples,
-      ``K C(N-1-c_{-i}, K-1) / C(N-1, K-1)`` (``c_{-i}`` = correct among the others). For a correct
-      sample this is ``K C(N-c, K-1)/C(N-1, K-1)``, which vanishes above accuracy ``1-(K-1)/N`` as the
-      RS-GRPO paper describes. The exact variant Mahdavi et al. used is not published; see PAPER.md.
-
-    ``normalize=True`` rescales the weights so their mean over the whole batch is 1 (batch
-    renormalisation). ``scale`` is passed to the GRPO part. Binary rewards only.
-    """
-    r = _check_rewards(rewards, min_samples=2 if scale == "std" else 1)
-    _check_binary(r, "passk_mahdavi")
-    _choice(variant, ("plugin", "unbiased"), "variant", "passk_mahdavi")
-    if not isinstance(normalize, bool):
-        raise ValueError(f"passk_mahdavi: normalize must be true or false, got {normalize!r}")
-    n = r.shape[1]
-    k = _check_k(k, n, "passk_mahdavi")
-    base = grpo(r, scale=scale)
-    c = r.sum(dim=1, keepdim=True)
-    if variant == "plugin":
-        weight = (k * (1.0 - c / n) ** (k - 1)).expand_as(r)
-    else:
-        if n < 2:
-            raise ValueError("passk_mahdavi: variant='unbiased' needs at least 2 samples per group")
-        wrong_others = (n - 1) - (c - r)
-        weight = k * _comb_ratio(wrong_others, torch.full_like(r, float(n - 1)), k - 1)
-    if normalize:
-        mean_weight = weight.mean()
-        if mean_weight > 0:
-            weight = weight / mean_weight
-    return _out(base * weight, rewards)
-
-
-@_register("pkpo_walder")
-def pkpo_walder(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
-    """PKPO (Walder & Karkhanis 2025, arXiv 2505.15201) with the "k-1" baseline.
-
-    The unbiased pass@k gradient assigns sample ``i`` the reward
-    ``(1/C(N,k)) sum_{S containing i, |S|=k} [max g_S - max g_{S minus i}]`` (max of the empty set = 0).
-    With rewards sorted ascending ``g_(1) <= ... <= g_(N)`` this is
-    ``A_(i) = (1/C(N,k)) sum_{j<i} C(j-1, k-2) (g_(i) - g_(j))`` for k >= 2 and ``g_i/N`` for k = 1.
-    For binary rewards: correct ``C(N-c, k-1)/C(N,k)``, wrong 0. Never negative for k >= 2.
-    Continuous rewards allowed; ties give equal advantages.
-    """
-    r = _check_rewards(rewards)
-    n = r.shape[1]
-    k = _check_k(k, n, "pkpo_walder")
-    if k == 1:
-        return _out(r / n, rewards)
-    g, order = torch.sort(r, dim=1, stable=True)
-    rank = torch.arange(1, n + 1, dtype=torch.float64, device=r.device)  # 1-based sorted rank
-    # weight of a lower-ranked sample j: C(j-1, k-2) / C(N, k), zero when j-1 < k-2
-    valid = rank - 1 >= k - 2
-    log_w = _log_comb(torch.clamp(rank - 1, min=k - 2.0), torch.tensor(k - 2.0, dtype=torch.float64))
-    log_w = log_w - _log_comb(torch.tensor(float(n), dtype=torch.float64), torch.tensor(float(k), dtype=torch.float64))
-    w = torch.where(valid, torch.exp(log_w), torch.zeros_like(log_w))
-    # A_(i) = g_(i) * sum_{j<i} w_j - sum_{j<i} w_j g_(j): exclusive prefix sums
-    w_prefix = torch.cumsum(w, dim=0) - w
-    wg = w * g
-    wg_prefix = torch.cumsum(wg, dim=1) - wg
-    sorted_adv = g * w_prefix - wg_prefix
-    adv = torch.empty_like(sorted_adv).scatter_(1, order, sorted_adv)
-    return _out(adv, rewards)
-
-
-@_register("rloo")
-def rloo(rewards: torch.Tensor) -> torch.Tensor:
-    """REINFORCE leave-one-out (Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j``."""
-    r = _check_rewards(rewards, min_samples=2)
-    n = r.shape[1]
-    adv = (r - r.mean(dim=1, keepdim=True)) * (n / (n - 1))
-    return _out(adv, rewards)
-
-
 # ---------------------------------------------------------------------------------------------
 # public dispatch
 
@@ -303,6 +324,18 @@ def estimator_params(name: str) -> dict[str, object]:
     fn = _lookup(name)
     sig = inspect.signature(fn)
     return {p.name: p.default for p in list(sig.parameters.values())[1:]}
+
+
+def takes_beta(name: str) -> bool:
+    """Whether estimator ``name`` has a risk parameter ``beta`` (sweeps give it per cell, beta
+    schedules ramp it)."""
+    return "beta" in estimator_params(name)
+
+
+def default_params(name: str) -> dict[str, object]:
+    """The estimator's optional parameters with their defaults (the values a method gets when its
+    config gives none; rs_grpo's beta 2 is the paper's recommendation)."""
+    return {p: d for p, d in estimator_params(name).items() if d is not inspect.Parameter.empty}
 
 
 def _lookup(name: str):
@@ -330,7 +363,7 @@ def compute(name: str, rewards: torch.Tensor, **params) -> torch.Tensor:
 
 
 def binary_closed_form(beta: float, n: int, c: int) -> tuple[float, float]:
-    """RS-GRPO advantages ``(A+, A-)`` of a binary group with ``c`` of ``n`` correct (PAPER.md section 1).
+    """RS-GRPO advantages ``(A+, A-)`` of a binary group with ``c`` of ``n`` correct (arXiv 2509.24261).
 
     ``A+ = (1/beta)(e^beta / (1 + p(e^beta - 1)) - 1)``, ``A- = (1/beta)(1 / (1 + p(e^beta - 1)) - 1)``,
     ``p = c/n``; beta = 0 gives ``(1-p, -p)``. Used by the advantage figure and as a test oracle.

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rsgrpo.advantages import ESTIMATORS, binary_closed_form, compute
+from rsgrpo.advantages import (
+    ESTIMATORS, EXAMPLE_PARAMS, binary_closed_form, compute, default_params, estimator_params, register, takes_beta,
+)
 
 
 def binary_group(n, c):
@@ -267,8 +269,24 @@ def test_rloo_equals_leave_one_out_brute_force():
 # ------------------------------------------------------------------------------------- validation
 
 
-def test_registry_names():
-    assert set(ESTIMATORS) == {"grpo", "rs_grpo", "passk_chen", "passk_mahdavi", "pkpo_walder", "rloo"}
+def test_registry_order_is_the_papers_table_order():
+    # tables and figures order methods by registration: GRPO, the pass@k baselines, RS-GRPO last
+    names = list(ESTIMATORS)
+    assert names[0] == "grpo" and names[-1] == "rs_grpo"
+    assert names.index("pkpo_walder") < names.index("passk_mahdavi") < names.index("passk_chen")
+
+
+def test_register_refuses_a_duplicate_name():
+    with pytest.raises(ValueError, match="'grpo' is already registered"):
+        register("grpo")(lambda rewards: rewards)
+    assert ESTIMATORS["grpo"].__name__ == "grpo"
+
+
+def test_takes_beta_and_defaults_come_from_the_signature():
+    assert [n for n in ESTIMATORS if takes_beta(n)] == ["rs_grpo"]
+    assert default_params("rs_grpo") == {"beta": 2.0}
+    assert default_params("passk_chen") == {}  # k is required
+    assert "k" in estimator_params("passk_chen")
 
 
 @pytest.mark.parametrize(
@@ -300,10 +318,17 @@ def test_bad_input_raises_clear_value_error(name, rewards, params, message):
         compute(name, rewards, **params)
 
 
-def test_output_keeps_shape_and_dtype():
-    for name, params in [("grpo", {}), ("rs_grpo", {"beta": 2.0}), ("passk_chen", {"k": 2}),
-                         ("passk_mahdavi", {"k": 2}), ("pkpo_walder", {"k": 2}), ("rloo", {})]:
-        r = (torch.rand(3, 6) < 0.5).to(torch.float32)
-        out = compute(name, r, **params)
-        assert out.shape == r.shape and out.dtype == torch.float32, name
-        assert compute(name, r.to(torch.int64), **params).dtype == torch.float32
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_output_keeps_shape_and_dtype(name):
+    params = EXAMPLE_PARAMS[name]
+    r = (torch.rand(3, 6) < 0.5).to(torch.float32)
+    out = compute(name, r, **params)
+    assert out.shape == r.shape and out.dtype == torch.float32, name
+    assert compute(name, r.to(torch.int64), **params).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_groups_of_equal_rewards_carry_no_signal(name):
+    # what makes dynamic sampling (dropping such groups) lossless for every registered estimator
+    r = torch.tensor([[0.0] * 6, [1.0] * 6])
+    assert compute(name, r, **EXAMPLE_PARAMS[name]).abs().max().item() == 0.0
