@@ -19,7 +19,10 @@ the (gold, answer) dedup is worth by itself.
 Verdicts must be identical on every sample the plain loop graded (an AssertionError otherwise).
 The plain loop is stock math-verify in this process (the grader's fast parsing lives only in its
 worker processes; the script asserts this process's parser is untouched).
-Finally, the worst case for the cache: all-distinct answers, reported as items/s.
+Then the worst case for the cache: all-distinct answers, reported as items/s. Finally the parse
+speed of the workers' fast parser (rsgrpo.grading.fastparse._enable_fast_parsing) against the stock
+one on distinct strings (golds and answers of the sets above), each parsed once in a fresh process
+after the workers' warm-up: the ratio is printed by the run.
 
 Timings: wall clock (the headline ratio, on the machine as it is: the load average is printed next
 to each figure) and CPU seconds (this process plus the grading workers, from /proc), whose ratio
@@ -34,14 +37,17 @@ and warmed before and timed separately); a second, warm call is printed as such,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import subprocess
 import sys
 import time
 from fractions import Fraction
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from rsgrpo.grading import extract_answer, grade, grade_report  # noqa: E402
 
@@ -169,6 +175,32 @@ def _workers_cpu_seconds() -> dict[int, float]:
     return out
 
 
+# Run in a fresh process: parse every string of stdin once (the stock parser, or the workers' fast
+# parser when argv[1] == "fast") after the workers' warm-up; print wall and CPU seconds as JSON.
+_PARSE_TIMING_CODE = """
+import json, sys, time
+from rsgrpo.grading import fastparse
+if sys.argv[1] == "fast":
+    assert fastparse._enable_fast_parsing()
+fastparse._quiet_math_verify()
+fastparse._warm_up()
+strings = json.load(sys.stdin)
+wall, cpu = time.perf_counter(), time.process_time()
+for s in strings:
+    fastparse._parse(s)
+print(json.dumps([time.perf_counter() - wall, time.process_time() - cpu]))
+"""
+
+
+def parse_seconds(strings: list[str], mode: str) -> tuple[float, float]:
+    """(wall, CPU) seconds to parse ``strings`` once each in a fresh process, ``mode`` "stock" or
+    "fast" (this process keeps the stock parser)."""
+    out = subprocess.run([sys.executable, "-c", _PARSE_TIMING_CODE, mode], input=json.dumps(strings),
+                         text=True, capture_output=True, check=True, cwd=ROOT)
+    wall, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return wall, cpu
+
+
 class _CpuMeter:
     """Wall and CPU seconds of a block: this process plus the grading workers alive throughout."""
 
@@ -197,6 +229,8 @@ def main() -> int:
     ap.add_argument("--shuffled-subset", type=int, default=2000,
                     help="random samples graded by the plain loop in random order (extrapolated)")
     ap.add_argument("--distinct", type=int, default=2000, help="items of the all-distinct worst case")
+    ap.add_argument("--parse-strings", type=int, default=1000,
+                    help="distinct strings of the fast-vs-stock parse timing (0 = skip it)")
     ap.add_argument("--workers", type=int, default=None, help="grading processes (default: all cores)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -227,10 +261,11 @@ def main() -> int:
           f"{warm.wall:.2f} s, CPU {warm.total_cpu:.2f} s")
 
     # the plain loop is stock math-verify: the grader's fast parsing exists only in its workers
-    import rsgrpo.grading as grading
     from latex2sympy2_extended import latex2sympy2
 
-    assert not grading._FAST_PARSING_ENABLED and not hasattr(
+    import rsgrpo.grading.fastparse as fastparse
+
+    assert not fastparse._FAST_PARSING_ENABLED and not hasattr(
         latex2sympy2._Latex2Sympy.create_parser, "__wrapped__"), "the plain loop must use stock math-verify"
 
     # the plain loop runs in this process: warm its parser on another sample set first (untimed),
@@ -301,6 +336,20 @@ def main() -> int:
           f"{args.distinct / d_s:,.0f} items/s ours vs {args.distinct / d_plain_s:,.0f} items/s plain "
           f"(plain measured on {d_plain_n}); speed-up {d_plain_s / d_s:.1f}x; "
           f"ours CPU {d_meter.total_cpu:.2f} s; {_load()}")
+
+    # parse speed alone: the workers' fast parser vs the stock one, on distinct strings
+    if args.parse_strings > 0:
+        distinct = {answer for answer in map(extract_answer, completions + d_completions) if answer}
+        distinct.update(golds + d_golds)
+        strings = sorted(distinct)
+        random.Random(args.seed + 4).shuffle(strings)
+        strings = strings[: args.parse_strings]
+        stock_wall, stock_cpu = parse_seconds(strings, "stock")
+        fast_wall, fast_cpu = parse_seconds(strings, "fast")
+        print(f"parse speed on {len(strings)} distinct strings (each parsed once, fresh processes, "
+              f"after the warm-up): stock {stock_wall:.2f} s wall / {stock_cpu:.2f} s CPU, fast "
+              f"{fast_wall:.2f} s / {fast_cpu:.2f} s: fast parsing {stock_cpu / fast_cpu:.2f}x "
+              f"(CPU), {stock_wall / fast_wall:.2f}x (wall); {_load()}")
     return 0
 
 

@@ -18,8 +18,6 @@ import pytest
 from math_verify import LatexExtractionConfig, parse, verify
 
 from rsgrpo.grading import (
-    PARTIAL_FORMAT_CREDIT,
-    compute_rewards,
     extract_answer,
     extract_answer_with_source,
     grade,
@@ -189,17 +187,6 @@ def test_cache_counts_repeated_answers():
     assert report.n_unique_golds == 2
     assert report.verdicts == [True] * 5 + [False] + [True] * 3 + [False]
     assert report.status[5] == "no_answer"
-
-
-def test_compute_rewards_kinds():
-    golds = ["5", "5", "5", "5"]
-    completions = ["\\boxed{5}", "\\boxed{6}", "the answer is 6", "no idea"]
-    assert compute_rewards(golds, completions, workers=0) == [1.0, 0.0, 0.0, 0.0]
-    assert compute_rewards(golds, completions, kind="partial", workers=0) == [
-        1.0, PARTIAL_FORMAT_CREDIT, 0.0, 0.0,
-    ]
-    with pytest.raises(ValueError, match="allowed kinds: binary, partial"):
-        compute_rewards(golds, completions, kind="dense")
 
 
 def test_input_errors():
@@ -405,7 +392,7 @@ def _parse_keys(strings, *, fast: bool) -> dict:
 
         code = (
             "import json, sys\n"
-            "import rsgrpo.grading as g\n"
+            "import rsgrpo.grading.fastparse as g\n"
             "assert g._enable_fast_parsing()\n"
             "from tests.test_grading import _parse_keys\n"
             "keys = _parse_keys(json.load(sys.stdin), fast=False)\n"
@@ -417,7 +404,7 @@ def _parse_keys(strings, *, fast: bool) -> dict:
         return json.loads(out.stdout.strip().splitlines()[-1])
     from sympy import srepr
 
-    from rsgrpo.grading import _parse, _quiet_math_verify
+    from rsgrpo.grading.fastparse import _parse, _quiet_math_verify
 
     _quiet_math_verify()
     return {s: [[type(x).__name__, x if isinstance(x, str) else srepr(x)] for x in _parse(s)]
@@ -427,7 +414,7 @@ def _parse_keys(strings, *, fast: bool) -> dict:
 def test_fast_parsing_gives_the_stock_parse_on_a_corpus():
     from latex2sympy2_extended import latex2sympy2
 
-    import rsgrpo.grading as grading
+    import rsgrpo.grading.fastparse as fastparse
 
     corpus = _parse_corpus()
     assert len(corpus) > 300
@@ -441,7 +428,7 @@ def test_fast_parsing_gives_the_stock_parse_on_a_corpus():
     assert sum(1 for keys in stock.values() if keys and keys[0][0] not in ("Integer", "str")) > 100
     assert sum(1 for keys in stock.values() if not keys) >= 1
     # this process keeps the stock parser (only workers and the subprocess switch)
-    assert not grading._FAST_PARSING_ENABLED
+    assert not fastparse._FAST_PARSING_ENABLED
     assert not hasattr(latex2sympy2._Latex2Sympy.create_parser, "__wrapped__")
 
 
@@ -467,7 +454,7 @@ def test_fast_number_tokens_equal_sympy_number():
 
     code = (
         "import json, sys\n"
-        "import rsgrpo.grading as g\n"
+        "import rsgrpo.grading.fastparse as g\n"
         "assert g._enable_fast_parsing()\n"
         "from latex2sympy2_extended import latex2sympy2\n"
         "from tests.test_grading import _number_outcome\n"
@@ -505,21 +492,21 @@ def _number_outcome(converter, text):
 
 def require_fast_parsing_hook(gold: str, answer: str) -> None:
     """Worker hook: fail the item (verdict False) unless the worker parses with fast parsing."""
-    import rsgrpo.grading as grading
+    import rsgrpo.grading.fastparse as fastparse
 
-    if not grading._FAST_PARSING_ENABLED:
+    if not fastparse._FAST_PARSING_ENABLED:
         raise RuntimeError("fast parsing is off in this worker")
 
 
 def test_workers_parse_fast_and_the_caller_keeps_the_stock_parser():
     from latex2sympy2_extended import latex2sympy2
 
-    import rsgrpo.grading as grading
+    import rsgrpo.grading.fastparse as fastparse
 
     report = grade_report(["\\frac{1}{2}", "3"], ["\\boxed{0.5}", "\\boxed{4}"], workers=1,
                           item_hook=require_fast_parsing_hook, keep_workers=False)
     assert report.verdicts == [True, False] and report.status == ["ok", "ok"]
-    assert not grading._FAST_PARSING_ENABLED
+    assert not fastparse._FAST_PARSING_ENABLED
     assert not hasattr(latex2sympy2._Latex2Sympy.create_parser, "__wrapped__")
 
 
@@ -555,7 +542,7 @@ def test_a_hang_inside_a_batch_is_killed_and_only_it_fails():
 
 
 def test_progress_value_round_trip():
-    from rsgrpo.grading import _pack_progress, _unpack_progress
+    from rsgrpo.grading.worker import _pack_progress, _unpack_progress
 
     for now in (0.0, 12.3456, 4_294_967.295, 4_294_967.296, 10**6 + 0.5, 7 * 4_294_967.296 + 1.25):
         for step in (0, 1, 17, 2**31 - 1):
@@ -568,7 +555,12 @@ def test_progress_value_round_trip():
 def test_last_box_fast_path_equals_the_all_boxes_reference():
     import random
 
-    from rsgrpo.grading import _box_argument, _boxed_answer, _boxed_answer_all_boxes, _close_of_brace
+    from rsgrpo.grading.extract import (
+        _box_argument,
+        _boxed_answer,
+        _boxed_answer_all_boxes,
+        _close_of_brace,
+    )
 
     rng = random.Random(3)
     atoms = ["\\boxed", "\\fbox", "\\boxedtext", "{", "}", "\\", "\\\\", "\\{", "\\}", " ", "\t",

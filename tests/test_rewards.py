@@ -1,0 +1,67 @@
+"""The reward registry: the math-verify rewards, registration rules, and the checks of compute."""
+
+import pytest
+
+from rsgrpo import rewards
+from rsgrpo.rewards import PARTIAL_FORMAT_CREDIT, REWARDS, compute, register, reward_settings
+
+GOLDS = ["5", "5", "5", "5"]
+COMPLETIONS = ["\\boxed{5}", "\\boxed{6}", "the answer is 6", "no idea"]
+
+
+def inputs(completions=COMPLETIONS, answers=GOLDS):
+    records = [{"id": str(i), "problem": "p", "answer": a} for i, a in enumerate(answers)]
+    return dict(completions=completions, answers=answers, problems=["p"] * len(answers), records=records)
+
+
+def test_math_verify_rewards():
+    assert compute("binary", **inputs(), settings={"workers": 0}) == [1.0, 0.0, 0.0, 0.0]
+    assert compute("partial", **inputs(), settings={"workers": 0}) == [1.0, PARTIAL_FORMAT_CREDIT, 0.0, 0.0]
+    assert list(REWARDS)[:2] == ["binary", "partial"]
+    assert reward_settings("binary") == {"workers": None, "timeout": 5.0}
+
+
+@register("test_rewards_problem_length")
+def problem_length(*, completions, answers, problems, records):
+    # uses a record field beyond the standard ones: the dataset's own column reaches the reward
+    return [float(len(r["extra"])) for r in records]
+
+
+def test_a_registered_reward_sees_every_record_field_and_no_settings():
+    args = inputs(completions=["a", "b"], answers=["1", "2"])
+    for record, extra in zip(args["records"], ["xy", "xyz"]):
+        record["extra"] = extra
+    # grading settings are offered but this reward declares none, so it never receives them
+    assert compute("test_rewards_problem_length", **args, settings={"workers": 0, "timeout": 1.0}) == [2.0, 3.0]
+
+
+def test_register_refuses_duplicates_and_bad_signatures():
+    with pytest.raises(ValueError, match="'binary' is already registered"):
+        register("binary")(problem_length)
+    with pytest.raises(ValueError, match="keyword-only"):
+        register("test_rewards_positional")(lambda completions, answers, problems, records: [])
+    with pytest.raises(ValueError, match="missing \\['records'\\]"):
+        register("test_rewards_no_records")(lambda *, completions, answers, problems: [])
+    assert "test_rewards_positional" not in REWARDS and "test_rewards_no_records" not in REWARDS
+
+
+@register("test_rewards_broken")
+def broken(*, completions, answers, problems, records):
+    return [float("nan")] + [0.0] * (len(completions) - 1)
+
+
+@register("test_rewards_short")
+def short(*, completions, answers, problems, records):
+    return [1.0]
+
+
+def test_compute_checks_what_a_reward_returns():
+    with pytest.raises(ValueError, match="unknown reward 'dense'; registered rewards: \\['binary'"):
+        compute("dense", **inputs())
+    with pytest.raises(ValueError, match="returned nan for completion 0"):
+        compute("test_rewards_broken", **inputs())
+    with pytest.raises(ValueError, match="returned 1 values for 4 completions"):
+        compute("test_rewards_short", **inputs())
+    with pytest.raises(ValueError, match="3 answers for 4 completions"):
+        compute("binary", **{**inputs(), "answers": GOLDS[:3]})
+    assert rewards.REWARD_INPUTS == ("completions", "answers", "problems", "records")
