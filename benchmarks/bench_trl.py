@@ -28,7 +28,7 @@ What both sides do per step (made as equal as the two libraries allow):
   (``min_new_tokens = max_new_tokens``; TRL through ``generation_kwargs``, ours by an engine
   subclass that passes the same option to ``generate``), so both sides generate, score and train
   on the same number of tokens whatever the sampled text;
-* reward: ``rsgrpo.grading.compute_rewards(kind="binary", workers=0)`` (math-verify, in-process)
+* reward: ``rsgrpo.rewards`` ``binary`` with ``workers=0`` (math-verify, in-process)
   on both sides;
 * advantages: group-normalised GRPO (ours: ``grpo`` with ``scale="std"``; TRL: ``scale_rewards=
   "group"``); no dynamic sampling (every group is trained on, as TRL does);
@@ -157,7 +157,7 @@ def worker_trl(spec: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from rsgrpo.data import build_prompt, load_records
-    from rsgrpo.grading import compute_rewards
+    from rsgrpo import rewards
     from rsgrpo.models import load_policy
     from rsgrpo.rollout import encode_prompts
 
@@ -175,7 +175,9 @@ def worker_trl(spec: dict) -> dict:
 
     def reward_fn(prompts, completions, answer, **kwargs):
         t0 = time.perf_counter()
-        out = compute_rewards(list(answer), list(completions), kind="binary", workers=0)
+        n = len(completions)
+        out = rewards.compute("binary", completions=list(completions), answers=list(answer), problems=[""] * n,
+                              records=[{}] * n, settings={"workers": 0})
         timers["reward"] += time.perf_counter() - t0
         return out
 

@@ -16,7 +16,8 @@ get the full weights out of a ZeRO-3 partition) lives here.
   name in full shape: a checkpoint written by N ranks at any ZeRO stage resumes on M ranks at any
   stage (DeepSpeed's own checkpoints are partitioned per rank and unpickle arbitrary objects).
 * :func:`launch_command` -- the ``torch.distributed.run`` command line for ``--nproc N`` (one node)
-  or a SLURM multi-node job (rendezvous on the job's first node, one launcher per node via srun).
+  or a SLURM multi-node job (rendezvous on the job's first node, one launcher per node via srun);
+  :func:`needs_relaunch` / :func:`relaunch_verb` -- a verb starting itself again as its ranks.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import torch
 
 __all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduce", "all_gather_json", "barrier",
            "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state",
-           "launch_command", "relaunch", "slurm_job_nodes", "under_launcher", "RENDEZVOUS_PORT"]
+           "launch_command", "relaunch", "relaunch_verb", "needs_relaunch", "check_rank_split",
+           "slurm_job_nodes", "under_launcher", "RENDEZVOUS_PORT"]
 
 log = logging.getLogger("rsgrpo.distributed")
 
@@ -428,3 +430,39 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(cmd, env=env, preexec_fn=die_with_parent)
+
+
+def needs_relaunch(nproc: int, env: Mapping[str, str] | None = None) -> bool:
+    """True when a verb asked for ``nproc`` ranks per node (or running in a SLURM job of several
+    nodes) is not yet one of those ranks, i.e. must start them."""
+    return (nproc > 1 or slurm_job_nodes(env) > 1) and not under_launcher(env)
+
+
+def check_rank_split(prompts_per_step: int, ranks: int) -> None:
+    """Each rank takes an equal block of every step's prompts: refuse a batch that does not divide
+    (checked by the launcher before it starts ranks, and by every rank)."""
+    if prompts_per_step % ranks:
+        raise ValueError(f"key 'prompts_per_step': {prompts_per_step} prompts cannot be split evenly "
+                         f"over {ranks} ranks; use a multiple of the rank count")
+
+
+def _argv_without(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` and ``flag=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
+def relaunch_verb(verb: str, nproc: int, argv: Sequence[str] | None = None) -> int:
+    """Run this process's command line (``python -m rsgrpo <verb> ...``, default ``sys.argv``) again
+    as ``nproc`` ranks per node, without its ``--nproc``; return the launch's exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] != verb:  # called as `python -m rsgrpo <verb> ...`: argv[0] is the verb
+        argv = [verb, *argv]
+    return relaunch(nproc, _argv_without(argv, "--nproc"))

@@ -1,9 +1,10 @@
 """Configuration of ``python -m rsgrpo train``: one flat, documented dataclass loaded from YAML.
 
 Why flat: YAML keys map 1:1 to fields, ``--set key=value`` overrides work without a path syntax,
-and the config hash that guards resume covers every field. Defaults follow PAPER.md section 6 (the
-DeepMath-Zero recipe of the same family: lr 1e-6, weight decay 0.1, grad clip 1.0, 512 prompts x 16
-samples, temperature 1.0, clip 0.2/0.28, token-mean loss, no KL, dynamic sampling) and the paper's
+and the config hash that guards resume covers every field. The paper (arXiv 2509.24261) trained
+with verl and does not publish its full recipe; the defaults follow a public recipe of the same
+family (DeepMath-Zero: lr 1e-6, weight decay 0.1, grad clip 1.0, 512 prompts x 16 samples,
+temperature 1.0, clip 0.2/0.28, token-mean loss, no KL, dynamic sampling) and the paper's
 recommended RS-GRPO beta = 2. Values the paper does not publish are marked UNKNOWN next to the field.
 
 Every problem found while loading raises ``ValueError`` naming the file, the key and the value.
@@ -45,8 +46,8 @@ class TrainConfig:
     prompt_template: str = _f("chat", "prompt template of rsgrpo.data.build_prompt: chat | plain", kind="str")
     # --- objective ------------------------------------------------------------------------------
     method: str = _f("rs_grpo", "advantage estimator, a name in rsgrpo.advantages.ESTIMATORS", kind="str")
-    method_params: dict | None = _f(None, "keyword parameters of the estimator; null = its paper default (rs_grpo: {beta: 2.0}; others: {})", kind="dict?")
-    beta_schedule: str = _f("constant", "rs_grpo beta over training: constant (method_params.beta) | linear | cosine (beta_start -> beta_end)", kind="str")
+    method_params: dict | None = _f(None, "keyword parameters of the estimator; null = its defaults (rs_grpo: {beta: 2.0}, the paper's recommendation)", kind="dict?")
+    beta_schedule: str = _f("constant", "beta over training (estimators that take one): constant (method_params.beta) | linear | cosine (beta_start -> beta_end)", kind="str")
     beta_start: float | None = _f(None, "first-step beta of a linear/cosine schedule", kind="float?")
     beta_end: float | None = _f(None, "beta reached at the end of the ramp of a linear/cosine schedule", kind="float?")
     beta_ramp_steps: int = _f(0, "length of the beta ramp in steps (0 = the whole run); beta stays at beta_end afterwards", kind="int")
@@ -54,7 +55,7 @@ class TrainConfig:
     clip_high: float = _f(0.28, "PPO ratio clip above: ratio <= 1 + clip_high (clip-higher)", kind="float")
     kl_coef: float = _f(0.0, "weight of the k3 KL estimate to the frozen initial policy; 0 = off (the reference model is then never loaded)", kind="float")
     dynamic_sampling: bool = _f(True, "drop groups whose rewards are all equal (zero advantage) before the update", kind="bool")
-    reward_kind: str = _f("binary", "rsgrpo.grading.compute_rewards kind: binary (paper) | partial (0.1 for a wrong boxed answer)", kind="str")
+    reward_kind: str = _f("binary", "reward, a name in rsgrpo.rewards.REWARDS: binary (math-verify, the paper's) | partial (0.1 for a wrong boxed answer) | any registered reward", kind="str")
     # --- rollouts -------------------------------------------------------------------------------
     steps: int = _f(100, "number of RL steps (one rollout batch + update each); UNKNOWN in the paper", kind="int")
     prompts_per_step: int = _f(512, "prompts (groups) per step", kind="int")
@@ -100,7 +101,6 @@ NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "tensorboar
 _CHOICES = {
     "prompt_template": ("chat", "plain"),
     "beta_schedule": ("constant", "linear", "cosine"),
-    "reward_kind": ("binary", "partial"),
     "engine": ("auto", "hf", "vllm"),
     "dtype": ("float32", "bfloat16"),
 }
@@ -156,7 +156,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     """
     import torch
 
-    from . import advantages
+    from . import advantages, rewards
 
     for fld in dataclasses.fields(cfg):
         setattr(cfg, fld.name, _coerce(source, fld.name, getattr(cfg, fld.name), fld.metadata["kind"]))
@@ -198,19 +198,23 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     if isinstance(cfg.train_data, dict):
         need("train_data", "source" in cfg.train_data, "a data spec mapping needs a 'source' key")
 
+    if cfg.reward_kind not in rewards.REWARDS:
+        raise _err(source, "reward_kind", cfg.reward_kind, f"unknown reward; registered: {sorted(rewards.REWARDS)}")
     if cfg.method not in advantages.ESTIMATORS:
         raise _err(source, "method", cfg.method, f"unknown advantage estimator; allowed: {sorted(advantages.ESTIMATORS)}")
     accepted = advantages.estimator_params(cfg.method)
+    takes_beta = advantages.takes_beta(cfg.method)
     if cfg.method_params is None:
-        paper_default = cfg.method == "rs_grpo" and cfg.beta_schedule == "constant"
-        cfg.method_params = {"beta": 2.0} if paper_default else {}
+        # a constant beta is written into the params (so the config hash names the beta trained with)
+        default_beta = takes_beta and cfg.beta_schedule == "constant"
+        cfg.method_params = {"beta": advantages.default_params(cfg.method)["beta"]} if default_beta else {}
     params = dict(cfg.method_params)
     for k in params:
         if k not in accepted:
             raise _err(source, f"method_params.{k}", params[k],
                        f"not a parameter of method {cfg.method!r}; allowed: {sorted(accepted)}")
     if cfg.beta_schedule != "constant":
-        if "beta" not in accepted:
+        if not takes_beta:
             raise _err(source, "beta_schedule", cfg.beta_schedule,
                        f"a beta schedule needs a method with a beta parameter; {cfg.method!r} has none")
         for key in ("beta_start", "beta_end"):
@@ -304,18 +308,18 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def beta_at(cfg: TrainConfig, step: int) -> float | None:
-    """The rs_grpo beta used at 0-based ``step`` (None when the method has no beta).
+    """The beta used at 0-based ``step`` (None when the method's estimator has no beta).
 
     linear: ``start + (end - start) * t``; cosine: ``start + (end - start) * (1 - cos(pi t)) / 2``,
     with ``t = min(step, R - 1) / (R - 1)`` and ``R`` = beta_ramp_steps (0 = steps); ``R = 1`` gives end.
     """
     if cfg.beta_schedule == "constant":
-        b = (cfg.method_params or {}).get("beta")
-        if b is None and cfg.method == "rs_grpo":
+        beta = (cfg.method_params or {}).get("beta")
+        if beta is None:
             from . import advantages
 
-            b = advantages.estimator_params("rs_grpo")["beta"]
-        return None if b is None else float(b)
+            beta = advantages.default_params(cfg.method).get("beta")
+        return None if beta is None else float(beta)
     ramp = cfg.beta_ramp_steps or cfg.steps
     t = 1.0 if ramp <= 1 else min(step, ramp - 1) / (ramp - 1)
     if cfg.beta_schedule == "cosine":
@@ -339,7 +343,7 @@ def defaults_yaml() -> str:
 
     lines = ["# Defaults of `python -m rsgrpo train` (rsgrpo/trainconfig.py:TrainConfig).",
              "# Generated by `python -m rsgrpo.trainconfig > config/train_defaults.yaml`; every key maps",
-             "# 1:1 to a TrainConfig field. Defaults follow PAPER.md section 6; UNKNOWN = not published.", ""]
+             "# 1:1 to a TrainConfig field. UNKNOWN = not published in the paper (arXiv 2509.24261).", ""]
     for fld in dataclasses.fields(TrainConfig):
         value = getattr(TrainConfig(), fld.name)
         dumped = yaml.safe_dump({fld.name: value}, default_flow_style=True, width=10**6).strip()

@@ -67,6 +67,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rsgrpo import rewards  # noqa: E402
+
 
 def split_problems(levels: list[int], eval_n: int, train_n: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Held-out and training records, disjoint by problem text.
@@ -107,6 +109,14 @@ def strict_correct(text: str, gold: str) -> bool:
     return bool(found) and int(found[-1]) == int(gold)
 
 
+@rewards.register("binary_and_strict")
+def binary_and_strict(*, completions, answers, problems, records):
+    """Reward of ``--reward both``: math-verify AND the number itself written last."""
+    verdicts = rewards.compute("binary", completions=completions, answers=answers, problems=problems,
+                               records=records, settings={"workers": 0})
+    return [float(bool(v) and strict_correct(t, g)) for v, t, g in zip(verdicts, completions, answers)]
+
+
 def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: float, top_p: float,
              max_new_tokens: int, seed: int, batch_size: int, dump: Path) -> tuple[list[int], list[int], list[int]]:
     """Correct-sample counts per problem (``samples`` completions each): by math-verify
@@ -116,7 +126,6 @@ def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: 
     Problem ``i`` samples with the per-problem seed ``(seed, i)``, so two evaluations of different
     checkpoints draw the same random numbers for the same problem."""
     from rsgrpo.data import build_prompt
-    from rsgrpo.grading import compute_rewards
     from rsgrpo.models import load_policy
     from rsgrpo.rollout import SamplingParams, make_engine, row_seed
 
@@ -128,7 +137,8 @@ def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: 
     engine.close()
     texts = [c.text for group in comps for c in group]
     golds = [str(r["answer"]) for r in records for _ in range(samples)]
-    mv = compute_rewards(golds, texts, kind="binary", workers=0)
+    mv = rewards.compute("binary", completions=texts, answers=golds, problems=[""] * len(texts),
+                         records=[{}] * len(texts), settings={"workers": 0})
     st = [strict_correct(t, g) for t, g in zip(texts, golds)]
     with open(dump, "w") as fh:
         for k, (t, g, a, b) in enumerate(zip(texts, golds, mv, st)):
@@ -214,19 +224,12 @@ def main(argv=None) -> int:
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
         "lr": args.lr, "method": "rs_grpo", "method_params": {"beta": args.beta}, "engine": "hf",
         "micro_batch_size": 16, "checkpoint_every": 0, "keep_last": 1, "run_dir": str(run_dir),
-        "grading_workers": 0, "seed": 0,
+        "grading_workers": 0, "seed": 0, "reward_kind": "binary_and_strict" if args.reward == "both" else "binary",
     }, "learning_smollm2")
     t1 = time.time()
     # A run dir holding the finished run of the SAME config (the trainer checks the config and
     # data hashes) is resumed at its last step, i.e. reused without training again.
-    reward_fn = None
-    if args.reward == "both":
-        from rsgrpo.grading import compute_rewards
-
-        def reward_fn(golds, texts):  # math-verify AND the number itself written last
-            mv = compute_rewards(golds, texts, kind="binary", workers=0)
-            return [float(bool(a) and strict_correct(t, g)) for a, t, g in zip(mv, texts, golds)]
-    manifest = Trainer(cfg, reward_fn=reward_fn).run()
+    manifest = Trainer(cfg).run()
     train_s = time.time() - t1
 
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from rsgrpo import checkpoint as ckpt  # noqa: E402
+from rsgrpo.rewards import register  # noqa: E402
 from rsgrpo.train import Trainer  # noqa: E402
 from rsgrpo.trainconfig import from_dict  # noqa: E402
 
@@ -79,12 +80,17 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):
 RECORDS = [{"id": f"r{i}", "problem": f"{i}", "answer": "1"} for i in range(4)]
 
 
+@register("test_checkpoint_odd_length")
+def odd_length(*, completions, answers, problems, records):
+    return [float(len(t) % 2) for t in completions]
+
+
 def _trainer(model_dir, run_dir, **over):
     cfg = dict(model_dir=str(model_dir), steps=4, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=5,
-               lr=1e-3, engine="hf", progress=False, checkpoint_every=2, keep_last=0)
+               lr=1e-3, engine="hf", progress=False, checkpoint_every=2, keep_last=0,
+               reward_kind="test_checkpoint_odd_length")
     cfg.update(over)
-    return Trainer(from_dict(cfg), run_dir, records=RECORDS, prompt_fn=lambda p: f"Q{p}:",
-                   reward_fn=lambda golds, texts: [float(len(t) % 2) for t in texts])
+    return Trainer(from_dict(cfg), run_dir, records=RECORDS, prompt_fn=lambda p: f"Q{p}:")
 
 
 def test_incomplete_checkpoints_are_ignored_and_cleaned(tiny_model_dir, tmp_path):

@@ -1,8 +1,8 @@
 """Running the real ``train`` verb in a subprocess, for the resume and multi-rank tests.
 
-The entry point is a wrapper of ``rsgrpo.cli.main`` with grading replaced by a deterministic reward
-a random tiny model actually earns (a digit in the completion), so updates are non-trivial (the real
-math grader would give a random model reward 0 everywhere). Two test hooks, read from the
+The entry point is a wrapper of ``rsgrpo.cli.main`` that registers a deterministic reward a random
+tiny model actually earns (``has_digit``: a digit in the completion), so updates are non-trivial (the
+real math grader would give a random model reward 0 everywhere). Two test hooks, read from the
 environment by every rank: ``RSGRPO_TEST_STEP_SLEEP`` (seconds added to each step, to give a kill
 a wide window) and ``RSGRPO_TEST_FAIL`` (``rank:step``: that rank raises at that 0-based step).
 """
@@ -25,13 +25,13 @@ import os
 import sys
 import time
 
-import rsgrpo.grading as grading
 import rsgrpo.train as train
+from rsgrpo.rewards import register
 
-def compute_rewards(golds, completions, **kwargs):
+@register("has_digit")
+def has_digit(*, completions, answers, problems, records):
     return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
 
-grading.compute_rewards = compute_rewards
 _step = train.Trainer.train_step
 _sleep = float(os.environ.get("RSGRPO_TEST_STEP_SLEEP", "0"))
 _fail = os.environ.get("RSGRPO_TEST_FAIL")
@@ -57,7 +57,7 @@ def write_run_inputs(tmp_path: Path, model_dir: Path, **overrides) -> tuple[Path
                             + "\n" for i in range(6)))
     settings = dict(model_dir=str(model_dir), train_data=str(data), steps=6, prompts_per_step=2,
                     samples_per_prompt=4, max_new_tokens=8, lr=1.0e-3, engine="hf", micro_batch_size=3,
-                    checkpoint_every=2, keep_last=2, progress=False, ppo_epochs=2, seed=5)
+                    checkpoint_every=2, keep_last=2, progress=False, ppo_epochs=2, seed=5, reward_kind="has_digit")
     settings.update(overrides)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
