@@ -1,17 +1,12 @@
 """``python -m rsgrpo aggregate``: the paper's Table 2 from our results, with bootstrap CIs, the paired
 RS-GRPO - GRPO differences, and a side-by-side comparison with the published numbers.
 
-Inputs (written by the workflow):
-
-* ``cells.csv`` -- one row per evaluated cell: ``cell, model, model_name, train_set, method, estimator,
-  beta, label, published_method, published_model, passk, graded, metrics, step_evals``. A *setting*
-  is ``<display model>/<train_set>``, the display model being the first non-empty ``published_model``
-  among the model's cells, else its ``model_name`` (so it matches ``table2_published.csv``). A cell
-  with an empty ``train_set`` (the base model) belongs to every setting of its model and is the Base
-  row of each. Relative paths are taken as given, else relative to the folder of ``cells.csv``.
-* ``benchmarks.csv`` -- ``benchmark, published_name, n, ks``.
-* per cell, the final checkpoint's ``graded.parquet`` (``benchmark, problem_id, sample_idx, correct``)
-  and ``passk.csv``.
+Inputs: the results index ``cells.csv`` + ``benchmarks.csv`` (format and reader:
+:mod:`rsgrpo.cell_index`) and, per cell, the final checkpoint's ``graded.parquet`` (``benchmark,
+problem_id, sample_idx, correct``) and ``passk.csv``. Methods are known by their ``estimator``
+(registry name, :data:`rsgrpo.advantages.ESTIMATORS`), never by their config key: rows follow the
+registry order (Base first), and RS-GRPO - GRPO pairs every estimator-``rs_grpo`` cell with every
+estimator-``grpo`` cell of a setting.
 
 Every number is recomputed from the per-problem correct counts of ``graded.parquet`` with the
 unbiased estimator (:func:`rsgrpo.passk.pass_at_k`); ``passk.csv`` is only cross-checked (pass@1 must
@@ -41,129 +36,28 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from rsgrpo.cell_index import (
+    GRPO_ESTIMATOR, RS_GRPO_ESTIMATOR, CellIndex, Counts, load_index, read_passk,
+)
 from rsgrpo.io import atomic_path
-from rsgrpo.passk import Interval, bootstrap_ci, paired_difference, pass_at_k, powers_of_two
+from rsgrpo.layout import AGGREGATE_TABLES
+from rsgrpo.passk import Interval, bootstrap_ci, paired_difference
 
 __all__ = [
-    "CELL_COLUMNS", "BENCHMARK_COLUMNS", "GRADED_COLUMNS", "PASSK_COLUMNS", "METRICS_COLUMNS",
-    "TABLE_K", "AVG", "Counts", "Grid", "read_table", "load_grid", "load_published_table", "load_counts",
-    "read_passk", "read_metrics", "parse_step_evals", "table_k", "stratified_bootstrap",
+    "TABLE_K", "AVG", "load_published_table", "table_k", "stratified_bootstrap",
     "build_table2", "build_rsgrpo_vs_grpo", "build_published_comparison", "aggregate",
 ]
 
-CELL_COLUMNS = ["cell", "model", "model_name", "train_set", "method", "estimator", "beta", "label",
-                "published_method", "published_model", "passk", "graded", "metrics", "step_evals"]
-BENCHMARK_COLUMNS = ["benchmark", "published_name", "n", "ks"]
-GRADED_COLUMNS = ["benchmark", "problem_id", "sample_idx", "correct"]
-PASSK_COLUMNS = ["benchmark", "k", "pass_at_k", "ci_low", "ci_high", "n_problems", "n_samples"]
-METRICS_COLUMNS = ["step", "beta", "reward_mean", "solved_frac", "cumulative_solve_rate", "entropy",
-                   "response_len_mean"]
 TABLE_K = 32  # the paper's Table 2 reports pass@1 and pass@32
 AVG = "AVG"
 PUBLISHED_RESOURCE = "reference/table2_published.csv"
-# row order inside a setting: the paper's order (Base, GRPO, baselines, RS-GRPO), unknown keys before RS-GRPO
-METHOD_ORDER = {"base": 0, "grpo": 1, "walder": 2, "mahdavi": 3, "chen": 4, "rs_grpo": 9}
-
-
-# ----------------------------------------------------------------------------------------- reading
-def read_table(path: str | Path, what: str, required: Sequence[str], **kwargs) -> pd.DataFrame:
-    """Read a CSV or parquet; ValueError naming the file (and columns) when missing, incomplete, empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file {str(path)!r} does not exist")
-    if path.suffix == ".parquet":
-        # read only the needed columns: graded files carry every completion's full text
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-        missing = [c for c in required if c not in names]
-        if missing:
-            raise ValueError(f"{what} file {str(path)!r} lacks column(s) {missing}; it has {names}")
-        df = pd.read_parquet(path, columns=list(required))
-    else:
-        df = pd.read_csv(path, **kwargs)
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} file {str(path)!r} lacks column(s) {missing}; it has {list(df.columns)}")
-    if df.empty:
-        raise ValueError(f"{what} file {str(path)!r} holds no rows")
-    return df
-
-
-def _text_table(path: str | Path, what: str, required: Sequence[str]) -> pd.DataFrame:
-    """A CSV of strings where an empty field is "" (not NaN), so "empty" keeps its meaning."""
-    df = read_table(path, what, required, dtype=str, keep_default_na=False)
-    return df.apply(lambda col: col.str.strip())
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Per-problem sample and correct counts of one cell on one benchmark, sorted by problem id."""
-
-    problem_ids: np.ndarray
-    n: np.ndarray
-    c: np.ndarray
-
-    def per_problem(self, k: int) -> np.ndarray:
-        """Unbiased pass@k of each problem."""
-        return pass_at_k(self.n, self.c, k)
-
-    @property
-    def accuracy(self) -> np.ndarray:
-        return self.c / self.n
-
-
-def load_counts(path: str | Path) -> dict[str, Counts]:
-    """``graded.parquet`` -> ``{benchmark: Counts}``."""
-    df = read_table(path, "graded", GRADED_COLUMNS)
-    if df["correct"].isna().any():
-        raise ValueError(f"graded file {str(path)!r}: column 'correct' has missing values")
-    df = df.assign(problem_id=df["problem_id"].astype(str), benchmark=df["benchmark"].astype(str),
-                   correct=df["correct"].astype(bool))
-    out = {}
-    for bench, g in df.groupby("benchmark", sort=False):
-        agg = g.groupby("problem_id", sort=True)["correct"].agg(["size", "sum"])
-        out[str(bench)] = Counts(agg.index.to_numpy(dtype=str), agg["size"].to_numpy(np.int64),
-                                 agg["sum"].to_numpy(np.int64))
-    return out
-
-
-def read_passk(path: str | Path) -> pd.DataFrame:
-    df = read_table(path, "passk", PASSK_COLUMNS)
-    return df.assign(benchmark=df["benchmark"].astype(str), k=df["k"].astype(int))
-
-
-def read_metrics(path: str | Path) -> pd.DataFrame:
-    df = read_table(path, "metrics", METRICS_COLUMNS)
-    return df.sort_values("step", kind="stable").reset_index(drop=True)
-
-
-def parse_step_evals(spec: str, base_dir: Path, *, where: str) -> list[tuple[int, Path]]:
-    """``"50:dir;100:dir"`` -> ``[(50, dir), (100, dir)]`` sorted by step."""
-    out = []
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        step, sep, folder = part.partition(":")
-        if not sep or not step.strip().isdigit() or not folder.strip():
-            raise ValueError(f"{where}: column 'step_evals' entry {part!r} is not 'step:dir'")
-        out.append((int(step), _resolve(folder.strip(), base_dir)))
-    return sorted(out)
-
-
-def _resolve(path: str, base_dir: Path) -> Path:
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    alt = base_dir / p
-    return alt if alt.exists() else p
 
 
 def load_published_table() -> pd.DataFrame:
@@ -172,135 +66,6 @@ def load_published_table() -> pd.DataFrame:
     with importlib.resources.as_file(ref) as path:
         df = pd.read_csv(path)
     return df.set_index(["setting", "method"])
-
-
-# ------------------------------------------------------------------------------------------ grid
-@dataclass
-class Grid:
-    """The validated ``cells.csv`` + ``benchmarks.csv``.
-
-    ``cells``: one row per cell (paths resolved, ``beta`` float or NaN). ``memberships``: one row per
-    (setting, cell), the base model repeated in each setting of its model, in display order.
-    ``benchmarks``: with ``ks`` parsed to a list of ints (empty = powers of two up to n).
-    """
-
-    cells: pd.DataFrame
-    memberships: pd.DataFrame
-    benchmarks: pd.DataFrame
-    cells_path: Path
-    benchmarks_path: Path
-    _counts: dict | None = None
-
-    def counts(self, cell: str) -> dict[str, Counts]:
-        """Per-problem counts of a cell's final checkpoint (read once, cached)."""
-        if self._counts is None:
-            self._counts = {}
-        if cell not in self._counts:
-            row = self.cells.loc[cell]
-            counts = load_counts(row["graded"])
-            missing = [b for b in self.benchmarks["benchmark"] if b not in counts]
-            if missing:
-                raise ValueError(f"graded file {str(row['graded'])!r} (cells file {str(self.cells_path)!r}, "
-                                 f"column 'graded', cell {cell!r}) has no rows for benchmark(s) {missing}; "
-                                 f"it has {sorted(counts)}")
-            self._counts[cell] = counts
-        return self._counts[cell]
-
-    def benchmark_name(self, bench: str) -> str:
-        name = self.benchmarks.set_index("benchmark").loc[bench, "published_name"]
-        return name or bench
-
-    def ks_for(self, bench: str, n: int) -> list[int]:
-        ks = self.benchmarks.set_index("benchmark").loc[bench, "ks"]
-        ks = [k for k in ks if k <= n] if ks else powers_of_two(n)
-        if not ks:
-            raise ValueError(f"benchmarks file {str(self.benchmarks_path)!r}: column 'ks' of {bench!r} has no "
-                             f"k <= {n}, the samples per problem")
-        return ks
-
-
-def _parse_beta(value: str, where: str) -> float:
-    if value == "":
-        return math.nan
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{where}: column 'beta' must be a number or empty, got {value!r}") from None
-
-
-def _parse_ks(value: str, where: str) -> list[int]:
-    parts = [p.strip() for p in value.split(";") if p.strip()]
-    if not all(p.isdigit() and int(p) >= 1 for p in parts):
-        raise ValueError(f"{where}: column 'ks' must be ';'-separated positive integers, got {value!r}")
-    return sorted({int(p) for p in parts})
-
-
-def load_grid(cells_path: str | Path, benchmarks_path: str | Path) -> Grid:
-    """Read and validate ``cells.csv`` and ``benchmarks.csv``; ValueError names file, column and row."""
-    cells_path, benchmarks_path = Path(cells_path), Path(benchmarks_path)
-    base_dir = cells_path.parent
-    cells = _text_table(cells_path, "cells", CELL_COLUMNS)
-    dup = cells["cell"][cells["cell"].duplicated()]
-    if len(dup):
-        raise ValueError(f"cells file {str(cells_path)!r}: column 'cell' repeats {dup.iloc[0]!r}")
-    for col in ("cell", "model", "model_name", "method", "label", "passk", "graded"):
-        empty = cells.index[cells[col] == ""]
-        if len(empty):
-            raise ValueError(f"cells file {str(cells_path)!r}: column {col!r} is empty in row {int(empty[0]) + 2}")
-    betas, resolved = [], {c: [] for c in ("passk", "graded", "metrics")}
-    for _, row in cells.iterrows():
-        where = f"cells file {str(cells_path)!r}, cell {row['cell']!r}"
-        betas.append(_parse_beta(row["beta"], where))
-        for col in resolved:
-            if row[col] == "":
-                resolved[col].append(None)
-                continue
-            p = _resolve(row[col], base_dir)
-            if not p.is_file():
-                raise ValueError(f"{where}: column {col!r} names {row[col]!r}, which does not exist")
-            resolved[col].append(p)
-        parse_step_evals(row["step_evals"], base_dir, where=where)  # validate the syntax early
-    cells = cells.assign(beta=betas, **resolved).set_index("cell", drop=False)
-
-    benchmarks = _text_table(benchmarks_path, "benchmarks", BENCHMARK_COLUMNS)
-    dup = benchmarks["benchmark"][benchmarks["benchmark"].duplicated()]
-    if len(dup):
-        raise ValueError(f"benchmarks file {str(benchmarks_path)!r}: column 'benchmark' repeats {dup.iloc[0]!r}")
-    if (benchmarks["benchmark"] == "").any():
-        raise ValueError(f"benchmarks file {str(benchmarks_path)!r}: column 'benchmark' has an empty entry")
-    benchmarks = benchmarks.assign(
-        ks=[_parse_ks(v, f"benchmarks file {str(benchmarks_path)!r}, benchmark {b!r}")
-            for b, v in zip(benchmarks["benchmark"], benchmarks["ks"])])
-    return Grid(cells, _memberships(cells), benchmarks.reset_index(drop=True), cells_path, benchmarks_path)
-
-
-def _method_rank(method: str, beta: float) -> tuple:
-    return (METHOD_ORDER.get(method, 5), 0.0 if math.isnan(beta) else beta)
-
-
-def _memberships(cells: pd.DataFrame) -> pd.DataFrame:
-    """(setting, cell) pairs: a cell with an empty train set joins every setting of its model."""
-    display = {}
-    for model, g in cells.groupby("model", sort=False):
-        published = [p for p in g["published_model"] if p]
-        display[model] = published[0] if published else g["model_name"].iloc[0]
-    rows = []
-    for model, g in cells.groupby("model", sort=False):
-        train_sets = [t for t in dict.fromkeys(g["train_set"]) if t]
-        for _, row in g.iterrows():
-            targets = [row["train_set"]] if row["train_set"] else (train_sets or [""])
-            for ts in targets:
-                setting = f"{display[model]}/{ts}" if ts else display[model]
-                rows.append({"setting": setting, "model": model, "model_display": display[model],
-                             "train_set": ts, "cell": row["cell"], "method": row["method"],
-                             "beta": row["beta"], "label": row["label"],
-                             "published_method": row["published_method"],
-                             "rank": _method_rank(row["method"], row["beta"])})
-    df = pd.DataFrame(rows)
-    setting_order = {s: i for i, s in enumerate(dict.fromkeys(df["setting"]))}
-    df["setting_rank"] = df["setting"].map(setting_order)
-    df = df.sort_values(["setting_rank", "rank", "label"], key=None, kind="stable")
-    return df.drop(columns=["setting_rank"]).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -339,9 +104,9 @@ def _pct(x) -> float:
 
 
 # --------------------------------------------------------------------------------------- tables
-def _cross_check_passk(grid: Grid, cell: str, counts: dict[str, Counts]) -> None:
+def _cross_check_passk(index: CellIndex, cell: str, counts: dict[str, Counts]) -> None:
     """pass@1 of passk.csv must equal the graded counts', else the two files come from different runs."""
-    path = grid.cells.loc[cell, "passk"]
+    path = index.cells.loc[cell, "passk"]
     passk = read_passk(path)
     for bench, cnt in counts.items():
         row = passk[(passk["benchmark"] == bench) & (passk["k"] == 1)]
@@ -351,25 +116,25 @@ def _cross_check_passk(grid: Grid, cell: str, counts: dict[str, Counts]) -> None
         if abs(float(row["pass_at_k"].iloc[0]) - ours) > 1e-6:
             raise ValueError(f"passk file {str(path)!r} (cell {cell!r}) says pass@1 = "
                              f"{float(row['pass_at_k'].iloc[0]):.6f} on {bench!r} but its graded file "
-                             f"{str(grid.cells.loc[cell, 'graded'])!r} gives {ours:.6f}: stale results?")
+                             f"{str(index.cells.loc[cell, 'graded'])!r} gives {ours:.6f}: stale results?")
 
 
-def _cell_stats(grid: Grid, cell: str, n_boot: int, seed: int) -> list[dict]:
+def _cell_stats(index: CellIndex, cell: str, n_boot: int, seed: int) -> list[dict]:
     """pass@1 and pass@K (K = :func:`table_k`) per benchmark and AVG for one cell, with CIs."""
-    counts = grid.counts(cell)
-    _cross_check_passk(grid, cell, counts)
+    counts = index.counts(cell)
+    _cross_check_passk(index, cell, counts)
     rows, per_metric = [], {"pass@1": [], f"pass@{TABLE_K}": []}
     ks_used = []
-    for bench in grid.benchmarks["benchmark"]:
+    for bench in index.benchmarks["benchmark"]:
         cnt = counts[bench]
         n_min = int(cnt.n.min())
-        big_k = table_k(grid.ks_for(bench, n_min), n_min)
+        big_k = table_k(index.ks_for(bench, n_min), n_min)
         ks_used.append(big_k)
         for metric, k in (("pass@1", 1), (f"pass@{TABLE_K}", big_k)):
             values = cnt.per_problem(k)
             per_metric[metric].append(values)
             ci = bootstrap_ci(values, n_boot=n_boot, seed=seed)
-            rows.append({"benchmark": bench, "benchmark_name": grid.benchmark_name(bench), "metric": metric,
+            rows.append({"benchmark": bench, "benchmark_name": index.benchmark_name(bench), "metric": metric,
                          "k": k, "pass_at_k_pct": _pct(ci.mean), "ci_low_pct": _pct(ci.low),
                          "ci_high_pct": _pct(ci.high), "n_problems": len(values), "n_samples": n_min})
     for metric, strata in per_metric.items():
@@ -387,13 +152,13 @@ TABLE2_COLUMNS = ["setting", "model_name", "train_set", "cell", "method", "label
                   "n_problems", "n_samples"]
 
 
-def build_table2(grid: Grid, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def build_table2(index: CellIndex, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Tidy Table 2: one row per (setting, cell, benchmark or AVG, metric)."""
     cache, rows = {}, []
-    for _, m in grid.memberships.iterrows():
-        cell = grid.cells.loc[m["cell"]]
+    for _, m in index.memberships.iterrows():
+        cell = index.cells.loc[m["cell"]]
         if m["cell"] not in cache:
-            cache[m["cell"]] = _cell_stats(grid, m["cell"], n_boot, seed)
+            cache[m["cell"]] = _cell_stats(index, m["cell"], n_boot, seed)
         for stat in cache[m["cell"]]:
             rows.append({"setting": m["setting"], "model_name": m["model_display"], "train_set": m["train_set"],
                          "cell": m["cell"], "method": cell["method"], "label": cell["label"],
@@ -421,22 +186,23 @@ def _aligned(a: Counts, b: Counts, where: str) -> tuple[Counts, Counts]:
     return (Counts(common, a.n[ia], a.c[ia]), Counts(common, b.n[ib], b.c[ib]))
 
 
-def build_rsgrpo_vs_grpo(grid: Grid, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """RS-GRPO - GRPO per benchmark and AVG for every (rs_grpo, grpo) pair of a setting, paired CIs."""
+def build_rsgrpo_vs_grpo(index: CellIndex, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """RS-GRPO - GRPO per benchmark and AVG for every (RS-GRPO cell, GRPO cell) pair of a setting, paired
+    CIs; the two methods are the cells of estimator ``rs_grpo`` and of estimator ``grpo``."""
     rows = []
-    for setting, g in grid.memberships.groupby("setting", sort=False):
-        rs_cells = g[g["method"] == "rs_grpo"]
-        grpo_cells = g[g["method"] == "grpo"]
+    for setting, g in index.memberships.groupby("setting", sort=False):
+        rs_cells = index.with_estimator(g, RS_GRPO_ESTIMATOR)
+        grpo_cells = index.with_estimator(g, GRPO_ESTIMATOR)
         for _, rs in rs_cells.iterrows():
             for _, gr in grpo_cells.iterrows():
                 diffs = {"pass@1": [], f"pass@{TABLE_K}": []}
                 means = {m: ([], []) for m in diffs}  # per-benchmark means of (rs, grpo)
                 ks_used = []
-                for bench in grid.benchmarks["benchmark"]:
+                for bench in index.benchmarks["benchmark"]:
                     where = f"setting {setting!r}, {rs['cell']!r} vs {gr['cell']!r}, benchmark {bench!r}"
-                    a, b = _aligned(grid.counts(rs["cell"])[bench], grid.counts(gr["cell"])[bench], where)
+                    a, b = _aligned(index.counts(rs["cell"])[bench], index.counts(gr["cell"])[bench], where)
                     n_min = int(min(a.n.min(), b.n.min()))
-                    big_k = table_k(grid.ks_for(bench, n_min), n_min)
+                    big_k = table_k(index.ks_for(bench, n_min), n_min)
                     ks_used.append(big_k)
                     for metric, k in (("pass@1", 1), (f"pass@{TABLE_K}", big_k)):
                         va, vb = a.per_problem(k), b.per_problem(k)
@@ -444,7 +210,7 @@ def build_rsgrpo_vs_grpo(grid: Grid, *, n_boot: int = 2000, seed: int = 0) -> pd
                         means[metric][0].append(va.mean())
                         means[metric][1].append(vb.mean())
                         ci = paired_difference(va, vb, n_boot=n_boot, seed=seed)
-                        rows.append(_diff_row(setting, rs, gr, bench, grid.benchmark_name(bench), metric, k,
+                        rows.append(_diff_row(setting, rs, gr, bench, index.benchmark_name(bench), metric, k,
                                               va.mean(), vb.mean(), ci, len(va)))
                 for metric, strata in diffs.items():
                     ci = stratified_bootstrap(strata, n_boot=n_boot, seed=seed)
@@ -472,7 +238,7 @@ PUBLISHED_COLUMNS = ["setting", "cell", "label", "method", "published_method", "
                      "published_in_ci"]
 
 
-def build_published_comparison(table2: pd.DataFrame, grid: Grid,
+def build_published_comparison(table2: pd.DataFrame, index: CellIndex,
                                published: pd.DataFrame | None = None) -> pd.DataFrame:
     """Ours vs the paper for every (setting, published_method) in the shipped Table 2.
 
@@ -482,14 +248,14 @@ def build_published_comparison(table2: pd.DataFrame, grid: Grid,
     """
     published = load_published_table() if published is None else published
     paper_benches = {c[: -len("_p1")] for c in published.columns if c.endswith("_p1")} - {AVG}
-    ours_names = set(grid.benchmarks["published_name"])
-    avg_comparable = ours_names == paper_benches and len(grid.benchmarks) == len(paper_benches)
+    ours_names = set(index.benchmarks["published_name"])
+    avg_comparable = ours_names == paper_benches and len(index.benchmarks) == len(paper_benches)
     rows = []
     for _, r in table2.iterrows():
         key = (r["setting"], r["published_method"])
         if not r["published_method"] or key not in published.index:
             continue
-        name = AVG if r["benchmark"] == AVG else grid.benchmark_name(r["benchmark"])
+        name = AVG if r["benchmark"] == AVG else index.benchmark_name(r["benchmark"])
         if r["benchmark"] == AVG and not avg_comparable:
             continue
         if r["benchmark"] != AVG and name not in paper_benches:
@@ -639,16 +405,18 @@ def aggregate(cells: str | Path, benchmarks: str | Path, out_dir: str | Path, *,
     """Write the three tables (CSV + Markdown) to ``out_dir``; returns ``{name: path}``."""
     if n_boot < 1:
         raise ValueError(f"--bootstrap must be >= 1, got {n_boot}")
-    grid = load_grid(cells, benchmarks)
+    index = load_index(cells, benchmarks)
     out = Path(out_dir)
-    table2 = build_table2(grid, n_boot=n_boot, seed=seed)
-    diff = build_rsgrpo_vs_grpo(grid, n_boot=n_boot, seed=seed)
+    table2 = build_table2(index, n_boot=n_boot, seed=seed)
+    diff = build_rsgrpo_vs_grpo(index, n_boot=n_boot, seed=seed)
     published = load_published_table()
-    comp = build_published_comparison(table2, grid, published)
+    comp = build_published_comparison(table2, index, published)
+    built = {"table2": (table2, table2_markdown(table2)),
+             "rsgrpo_vs_grpo": (diff, rsgrpo_vs_grpo_markdown(diff, published)),
+             "published_comparison": (comp, published_comparison_markdown(comp))}
     written = {}
-    for name, df, md in (("table2", table2, table2_markdown(table2)),
-                         ("rsgrpo_vs_grpo", diff, rsgrpo_vs_grpo_markdown(diff, published)),
-                         ("published_comparison", comp, published_comparison_markdown(comp))):
+    for name in AGGREGATE_TABLES:  # the file names the workflow declares (rsgrpo.layout)
+        df, md = built[name]
         _write_csv(out / f"{name}.csv", df)
         _write_text(out / f"{name}.md", md)
         written[name + ".csv"] = out / f"{name}.csv"

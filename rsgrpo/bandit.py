@@ -1,6 +1,6 @@
 """The paper's 100-armed bandit (RS-GRPO Fig. 3), vectorised across betas and seeds.
 
-Specification (PAPER.md section 4, from the authors' released script):
+Specification (arXiv 2509.24261, Fig. 3; from the authors' released bandit script, GitHub Jackory/RS-GRPO):
 
 * 100 arms, deterministic reward ``r(a) = 0.1 + 0.9 exp(-(a-40)^2/50) + 0.5 exp(-(a-75)^2/50)``:
   global optimum arm 40 (reward 1.0), local optimum arm 75 (reward 0.6).

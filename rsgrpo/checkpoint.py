@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rsgrpo.layout import CHECKPOINTS, checkpoint_name  # the folder names are the workflow layout's
+
 __all__ = ["MARKER", "STATE_FILE", "checkpoint_name", "complete_checkpoints", "latest_checkpoint",
            "save_checkpoint", "load_state", "lock_run_dir", "prune", "capture_rng", "restore_rng", "clean_incomplete"]
 
@@ -46,12 +48,8 @@ STATE_FILE = "trainer_state.pt"
 _NAME = re.compile(r"^step-(\d{6,})$")
 
 
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -1,8 +1,15 @@
 """``python -m rsgrpo <verb> ...``: one command-line verb per workflow rule.
 
-Each verb lives in the module that owns its work and is imported only when that verb runs, so
-``python -m rsgrpo bandit`` never pays for importing transformers. A verb module exposes
-``add_arguments(parser)`` and ``main(args) -> int | None``.
+Naming convention: a workflow rule, its verb and the module holding that verb share one name, the
+verb spelled with ``-`` where the rule and the module use ``_`` (rule ``plot_advantages`` runs
+``python -m rsgrpo plot-advantages``, which lives in ``rsgrpo/plot_advantages.py``). Where a module
+does more than its verb the verb keeps the rule's name and the module says what it holds:
+``bandit`` lives in ``rsgrpo/bandit_cli.py`` (``rsgrpo/bandit.py`` is the pure simulation),
+``prepare-model`` in ``rsgrpo/models.py``, ``prepare-data`` in ``rsgrpo/data.py``.
+tests/test_cli.py checks that the rules of ``workflow/rules/*.smk`` and these verbs match.
+
+Each verb is imported only when that verb runs, so ``python -m rsgrpo bandit`` never pays for
+importing transformers. A verb module exposes ``add_arguments(parser)`` and ``main(args) -> int | None``.
 """
 
 from __future__ import annotations
@@ -11,18 +18,18 @@ import argparse
 import importlib
 import sys
 
-# verb -> (module, one-line description). Keep in sync with workflow/rules/*.smk.
+# verb -> (module, one-line description), in the workflow's order. Keep in sync with workflow/rules/*.smk.
 VERBS: dict[str, tuple[str, str]] = {
-    "grid": ("rsgrpo.grid", "workflow config -> cells.csv and benchmarks.csv (the aggregate step's index)"),
-    "bandit": ("rsgrpo.bandit_cli", "the paper's 100-armed bandit (Fig. 3): CSV and figure"),
-    "plot-advantages": ("rsgrpo.plots", "advantage vs reward and vs prompt accuracy (Fig. 2)"),
     "prepare-model": ("rsgrpo.models", "model spec -> local HF checkpoint dir (hub, local, smollm2, tiny)"),
     "prepare-data": ("rsgrpo.data", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
-    "score": ("rsgrpo.score", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
-    "sample": ("rsgrpo.sample", "checkpoint x benchmark -> parquet of n samples per problem"),
     "train": ("rsgrpo.train", "RL training (RS-GRPO and baselines): checkpoints with exact resume, metrics.csv"),
+    "sample": ("rsgrpo.sample", "checkpoint x benchmark -> parquet of n samples per problem"),
+    "score": ("rsgrpo.score", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
+    "cell-index": ("rsgrpo.cell_index", "workflow config -> cells.csv and benchmarks.csv (the results index)"),
     "aggregate": ("rsgrpo.aggregate", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published (CSV + Markdown, bootstrap CIs)"),
-    "plots": ("rsgrpo.report_figures", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, transition heatmap, entropy"),
+    "figures": ("rsgrpo.figures", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, transition heatmap, entropy"),
+    "bandit": ("rsgrpo.bandit_cli", "the paper's 100-armed bandit (Fig. 3): CSV and figure"),
+    "plot-advantages": ("rsgrpo.plot_advantages", "advantage vs reward and vs prompt accuracy (Fig. 2)"),
 }
 
 

@@ -5,10 +5,12 @@ of each sweep's product (``config["sweeps"]``); a cell listed by several sweeps 
 union of their evaluation steps. The base model is one cell per model (``<model>/base``), shared by
 every setting of that model, so its evaluation is never recomputed.
 
-Result paths (:class:`Layout`) are the one place the workflow's file layout is written down; the
-Snakefile and the ``grid`` verb (which writes ``cells.csv`` / ``benchmarks.csv`` for the aggregate
-step) both use it. ``results/qwen7b/beta4/passk.csv`` is the cell (qwen7b, its default train set,
-rs_grpo, beta 4); a non-default train set adds a path segment: ``results/qwen7b/dapo17k/grpo/...``.
+Where a cell's files live is :mod:`rsgrpo.layout`'s business (:class:`~rsgrpo.layout.Layout`:
+``results/qwen7b/beta4/passk.csv`` is the cell qwen7b, its default train set, the method key
+:attr:`~rsgrpo.layout.Layout.BARE_BETA_METHOD`, beta 4; a non-default train set adds a path segment:
+``results/qwen7b/dapo17k/grpo/...``); the index the analysis reads (``cells.csv``,
+``benchmarks.csv``) is written by :mod:`rsgrpo.cell_index`. Whether a method takes beta is a
+property of its estimator (:func:`rsgrpo.advantages.takes_beta`), not of its key.
 
 Everything here is pure (dicts in, dataclasses out). Problems the JSON schema cannot express (unknown
 names across sections, parameters an estimator does not take, k > n, ...) raise :class:`ConfigError`
@@ -17,18 +19,17 @@ naming the config file, the key and the value.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import inspect
-import json
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
-from rsgrpo.advantages import ESTIMATORS, estimator_params
+from rsgrpo.advantages import ESTIMATORS, default_params, estimator_params, takes_beta
+from rsgrpo.layout import FINAL, Layout
 
-FINAL = "final"
+__all__ = ["FINAL", "ConfigError", "Cell", "method_takes_beta", "run_segment", "check_config", "expand",
+           "cell_from_path", "final_step", "step_number", "train_settings", "load_yaml_strict"]
 
 
 class ConfigError(ValueError):
@@ -53,54 +54,16 @@ class Cell:
         return self.train_set is None
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """File layout of the workflow (relative to the working directory)."""
-
-    results: str = "results"
-    runs: str = "runs"
-    models: str = "models"
-    data: str = "data"
-    logs: str = "logs"
-
-    def model_dir(self, model: str) -> str:
-        return f"{self.models}/{model}"
-
-    def train_data(self, name: str) -> str:
-        return f"{self.data}/train/{name}.jsonl"
-
-    def benchmark_data(self, name: str) -> str:
-        return f"{self.data}/benchmarks/{name}.jsonl"
-
-    def run_dir(self, cell_id: str) -> str:
-        return f"{self.runs}/{cell_id}"
-
-    def cell_dir(self, cell_id: str) -> str:
-        return f"{self.results}/{cell_id}"
-
-    def eval_dir(self, cell_id: str, step: str) -> str:
-        """Where a checkpoint's samples and scores go; the final checkpoint's are the cell's own files."""
-        return self.cell_dir(cell_id) if step == FINAL else f"{self.cell_dir(cell_id)}/step{int(step):06d}"
-
-
-def _fmt_beta(beta: float) -> str:
-    return f"{beta:g}"
-
-
-def beta_of(method_cfg: dict) -> bool:
-    """Whether a method's estimator takes ``beta``."""
+def method_takes_beta(method_cfg: dict) -> bool:
+    """Whether a method's estimator takes ``beta`` (the registry decides, not the method's key)."""
     est = method_cfg.get("estimator")
-    return bool(est) and "beta" in estimator_params(est)
+    return bool(est) and takes_beta(est)
 
 
-def run_segment(model_cfg: dict, train_set: str | None, method: str, beta: float | None) -> str:
-    """Path of a cell below results/<model>/: ``base``, ``grpo``, ``beta4``, ``dapo17k/beta2``..."""
-    if train_set is None:
-        return "base"
-    leaf = f"beta{_fmt_beta(beta)}" if method == "rs_grpo" and beta is not None else (
-        f"{method}-beta{_fmt_beta(beta)}" if beta is not None else method
-    )
-    return leaf if train_set == model_cfg["train_set"] else f"{train_set}/{leaf}"
+def run_segment(model_cfg: dict, train_set: str | None, method: str, beta: float | None,
+                layout: Layout = Layout()) -> str:
+    """Path of a cell below results/<model>/: ``base``, ``grpo``, ``beta4``, ``dapo17k/beta2``... (see Layout)."""
+    return layout.run_segment(method, beta, train_set, model_cfg["train_set"])
 
 
 def _known(section: dict) -> str:
@@ -138,7 +101,8 @@ def check_config(config: dict, source: str = "config") -> None:
                 fail(f"methods.{key}.params.{param}", f"estimator {est!r} takes no parameter {param!r} (it takes: {', '.join(accepted) or 'none'})")
         if "beta" in method.get("params", {}):
             fail(f"methods.{key}.params.beta", "set beta in a sweep's betas list, not in the method")
-        required = [p for p, d in accepted.items() if d is inspect.Parameter.empty and p not in method.get("params", {})]
+        optional = default_params(est)
+        required = [p for p in accepted if p not in optional and p not in method.get("params", {})]
         if required:
             fail(f"methods.{key}.params", f"estimator {est!r} needs {required}")
     steps_total = config.get("training", {}).get("steps")
@@ -151,11 +115,11 @@ def check_config(config: dict, source: str = "config") -> None:
                 if name not in section:
                     fail(f"{where}.{axis}[{j}]", f"unknown {label} {name!r} (known: {_known(section)})")
         trained = [m for m in sweep["methods"] if m != "base"]
-        takes_beta = [m for m in trained if beta_of(methods[m])]
-        if sweep.get("betas") and not takes_beta:
+        need_beta = [m for m in trained if method_takes_beta(methods[m])]
+        if sweep.get("betas") and not need_beta:
             fail(f"{where}.betas", f"{sweep['betas']} given, but none of the methods {sweep['methods']} takes beta")
-        if takes_beta and not sweep.get("betas"):
-            fail(f"{where}.betas", f"methods {takes_beta} need beta: add a betas list to the sweep")
+        if need_beta and not sweep.get("betas"):
+            fail(f"{where}.betas", f"methods {need_beta} need beta: add a betas list to the sweep")
         for j, step in enumerate(sweep.get("eval_steps", [])):
             if step != FINAL and steps_total is not None and int(step) > steps_total:
                 fail(f"{where}.eval_steps[{j}]", f"step {step} is beyond training.steps = {steps_total}")
@@ -177,7 +141,7 @@ def expand(config: dict, source: str = "config") -> list[Cell]:
                 if method == "base":
                     combos = [(None, None)]
                 else:
-                    betas = sweep["betas"] if beta_of(methods[method]) else [None]
+                    betas = sweep["betas"] if method_takes_beta(methods[method]) else [None]
                     combos = [(ts, None if b is None else float(b)) for ts in train_sets for b in betas]
                 for train_set, beta in combos:
                     key = (model, train_set, method, beta)
@@ -197,38 +161,36 @@ def expand(config: dict, source: str = "config") -> list[Cell]:
     return out
 
 
-def cell_from_path(config: dict, model: str, run: str, cells: Iterable[Cell] = ()) -> Cell:
+def cell_from_path(config: dict, model: str, run: str, cells: Iterable[Cell] = (),
+                   layout: Layout = Layout()) -> Cell:
     """The cell behind ``results/<model>/<run>/``, also for cells no sweep lists.
 
-    ``run`` is ``[<train_set>/]<leaf>`` with leaf ``base``, ``beta<b>`` (rs_grpo), ``<method>`` or
-    ``<method>-beta<b>``; a cell of the grid keeps its sweeps' evaluation steps, any other cell gets
-    ``evaluation.steps``. Raises ConfigError for names the config does not define.
+    ``run`` is ``[<train_set>/]<leaf>`` with leaf ``base``, ``<method>``, ``<method>-beta<b>`` or
+    ``beta<b>`` (the short form of :attr:`Layout.BARE_BETA_METHOD`, see :meth:`Layout.run_leaf`); a
+    cell of the grid keeps its sweeps' evaluation steps, any other cell gets ``evaluation.steps``.
+    Raises ConfigError for names the config does not define.
     """
     for cell in cells:
         if cell.model == model and cell.run == run:
             return cell
     models, methods, train_sets = config["models"], config["methods"], config["train_sets"]
-    where = f"results/{model}/{run}"
+    where = layout.cell_dir(f"{model}/{run}")
     if model not in models:
         raise ConfigError(f"{where}: unknown model {model!r} (known: {_known(models)})")
     parts = run.split("/")
     if len(parts) > 2:
-        raise ConfigError(f"{where}: expected results/<model>/[<train_set>/]<method>")
+        raise ConfigError(f"{where}: expected {layout.cell_dir('<model>')}/[<train_set>/]<method>")
     train_set = parts[0] if len(parts) == 2 else models[model]["train_set"]
     leaf = parts[-1]
     if train_set not in train_sets:
         raise ConfigError(f"{where}: unknown train set {train_set!r} (known: {_known(train_sets)})")
-    if leaf == "base":
+    if leaf == layout.BASE_RUN:
         if len(parts) == 2:
-            raise ConfigError(f"{where}: the base model has no train set: use results/{model}/base")
-        return Cell(model, None, "base", None, "base", (FINAL,))
-    method, beta = leaf, None
-    if leaf.startswith("beta") and "rs_grpo" in methods:
-        method, beta_text = "rs_grpo", leaf[len("beta"):]
-    elif "-beta" in leaf:
-        method, beta_text = leaf.split("-beta", 1)
-    else:
-        beta_text = None
+            raise ConfigError(f"{where}: the base model has no train set: use "
+                              f"{layout.cell_dir(f'{model}/{layout.BASE_RUN}')}")
+        return Cell(model, None, "base", None, layout.BASE_RUN, (FINAL,))
+    method, beta_text = layout.parse_run_leaf(leaf, methods)
+    beta = None
     if beta_text is not None:
         try:
             beta = float(beta_text)
@@ -238,19 +200,11 @@ def cell_from_path(config: dict, model: str, run: str, cells: Iterable[Cell] = (
             raise ConfigError(f"{where}: beta must be >= 0, got {beta_text}")
     if method not in methods or method == "base":
         raise ConfigError(f"{where}: unknown method {method!r} (known: {_known(methods)})")
-    if beta_of(methods[method]) != (beta is not None):
+    if method_takes_beta(methods[method]) != (beta is not None):
         need = "needs a beta (e.g. beta2)" if beta is None else "takes no beta"
         raise ConfigError(f"{where}: method {method!r} {need}")
     steps = tuple(str(s) for s in config.get("evaluation", {}).get("steps", [FINAL]))
-    return Cell(model, train_set, method, beta, run_segment(models[model], train_set, method, beta), steps)
-
-
-def split_eval(evalrun: str) -> tuple[str, str]:
-    """``beta4`` -> (``beta4``, "final"); ``dapo17k/beta2/step000100`` -> (``dapo17k/beta2``, "100")."""
-    head, _, last = evalrun.rpartition("/")
-    if head and last.startswith("step") and last[4:].isdigit():
-        return head, str(int(last[4:]))
-    return evalrun, FINAL
+    return Cell(model, train_set, method, beta, run_segment(models[model], train_set, method, beta, layout), steps)
 
 
 def final_step(config: dict, cell: Cell | None = None) -> int:
@@ -285,49 +239,6 @@ def train_settings(config: dict, cell: Cell, layout: Layout = Layout()) -> dict:
     return settings
 
 
-def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = Layout()) -> list[dict]:
-    """Rows of ``cells.csv`` (the aggregate step's index; columns documented in rsgrpo.aggregate)."""
-    rows = []
-    for cell in cells:
-        model = config["models"][cell.model]
-        method = config["methods"][cell.method]
-        label = method.get("label", cell.method)
-        if cell.beta is not None:
-            label = f"{label} (β={_fmt_beta(cell.beta)})"
-        published = method.get("published", "")
-        if published and cell.beta is not None and cell.beta != method.get("published_beta", cell.beta):
-            published = ""  # the paper reports this method at one beta only
-        final_dir = layout.eval_dir(cell.id, FINAL)
-        rows.append(
-            {
-                "cell": cell.id,
-                "model": cell.model,
-                "model_name": model.get("name", cell.model),
-                "train_set": cell.train_set or "",
-                "method": cell.method,
-                "estimator": method.get("estimator") or "",
-                "beta": "" if cell.beta is None else cell.beta,
-                "label": label,
-                "published_method": published,
-                "published_model": model.get("published_name", ""),
-                "passk": f"{final_dir}/passk.csv",
-                "graded": f"{final_dir}/graded.parquet",
-                "metrics": "" if cell.is_base else f"{layout.cell_dir(cell.id)}/metrics.csv",
-                "step_evals": "" if cell.is_base else ";".join(
-                    f"{step_number(config, s, cell)}:{layout.eval_dir(cell.id, s)}" for s in cell.eval_steps
-                ),
-            }
-        )
-    return rows
-
-
-def benchmarks_table(config: dict) -> list[dict]:
-    return [
-        {"benchmark": key, "published_name": b.get("published_name", ""), "n": b["n"], "ks": ";".join(map(str, b["ks"]))}
-        for key, b in config["benchmarks"].items()
-    ]
-
-
 def load_yaml_strict(path: str | Path) -> dict:
     """Load YAML, rejecting duplicate keys (plain yaml.safe_load silently keeps the last one)."""
 
@@ -349,26 +260,3 @@ def load_yaml_strict(path: str | Path) -> dict:
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     with open(path) as fh:
         return yaml.load(fh, Loader=StrictLoader) or {}
-
-
-# ------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-json", required=True, help="the workflow's effective config as JSON")
-    parser.add_argument("--out-cells", required=True, help="cells.csv to write")
-    parser.add_argument("--out-benchmarks", required=True, help="benchmarks.csv to write")
-
-
-def main(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from rsgrpo.io import atomic_path
-
-    config = json.loads(args.config_json)
-    cells = expand(config)
-    for rows, target in ((cells_table(config, cells), args.out_cells), (benchmarks_table(config), args.out_benchmarks)):
-        with atomic_path(target) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
-    print(f"{len(cells)} cells, {len(config['benchmarks'])} benchmarks")
-    return 0

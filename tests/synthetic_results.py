@@ -1,8 +1,8 @@
-"""Synthetic result trees with KNOWN truth, for the aggregate / plots tests and the workflow tests.
+"""Synthetic result trees with KNOWN truth, for the aggregate / figures tests and the workflow tests.
 
 A tree looks like what the workflow writes: per cell a final ``passk.csv`` + ``graded.parquet``, per
 trained cell a ``metrics.csv`` and one eval folder per evaluated checkpoint, and the two index files
-``cells.csv`` and ``benchmarks.csv`` (columns exactly as ``rsgrpo.aggregate`` documents them).
+``cells.csv`` and ``benchmarks.csv`` (columns exactly as ``rsgrpo.cell_index`` documents them).
 
 Truth: every model has latent per-problem success probabilities per benchmark (Beta-distributed,
 seeded); a method maps them through its ``transform`` (so all cells of a model share the same
@@ -61,6 +61,12 @@ class BenchSpec:
         return self.ks or powers_of_two(self.n)
 
 
+# method key -> estimator, as config/grid.yaml maps them; a CellSpec without an estimator gets its
+# method's (the analysis knows methods only by estimator; method keys are free names)
+METHOD_ESTIMATORS = {"grpo": "grpo", "rs_grpo": "rs_grpo", "chen": "passk_chen", "mahdavi": "passk_mahdavi",
+                     "walder": "pkpo_walder", "rloo": "rloo"}
+
+
 @dataclass
 class CellSpec:
     model: str
@@ -75,6 +81,10 @@ class CellSpec:
     transform: Transform = identity
     eval_steps: tuple[int, ...] = ()  # evaluated checkpoints; the last is the final one ((): base)
     diversity: int = 4  # distinct correct solution texts per problem the policy can produce
+
+    def __post_init__(self):
+        if not self.estimator and self.method != "base":
+            self.estimator = METHOD_ESTIMATORS.get(self.method, "")
 
     @property
     def cell(self) -> str:
@@ -119,7 +129,7 @@ def default_cells(steps: tuple[int, ...] = (10, 20, 30)) -> list[CellSpec]:
                  published_method="RS-GRPO", transform=rs_grpo_like(2.0), diversity=4),
         CellSpec(**q7, **trained, method="rs_grpo", estimator="rs_grpo", beta=4.0, label="RS-GRPO (β=4)",
                  transform=rs_grpo_like(4.0), diversity=5),
-        CellSpec(**q7, **trained, method="chen", estimator="chen", label="Chen2025", published_method="Chen2025",
+        CellSpec(**q7, **trained, method="chen", estimator="passk_chen", label="Chen2025", published_method="Chen2025",
                  transform=chen_like, diversity=3),
         CellSpec(**q15, method="base", label="Base", published_method="Base", diversity=6),
         CellSpec(**q15, **trained, method="grpo", estimator="grpo", label="GRPO", published_method="GRPO",
@@ -236,6 +246,12 @@ def write_tree(root: str | Path, cells: list[CellSpec] | None = None, benchmarks
     pd.DataFrame([{"benchmark": b.key, "published_name": b.published_name, "n": b.n,
                    "ks": ";".join(map(str, b.k_list()))} for b in benchmarks]).to_csv(tree.benchmarks_csv, index=False)
     return tree
+
+
+def rename_methods(cells: list[CellSpec], renames: dict[str, str]) -> list[CellSpec]:
+    """Copy of ``cells`` with method keys renamed (``{"rs_grpo": "risky"}``); estimators are kept, so
+    the analysis must give the same numbers (the cell ids change with the key)."""
+    return [dataclasses.replace(c, method=renames.get(c.method, c.method)) for c in cells]
 
 
 def replace_cells(tree_cells: list[CellSpec], **changes_by_cell) -> list[CellSpec]:

@@ -1,21 +1,28 @@
-"""``rsgrpo.aggregate`` on synthetic result trees with known truth (tests/synthetic_results.py).
+"""``rsgrpo.aggregate`` (and the index reader ``rsgrpo.cell_index``) on synthetic result trees with
+known truth (tests/synthetic_results.py).
 
 Every table number is checked against an independent computation (math.comb on the generated
 counts), the CIs against their nominal coverage of the known population mean, the paired
 differences against a constructed improvement / deterioration, the published comparison against
-numbers copied by hand from the paper's Table 2, and every documented error message.
+numbers copied by hand from the paper's Table 2 (arXiv 2509.24261), that methods are known by their
+estimator and not their config key, and every documented error message.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from rsgrpo import aggregate as agg
+from rsgrpo import cell_index
+from rsgrpo import grid as G
 from rsgrpo.cli import main as cli_main
 from rsgrpo.passk import bootstrap_ci, pass_at_k
 
@@ -82,7 +89,7 @@ def test_base_row_is_shared_by_every_setting_of_its_model(tmp_path):
              syn.CellSpec(**q, method="grpo", label="GRPO", train_set="setA", eval_steps=(2,), transform=syn.grpo_like),
              syn.CellSpec(**q, method="grpo", label="GRPO", train_set="setB", eval_steps=(2,), transform=syn.chen_like)]
     tree = syn.write_tree(tmp_path, cells, [syn.BenchSpec("b1", "", 6, 4)], seed=3)
-    grid = agg.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    grid = cell_index.load_index(tree.cells_csv, tree.benchmarks_csv)
     t2 = agg.build_table2(grid, n_boot=50)
     assert list(dict.fromkeys(t2["setting"])) == ["Model-X/setA", "Model-X/setB"]
     for setting in ("Model-X/setA", "Model-X/setB"):
@@ -114,7 +121,7 @@ def test_bootstrap_cis_cover_the_true_population_mean_at_the_nominal_rate():
         strata = []
         for i, (a, b) in enumerate(populations):
             probs = rng.beta(a, b, size=p_problems)
-            counts = agg.Counts(np.arange(p_problems).astype(str), np.full(p_problems, n), rng.binomial(n, probs))
+            counts = cell_index.Counts(np.arange(p_problems).astype(str), np.full(p_problems, n), rng.binomial(n, probs))
             strata.append(counts.per_problem(1))
             if i == 0:
                 for k, key in ((1, "pass@1"), (4, "pass@4")):
@@ -147,7 +154,7 @@ def test_paired_difference_sign_and_ci_on_constructed_changes(tmp_path):
         cells += [syn.CellSpec(**q, method="grpo", label="GRPO", transform=base),
                   syn.CellSpec(**q, method="rs_grpo", beta=2.0, label="RS", transform=lambda p, s=shift: base(p) + s)]
     tree = syn.write_tree(tmp_path, cells, bench, seed=5)
-    grid = agg.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    grid = cell_index.load_index(tree.cells_csv, tree.benchmarks_csv)
     diff = agg.build_rsgrpo_vs_grpo(grid, n_boot=500, seed=0)
     t2 = agg.build_table2(grid, n_boot=500, seed=0)
     for model, sign in (("UP", 1), ("DOWN", -1)):
@@ -181,6 +188,82 @@ def test_rsgrpo_vs_grpo_outputs(outputs):
     assert "+0.95 (2)" in md and "+3.75 (2)" in md
     beta4_line = next(line for line in md.splitlines() if line.startswith("| RS-GRPO (β=4) - GRPO | 1 |"))
     assert beta4_line.endswith("| n/a | n/a |")  # no published beta-4 run to compare with
+
+
+# ------------------------------------------------------------------------- methods by estimator
+RENAMES = {"rs_grpo": "risk_seeking", "grpo": "vanilla"}  # method keys only; the estimators stay
+
+
+def test_renamed_method_keys_give_the_same_tables(tree, outputs, tmp_path):
+    """The analysis knows RS-GRPO and GRPO by their estimator: renaming the config keys of both (so
+    no method key is 'rs_grpo' or 'grpo' any more) changes the cell ids and nothing else."""
+    renamed_cells = syn.rename_methods(syn.default_cells(), RENAMES)
+    assert not {c.method for c in renamed_cells} & set(RENAMES)
+    ids = {old.cell: new.cell for old, new in zip(syn.default_cells(), renamed_cells)}
+    assert sum(old != new for old, new in ids.items()) == 5
+    renamed = syn.write_tree(tmp_path / "tree", renamed_cells, seed=1)
+    out = tmp_path / "out"
+    agg.aggregate(renamed.cells_csv, renamed.benchmarks_csv, out, n_boot=N_BOOT, seed=0)
+    for name, cell_cols in (("table2", ["cell"]), ("rsgrpo_vs_grpo", ["rs_cell", "grpo_cell"]),
+                            ("published_comparison", ["cell"])):
+        ours = pd.read_csv(out / f"{name}.csv", keep_default_na=False, na_values=[""])
+        expected = outputs[name].copy()
+        for col in cell_cols:
+            expected[col] = expected[col].map(ids)
+        if "method" in expected:
+            expected["method"] = expected["method"].replace(RENAMES)
+        assert len(ours) > 0
+        pd.testing.assert_frame_equal(ours, expected)  # same rows, same order, same numbers
+        assert (out / f"{name}.md").read_text() == (outputs["dir"] / f"{name}.md").read_text()
+
+
+def _index_of_config(config: dict, root: Path) -> cell_index.CellIndex:
+    """The results index of a config with empty stand-ins for every result file (the reader only
+    checks that they exist)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = cell_index.cells_table(config, G.expand(config))
+    for row in rows:
+        for col in ("passk", "graded", "metrics"):
+            if row[col]:
+                (root / row[col]).parent.mkdir(parents=True, exist_ok=True)
+                (root / row[col]).touch()
+    pd.DataFrame(rows).to_csv(root / "cells.csv", index=False)
+    pd.DataFrame(cell_index.benchmarks_table(config)).to_csv(root / "benchmarks.csv", index=False)
+    return cell_index.load_index(root / "cells.csv", root / "benchmarks.csv")
+
+
+def test_row_order_follows_the_estimator_registry_not_the_method_keys(tmp_path):
+    """config/grid.yaml with the RS-GRPO and GRPO keys renamed: same settings, same rows in the same
+    order (Base, then registry order GRPO, Walder, Mahdavi, Chen, RS-GRPO by beta), same pairs."""
+    paper = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/grid.yaml").read_text())
+    renamed = copy.deepcopy(paper)
+    renamed["methods"] = {RENAMES.get(k, k): v for k, v in renamed["methods"].items()}
+    for sweep in renamed["sweeps"]:
+        sweep["methods"] = [RENAMES.get(m, m) for m in sweep["methods"]]
+    before = _index_of_config(paper, tmp_path / "paper")
+    after = _index_of_config(renamed, tmp_path / "renamed")
+    assert set(after.memberships["method"]).isdisjoint(RENAMES)
+    cols = ["setting", "label", "estimator", "beta", "published_method"]
+    pd.testing.assert_frame_equal(after.memberships[cols], before.memberships[cols])
+    first = before.memberships[before.memberships["setting"] == "Qwen2.5-Math-1.5B/deepmath103k"]
+    assert list(first["label"]) == ["Base", "GRPO", "Walder&Karkhanis2025", "Mahdavi2025", "Chen2025",
+                                    "RS-GRPO (β=0)", "RS-GRPO (β=2)", "RS-GRPO (β=4)", "RS-GRPO (β=8)"]
+    for index in (before, after):
+        pairs = [(s, len(index.with_estimator(g, cell_index.RS_GRPO_ESTIMATOR)),
+                  len(index.with_estimator(g, cell_index.GRPO_ESTIMATOR)))
+                 for s, g in index.memberships.groupby("setting", sort=False)]
+        assert pairs == [("Qwen2.5-Math-1.5B/deepmath103k", 4, 1), ("Qwen2.5-Math-7B/deepmath103k", 4, 1),
+                         ("Qwen2.5-Math-7B/dapo17k", 1, 1), ("Qwen2.5-Math-7B/math12k", 1, 1),
+                         ("Qwen2.5-7B/math12k", 1, 1), ("Qwen3-4B-Base/math12k", 1, 1),
+                         ("Llama-3.1-8B-Instruct/math12k", 1, 1)]
+
+
+def test_estimator_rank_is_the_registry_order():
+    from rsgrpo.advantages import ESTIMATORS
+
+    ranks = [cell_index.estimator_rank(e) for e in ["", *ESTIMATORS, "not_registered"]]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+    assert cell_index.estimator_rank(cell_index.GRPO_ESTIMATOR) < cell_index.estimator_rank(cell_index.RS_GRPO_ESTIMATOR)
 
 
 # ------------------------------------------------------------------------------ published numbers
@@ -225,7 +308,7 @@ def test_published_avg_compared_only_with_the_papers_six_benchmarks(tmp_path):
              syn.CellSpec(**q, method="grpo", label="GRPO", published_method="GRPO", train_set="math12k",
                           eval_steps=(1,), transform=syn.grpo_like)]
     tree = syn.write_tree(tmp_path, cells, benches, seed=2)
-    grid = agg.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    grid = cell_index.load_index(tree.cells_csv, tree.benchmarks_csv)
     t2 = agg.build_table2(grid, n_boot=50)
     comp = agg.build_published_comparison(t2, grid)
     avg = comp[(comp["benchmark"] == agg.AVG) & (comp["cell"] == "q/math12k/grpo")].set_index("metric")
@@ -347,7 +430,7 @@ def test_relative_paths_resolve_against_the_cells_folder(tree, tmp_path):
         cells[col] = [v.replace(str(tree.root) + "/", "") for v in cells[col]]
     cells["step_evals"] = [v.replace(str(tree.root) + "/", "") for v in cells["step_evals"]]
     cells.to_csv(root / "cells.csv", index=False)
-    grid = agg.load_grid(root / "cells.csv", root / "benchmarks.csv")
+    grid = cell_index.load_index(root / "cells.csv", root / "benchmarks.csv")
     assert grid.cells.loc["qwen7b/base", "graded"] == root / "qwen7b/base/eval/graded.parquet"
-    steps = agg.parse_step_evals(grid.cells.loc["qwen7b/deepmath103k/grpo", "step_evals"], root, where="x")
+    steps = cell_index.parse_step_evals(grid.cells.loc["qwen7b/deepmath103k/grpo", "step_evals"], root, where="x")
     assert [s for s, _ in steps] == [10, 20, 30] and all(d.is_dir() for _, d in steps)

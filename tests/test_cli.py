@@ -1,12 +1,28 @@
-"""The command line: verb listing, unknown verbs, and the bandit verb's files."""
+"""The command line: verb listing, unknown verbs, one name per rule / verb / module, and the bandit
+verb's files and figure."""
 
+import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
-import pandas as pd
-import pytest
+import matplotlib
 
-from rsgrpo.cli import VERBS, main
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from rsgrpo import bandit_cli  # noqa: E402
+from rsgrpo.bandit import BanditSpec, simulate  # noqa: E402
+from rsgrpo.cli import VERBS, main  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# verbs whose module holds more than the verb (see rsgrpo/cli.py): the module name says what it holds
+MODULE_NOT_NAMED_AFTER_VERB = {"bandit": "rsgrpo.bandit_cli", "prepare-model": "rsgrpo.models",
+                               "prepare-data": "rsgrpo.data"}
 
 
 def run_cli(*args):
@@ -26,8 +42,6 @@ def test_unknown_verb_fails_with_usage():
 
 
 def test_every_verb_module_has_the_interface():
-    import importlib
-
     for verb, (module, _) in VERBS.items():
         mod = importlib.import_module(module)
         assert callable(mod.add_arguments) and callable(mod.main), verb
@@ -47,3 +61,45 @@ def test_bandit_verb_writes_csv_and_png(tmp_path):
 def test_plot_advantages_rejects_negative_beta(tmp_path):
     with pytest.raises(SystemExit, match="must be >= 0"):
         main(["plot-advantages", "--betas", "-1", "--out", str(tmp_path)])
+
+
+def _workflow_rules() -> dict[str, str]:
+    """Rule name -> its text, for every rule of the Snakefile and workflow/rules/*.smk."""
+    rules = {}
+    for path in [REPO / "Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]:
+        parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
+        for name, body in zip(parts[1::2], parts[2::2]):
+            assert name not in rules, f"rule {name} defined twice"
+            rules[name] = re.split(r"^\S", body, maxsplit=1, flags=re.M)[0]  # up to the next top-level line
+    return rules
+
+
+def test_rule_names_are_the_verbs():
+    """Rule name == verb with '-' -> '_' == the verb's module (where the module is only the verb), and
+    every rule runs its own verb."""
+    rules = _workflow_rules()
+    assert "all" in rules
+    assert sorted(r for r in rules if r != "all") == sorted(v.replace("-", "_") for v in VERBS)
+    for rule, text in rules.items():
+        if rule != "all":
+            assert re.findall(r"python -m rsgrpo ([\w-]+)", text) == [rule.replace("_", "-")], rule
+    for verb, (module, _) in VERBS.items():
+        assert module == MODULE_NOT_NAMED_AFTER_VERB.get(verb, "rsgrpo." + verb.replace("-", "_")), verb
+
+
+def test_bandit_figure(tmp_path, monkeypatch):
+    seen = []
+    original = bandit_cli.save_figure
+
+    def spy(fig, path, formats=None):
+        seen.append(list(fig.axes))
+        return original(fig, path, formats)
+
+    monkeypatch.setattr(bandit_cli, "save_figure", spy)
+    res = simulate([0.0, 8.0], 2, BanditSpec(updates=200, record_every=20))
+    (path,) = bandit_cli.plot_bandit(res, tmp_path / "bandit.png")
+    assert path.stat().st_size > 10_000
+    (axes,) = seen
+    assert len(axes) == 2
+    assert [len(ax.get_lines()) for ax in axes] == [2 + 2, 2]  # reward panel also has the 1.0 / 0.6 guides
+    np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), res.reward_ma[0].mean(axis=0))

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rsgrpo import cell_index
+from rsgrpo import checkpoint
 from rsgrpo import grid as G
+from rsgrpo import layout as L
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "config/grid.yaml").read_text())
@@ -50,9 +53,60 @@ def test_single_cell_path_parsing():
 
 
 def test_split_eval():
-    assert G.split_eval("beta4") == ("beta4", "final")
-    assert G.split_eval("dapo17k/beta2/step000100") == ("dapo17k/beta2", "100")
-    assert G.split_eval("dapo17k/beta2") == ("dapo17k/beta2", "final")
+    assert L.split_eval("beta4") == ("beta4", "final")
+    assert L.split_eval("dapo17k/beta2/step000100") == ("dapo17k/beta2", "100")
+    assert L.split_eval("dapo17k/beta2") == ("dapo17k/beta2", "final")
+    assert L.split_eval("step000100") == ("step000100", "final")  # a leaf alone is never an evaluation folder
+
+
+def test_layout_paths():
+    lay = L.Layout()
+    ev = lay.eval_dir("qwen7b/beta2", "100")
+    assert ev == "results/qwen7b/beta2/step000100" and lay.eval_dir("qwen7b/beta2", L.FINAL) == "results/qwen7b/beta2"
+    assert L.split_eval(ev.removeprefix("results/qwen7b/")) == ("beta2", "100")
+    assert (lay.passk(ev), lay.graded(ev), lay.samples(ev, "aime24")) == (
+        f"{ev}/passk.csv", f"{ev}/graded.parquet", f"{ev}/samples/aime24.parquet")
+    cell = lay.cell_dir("qwen7b/beta2")
+    assert (lay.metrics(cell), lay.manifest(cell)) == (f"{cell}/metrics.csv", f"{cell}/manifest.json")
+    assert lay.checkpoint_dir("qwen7b/beta2", 100) == "runs/qwen7b/beta2/checkpoints/step-000100"
+    # the trainer writes the checkpoints the evaluation reads: one definition of their names
+    assert checkpoint.checkpoint_name is L.checkpoint_name
+    assert checkpoint.checkpoints_dir("runs/x") == Path("runs/x") / L.CHECKPOINTS
+    # rules call the methods with wildcard patterns
+    assert lay.passk(lay.cell_dir("{model}/{evalrun}")) == "results/{model}/{evalrun}/passk.csv"
+    assert lay.log("train/{model}/{run}") == "logs/train/{model}/{run}.log"
+    assert (lay.train_data("math12k"), lay.benchmark_data("aime24"), lay.model_dir("qwen7b")) == (
+        "data/train/math12k.jsonl", "data/benchmarks/aime24.jsonl", "models/qwen7b")
+    assert lay.aggregate_table("table2", "md") == "results/aggregate/table2.md"
+    with pytest.raises(ValueError, match="unknown aggregate table 'table3'"):
+        lay.aggregate_table("table3")
+
+
+def test_run_path_rule_round_trips():
+    lay = L.Layout()
+    methods = {"base": {}, "grpo": {}, lay.BARE_BETA_METHOD: {}, "risky": {}}
+    for method, beta, leaf in [("grpo", None, "grpo"), (lay.BARE_BETA_METHOD, 4.0, "beta4"),
+                               (lay.BARE_BETA_METHOD, 0.5, "beta0.5"), ("risky", 2.0, "risky-beta2")]:
+        assert lay.run_leaf(method, beta) == leaf
+        assert lay.parse_run_leaf(leaf, methods) == (method, None if beta is None else L.fmt_beta(beta))
+    assert lay.run_segment("grpo", None, "dapo17k", "deepmath103k") == "dapo17k/grpo"
+    assert lay.run_segment("grpo", None, None, "deepmath103k") == "base"
+
+
+def test_renamed_beta_method_key_gets_the_long_path_form():
+    """Only the method key Layout.BARE_BETA_METHOD is spelled beta<b>; renamed, the cells are <key>-beta<b>."""
+    cfg = paper()
+    cfg["methods"]["risky"] = cfg["methods"].pop("rs_grpo")
+    for sweep in cfg["sweeps"]:
+        sweep["methods"] = ["risky" if m == "rs_grpo" else m for m in sweep["methods"]]
+    cells = G.expand(cfg)
+    assert len(cells) == 32
+    assert {c.run for c in cells if c.model == "qwen1p5b" and c.method == "risky"} == {
+        "risky-beta0", "risky-beta2", "risky-beta4", "risky-beta8"}
+    cell = G.cell_from_path(cfg, "qwen7b", "dapo17k/risky-beta3")
+    assert (cell.method, cell.beta, cell.train_set) == ("risky", 3.0, "dapo17k")
+    with pytest.raises(G.ConfigError, match="unknown method 'beta4'"):
+        G.cell_from_path(cfg, "qwen7b", "beta4")
 
 
 def test_adding_a_sweep_adds_exactly_its_cells():
@@ -76,7 +130,7 @@ def test_train_settings_merge_order():
 
 def test_cells_table_columns_and_published_mapping():
     cfg = paper()
-    rows = {r["cell"]: r for r in G.cells_table(cfg, G.expand(cfg))}
+    rows = {r["cell"]: r for r in cell_index.cells_table(cfg, G.expand(cfg))}
     assert rows["qwen7b/beta2"]["published_method"] == "RS-GRPO"
     assert rows["qwen7b/beta4"]["published_method"] == ""  # the paper reports beta 2 only
     assert rows["qwen7b/base"]["train_set"] == "" and rows["qwen7b/base"]["metrics"] == ""

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import subprocess
 
 import pandas as pd
 import pytest
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from rsgrpo.grading import extract_answer
-from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
+from snakemake_helpers import BIN, REPO, copy_workflow, job_counts, snakemake, write_config
 
 TINY_CONFIG = REPO / "tests/fixtures/workflow/tiny.yaml"
 TINY = yaml.safe_load(TINY_CONFIG.read_text())
@@ -20,6 +21,13 @@ def test_lint_is_clean():
     out = snakemake(REPO, "--lint")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
+
+
+def test_snakefmt_is_clean():
+    """Snakefile and workflow/ are formatted by the pinned snakefmt (settings: pyproject.toml [tool.snakefmt])."""
+    out = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 PAPER_COUNTS = {

@@ -1,11 +1,13 @@
 # Loads and validates the config, expands the grid (rsgrpo.grid), and holds the shared helpers.
 # All experiment logic lives in rsgrpo; this file only maps wildcards to cells and CLI arguments.
+# Every path comes from rsgrpo.layout.Layout (LAYOUT): no file name is spelled here or in a rule.
 import json
 import shlex
 
 from snakemake.utils import validate
 
 from rsgrpo import grid as G
+from rsgrpo.layout import FINAL, Layout, split_eval
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -14,8 +16,7 @@ CONFIG_FILES = [str(f) for f in workflow.configfiles]
 for _file in CONFIG_FILES:
     G.load_yaml_strict(_file)
 
-LAYOUT = G.Layout()
-RESULTS, LOGS = LAYOUT.results, LAYOUT.logs
+LAYOUT = Layout()
 CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
 BENCHMARKS = list(config["benchmarks"])
 
@@ -28,7 +29,7 @@ wildcard_constraints:
     name=r"[A-Za-z][A-Za-z0-9_]*",
     bench=r"[A-Za-z][A-Za-z0-9_]*",
     # [<train_set>/]<method>[/step<N>]: one or two name segments, optionally a checkpoint segment
-    evalrun=r"(?:[A-Za-z][A-Za-z0-9_]*/)?[A-Za-z][A-Za-z0-9_.\-]*(?:/step\d+)?",
+    evalrun=rf"(?:[A-Za-z][A-Za-z0-9_]*/)?[A-Za-z][A-Za-z0-9_.\-]*(?:/{LAYOUT.EVAL_STEP_REGEX})?",
     run=r"(?:[A-Za-z][A-Za-z0-9_]*/)?[A-Za-z][A-Za-z0-9_.\-]*",
 
 
@@ -38,12 +39,12 @@ def space_separated(values):
 
 
 def cell_of(wildcards):
-    run = getattr(wildcards, "run", None) or G.split_eval(wildcards.evalrun)[0]
-    return G.cell_from_path(config, wildcards.model, run, CELLS)
+    run = getattr(wildcards, "run", None) or split_eval(wildcards.evalrun)[0]
+    return G.cell_from_path(config, wildcards.model, run, CELLS, LAYOUT)
 
 
 def eval_step(wildcards):
-    return G.split_eval(wildcards.evalrun)[1]
+    return split_eval(wildcards.evalrun)[1]
 
 
 def checkpoint_dir(wildcards):
@@ -51,13 +52,12 @@ def checkpoint_dir(wildcards):
     cell = cell_of(wildcards)
     if cell.is_base:
         return LAYOUT.model_dir(cell.model)
-    step = G.step_number(config, eval_step(wildcards), cell)
-    return f"{LAYOUT.run_dir(cell.id)}/checkpoints/step-{step:06d}"
+    return LAYOUT.checkpoint_dir(cell.id, G.step_number(config, eval_step(wildcards), cell))
 
 
 def train_settings(cell):
     settings = G.train_settings(config, cell, LAYOUT)
-    if any(s != G.FINAL for s in cell.eval_steps):
+    if any(s != FINAL for s in cell.eval_steps):
         settings["keep_last"] = 0  # intermediate checkpoints are evaluated: keep them all
     return settings
 
@@ -81,9 +81,9 @@ def train_ranks_per_node(wildcards):
     return int(model.get("gpus", 0)) or int(model.get("cpu_processes", 1))
 
 
-def report_table(name, caption):
-    """An aggregate CSV marked for the HTML report."""
-    return report(f"{RESULTS}/aggregate/{name}.csv", caption=f"../report/{caption}.rst", category="Tables")
+def report_table(name):
+    """An aggregate CSV marked for the HTML report; its caption is workflow/report/<name>.rst."""
+    return report(LAYOUT.aggregate_table(name), caption=f"../report/{name}.rst", category="Tables")
 
 
 def aggregate_inputs():
@@ -91,9 +91,10 @@ def aggregate_inputs():
     files = []
     for cell in CELLS:
         for step in cell.eval_steps:
-            files += [f"{LAYOUT.eval_dir(cell.id, step)}/passk.csv", f"{LAYOUT.eval_dir(cell.id, step)}/graded.parquet"]
+            folder = LAYOUT.eval_dir(cell.id, step)
+            files += [LAYOUT.passk(folder), LAYOUT.graded(folder)]
         if not cell.is_base:
-            files.append(f"{LAYOUT.cell_dir(cell.id)}/metrics.csv")
+            files.append(LAYOUT.metrics(LAYOUT.cell_dir(cell.id)))
     return files
 
 
@@ -102,12 +103,12 @@ def final_outputs():
     outs = []
     for cell in CELLS:
         for step in cell.eval_steps:
-            outs.append(f"{LAYOUT.eval_dir(cell.id, step)}/passk.csv")
+            outs.append(LAYOUT.passk(LAYOUT.eval_dir(cell.id, step)))
     return outs
 
 
 def dataset_spec(wildcards):
-    section = "train_sets" if wildcards.kind == "train" else "benchmarks"
+    section = "train_sets" if wildcards.kind == LAYOUT.TRAIN_DATA else "benchmarks"
     if wildcards.name not in config[section]:
         raise ValueError(f"no {section} entry named {wildcards.name!r} in the config")
     entry = config[section][wildcards.name]
@@ -120,7 +121,7 @@ def sample_inputs(wildcards):
     if cell.is_base:
         inputs["model"] = LAYOUT.model_dir(cell.model)
     else:
-        inputs["manifest"] = f"{LAYOUT.cell_dir(cell.id)}/manifest.json"
+        inputs["manifest"] = LAYOUT.manifest(LAYOUT.cell_dir(cell.id))
     return inputs
 
 

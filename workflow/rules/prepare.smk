@@ -10,13 +10,13 @@ localrules:
 rule prepare_model:
     """Model spec -> a local Hugging Face checkpoint directory."""
     output:
-        directory(f"{LAYOUT.models}/{{model}}"),
+        directory(LAYOUT.model_dir("{model}")),
     log:
-        f"{LOGS}/prepare_model/{{model}}.log",
-    params:
-        spec=lambda wc: shlex.quote(json.dumps(config["models"][wc.model]["spec"])),
+        LAYOUT.log("prepare_model/{model}"),
     conda:
         RSGRPO_ENV
+    params:
+        spec=lambda wc: shlex.quote(json.dumps(config["models"][wc.model]["spec"])),
     shell:
         "python -m rsgrpo prepare-model --spec {params.spec} --out {output} > {log} 2>&1"
 
@@ -24,14 +24,14 @@ rule prepare_model:
 rule prepare_data:
     """Dataset spec (hub, local file or offline generator) -> JSONL of {id, problem, answer}."""
     output:
-        f"{LAYOUT.data}/{{kind}}/{{name}}.jsonl",
+        LAYOUT.data_file("{kind}", "{name}"),
     log:
-        f"{LOGS}/prepare_data/{{kind}}/{{name}}.log",
+        LAYOUT.log("prepare_data/{kind}/{name}"),
     wildcard_constraints:
-        kind="train|benchmarks",
-    params:
-        spec=dataset_spec,
+        kind=f"{LAYOUT.TRAIN_DATA}|{LAYOUT.BENCHMARK_DATA}",
     conda:
         RSGRPO_ENV
+    params:
+        spec=dataset_spec,
     shell:
         "python -m rsgrpo prepare-data --spec {params.spec} --out {output} > {log} 2>&1"

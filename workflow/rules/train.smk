@@ -8,20 +8,20 @@ rule train:
         model=lambda wc: LAYOUT.model_dir(wc.model),
         data=lambda wc: LAYOUT.train_data(cell_of(wc).train_set),
     output:
-        manifest=f"{RESULTS}/{{model}}/{{run}}/manifest.json",
-        metrics=f"{RESULTS}/{{model}}/{{run}}/metrics.csv",
+        manifest=LAYOUT.manifest(LAYOUT.cell_dir("{model}/{run}")),
+        metrics=LAYOUT.metrics(LAYOUT.cell_dir("{model}/{run}")),
     log:
-        f"{LOGS}/train/{{model}}/{{run}}.log",
-    params:
-        run_dir=lambda wc: LAYOUT.run_dir(f"{wc.model}/{wc.run}"),
-        settings=lambda wc: set_flags(train_settings(cell_of(wc))),
-        nproc=train_ranks_per_node,
+        LAYOUT.log("train/{model}/{run}"),
+    conda:
+        RSGRPO_ENV
     threads: lambda wc: max(2, train_ranks_per_node(wc))
     resources:
         gpu=lambda wc: model_gpus(wc) * model_nodes(wc),  # the job's total: --gpus=N
         nodes=model_nodes,
-    conda:
-        RSGRPO_ENV
+    params:
+        run_dir=lambda wc: LAYOUT.run_dir(f"{wc.model}/{wc.run}"),
+        settings=lambda wc: set_flags(train_settings(cell_of(wc))),
+        nproc=train_ranks_per_node,
     shell:
         "python -m rsgrpo train --nproc {params.nproc} --run-dir {params.run_dir} {params.settings}"
         " --out-manifest {output.manifest} --out-metrics {output.metrics} >> {log} 2>&1"

@@ -1,4 +1,4 @@
-"""``rsgrpo.report_figures`` on synthetic result trees: files, panels, plotted numbers, the transition
+"""``rsgrpo.figures`` on synthetic result trees: files, panels, plotted numbers, the transition
 matrix and the unique-answer count against hand-made cases, and graceful skipping."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsgrpo import report_figures as rf
+from rsgrpo import figures as rf
+from rsgrpo.cell_index import load_index
 from rsgrpo.cli import main as cli_main
 
 import synthetic_results as syn
@@ -167,7 +168,7 @@ def test_skips_figures_without_inputs(tmp_path):
              syn.CellSpec(model="k", model_name="K", method="base", label="Base")]
     tree = syn.write_tree(tmp_path / "tree", cells, [syn.BenchSpec("b1", "", 5, 4)], seed=0)
     out = tmp_path / "figs"
-    assert cli_main(["plots", "--cells", str(tree.cells_csv), "--benchmarks", str(tree.benchmarks_csv),
+    assert cli_main(["figures", "--cells", str(tree.cells_csv), "--benchmarks", str(tree.benchmarks_csv),
                      "--out", str(out), "--formats", "png"]) == 0
     index = (out / "figures.txt").read_text().splitlines()
     assert [line for line in index if not line.startswith("#")] == [
@@ -185,10 +186,10 @@ def test_transition_source_and_target_by_label(tmp_path):
     cells = [syn.CellSpec(**q, method="grpo", label="GRPO", transform=syn.grpo_like),
              syn.CellSpec(**q, method="chen", label="Chen2025", transform=syn.chen_like)]
     tree = syn.write_tree(tmp_path / "tree", cells, [syn.BenchSpec("b1", "", 7, 4)], seed=0)
-    grid = rf.load_grid(tree.cells_csv, tree.benchmarks_csv)
+    grid = load_index(tree.cells_csv, tree.benchmarks_csv)
     assert rf.transition_pairs(grid, "Chen2025", "grpo") == [("M/t", "m/t/chen", "m/t/grpo")]
     assert rf.transition_pairs(grid, "grpo", "rs_grpo") == []
-    rf._style()
+    rf.house_style()
     (png,) = rf.plot_transition_heatmap(grid, tmp_path, (), "GRPO", "chen")
     assert png.stat().st_size > 5_000
     tm = pd.read_csv(tmp_path / "transition_matrix.csv")
@@ -214,3 +215,31 @@ def test_graded_without_text_is_named(tmp_path):
     pd.read_parquet(graded).drop(columns=["text"]).to_parquet(graded)
     with pytest.raises(ValueError, match=r"graded file '.*graded\.parquet' lacks column\(s\) \['text'\]"):
         rf.make_figures(tree.cells_csv, tree.benchmarks_csv, tmp_path / "figs", formats=())
+
+
+def test_ablation_and_heatmap_find_their_cells_after_renaming_the_method_keys(tmp_path):
+    """RS-GRPO and GRPO are found by estimator: with both config keys renamed the beta ablation and
+    the default transition heatmap (grpo -> rs_grpo) still find the same cells, with the same colours."""
+    renames = {"rs_grpo": "risk_seeking", "grpo": "vanilla"}
+    cells = syn.rename_methods(syn.default_cells(), renames)
+    ids = {old.cell: new.cell for old, new in zip(syn.default_cells(), cells)}
+    plain = load_index(syn.write_tree(tmp_path / "plain", seed=2).cells_csv, tmp_path / "plain/benchmarks.csv")
+    tree = syn.write_tree(tmp_path / "renamed", cells, seed=2)
+    renamed = load_index(tree.cells_csv, tree.benchmarks_csv)
+    assert set(renamed.memberships["method"]).isdisjoint(renames)
+
+    def ablation(index):
+        return [(s, list(g["cell"])) for s, g in rf._ablation_runs(index)]
+
+    assert ablation(renamed) == [(s, [ids[c] for c in cs]) for s, cs in ablation(plain)]
+    assert len(ablation(renamed)) == 1 and len(ablation(renamed)[0][1]) == 3  # GRPO + betas 2 and 4
+    assert rf.transition_pairs(renamed, "grpo", "rs_grpo") == [
+        (s, ids[a], ids[b]) for s, a, b in rf.transition_pairs(plain, "grpo", "rs_grpo")]
+    assert len(rf.transition_pairs(renamed, "grpo", "rs_grpo")) == 3
+    colors_plain, colors_renamed = rf._colors(plain.memberships), rf._colors(renamed.memberships)
+    assert {ids[c]: col for c, col in colors_plain.items()} == colors_renamed
+    out = tmp_path / "figs"
+    written = rf.make_figures(tree.cells_csv, tree.benchmarks_csv, out, formats=())
+    assert list(written) == list(rf.FIGURES)  # nothing skipped
+    tm = pd.read_csv(out / "transition_matrix.csv")
+    assert set(tm["from_cell"]) == {ids["qwen7b/deepmath103k/grpo"], ids["qwen15b/deepmath103k/grpo"]}

@@ -1,7 +1,10 @@
-"""``python -m rsgrpo plots``: the paper's result figures (Figs. 4, 5, 7 and an entropy plot) from a grid.
+"""``python -m rsgrpo figures`` (rule ``figures``): the paper's result figures (arXiv 2509.24261, Figs. 4,
+5, 7 and an entropy plot) from the results index.
 
-Inputs are ``cells.csv`` and ``benchmarks.csv`` as documented in :mod:`rsgrpo.aggregate`. Figures,
-each written as PNG + PDF (house style of :mod:`rsgrpo.plots`, atomic writes), into ``--out``:
+Inputs are ``cells.csv`` and ``benchmarks.csv`` as documented in :mod:`rsgrpo.cell_index`. Methods are
+known by their ``estimator`` (registry name), never by their config key: RS-GRPO = estimator
+``rs_grpo``, GRPO = estimator ``grpo``, Base = no estimator. Figures, each written as PNG + PDF (house
+style of :mod:`rsgrpo.plotting`, atomic writes), into ``--out``:
 
 * ``passk_curves`` (Fig. 4): pass@k (%) against k on a log2 axis, one row per setting, one column per
   benchmark, one line per cell (Base, GRPO, RS-GRPO betas, other methods) with its 95% bootstrap
@@ -13,7 +16,8 @@ each written as PNG + PDF (house style of :mod:`rsgrpo.plots`, atomic writes), i
 * ``unique_answers`` (Fig. 7 left): the unique-correct-answer ratio, see :func:`unique_correct_ratio`;
   numbers in ``unique_answers.csv``.
 * ``transition_heatmap`` (Fig. 7 right): problems counted by (accuracy bin under method A, bin under
-  method B), bins ``0, (0,.2], (.2,.4], (.4,.6], (.6,.8], (.8,1]``, default A = GRPO, B = RS-GRPO;
+  method B), bins ``0, (0,.2], (.2,.4], (.4,.6], (.6,.8], (.8,1]``, default A = GRPO, B = RS-GRPO
+  (``--transition-from`` / ``--transition-to`` take an estimator, method key, label or cell id);
   numbers in ``transition_matrix.csv``.
 * ``entropy``: policy entropy over training steps per run (``metrics.csv``), one panel per setting.
 
@@ -38,11 +42,13 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from rsgrpo.aggregate import (  # noqa: E402
-    TABLE_K, Grid, read_table, load_grid, parse_step_evals, read_metrics, read_passk, table_k,
+from rsgrpo.aggregate import TABLE_K, table_k  # noqa: E402
+from rsgrpo.cell_index import (  # noqa: E402
+    BASE_ESTIMATOR, GRPO_ESTIMATOR, RS_GRPO_ESTIMATOR, CellIndex, load_index, read_metrics, read_passk, read_table,
 )
 from rsgrpo.io import atomic_path  # noqa: E402
-from rsgrpo.plots import _style, save_figure  # noqa: E402
+from rsgrpo.layout import Layout  # noqa: E402
+from rsgrpo.plotting import house_style, save_figure  # noqa: E402
 
 __all__ = ["ACCURACY_BINS", "accuracy_bins", "transition_matrix", "normalize_text", "unique_correct_ratio",
            "plot_passk_curves", "plot_beta_ablation", "plot_unique_answers", "plot_transition_heatmap",
@@ -50,9 +56,11 @@ __all__ = ["ACCURACY_BINS", "accuracy_bins", "transition_matrix", "normalize_tex
 
 FIGURES = ("passk_curves", "beta_ablation", "unique_answers", "transition_heatmap", "entropy")
 ACCURACY_BINS = ("0", "(0,0.2]", "(0.2,0.4]", "(0.4,0.6]", "(0.6,0.8]", "(0.8,1]")
-FIXED_COLORS = {"base": "#7f7f7f", "grpo": "#1f77b4", "chen": "#2ca02c", "mahdavi": "#9467bd",
-                "walder": "#8c564b"}
+# colour per estimator (registry name; "" = the base model); RS-GRPO cells get reds by beta
+FIXED_COLORS = {BASE_ESTIMATOR: "#7f7f7f", GRPO_ESTIMATOR: "#1f77b4", "passk_chen": "#2ca02c",
+                "passk_mahdavi": "#9467bd", "pkpo_walder": "#8c564b"}
 OTHER_COLORS = ("#17becf", "#bcbd22", "#e377c2", "#ff7f0e", "#393b79")
+LAYOUT = Layout()
 
 
 class Skip(Exception):
@@ -116,12 +124,12 @@ def unique_correct_ratio(graded: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------ helpers
 def _colors(members: pd.DataFrame) -> dict[str, object]:
-    """Cell -> colour: fixed per known method, reds by beta for RS-GRPO, a cycle for the rest.
+    """Cell -> colour: fixed per known estimator, reds by beta for RS-GRPO, a cycle for the rest.
 
-    Pass the whole grid's memberships, so a cell keeps its colour in every panel and figure.
+    Pass the whole index's memberships, so a cell keeps its colour in every panel and figure.
     """
     colors, other = {}, iter(OTHER_COLORS * 10)
-    rs = members[members["method"] == "rs_grpo"].drop_duplicates("cell")
+    rs = members[members["estimator"] == RS_GRPO_ESTIMATOR].drop_duplicates("cell")
     betas = sorted(set(rs["beta"].fillna(-1.0)))  # one shade per beta, the same in every setting
     reds = plt.get_cmap("Reds")
     shade = {b: reds(0.55 + 0.4 * i / (len(betas) - 1)) if len(betas) > 1 else "#d62728"
@@ -130,7 +138,7 @@ def _colors(members: pd.DataFrame) -> dict[str, object]:
         colors[cell] = shade[beta]
     for _, m in members.drop_duplicates("cell").iterrows():
         if m["cell"] not in colors:
-            colors[m["cell"]] = FIXED_COLORS.get(m["method"]) or next(other)
+            colors[m["cell"]] = FIXED_COLORS.get(m["estimator"]) or next(other)
     return colors
 
 
@@ -161,15 +169,15 @@ def _benchmark_average(passk: pd.DataFrame, benches: Sequence[str], k_target: in
 
 
 # ------------------------------------------------------------------------------------ figures
-def plot_passk_curves(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+def plot_passk_curves(index: CellIndex, out: Path, formats: Sequence[str]) -> list[Path]:
     """Fig. 4: pass@k vs k (log2), rows = settings, columns = benchmarks, bands = bootstrap CIs."""
-    settings = list(dict.fromkeys(grid.memberships["setting"]))
-    benches = list(grid.benchmarks["benchmark"])
-    colors = _colors(grid.memberships)
-    passk = {c: read_passk(grid.cells.loc[c, "passk"]) for c in grid.memberships["cell"].unique()}
+    settings = list(dict.fromkeys(index.memberships["setting"]))
+    benches = list(index.benchmarks["benchmark"])
+    colors = _colors(index.memberships)
+    passk = {c: read_passk(index.cells.loc[c, "passk"]) for c in index.memberships["cell"].unique()}
     fig, axes = _grid_axes(len(settings), len(benches), 3.3, 2.9)
     for r, setting in enumerate(settings):
-        members = grid.memberships[grid.memberships["setting"] == setting]
+        members = index.memberships[index.memberships["setting"] == setting]
         for col, bench in enumerate(benches):
             ax = axes[r, col]
             ks_all = set()
@@ -185,7 +193,7 @@ def plot_passk_curves(grid: Grid, out: Path, formats: Sequence[str]) -> list[Pat
                                 alpha=0.15, lw=0)
             if ks_all:
                 _log2_axis(ax, sorted(ks_all))
-            ax.set_title(f"{setting}\n{grid.benchmark_name(bench)}" if col == 0 else grid.benchmark_name(bench),
+            ax.set_title(f"{setting}\n{index.benchmark_name(bench)}" if col == 0 else index.benchmark_name(bench),
                          fontsize=9)
             if col == 0:
                 ax.set_ylabel("pass@k (%)")
@@ -197,41 +205,41 @@ def plot_passk_curves(grid: Grid, out: Path, formats: Sequence[str]) -> list[Pat
     return save_figure(fig, out / "passk_curves.png", formats)
 
 
-def _ablation_runs(grid: Grid) -> list[tuple[str, pd.DataFrame]]:
-    """Settings with >= 2 RS-GRPO runs, each with its RS-GRPO and GRPO members."""
+def _ablation_runs(index: CellIndex) -> list[tuple[str, pd.DataFrame]]:
+    """Settings with >= 2 RS-GRPO runs, each with its RS-GRPO and GRPO members (by estimator)."""
     out = []
-    for setting, g in grid.memberships.groupby("setting", sort=False):
-        runs = g[g["method"].isin(["rs_grpo", "grpo"])]
-        if (runs["method"] == "rs_grpo").sum() >= 2:
+    for setting, g in index.memberships.groupby("setting", sort=False):
+        runs = index.with_estimator(g, RS_GRPO_ESTIMATOR, GRPO_ESTIMATOR)
+        if (runs["estimator"] == RS_GRPO_ESTIMATOR).sum() >= 2:
             out.append((setting, runs))
     return out
 
 
-def _eval_curve(grid: Grid, cell: str, base_cell: str | None, k_target: int | None) -> tuple[list, list]:
-    row = grid.cells.loc[cell]
-    evals = parse_step_evals(row["step_evals"], grid.cells_path.parent, where=f"cell {cell!r}")
-    benches = list(grid.benchmarks["benchmark"])
-    points = [(s, _benchmark_average(read_passk(d / "passk.csv"), benches, k_target)) for s, d in evals]
+def _eval_curve(index: CellIndex, cell: str, base_cell: str | None, k_target: int | None) -> tuple[list, list]:
+    evals = index.step_evals(cell)
+    benches = list(index.benchmarks["benchmark"])
+    points = [(s, _benchmark_average(read_passk(LAYOUT.passk(d)), benches, k_target)) for s, d in evals]
     if base_cell is not None and not any(s == 0 for s, _ in evals):
-        points.insert(0, (0, _benchmark_average(read_passk(grid.cells.loc[base_cell, "passk"]), benches, k_target)))
+        points.insert(0, (0, _benchmark_average(read_passk(index.cells.loc[base_cell, "passk"]), benches, k_target)))
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_beta_ablation(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+def plot_beta_ablation(index: CellIndex, out: Path, formats: Sequence[str]) -> list[Path]:
     """Fig. 5: training and test curves for every setting with several RS-GRPO betas."""
-    ablations = _ablation_runs(grid)
+    ablations = _ablation_runs(index)
     if not ablations:
         raise Skip("no setting has two or more RS-GRPO runs (betas)")
     fig, axes = _grid_axes(len(ablations), 4, 3.4, 2.9)
     titles = ["cumulative solve rate (train)", "training reward (moving avg.)", "test pass@1 (%)",
               f"test pass@{TABLE_K} (%, largest k ≤ {TABLE_K})"]
     for r, (setting, runs) in enumerate(ablations):
-        colors = _colors(grid.memberships)
+        colors = _colors(index.memberships)
         model = runs["model"].iloc[0]
-        base = grid.memberships[(grid.memberships["model"] == model) & (grid.memberships["method"] == "base")]
+        base = index.memberships[(index.memberships["model"] == model)
+                                & (index.memberships["estimator"] == BASE_ESTIMATOR)]
         base_cell = base["cell"].iloc[0] if len(base) else None
         for _, m in runs.iterrows():
-            row = grid.cells.loc[m["cell"]]
+            row = index.cells.loc[m["cell"]]
             kw = dict(color=colors[m["cell"]], lw=1.5, label=m["label"])
             if row["metrics"] is not None:
                 met = read_metrics(row["metrics"])
@@ -240,7 +248,7 @@ def plot_beta_ablation(grid: Grid, out: Path, formats: Sequence[str]) -> list[Pa
                 axes[r, 1].plot(met["step"], met["reward_mean"].rolling(window, min_periods=1).mean(), **kw)
             if row["step_evals"]:
                 for col, k_target in ((2, None), (3, TABLE_K)):
-                    steps, vals = _eval_curve(grid, m["cell"], base_cell, k_target)
+                    steps, vals = _eval_curve(index, m["cell"], base_cell, k_target)
                     axes[r, col].plot(steps, vals, marker="o", ms=3, **kw)
         for col, title in enumerate(titles):
             axes[r, col].set_title(f"{setting}\n{title}" if col == 0 else title, fontsize=9)
@@ -252,40 +260,40 @@ def plot_beta_ablation(grid: Grid, out: Path, formats: Sequence[str]) -> list[Pa
     return save_figure(fig, out / "beta_ablation.png", formats)
 
 
-def unique_answer_table(grid: Grid) -> pd.DataFrame:
+def unique_answer_table(index: CellIndex) -> pd.DataFrame:
     """Per (setting, cell, benchmark): mean unique-correct ratio over problems with >= 1 correct."""
     per_cell = {}
-    for cell in grid.memberships["cell"].unique():
-        path = grid.cells.loc[cell, "graded"]
+    for cell in index.memberships["cell"].unique():
+        path = index.cells.loc[cell, "graded"]
         graded = read_table(path, "graded", ["benchmark", "problem_id", "text", "correct"])
         per_cell[cell] = unique_correct_ratio(graded)
     rows = []
-    for _, m in grid.memberships.iterrows():
+    for _, m in index.memberships.iterrows():
         stats = per_cell[m["cell"]]
-        for bench in grid.benchmarks["benchmark"]:
+        for bench in index.benchmarks["benchmark"]:
             s = stats[(stats["benchmark"] == bench) & (stats["n_correct"] > 0)]
             rows.append({"setting": m["setting"], "cell": m["cell"], "label": m["label"], "method": m["method"],
-                         "benchmark": bench, "benchmark_name": grid.benchmark_name(bench),
+                         "benchmark": bench, "benchmark_name": index.benchmark_name(bench),
                          "unique_ratio": float((s["n_unique"] / s["n_correct"]).mean()) if len(s) else math.nan,
                          "n_problems_with_correct": len(s), "n_correct": int(s["n_correct"].sum()),
                          "n_unique": int(s["n_unique"].sum())})
     return pd.DataFrame(rows)
 
 
-def plot_unique_answers(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+def plot_unique_answers(index: CellIndex, out: Path, formats: Sequence[str]) -> list[Path]:
     """Fig. 7 left: grouped bars of the unique-correct ratio, one panel per setting."""
-    table = unique_answer_table(grid)
+    table = unique_answer_table(index)
     if table["unique_ratio"].isna().all():
         raise Skip("no cell has a correct completion")
     with atomic_path(out / "unique_answers.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     settings = list(dict.fromkeys(table["setting"]))
-    colors = _colors(grid.memberships)
-    fig, axes = _grid_axes(1, len(settings), max(4.0, 1.1 * len(grid.benchmarks) + 1.5), 3.2)
+    colors = _colors(index.memberships)
+    fig, axes = _grid_axes(1, len(settings), max(4.0, 1.1 * len(index.benchmarks) + 1.5), 3.2)
     for ax, setting in zip(axes[0], settings):
         t = table[table["setting"] == setting]
         cells = list(dict.fromkeys(t["cell"]))
-        names = [grid.benchmark_name(b) for b in grid.benchmarks["benchmark"]]
+        names = [index.benchmark_name(b) for b in index.benchmarks["benchmark"]]
         width = 0.8 / len(cells)
         for i, cell in enumerate(cells):
             tc = t[t["cell"] == cell]
@@ -301,37 +309,38 @@ def plot_unique_answers(grid: Grid, out: Path, formats: Sequence[str]) -> list[P
 
 
 def _matches(m: pd.Series, key: str) -> bool:
-    return key in (m["method"], m["label"], m["cell"])
+    return key in (m["estimator"], m["method"], m["label"], m["cell"])
 
 
-def transition_pairs(grid: Grid, source: str, target: str) -> list[tuple[str, str, str]]:
-    """(setting, source cell, target cell) for every setting holding both (matched by method key,
-    label or cell id)."""
+def transition_pairs(index: CellIndex, source: str, target: str) -> list[tuple[str, str, str]]:
+    """(setting, source cell, target cell) for every setting holding both; ``source`` / ``target``
+    match a cell by its estimator (so the defaults ``grpo`` / ``rs_grpo`` hold whatever the config
+    calls the methods), its method key, its label or its cell id."""
     pairs = []
-    for setting, g in grid.memberships.groupby("setting", sort=False):
+    for setting, g in index.memberships.groupby("setting", sort=False):
         sources = [m["cell"] for _, m in g.iterrows() if _matches(m, source)]
         targets = [m["cell"] for _, m in g.iterrows() if _matches(m, target)]
         pairs += [(setting, a, b) for a in sources for b in targets if a != b]
     return pairs
 
 
-def _pooled_counts(grid: Grid, cell: str) -> pd.DataFrame:
+def _pooled_counts(index: CellIndex, cell: str) -> pd.DataFrame:
     rows = [pd.DataFrame({"benchmark": b, "problem_id": c.problem_ids, "n": c.n, "c": c.c})
-            for b, c in grid.counts(cell).items() if b in set(grid.benchmarks["benchmark"])]
+            for b, c in index.counts(cell).items() if b in set(index.benchmarks["benchmark"])]
     return pd.concat(rows, ignore_index=True)
 
 
-def plot_transition_heatmap(grid: Grid, out: Path, formats: Sequence[str], source: str = "grpo",
-                            target: str = "rs_grpo") -> list[Path]:
+def plot_transition_heatmap(index: CellIndex, out: Path, formats: Sequence[str], source: str = GRPO_ESTIMATOR,
+                            target: str = RS_GRPO_ESTIMATOR) -> list[Path]:
     """Fig. 7 right: per-problem accuracy bins source -> target over all benchmarks' problems."""
-    pairs = transition_pairs(grid, source, target)
+    pairs = transition_pairs(index, source, target)
     if not pairs:
         raise Skip(f"no setting has both a {source!r} and a {target!r} cell")
-    labels = grid.cells["label"]
+    labels = index.cells["label"]
     fig, axes = _grid_axes(1, len(pairs), 4.3, 3.9)
     rows = []
     for ax, (setting, a, b) in zip(axes[0], pairs):
-        joined = _pooled_counts(grid, a).merge(_pooled_counts(grid, b), on=["benchmark", "problem_id"],
+        joined = _pooled_counts(index, a).merge(_pooled_counts(index, b), on=["benchmark", "problem_id"],
                                                suffixes=("_from", "_to"))
         m = transition_matrix(joined["c_from"], joined["n_from"], joined["c_to"], joined["n_to"])
         ax.imshow(m, cmap="Blues", origin="upper")
@@ -353,20 +362,20 @@ def plot_transition_heatmap(grid: Grid, out: Path, formats: Sequence[str], sourc
     return save_figure(fig, out / "transition_heatmap.png", formats)
 
 
-def plot_entropy(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
+def plot_entropy(index: CellIndex, out: Path, formats: Sequence[str]) -> list[Path]:
     """Policy entropy over training steps, one panel per setting, one line per trained run."""
     per_setting = []
-    for setting, g in grid.memberships.groupby("setting", sort=False):
-        trained = [m for _, m in g.iterrows() if grid.cells.loc[m["cell"], "metrics"] is not None]
+    for setting, g in index.memberships.groupby("setting", sort=False):
+        trained = [m for _, m in g.iterrows() if index.cells.loc[m["cell"], "metrics"] is not None]
         if trained:
             per_setting.append((setting, g, trained))
     if not per_setting:
         raise Skip("no cell has a metrics.csv")
     fig, axes = _grid_axes(1, len(per_setting), 4.2, 3.2)
     for ax, (setting, g, trained) in zip(axes[0], per_setting):
-        colors = _colors(grid.memberships)
+        colors = _colors(index.memberships)
         for m in trained:
-            met = read_metrics(grid.cells.loc[m["cell"], "metrics"])
+            met = read_metrics(index.cells.loc[m["cell"], "metrics"])
             ax.plot(met["step"], met["entropy"], color=colors[m["cell"]], lw=1.5, label=m["label"])
         ax.set(title=setting, xlabel="training step", ylabel="policy entropy (nats / token)")
         ax.legend(fontsize=7)
@@ -376,31 +385,31 @@ def plot_entropy(grid: Grid, out: Path, formats: Sequence[str]) -> list[Path]:
 
 
 def make_figures(cells: str | Path, benchmarks: str | Path, out_dir: str | Path, *,
-                 formats: Sequence[str] = ("pdf",), transition_from: str = "grpo",
-                 transition_to: str = "rs_grpo") -> dict[str, list[Path]]:
+                 formats: Sequence[str] = ("pdf",), transition_from: str = GRPO_ESTIMATOR,
+                 transition_to: str = RS_GRPO_ESTIMATOR) -> dict[str, list[Path]]:
     """Render every figure whose inputs exist; write ``figures.txt``; return ``{name: files}``."""
-    _style()
-    grid = load_grid(cells, benchmarks)
+    house_style()
+    index = load_index(cells, benchmarks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     makers = {
-        "passk_curves": lambda: plot_passk_curves(grid, out, formats),
-        "beta_ablation": lambda: plot_beta_ablation(grid, out, formats),
-        "unique_answers": lambda: plot_unique_answers(grid, out, formats),
-        "transition_heatmap": lambda: plot_transition_heatmap(grid, out, formats, transition_from, transition_to),
-        "entropy": lambda: plot_entropy(grid, out, formats),
+        "passk_curves": lambda: plot_passk_curves(index, out, formats),
+        "beta_ablation": lambda: plot_beta_ablation(index, out, formats),
+        "unique_answers": lambda: plot_unique_answers(index, out, formats),
+        "transition_heatmap": lambda: plot_transition_heatmap(index, out, formats, transition_from, transition_to),
+        "entropy": lambda: plot_entropy(index, out, formats),
     }
-    written, index = {}, []
+    written, listing = {}, []
     for name, make in makers.items():
         try:
             written[name] = make()
-            index.append("\t".join([name] + [p.name for p in written[name]]))
+            listing.append("\t".join([name] + [p.name for p in written[name]]))
         except Skip as why:
             plt.close("all")
-            print(f"plots: skipped {name}: {why}", file=sys.stderr)
-            index.append(f"# skipped {name}: {why}")
+            print(f"figures: skipped {name}: {why}", file=sys.stderr)
+            listing.append(f"# skipped {name}: {why}")
     with atomic_path(out / "figures.txt") as tmp:
-        tmp.write_text("\n".join(index) + "\n")
+        tmp.write_text("\n".join(listing) + "\n")
     return written
 
 
@@ -410,10 +419,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (PNG + PDF per figure, figures.txt)")
     parser.add_argument("--formats", nargs="+", default=["pdf"],
                         help="formats besides PNG (default: pdf)")
-    parser.add_argument("--transition-from", default="grpo",
-                        help="source of the transition heatmap: a method key, label or cell id (default grpo)")
-    parser.add_argument("--transition-to", default="rs_grpo",
-                        help="target of the transition heatmap: a method key, label or cell id (default rs_grpo)")
+    parser.add_argument("--transition-from", default=GRPO_ESTIMATOR,
+                        help="source of the transition heatmap: an estimator, method key, label or cell id "
+                        f"(default {GRPO_ESTIMATOR})")
+    parser.add_argument("--transition-to", default=RS_GRPO_ESTIMATOR,
+                        help="target of the transition heatmap: an estimator, method key, label or cell id "
+                        f"(default {RS_GRPO_ESTIMATOR})")
 
 
 def main(args: argparse.Namespace) -> int:
