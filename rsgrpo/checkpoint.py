@@ -30,7 +30,6 @@ import errno
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,14 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsgrpo.layout import CHECKPOINTS, checkpoint_name  # the folder names are the workflow layout's
+from .io import atomic_path
+from .layout import CHECKPOINTS, MANIFEST, checkpoint_name, checkpoint_step  # the workflow layout's names
 
 __all__ = ["MARKER", "STATE_FILE", "checkpoint_name", "complete_checkpoints", "latest_checkpoint",
-           "save_checkpoint", "load_state", "lock_run_dir", "prune", "capture_rng", "restore_rng", "clean_incomplete"]
+           "save_checkpoint", "load_state", "lock_run_dir", "prune", "capture_rng", "restore_rng", "clean_incomplete",
+           "write_manifest"]
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
-_NAME = re.compile(r"^step-(\d{6,})$")
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
@@ -58,9 +58,9 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     out = []
     if root.is_dir():
         for p in root.iterdir():
-            m = _NAME.match(p.name)
-            if m and p.is_dir() and (p / MARKER).is_file() and (p / STATE_FILE).is_file():
-                out.append((int(m.group(1)), p))
+            step = checkpoint_step(p.name)
+            if step is not None and p.is_dir() and (p / MARKER).is_file() and (p / STATE_FILE).is_file():
+                out.append((step, p))
     return sorted(out)
 
 
@@ -75,7 +75,7 @@ def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
     removed = []
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-") or (_NAME.match(p.name) and not (p / MARKER).is_file()):
+            if p.name.startswith(".tmp-") or (checkpoint_step(p.name) is not None and not (p / MARKER).is_file()):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
@@ -205,3 +205,22 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"],
                          nps["has_gauss"], nps["gauss"]))
     torch.set_rng_state(state["torch"])
+
+
+def write_manifest(run_dir: str | os.PathLike, *, final_step: int, steps: int, config_hash: str,
+                   config: dict) -> dict:
+    """Write ``<run_dir>/manifest.json`` (atomically): the run's complete checkpoints, its final one
+    and its config -- the train verb's declared output, what the evaluation rules read."""
+    checkpoints = complete_checkpoints(run_dir)
+    manifest = {
+        "final_step": final_step,
+        "steps": steps,
+        "run_dir": str(run_dir),
+        "checkpoints": [{"step": step, "path": str(path)} for step, path in checkpoints],
+        "final_checkpoint": str(checkpoints[-1][1]) if checkpoints else None,
+        "config_hash": config_hash,
+        "config": config,
+    }
+    with atomic_path(Path(run_dir) / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return manifest

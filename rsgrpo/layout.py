@@ -36,7 +36,7 @@ import re
 from typing import ClassVar
 
 __all__ = [
-    "FINAL", "CHECKPOINTS", "checkpoint_name", "fmt_beta", "split_eval", "Layout",
+    "FINAL", "CHECKPOINTS", "checkpoint_name", "checkpoint_step", "fmt_beta", "split_eval", "Layout",
     "PASSK", "GRADED", "SAMPLES", "METRICS", "MANIFEST", "CELLS_INDEX", "BENCHMARKS_INDEX",
     "AGGREGATE_TABLES", "BANDIT_CSV", "BANDIT_PNG", "ADVANTAGES",
 ]
@@ -59,12 +59,19 @@ ADVANTAGES = "advantages"  # advantages.png + advantages.pdf
 
 # training checkpoints: <run_dir>/checkpoints/step-000100 (rsgrpo.checkpoint writes and finds them)
 CHECKPOINTS = "checkpoints"
+_CHECKPOINT = re.compile(r"^step-(\d{6,})$")
 _EVAL_STEP = re.compile(r"^step(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
     """Folder name of the training checkpoint at ``step``: ``step-000100``."""
     return f"step-{step:06d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """Inverse of :func:`checkpoint_name`: the step of a folder named ``step-NNNNNN``, else None."""
+    match = _CHECKPOINT.match(name)
+    return int(match.group(1)) if match else None
 
 
 def eval_step_name(step: int | str) -> str:

@@ -1,4 +1,5 @@
-"""Where a training run's per-step metrics go: ``metrics.csv`` (always) and TensorBoard (optional).
+"""Where a training run's per-step metrics go: ``metrics.csv`` (always), TensorBoard (optional), and
+a progress bar (or a log line per step) on stderr.
 
 One row per step with :data:`METRIC_COLUMNS`. The CSV is rewritten from the checkpoint's rows when a
 run resumes (dropping rows a killed process wrote after its last checkpoint, which the resumed run
@@ -10,10 +11,12 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
 from .io import atomic_path
+from .layout import METRICS
 
 __all__ = ["METRIC_COLUMNS", "TIMING_COLUMNS", "MetricsLog"]
 
@@ -34,13 +37,20 @@ def _format(value) -> str:
 
 class MetricsLog:
     """``metrics.csv`` of a run directory, plus TensorBoard scalars under ``tensorboard/`` when asked
-    for and ``torch.utils.tensorboard`` works."""
+    for and ``torch.utils.tensorboard`` works, plus a tqdm bar over ``steps`` (``progress``; else one
+    log line per step)."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = False,
-                 columns: Sequence[str] = METRIC_COLUMNS):
-        self.path = Path(run_dir) / "metrics.csv"
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = False, progress: bool = False,
+                 steps: int = 0, start_step: int = 0, columns: Sequence[str] = METRIC_COLUMNS):
+        self.path = Path(run_dir) / METRICS
         self.columns = list(columns)
         self.writer = self._open_tensorboard(Path(run_dir) / "tensorboard") if tensorboard else None
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
+                            dynamic_ncols=True)
 
     @staticmethod
     def _open_tensorboard(folder: Path):
@@ -61,7 +71,7 @@ class MetricsLog:
                 out.writerow([_format(row[c]) for c in self.columns])
 
     def append(self, row: dict) -> None:
-        """Add one step's row to the CSV (flushed) and to TensorBoard."""
+        """Add one step's row to the CSV (flushed), to TensorBoard and to the progress display."""
         with open(self.path, "a", newline="") as fh:
             csv.writer(fh).writerow([_format(row[c]) for c in self.columns])
             fh.flush()
@@ -71,8 +81,17 @@ class MetricsLog:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"train/{column}", value, row["step"])
             self.writer.flush()
+        if self.bar is not None:
+            self.bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kept=row["groups_kept"],
+                                 ent=f"{row['entropy']:.3f}")
+            self.bar.update(1)
+        else:
+            log.info("step %d reward %.4f kept %d", row["step"], row["reward_mean"], row["groups_kept"])
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -49,6 +49,7 @@ from . import distributed as dist_utils
 from .actor import Actor
 from .distributed import init_distributed
 from .io import atomic_path
+from .layout import MANIFEST
 from .metrics import METRIC_COLUMNS, TIMING_COLUMNS, MetricsLog
 from .rollout import Completion
 from .trainconfig import TrainConfig, beta_at, config_hash, load_config, lr_at, to_dict
@@ -140,7 +141,8 @@ class Trainer:
         if state is not None:
             self._restore(state, latest[1])
         if self.dist.is_main:
-            self.metrics_log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard)
+            self.metrics_log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
+                                          steps=cfg.steps, start_step=self.start_step)
             self.metrics_log.rewrite(self.metrics)
 
     def _resume_state(self):
@@ -359,63 +361,30 @@ class Trainer:
         return path
 
     def write_manifest(self) -> dict:
-        checkpoints = ckpt.complete_checkpoints(self.run_dir)
-        manifest = {
-            "final_step": self.metrics[-1]["step"] if self.metrics else 0,
-            "steps": self.cfg.steps,
-            "run_dir": str(self.run_dir),
-            "checkpoints": [{"step": step, "path": str(path)} for step, path in checkpoints],
-            "final_checkpoint": str(checkpoints[-1][1]) if checkpoints else None,
-            "config_hash": self.hash,
-            "config": to_dict(self.cfg),
-        }
-        with atomic_path(self.run_dir / "manifest.json") as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        return manifest
+        return ckpt.write_manifest(self.run_dir, final_step=self.metrics[-1]["step"] if self.metrics else 0,
+                                   steps=self.cfg.steps, config_hash=self.hash, config=to_dict(self.cfg))
 
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         """Train from the last checkpoint (or the start) to ``cfg.steps``; return the manifest."""
         self.setup()
-        bar = self._progress_bar()
+        cfg = self.cfg
         try:
-            for step in range(self.start_step, self.cfg.steps):
+            for step in range(self.start_step, cfg.steps):
                 row = self.train_step(step)
                 self.metrics.append(row)
                 if self.metrics_log is not None:
                     self.metrics_log.append(row)
                 done = step + 1
-                if done == self.cfg.steps or (self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0):
+                if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                     self.save(done)
-                self._report(row, bar)
         finally:
-            self._close(bar)
+            if self.metrics_log is not None:
+                self.metrics_log.close()
+            close = getattr(getattr(self, "engine", None), "close", None)
+            if close is not None:
+                close()
         return self._finish()
-
-    def _progress_bar(self):
-        if not (self.cfg.progress and self.dist.is_main):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.cfg.steps, initial=self.start_step, desc="train", unit="step",
-                    file=sys.stderr, dynamic_ncols=True)
-
-    def _report(self, row: dict, bar) -> None:
-        if bar is not None:
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kept=row["groups_kept"],
-                            ent=f"{row['entropy']:.3f}")
-            bar.update(1)
-        elif self.dist.is_main:
-            log.info("step %d reward %.4f kept %d", row["step"], row["reward_mean"], row["groups_kept"])
-
-    def _close(self, bar) -> None:
-        if bar is not None:
-            bar.close()
-        if self.metrics_log is not None:
-            self.metrics_log.close()
-        close = getattr(getattr(self, "engine", None), "close", None)
-        if close is not None:
-            close()
 
     def _finish(self) -> dict | None:
         """Write the manifest (rank 0), then release the run-dir lock; every rank returns together."""
@@ -481,7 +450,7 @@ def main(args) -> int:
     trainer.run()
     if trainer.dist.is_main:
         if args.out_manifest:
-            _copy(trainer.run_dir / "manifest.json", args.out_manifest)
+            _copy(trainer.run_dir / MANIFEST, args.out_manifest)
         if args.out_metrics:
             _copy(trainer.metrics_log.path, args.out_metrics)
     return 0

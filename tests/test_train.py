@@ -316,6 +316,27 @@ def test_step_with_every_group_dropped_makes_no_update(tiny_model_dir, tmp_path)
     assert trainer.engine.loads == 0
 
 
+def test_a_registered_estimator_trains_with_no_other_change(tiny_model_dir, tmp_path):
+    """A new advantage estimator is one registered function: the config check, the trainer and the
+    metrics take it by name, nothing else needs to know it."""
+    def sign(rewards):
+        return torch.sign(rewards - rewards.mean(dim=1, keepdim=True))
+
+    advantages.register("test_train_sign")(sign)
+    try:
+        trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", method="test_train_sign", method_params=None)
+        before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        row = trainer.train_step(0)
+        assert trainer.cfg.method_params == {} and math.isnan(row["beta"])
+        assert row["groups_kept"] == 2 and row["grad_norm"] > 0
+        assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+        with pytest.raises(ValueError, match="'beta_schedule'"):  # it has no beta to schedule
+            from_dict({"method": "test_train_sign", "beta_schedule": "linear", "beta_start": 0, "beta_end": 1})
+    finally:
+        advantages.ESTIMATORS.pop("test_train_sign")
+        advantages.EXAMPLE_PARAMS.pop("test_train_sign")
+
+
 class SleepyEngine(FixedEngine):
     """Records the order of the calls the trainer makes (vLLM sleep mode's contract)."""
 
