@@ -59,7 +59,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_core.py
+	$(PY) perf/bench_core.py
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

@@ -5,7 +5,7 @@ Each distinct gold is parsed once per chunk of work (normally once) and each dis
 Workers also keep an LRU of parses shared by golds and answers (an answer spelled like its gold is
 not parsed again) and the pool is kept between calls. (math-verify itself keeps an
 ``lru_cache(20)`` of parsed LaTeX, so a plain loop over problem-major samples already skips many
-repeats: see benchmarks/bench_grading.py.) The answers are extracted slice by slice
+repeats: see perf/bench_grading.py.) The answers are extracted slice by slice
 (:class:`_TaskTable`), so workers start verifying before the last completion is read.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .extract import extract_answer_with_source, normalize_answer
 from .pool import _grade_in_pool, _make_chunks, _Pool, _resolve_workers, _shared_pool

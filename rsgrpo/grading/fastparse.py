@@ -16,7 +16,7 @@
   ``parse_expr`` on number tokens. Workers use ANTLR's documented two-stage strategy (SLL
   prediction; the stock LL parser whenever SLL reports an error), build digit-only number tokens
   as ``Integer(int(text))`` and reuse other number tokens' values: the same parse output (tested
-  against the stock parser on a corpus), in less time (benchmarks/bench_grading.py prints the
+  against the stock parser on a corpus), in less time (perf/bench_grading.py prints the
   ratio it measures). The caller's process keeps the stock parser.
 * **Warm-up** (:func:`_warm_up`): a new worker grades a few generic pairs before it takes work,
   so that building the parser does not count against the first real items' deadlines.

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .fastparse import _LRU, _enable_fast_parsing, _parse, _quiet_math_verify, _verify, _warm_up
 from .report import CRASH, GOLD_FAILED, OK, TIMEOUT

@@ -30,8 +30,8 @@ depends much less on what else the machine runs. The headline run of the grader 
 on this sample set (worker parse caches cold; the pool itself, a one-off per process, is started
 and warmed before and timed separately); a second, warm call is printed as such, not used.
 
-    python benchmarks/bench_grading.py                      # 500 x 64, plain loop on ~8000 samples
-    python benchmarks/bench_grading.py --problems 50 --samples 16 --plain-subset 0   # quick
+    python perf/bench_grading.py                      # 500 x 64, plain loop on ~8000 samples
+    python perf/bench_grading.py --problems 50 --samples 16 --plain-subset 0   # quick
 """
 
 from __future__ import annotations

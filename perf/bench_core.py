@@ -8,7 +8,7 @@
 2. pass@k: 500 problems x 1024 samples, k = 1..1024 (powers of two), median of repeats, vs a plain
    per-problem math.comb loop. Target: < 20 ms.
 
-Usage: python benchmarks/bench_core.py [--full-reference] [--reference-updates N]
+Usage: python perf/bench_core.py [--full-reference] [--reference-updates N]
 """
 
 from __future__ import annotations

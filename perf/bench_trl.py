@@ -1,7 +1,7 @@
 """Step time of our trainer vs TRL's GRPOTrainer, same model / prompts / batch / lengths, one run.
 
-    bash benchmarks/setup_trl_venv.sh                 # once: TRL 1.16.0 in .venv-trl (~1 min)
-    .venv/bin/python benchmarks/bench_trl.py [--models tiny,smollm2] [--steps-tiny 5] [--steps-smollm2 4]
+    bash perf/setup_trl_venv.sh                 # once: TRL 1.16.0 in .venv-trl (~1 min)
+    .venv/bin/python perf/bench_trl.py [--models tiny,smollm2] [--steps-tiny 5] [--steps-smollm2 4]
                                              [--json out.json]
 
 The orchestrator (this file, run with the project's .venv) prepares the models (the tiny random
@@ -77,6 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 # model -> (prompts per step, samples per prompt, max new tokens, micro batch): bench_train.py's sizes
 from bench_train import SETTINGS, bench_model  # noqa: E402  (this script's folder is on sys.path)
+
 COMMON = {"temperature": 1.0, "top_p": 1.0, "lr": 1e-5, "weight_decay": 0.0, "grad_clip": 1.0,
           "clip_low": 0.2, "clip_high": 0.28, "seed": 0}
 
@@ -156,8 +157,8 @@ def worker_trl(spec: dict) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rsgrpo.data import build_prompt, load_records
     from rsgrpo import rewards
+    from rsgrpo.data import build_prompt, load_records
     from rsgrpo.models import load_policy
     from rsgrpo.rollout import encode_prompts
 
@@ -309,7 +310,7 @@ def main(argv=None) -> int:
         return 0
     for py in (args.ours_python, args.trl_python):
         if not Path(py).is_file():
-            raise SystemExit(f"{py} not found (TRL side: bash benchmarks/setup_trl_venv.sh)")
+            raise SystemExit(f"{py} not found (TRL side: bash perf/setup_trl_venv.sh)")
 
     from rsgrpo.data import load_records, write_records
 
