@@ -61,7 +61,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) perf/bench_core.py
 
+# The same checks run in the test suite (tests/test_lint.py, tests/test_workflow.py).
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/snakefmt --check Snakefile workflow/
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakemake --lint $(DEMO)
 

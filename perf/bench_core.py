@@ -40,7 +40,8 @@ def bench_bandit(reference_updates: int | None) -> None:
             simulate_reference(beta, seed, ref_spec)
     measured = time.perf_counter() - t0
     reference = measured * spec.updates / ref_spec.updates
-    how = "measured" if ref_spec.updates == spec.updates else f"extrapolated from {ref_spec.updates} updates ({measured:.1f} s)"
+    how = ("measured" if ref_spec.updates == spec.updates
+           else f"extrapolated from {ref_spec.updates} updates ({measured:.1f} s)")
     print(f"bandit  7 betas x 10 seeds x {spec.updates} updates")
     print(f"  vectorised (one array program): {vectorised:8.2f} s")
     print(f"  reference loop                : {reference:8.2f} s  [{how}]")
@@ -67,7 +68,8 @@ def bench_passk(repeats: int = 50) -> None:
     assert np.allclose(np.array(baseline), pass_at_k(n, c, ks), atol=1e-12)
     med = statistics.median(times)
     print(f"pass@k  500 problems x {n} samples, k = 1..{n} ({len(ks)} values)")
-    print(f"  vectorised: median {med * 1e3:6.2f} ms over {repeats} runs (min {min(times) * 1e3:.2f}, max {max(times) * 1e3:.2f})  target < 20 ms")
+    print(f"  vectorised: median {med * 1e3:6.2f} ms over {repeats} runs "
+          f"(min {min(times) * 1e3:.2f}, max {max(times) * 1e3:.2f})  target < 20 ms")
     print(f"  math.comb loop (exact big integers): {loop * 1e3:8.1f} ms  -> {loop / med:.0f}x")
 
 

@@ -61,7 +61,8 @@ def run(name: str, model: Path, data: Path, nproc: int, stage: int, threads: int
                 "samples_per_prompt": samples, "max_new_tokens": max_new, "lr": 1e-5, "engine": "hf",
                 "micro_batch_size": micro, "dynamic_sampling": False, "checkpoint_every": 0,
                 "keep_last": 1, "progress": False, "grading_workers": 0, "zero_stage": stage, "seed": 0}
-    cmd = [sys.executable, "-c", PEAK_WRAPPER, sys.executable, "-m", "rsgrpo", "train", "--nproc", str(nproc), "--run-dir", str(run_dir)]
+    cmd = [sys.executable, "-c", PEAK_WRAPPER, sys.executable, "-m", "rsgrpo", "train",
+           "--nproc", str(nproc), "--run-dir", str(run_dir)]
     cmd += [f"--set={k}={json.dumps(v)}" for k, v in settings.items()]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -289,7 +289,8 @@ def rs_grpo(rewards: torch.Tensor, *, beta=2.0) -> torch.Tensor:
     cancellation as ``beta -> 0`` (where ``A -> r - mean``). No std normalisation, no clipping.
     """
     r = _check_rewards(rewards)
-    b = torch.as_tensor(beta, dtype=torch.float64) if not isinstance(beta, torch.Tensor) else beta.detach().to(torch.float64)
+    b = (torch.as_tensor(beta, dtype=torch.float64) if not isinstance(beta, torch.Tensor)
+         else beta.detach().to(torch.float64))
     if b.dim() == 0:
         b = b.expand(r.shape[0])
     if b.dim() != 1 or b.shape[0] != r.shape[0]:

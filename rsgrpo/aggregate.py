@@ -37,14 +37,19 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from rsgrpo.cell_index import (
-    GRPO_ESTIMATOR, RS_GRPO_ESTIMATOR, CellIndex, Counts, load_index, read_passk,
+    GRPO_ESTIMATOR,
+    RS_GRPO_ESTIMATOR,
+    CellIndex,
+    Counts,
+    load_index,
+    read_passk,
 )
 from rsgrpo.io import atomic_path
 from rsgrpo.layout import AGGREGATE_TABLES
@@ -314,7 +319,7 @@ def table2_markdown(table2: pd.DataFrame) -> str:
         cols = _column_order(g)
         header = ["Method"] + [_k_header(g, b, m, notes) for b, m in cols]
         body = []
-        for cell, c in g.groupby("cell", sort=False):
+        for _cell, c in g.groupby("cell", sort=False):
             idx = c.set_index(["benchmark", "metric"])
             body.append([c["label"].iloc[0]] + [
                 _fmt_ci(*idx.loc[(b, m), ["pass_at_k_pct", "ci_low_pct", "ci_high_pct"]]) for b, m in cols])
@@ -333,7 +338,7 @@ def rsgrpo_vs_grpo_markdown(diff: pd.DataFrame, published: pd.DataFrame | None =
         cols = _column_order(g)
         header = ["Comparison"] + [_k_header(g, b, m, notes) for b, m in cols]
         body = []
-        for (rs, gr), c in g.groupby(["rs_cell", "grpo_cell"], sort=False):
+        for (_rs, _gr), c in g.groupby(["rs_cell", "grpo_cell"], sort=False):
             idx = c.set_index(["benchmark", "metric"])
             body.append([f"{c['rs_label'].iloc[0]} - {c['grpo_label'].iloc[0]}"] + [
                 _fmt_ci(*idx.loc[(b, m), ["diff_pct", "ci_low_pct", "ci_high_pct"]], signed=True) for b, m in cols])
@@ -351,7 +356,7 @@ def rsgrpo_vs_grpo_markdown(diff: pd.DataFrame, published: pd.DataFrame | None =
         if (g["rs_published_method"] != "RS-GRPO").any():  # the paper's headline is its beta = 2 run only
             body.append([f"{rs_label} - {grpo_label}", str(len(settings))] + cells + ["n/a", "n/a"])
             continue
-        for m, suffix in (("pass@1", "AVG_p1"), (f"pass@{TABLE_K}", "AVG_p32")):
+        for _m, suffix in (("pass@1", "AVG_p1"), (f"pass@{TABLE_K}", "AVG_p32")):
             vals = [published.loc[(s, "RS-GRPO"), suffix] - published.loc[(s, "GRPO"), suffix] for s in settings
                     if (s, "RS-GRPO") in published.index and (s, "GRPO") in published.index]
             pub.append(f"{np.mean(vals):+.2f} ({len(vals)})" if vals else "n/a")
@@ -373,7 +378,7 @@ def published_comparison_markdown(comp: pd.DataFrame) -> str:
     for setting, g in comp.groupby("setting", sort=False):
         benches = list(dict.fromkeys(g["benchmark_name"]))
         body = []
-        for (cell, metric), c in g.groupby(["cell", "metric"], sort=False):
+        for (_cell, metric), c in g.groupby(["cell", "metric"], sort=False):
             idx = c.set_index("benchmark_name")
             row = [c["label"].iloc[0], metric]
             for b in benches:
@@ -426,7 +431,8 @@ def aggregate(cells: str | Path, benchmarks: str | Path, out_dir: str | Path, *,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", required=True, type=Path, help="cells.csv of the evaluated grid")
-    parser.add_argument("--benchmarks", required=True, type=Path, help="benchmarks.csv (benchmark, published_name, n, ks)")
+    parser.add_argument("--benchmarks", required=True, type=Path,
+                        help="benchmarks.csv (benchmark, published_name, n, ks)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for table2 / rsgrpo_vs_grpo / "
                         "published_comparison (.csv and .md)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per CI (default 2000)")
@@ -434,7 +440,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    for name, path in aggregate(args.cells, args.benchmarks, args.out, n_boot=args.bootstrap,
+    for _name, path in aggregate(args.cells, args.benchmarks, args.out, n_boot=args.bootstrap,
                                 seed=args.seed).items():
         print(path)
     return 0

@@ -19,12 +19,11 @@ between streams. Pure computation, no I/O: the CLI lives in :mod:`rsgrpo.bandit_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
-
 
 N_ARMS = 100
 GLOBAL_ARM, LOCAL_ARM = 40, 75
@@ -155,7 +154,8 @@ def simulate(betas: Sequence[float], seeds: int | Sequence[int] = 10, spec: Band
         r = rewards_of_arm[arms]
         w = _rs_grpo_np(r, beta_per_run, risk_seeking, safe_beta)
         # sum_i w_i (onehot(a_i) - pi) = per-arm sums of w - (sum_i w_i) pi
-        grad = np.bincount((flat_offset + arms).ravel(), weights=w.ravel(), minlength=runs * N_ARMS).reshape(runs, N_ARMS)
+        grad = np.bincount((flat_offset + arms).ravel(), weights=w.ravel(),
+                           minlength=runs * N_ARMS).reshape(runs, N_ARMS)
         grad -= w.sum(axis=1, keepdims=True) * probs
         theta += scale * grad
 

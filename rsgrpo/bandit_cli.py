@@ -73,7 +73,8 @@ def plot_bandit(result, path: str | Path) -> list[Path]:
     axes[1].set(xlabel="samples", ylabel="policy entropy (nats)", title="Bandit: entropy")
     axes[0].legend(loc="lower right", ncol=2, fontsize=8)
     n_seeds = result.reward_ma.shape[1]
-    fig.suptitle(f"100-armed bandit, global optimum 1.0 (arm 40), local 0.6 (arm 75); mean and min-max of {n_seeds} seeds", fontsize=9)
+    fig.suptitle("100-armed bandit, global optimum 1.0 (arm 40), local 0.6 (arm 75); "
+                 f"mean and min-max of {n_seeds} seeds", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -82,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
     runs = len(args.betas) * args.seeds
-    print(f"bandit: {len(args.betas)} betas x {args.seeds} seeds = {runs} runs, {spec.updates} updates each", file=sys.stderr)
+    print(f"bandit: {len(args.betas)} betas x {args.seeds} seeds = {runs} runs, {spec.updates} updates each",
+          file=sys.stderr)
     t0 = time.perf_counter()
     result = simulate(args.betas, args.seeds, spec)
     print(f"bandit: simulated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -35,9 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ import pandas as pd
 from rsgrpo import advantages
 from rsgrpo.grid import Cell, expand, step_number
 from rsgrpo.io import atomic_path
-from rsgrpo.layout import FINAL, Layout, fmt_beta
+from rsgrpo.layout import FINAL, LAYOUT, Layout, fmt_beta
 from rsgrpo.passk import pass_at_k, powers_of_two
 
 __all__ = [
@@ -84,7 +84,7 @@ def estimator_rank(estimator: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ writing
-def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = Layout()) -> list[dict]:
+def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = LAYOUT) -> list[dict]:
     """Rows of ``cells.csv`` for the grid's cells (columns: see the module docstring)."""
     rows = []
     for cell in cells:
@@ -123,7 +123,8 @@ def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = Layout()) 
 def benchmarks_table(config: dict) -> list[dict]:
     """Rows of ``benchmarks.csv``."""
     return [
-        {"benchmark": key, "published_name": b.get("published_name", ""), "n": b["n"], "ks": ";".join(map(str, b["ks"]))}
+        {"benchmark": key, "published_name": b.get("published_name", ""), "n": b["n"],
+         "ks": ";".join(map(str, b["ks"]))}
         for key, b in config["benchmarks"].items()
     ]
 

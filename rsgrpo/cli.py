@@ -26,8 +26,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "sample": ("rsgrpo.sample", "checkpoint x benchmark -> parquet of n samples per problem"),
     "score": ("rsgrpo.score", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
     "cell-index": ("rsgrpo.cell_index", "workflow config -> cells.csv and benchmarks.csv (the results index)"),
-    "aggregate": ("rsgrpo.aggregate", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published (CSV + Markdown, bootstrap CIs)"),
-    "figures": ("rsgrpo.figures", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, transition heatmap, entropy"),
+    "aggregate": ("rsgrpo.aggregate", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published "
+                                      "(CSV + Markdown, bootstrap CIs)"),
+    "figures": ("rsgrpo.figures", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, "
+                                  "transition heatmap, entropy"),
     "bandit": ("rsgrpo.bandit_cli", "the paper's 100-armed bandit (Fig. 3): CSV and figure"),
     "plot-advantages": ("rsgrpo.plot_advantages", "advantage vs reward and vs prompt accuracy (Fig. 2)"),
 }

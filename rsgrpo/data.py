@@ -18,7 +18,9 @@ YAML) with a ``source``:
 
 Common keys: ``name`` (used in error messages and default ids ``<name>-<index>``, index = position
 in the source), ``id_field`` (default: the source's ``id`` column when every row has one),
-``dedup`` (drop repeated problems, keeping the first), ``limit`` (keep the first N records).
+``dedup`` (drop repeated problems, keeping the first), ``limit`` (keep the first N records),
+``extra_fields`` (``{record field: source path}``: more columns copied into each record, e.g.
+``{"difficulty": "difficulty"}``; rewards see every record field, see :mod:`rsgrpo.rewards`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import json
 import logging
 import random
 import sys
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = [
     "load_records",
@@ -98,13 +101,34 @@ def _as_text(value: Any) -> str | None:
     return str(value).strip()
 
 
+def _plain(value: Any) -> Any:
+    """A source value as plain JSON data (numpy scalars and arrays from parquet become Python's)."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    return value
+
+
+def _extra_fields(spec: dict, dataset: str) -> dict[str, str]:
+    extras = spec.get("extra_fields") or {}
+    if not isinstance(extras, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extras.items()):
+        raise ValueError(f"dataset {dataset!r}: 'extra_fields' must map record field names to source "
+                         f"field paths, got {extras!r}")
+    reserved = sorted(set(extras) & {"id", *DEFAULT_FIELDS})
+    if reserved:
+        raise ValueError(f"dataset {dataset!r}: 'extra_fields' cannot name {reserved} (use 'id_field' "
+                         "and 'fields' for those)")
+    return extras
+
+
 def _canonical_records(rows: Iterable[dict], spec: dict, dataset: str) -> list[dict]:
-    """Map source rows to ``{id, problem, answer}`` with the spec's fields, ids, dedup and limit."""
+    """Map source rows to ``{id, problem, answer, <extra fields>}`` with the spec's fields, ids,
+    dedup and limit."""
     fields = {**DEFAULT_FIELDS, **(spec.get("fields") or {})}
     unknown = set(fields) - set(DEFAULT_FIELDS)
     if unknown:
         raise ValueError(f"dataset {dataset!r}: unknown keys in 'fields': {sorted(unknown)} "
                          f"(allowed: {sorted(DEFAULT_FIELDS)})")
+    extras = _extra_fields(spec, dataset)
     rows = list(rows)
     id_field = spec.get("id_field")
     if id_field is None and rows and all(isinstance(r, dict) and "id" in r for r in rows):
@@ -132,6 +156,12 @@ def _canonical_records(rows: Iterable[dict], spec: dict, dataset: str) -> list[d
                 raise ValueError(f"dataset {dataset!r}, row {index} (id {record['id']!r}): {key} "
                                  f"field {fields[key]!r} is empty (value {value!r})")
             record[key] = text
+        for key, path in extras.items():
+            value = _get_path(row, path)
+            if value is _MISSING:
+                raise ValueError(f"dataset {dataset!r}, row {index} (id {record['id']!r}): extra field "
+                                 f"{path!r} (for {key!r}) is missing")
+            record[key] = _plain(value)
         records.append(record)
 
     if spec.get("dedup"):

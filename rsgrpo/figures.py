@@ -31,8 +31,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -44,10 +44,17 @@ import pandas as pd  # noqa: E402
 
 from rsgrpo.aggregate import TABLE_K, table_k  # noqa: E402
 from rsgrpo.cell_index import (  # noqa: E402
-    BASE_ESTIMATOR, GRPO_ESTIMATOR, RS_GRPO_ESTIMATOR, CellIndex, load_index, read_metrics, read_passk, read_table,
+    BASE_ESTIMATOR,
+    GRPO_ESTIMATOR,
+    RS_GRPO_ESTIMATOR,
+    CellIndex,
+    load_index,
+    read_metrics,
+    read_passk,
+    read_table,
 )
 from rsgrpo.io import atomic_path  # noqa: E402
-from rsgrpo.layout import Layout  # noqa: E402
+from rsgrpo.layout import LAYOUT  # noqa: E402
 from rsgrpo.plotting import house_style, save_figure  # noqa: E402
 
 __all__ = ["ACCURACY_BINS", "accuracy_bins", "transition_matrix", "normalize_text", "unique_correct_ratio",
@@ -60,7 +67,6 @@ ACCURACY_BINS = ("0", "(0,0.2]", "(0.2,0.4]", "(0.4,0.6]", "(0.6,0.8]", "(0.8,1]
 FIXED_COLORS = {BASE_ESTIMATOR: "#7f7f7f", GRPO_ESTIMATOR: "#1f77b4", "passk_chen": "#2ca02c",
                 "passk_mahdavi": "#9467bd", "pkpo_walder": "#8c564b"}
 OTHER_COLORS = ("#17becf", "#bcbd22", "#e377c2", "#ff7f0e", "#393b79")
-LAYOUT = Layout()
 
 
 class Skip(Exception):
@@ -372,7 +378,7 @@ def plot_entropy(index: CellIndex, out: Path, formats: Sequence[str]) -> list[Pa
     if not per_setting:
         raise Skip("no cell has a metrics.csv")
     fig, axes = _grid_axes(1, len(per_setting), 4.2, 3.2)
-    for ax, (setting, g, trained) in zip(axes[0], per_setting):
+    for ax, (setting, _g, trained) in zip(axes[0], per_setting):
         colors = _colors(index.memberships)
         for m in trained:
             met = read_metrics(index.cells.loc[m["cell"], "metrics"])

@@ -20,13 +20,13 @@ naming the config file, the key and the value.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 
 from rsgrpo.advantages import ESTIMATORS, default_params, estimator_params, takes_beta
-from rsgrpo.layout import FINAL, Layout
+from rsgrpo.layout import FINAL, LAYOUT, Layout
 
 __all__ = ["FINAL", "ConfigError", "Cell", "method_takes_beta", "run_segment", "check_config", "expand",
            "cell_from_path", "final_step", "step_number", "train_settings", "load_yaml_strict"]
@@ -61,7 +61,7 @@ def method_takes_beta(method_cfg: dict) -> bool:
 
 
 def run_segment(model_cfg: dict, train_set: str | None, method: str, beta: float | None,
-                layout: Layout = Layout()) -> str:
+                layout: Layout = LAYOUT) -> str:
     """Path of a cell below results/<model>/: ``base``, ``grpo``, ``beta4``, ``dapo17k/beta2``... (see Layout)."""
     return layout.run_segment(method, beta, train_set, model_cfg["train_set"])
 
@@ -84,7 +84,8 @@ def check_config(config: dict, source: str = "config") -> None:
     for key, bench in benchmarks.items():
         bad = [k for k in bench["ks"] if k > bench["n"]]
         if bad:
-            fail(f"benchmarks.{key}.ks", f"k={bad[0]} exceeds the {bench['n']} samples per problem (benchmarks.{key}.n)")
+            fail(f"benchmarks.{key}.ks",
+                 f"k={bad[0]} exceeds the {bench['n']} samples per problem (benchmarks.{key}.n)")
     for key, method in methods.items():
         est = method.get("estimator")
         if key == "base":
@@ -98,7 +99,8 @@ def check_config(config: dict, source: str = "config") -> None:
         accepted = estimator_params(est)
         for param in method.get("params", {}):
             if param not in accepted:
-                fail(f"methods.{key}.params.{param}", f"estimator {est!r} takes no parameter {param!r} (it takes: {', '.join(accepted) or 'none'})")
+                fail(f"methods.{key}.params.{param}",
+                     f"estimator {est!r} takes no parameter {param!r} (it takes: {', '.join(accepted) or 'none'})")
         if "beta" in method.get("params", {}):
             fail(f"methods.{key}.params.beta", "set beta in a sweep's betas list, not in the method")
         optional = default_params(est)
@@ -124,7 +126,9 @@ def check_config(config: dict, source: str = "config") -> None:
             if step != FINAL and steps_total is not None and int(step) > steps_total:
                 fail(f"{where}.eval_steps[{j}]", f"step {step} is beyond training.steps = {steps_total}")
             if step != FINAL and every and int(step) % every:
-                fail(f"{where}.eval_steps[{j}]", f"step {step} is not a multiple of training.checkpoint_every = {every}, so no checkpoint exists there")
+                fail(f"{where}.eval_steps[{j}]",
+                     f"step {step} is not a multiple of training.checkpoint_every = {every}, "
+                     "so no checkpoint exists there")
 
 
 def expand(config: dict, source: str = "config") -> list[Cell]:
@@ -162,7 +166,7 @@ def expand(config: dict, source: str = "config") -> list[Cell]:
 
 
 def cell_from_path(config: dict, model: str, run: str, cells: Iterable[Cell] = (),
-                   layout: Layout = Layout()) -> Cell:
+                   layout: Layout = LAYOUT) -> Cell:
     """The cell behind ``results/<model>/<run>/``, also for cells no sweep lists.
 
     ``run`` is ``[<train_set>/]<leaf>`` with leaf ``base``, ``<method>``, ``<method>-beta<b>`` or
@@ -219,7 +223,7 @@ def step_number(config: dict, step: str, cell: Cell | None = None) -> int:
     return final_step(config, cell) if step == FINAL else int(step)
 
 
-def train_settings(config: dict, cell: Cell, layout: Layout = Layout()) -> dict:
+def train_settings(config: dict, cell: Cell, layout: Layout = LAYOUT) -> dict:
     """The ``python -m rsgrpo train`` config of a cell: training defaults < model overrides < cell."""
     model = config["models"][cell.model]
     method = config["methods"][cell.method]
@@ -228,9 +232,13 @@ def train_settings(config: dict, cell: Cell, layout: Layout = Layout()) -> dict:
     params = dict(method.get("params", {}))
     if cell.beta is not None:
         params["beta"] = cell.beta
+    train_data: str | dict = layout.train_data(cell.train_set)
+    extras = config["train_sets"][cell.train_set].get("extra_fields")
+    if extras:  # the prepared JSONL holds them under their record names: keep them for the rewards
+        train_data = {"source": "local", "path": train_data, "extra_fields": {name: name for name in extras}}
     settings.update(
         model_dir=layout.model_dir(cell.model),
-        train_data=layout.train_data(cell.train_set),
+        train_data=train_data,
         prompt_template=model.get("template", "chat"),
         method=method["estimator"],
         method_params=params,

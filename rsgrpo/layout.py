@@ -36,7 +36,7 @@ import re
 from typing import ClassVar
 
 __all__ = [
-    "FINAL", "CHECKPOINTS", "checkpoint_name", "checkpoint_step", "fmt_beta", "split_eval", "Layout",
+    "FINAL", "CHECKPOINTS", "checkpoint_name", "checkpoint_step", "fmt_beta", "split_eval", "Layout", "LAYOUT",
     "PASSK", "GRADED", "SAMPLES", "METRICS", "MANIFEST", "CELLS_INDEX", "BENCHMARKS_INDEX",
     "AGGREGATE_TABLES", "BANDIT_CSV", "BANDIT_PNG", "ADVANTAGES",
 ]
@@ -225,3 +225,6 @@ class Layout:
     def log(self, name: str) -> str:
         """``logs/<name>.log``; ``name`` is the rule, plus its wildcards as folders (``train/{model}/{run}``)."""
         return f"{self.logs}/{name}.log"
+
+
+LAYOUT = Layout()  # the default layout (Layout is frozen, so one shared instance is safe as a default)

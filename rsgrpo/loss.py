@@ -6,8 +6,8 @@ Pure tensor functions (no optimizer, no ranks, no I/O): the trainer's update sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ class Batch:
     attention_mask: torch.Tensor  # [B, L] long
     completion_mask: torch.Tensor  # [B, L] float
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
 
 

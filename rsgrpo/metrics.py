@@ -12,8 +12,8 @@ import csv
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .io import atomic_path
 from .layout import METRICS

@@ -28,7 +28,6 @@ import string
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 # Marker written last into a prepared directory: its presence means "complete", its content the spec.
 MARKER = "rsgrpo-model.json"

@@ -7,8 +7,8 @@ Importing this module selects the non-interactive Agg backend.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["REWARDS", "REWARD_INPUTS", "PARTIAL_FORMAT_CREDIT", "register", "compute", "reward_settings"]
 

@@ -28,9 +28,10 @@ import hashlib
 import math
 import numbers
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -153,7 +154,7 @@ class RolloutEngine(abc.ABC):
         bucket instead of materialising it whole.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: engines without resources keep this no-op
         """Release the engine's memory; the engine is unusable afterwards."""
 
     def __enter__(self):
@@ -461,8 +462,7 @@ class VLLMEngine(RolloutEngine):
                 pass
             del llm
         try:
-            from vllm.distributed.parallel_state import (destroy_distributed_environment,
-                                                         destroy_model_parallel)
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
             destroy_model_parallel()
             destroy_distributed_environment()

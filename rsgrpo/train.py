@@ -36,9 +36,10 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,10 +61,13 @@ log = logging.getLogger("rsgrpo.train")
 
 
 def records_hash(records: list[dict]) -> str:
-    """Fingerprint of the training records (ids, problems, answers, order) guarding resume."""
+    """Fingerprint of the training records (ids, problems, answers, extra fields, order) guarding
+    resume. A record without extra fields hashes as it always has, so older checkpoints resume."""
     digest = hashlib.sha256()
     for record in records:
-        digest.update(json.dumps([str(record["id"]), str(record["problem"]), str(record["answer"])]).encode())
+        item = [str(record["id"]), str(record["problem"]), str(record["answer"])]
+        extras = sorted((key, value) for key, value in record.items() if key not in ("id", "problem", "answer"))
+        digest.update(json.dumps(item + [extras] if extras else item, default=str).encode())
     return digest.hexdigest()
 
 

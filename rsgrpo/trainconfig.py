@@ -42,30 +42,48 @@ class TrainConfig:
 
     # --- inputs ---------------------------------------------------------------------------------
     model_dir: str | None = _f(None, "prepared HF checkpoint directory of the initial policy (required)", kind="str?")
-    train_data: Any = _f(None, "training set: path to a JSONL of {id, problem, answer} records, or a data spec mapping for rsgrpo.data.load_records (required)", kind="str|dict?")
+    train_data: Any = _f(None, kind="str|dict?",
+                         doc="training set: path to a JSONL of {id, problem, answer} records, or a data spec mapping "
+                             "for rsgrpo.data.load_records (required)")
     prompt_template: str = _f("chat", "prompt template of rsgrpo.data.build_prompt: chat | plain", kind="str")
     # --- objective ------------------------------------------------------------------------------
     method: str = _f("rs_grpo", "advantage estimator, a name in rsgrpo.advantages.ESTIMATORS", kind="str")
-    method_params: dict | None = _f(None, "keyword parameters of the estimator; null = its defaults (rs_grpo: {beta: 2.0}, the paper's recommendation)", kind="dict?")
-    beta_schedule: str = _f("constant", "beta over training (estimators that take one): constant (method_params.beta) | linear | cosine (beta_start -> beta_end)", kind="str")
+    method_params: dict | None = _f(None, kind="dict?",
+                                    doc="keyword parameters of the estimator; null = its defaults (rs_grpo: {beta: "
+                                        "2.0}, the paper's recommendation)")
+    beta_schedule: str = _f("constant", kind="str",
+                            doc="beta over training (estimators that take one): constant (method_params.beta) | linear"
+                                " | cosine (beta_start -> beta_end)")
     beta_start: float | None = _f(None, "first-step beta of a linear/cosine schedule", kind="float?")
     beta_end: float | None = _f(None, "beta reached at the end of the ramp of a linear/cosine schedule", kind="float?")
-    beta_ramp_steps: int = _f(0, "length of the beta ramp in steps (0 = the whole run); beta stays at beta_end afterwards", kind="int")
+    beta_ramp_steps: int = _f(0, kind="int",
+                              doc="length of the beta ramp in steps (0 = the whole run); beta stays at beta_end "
+                                  "afterwards")
     clip_low: float = _f(0.2, "PPO ratio clip below: ratio >= 1 - clip_low (DAPO clip-higher recipe)", kind="float")
     clip_high: float = _f(0.28, "PPO ratio clip above: ratio <= 1 + clip_high (clip-higher)", kind="float")
-    kl_coef: float = _f(0.0, "weight of the k3 KL estimate to the frozen initial policy; 0 = off (the reference model is then never loaded)", kind="float")
-    dynamic_sampling: bool = _f(True, "drop groups whose rewards are all equal (zero advantage) before the update", kind="bool")
-    reward_kind: str = _f("binary", "reward, a name in rsgrpo.rewards.REWARDS: binary (math-verify, the paper's) | partial (0.1 for a wrong boxed answer) | any registered reward", kind="str")
+    kl_coef: float = _f(0.0, kind="float",
+                        doc="weight of the k3 KL estimate to the frozen initial policy; 0 = off (the reference model "
+                            "is then never loaded)")
+    dynamic_sampling: bool = _f(True, kind="bool",
+                                doc="drop groups whose rewards are all equal (zero advantage) before the update")
+    reward_kind: str = _f("binary", kind="str",
+                          doc="reward, a name in rsgrpo.rewards.REWARDS: binary (math-verify, the paper's) | partial "
+                              "(0.1 for a wrong boxed answer) | any registered reward")
     # --- rollouts -------------------------------------------------------------------------------
     steps: int = _f(100, "number of RL steps (one rollout batch + update each); UNKNOWN in the paper", kind="int")
     prompts_per_step: int = _f(512, "prompts (groups) per step", kind="int")
     samples_per_prompt: int = _f(16, "completions sampled per prompt (group size N)", kind="int")
-    max_new_tokens: int = _f(2048, "max completion tokens; the paper is bounded by the model context (4k for Qwen2.5-Math); UNKNOWN", kind="int")
-    temperature: float = _f(1.0, "rollout sampling temperature (also divides the trainer's logits, so ratios are taken under the sampling policy)", kind="float")
+    max_new_tokens: int = _f(2048, kind="int",
+                             doc="max completion tokens; the paper is bounded by the model context (4k for "
+                                 "Qwen2.5-Math); UNKNOWN")
+    temperature: float = _f(1.0, kind="float",
+                            doc="rollout sampling temperature (also divides the trainer's logits, so ratios are taken "
+                                "under the sampling policy)")
     top_p: float = _f(1.0, "rollout nucleus sampling mass", kind="float")
     engine: str = _f("auto", "rollout engine: auto (vLLM on GPU, else transformers) | hf | vllm", kind="str")
     engine_batch_size: int = _f(64, "sequences per generate call of the engine", kind="int")
-    engine_options: dict = _f({}, "extra keyword options of rsgrpo.rollout.make_engine (e.g. kv_cache_memory_bytes)", kind="dict")
+    engine_options: dict = _f({}, kind="dict",
+                              doc="extra keyword options of rsgrpo.rollout.make_engine (e.g. kv_cache_memory_bytes)")
     grading_workers: int | None = _f(None, "grading processes (null = CPU count, 0 = in-process)", kind="int?")
     grading_timeout: float = _f(5.0, "seconds per answer verification", kind="float")
     # --- optimisation ---------------------------------------------------------------------------
@@ -76,17 +94,30 @@ class TrainConfig:
     adam_eps: float = _f(1e-8, "AdamW epsilon", kind="float")
     warmup_steps: int = _f(0, "linear lr warm-up steps (lr constant afterwards)", kind="int")
     grad_clip: float = _f(1.0, "max global gradient norm (0 = no clipping)", kind="float")
-    ppo_epochs: int = _f(1, "optimizer steps per rollout batch, each over the whole batch (1 = on-policy; clipping acts from the 2nd)", kind="int")
-    micro_batch_size: int = _f(8, "sequences per forward/backward pass (gradient accumulation over the batch)", kind="int")
-    zero_stage: int = _f(0, "DeepSpeed ZeRO stage 0 | 1 | 2 | 3 (3 partitions the weights too: for models that do not fit one device)", kind="int")
-    offload_optimizer: bool = _f(False, "ZeRO 1-3: keep the optimizer state (AdamW moments, fp32 master weights) in host memory", kind="bool")
-    dtype: str = _f("float32", "model / optimizer dtype: float32 | bfloat16 (exact resume is guaranteed for float32 on CPU)", kind="str")
+    ppo_epochs: int = _f(1, kind="int",
+                         doc="optimizer steps per rollout batch, each over the whole batch (1 = on-policy; clipping "
+                             "acts from the 2nd)")
+    micro_batch_size: int = _f(8, kind="int",
+                               doc="sequences per forward/backward pass (gradient accumulation over the batch)")
+    zero_stage: int = _f(0, kind="int",
+                         doc="DeepSpeed ZeRO stage 0 | 1 | 2 | 3 (3 partitions the weights too: for models that do not"
+                             " fit one device)")
+    offload_optimizer: bool = _f(False, kind="bool",
+                                 doc="ZeRO 1-3: keep the optimizer state (AdamW moments, fp32 master weights) in host "
+                                     "memory")
+    dtype: str = _f("float32", kind="str",
+                    doc="model / optimizer dtype: float32 | bfloat16 (exact resume is guaranteed for float32 on CPU)")
     seed: int = _f(0, "seed of data order, rollouts and torch RNG", kind="int")
     # --- bookkeeping ----------------------------------------------------------------------------
-    run_dir: str | None = _f(None, "run directory holding checkpoints/, metrics.csv, manifest.json (required; --run-dir overrides)", kind="str?")
-    checkpoint_every: int = _f(50, "write a checkpoint every this many steps (0 = only at the end; the last step is always saved)", kind="int")
+    run_dir: str | None = _f(None, kind="str?",
+                             doc="run directory holding checkpoints/, metrics.csv, manifest.json (required; --run-dir "
+                                 "overrides)")
+    checkpoint_every: int = _f(50, kind="int",
+                               doc="write a checkpoint every this many steps (0 = only at the end; the last step is "
+                                   "always saved)")
     keep_last: int = _f(3, "complete checkpoints kept on disk (0 = keep all)", kind="int")
-    tensorboard: bool = _f(False, "also log metrics to run_dir/tensorboard if torch.utils.tensorboard works", kind="bool")
+    tensorboard: bool = _f(False, kind="bool",
+                           doc="also log metrics to run_dir/tensorboard if torch.utils.tensorboard works")
     progress: bool = _f(True, "tqdm progress bar on stderr", kind="bool")
 
 
@@ -201,7 +232,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     if cfg.reward_kind not in rewards.REWARDS:
         raise _err(source, "reward_kind", cfg.reward_kind, f"unknown reward; registered: {sorted(rewards.REWARDS)}")
     if cfg.method not in advantages.ESTIMATORS:
-        raise _err(source, "method", cfg.method, f"unknown advantage estimator; allowed: {sorted(advantages.ESTIMATORS)}")
+        raise _err(source, "method", cfg.method,
+                   f"unknown advantage estimator; allowed: {sorted(advantages.ESTIMATORS)}")
     accepted = advantages.estimator_params(cfg.method)
     takes_beta = advantages.takes_beta(cfg.method)
     if cfg.method_params is None:
@@ -226,7 +258,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
         params["beta"] = cfg.beta_start
     else:
         for key in ("beta_start", "beta_end"):
-            need(key, getattr(cfg, key) is None, "only used by a linear/cosine beta_schedule; set beta_schedule or remove it")
+            need(key, getattr(cfg, key) is None,
+                 "only used by a linear/cosine beta_schedule; set beta_schedule or remove it")
     # Let the estimator itself judge parameter values (k range, variant names, beta >= 0, ...).
     n = cfg.samples_per_prompt
     probe = torch.zeros(2, n)

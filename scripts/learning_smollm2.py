@@ -275,10 +275,12 @@ def main(argv=None) -> int:
         "train_seconds_recorded": sum(step_seconds), "eval_after_seconds": eval_after_s,
         "total_seconds": time.time() - t_start,
     }
-    (out / f"learning{'' if args.reward == 'math_verify' else '-' + args.reward}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_file = out / f"learning{'' if args.reward == 'math_verify' else '-' + args.reward}.json"
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
 
     print()
-    print(f"RS-GRPO beta {args.beta}, reward {args.reward}, SmolLM2-135M-Instruct, arithmetic levels {levels}: {args.steps} steps x "
+    print(f"RS-GRPO beta {args.beta}, reward {args.reward}, SmolLM2-135M-Instruct, "
+          f"arithmetic levels {levels}: {args.steps} steps x "
           f"{args.prompts} prompts x {args.samples} samples, T {args.temperature}, top_p {args.top_p}, "
           f"{args.max_new_tokens} new tokens, lr {args.lr}")
     print("step  reward  groups_kept  entropy  resp_len  seconds")

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from rsgrpo.advantages import (
-    ESTIMATORS, EXAMPLE_PARAMS, binary_closed_form, compute, default_params, estimator_params, register, takes_beta,
+    ESTIMATORS,
+    EXAMPLE_PARAMS,
+    binary_closed_form,
+    compute,
+    default_params,
+    estimator_params,
+    register,
+    takes_beta,
 )
 
 
@@ -225,7 +232,8 @@ def test_passk_mahdavi_unbiased_weight_is_unbiased_for_k_one_minus_p_power():
     for n in (4, 9, 16):
         for k in range(1, n + 1):
             expectation = sum(
-                math.comb(n - 1, x) * p**x * (1 - p) ** (n - 1 - x) * Fraction(math.comb(n - 1 - x, k - 1), math.comb(n - 1, k - 1))
+                math.comb(n - 1, x) * p**x * (1 - p) ** (n - 1 - x)
+                * Fraction(math.comb(n - 1 - x, k - 1), math.comb(n - 1, k - 1))
                 for x in range(n)
             )
             assert expectation == (1 - p) ** (k - 1)
@@ -300,13 +308,15 @@ def test_takes_beta_and_defaults_come_from_the_signature():
         ("rs_grpo", torch.zeros(2, 4), {"beta": -1.0}, "beta must be a finite number >= 0"),
         ("rs_grpo", torch.zeros(2, 4), {"beta": float("nan")}, "beta must be a finite number >= 0"),
         ("rs_grpo", torch.zeros(2, 4), {"beta": torch.ones(3)}, "shape \\[groups\\]=2"),
-        ("passk_chen", torch.zeros(2, 4), {"k": 5}, "k must be between 1 and the number of samples per group \\(4\\), got k=5"),
+        ("passk_chen", torch.zeros(2, 4), {"k": 5},
+         "k must be between 1 and the number of samples per group \\(4\\), got k=5"),
         ("passk_chen", torch.zeros(2, 4), {"k": 0}, "got k=0"),
         ("passk_chen", torch.zeros(2, 4), {"k": 1.5}, "whole number"),
         ("passk_chen", torch.zeros(2, 4), {}, "missing required parameter\\(s\\) \\['k'\\]"),
         ("passk_chen", torch.full((2, 4), 0.5), {"k": 2}, "binary rewards only"),
         ("pkpo_walder", torch.zeros(2, 4), {"k": 9}, "got k=9"),
-        ("passk_mahdavi", torch.zeros(2, 4), {"k": 2, "variant": "magic"}, "variant must be one of \\['plugin', 'unbiased'\\]"),
+        ("passk_mahdavi", torch.zeros(2, 4), {"k": 2, "variant": "magic"},
+         "variant must be one of \\['plugin', 'unbiased'\\]"),
         ("grpo", torch.zeros(2, 4), {"scale": "mad"}, "scale must be one of \\['std', 'none'\\]"),
         ("grpo", torch.zeros(2, 4), {"beta": 2.0}, "unknown parameter\\(s\\) \\['beta'\\]; allowed parameters"),
         ("rloo", torch.zeros(2, 1), {}, "at least 2 samples"),

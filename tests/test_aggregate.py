@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic_results as syn
 import yaml
 
 from rsgrpo import aggregate as agg
@@ -25,8 +26,6 @@ from rsgrpo import cell_index
 from rsgrpo import grid as G
 from rsgrpo.cli import main as cli_main
 from rsgrpo.passk import bootstrap_ci, pass_at_k
-
-import synthetic_results as syn
 
 N_BOOT = 400
 
@@ -67,7 +66,7 @@ def test_table2_pass_at_k_equals_math_comb(tree, outputs):
         checked += 1
     assert checked == 2 * 3 * (5 + 3)  # metrics x benchmarks x (7B cells + 1.5B cells)
     # AVG is the unweighted mean over benchmarks; its k is empty because toy's k (16) differs
-    for (setting, cell, metric), g in t2.groupby(["setting", "cell", "metric"]):
+    for (_setting, _cell, metric), g in t2.groupby(["setting", "cell", "metric"]):
         avg = g[g["benchmark"] == agg.AVG]
         assert avg["pass_at_k_pct"].iloc[0] == pytest.approx(g[g["benchmark"] != agg.AVG]["pass_at_k_pct"].mean(),
                                                             abs=1e-4)
@@ -121,7 +120,8 @@ def test_bootstrap_cis_cover_the_true_population_mean_at_the_nominal_rate():
         strata = []
         for i, (a, b) in enumerate(populations):
             probs = rng.beta(a, b, size=p_problems)
-            counts = cell_index.Counts(np.arange(p_problems).astype(str), np.full(p_problems, n), rng.binomial(n, probs))
+            counts = cell_index.Counts(np.arange(p_problems).astype(str), np.full(p_problems, n),
+                                       rng.binomial(n, probs))
             strata.append(counts.per_problem(1))
             if i == 0:
                 for k, key in ((1, "pass@1"), (4, "pass@4")):
@@ -152,7 +152,8 @@ def test_paired_difference_sign_and_ci_on_constructed_changes(tmp_path):
         q = dict(model=model, model_name=model.upper(), train_set="ts", eval_steps=(1,))
         base = syn.grpo_like
         cells += [syn.CellSpec(**q, method="grpo", label="GRPO", transform=base),
-                  syn.CellSpec(**q, method="rs_grpo", beta=2.0, label="RS", transform=lambda p, s=shift: base(p) + s)]
+                  syn.CellSpec(**q, method="rs_grpo", beta=2.0, label="RS",
+                               transform=lambda p, s=shift, base=base: base(p) + s)]
     tree = syn.write_tree(tmp_path, cells, bench, seed=5)
     grid = cell_index.load_index(tree.cells_csv, tree.benchmarks_csv)
     diff = agg.build_rsgrpo_vs_grpo(grid, n_boot=500, seed=0)
@@ -169,7 +170,8 @@ def test_paired_difference_sign_and_ci_on_constructed_changes(tmp_path):
             gr_c = tree.counts[(f"{model.lower()}/ts/grpo", 1, r["benchmark"])]
             assert r["diff_pct"] == pytest.approx(100 * (rs_c.mean() - gr_c.mean()) / 16)
             # pairing: the paired CI is narrower than the two marginal CIs' half-widths added up
-            marg = t2[(t2["setting"] == f"{model}/ts") & (t2["benchmark"] == r["benchmark"]) & (t2["metric"] == "pass@1")]
+            marg = t2[(t2["setting"] == f"{model}/ts") & (t2["benchmark"] == r["benchmark"])
+                      & (t2["metric"] == "pass@1")]
             half = ((marg["ci_high_pct"] - marg["ci_low_pct"]) / 2).sum()
             assert r["ci_high_pct"] - r["ci_low_pct"] < 2 * half * 0.8
         assert d.loc[d["metric"] == "pass@32", "k"].tolist() == [16, 16, 16]
@@ -263,7 +265,8 @@ def test_estimator_rank_is_the_registry_order():
 
     ranks = [cell_index.estimator_rank(e) for e in ["", *ESTIMATORS, "not_registered"]]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
-    assert cell_index.estimator_rank(cell_index.GRPO_ESTIMATOR) < cell_index.estimator_rank(cell_index.RS_GRPO_ESTIMATOR)
+    assert (cell_index.estimator_rank(cell_index.GRPO_ESTIMATOR)
+            < cell_index.estimator_rank(cell_index.RS_GRPO_ESTIMATOR))
 
 
 # ------------------------------------------------------------------------------ published numbers
@@ -382,7 +385,8 @@ ERRORS = {
     "benchmarks file missing": (lambda t, p: (t.cells_csv, p / "b.csv"), r"benchmarks file '.*b\.csv' does not exist"),
     "benchmarks column missing": (lambda t, p: _edit_benchmarks(t, p, lambda d: d.drop(columns=["ks"])),
                                   r"benchmarks file .* lacks column\(s\) \['ks'\]"),
-    "benchmarks empty": (lambda t, p: _edit_benchmarks(t, p, lambda d: d.iloc[:0]), r"benchmarks file .* holds no rows"),
+    "benchmarks empty": (lambda t, p: _edit_benchmarks(t, p, lambda d: d.iloc[:0]),
+                         r"benchmarks file .* holds no rows"),
     "bad ks": (lambda t, p: _edit_benchmarks(t, p, lambda d: _set(d, "ks", "1;two")),
                r"benchmark 'aime24'.*column 'ks' must be ';'-separated positive integers"),
     "benchmark not graded": (
@@ -414,7 +418,8 @@ def test_error_graded_column_and_stale_passk(tree, tmp_path):
     stale = tmp_path / "stale_passk.csv"
     passk.to_csv(stale, index=False)
     cells, bench = _edit_cells(tree, tmp_path, lambda d: _set(d, "passk", str(stale)))
-    with pytest.raises(ValueError, match=r"passk file '.*stale_passk\.csv' \(cell 'qwen7b/base'\) says pass@1 .* stale"):
+    with pytest.raises(ValueError,
+                       match=r"passk file '.*stale_passk\.csv' \(cell 'qwen7b/base'\) says pass@1 .* stale"):
         agg.aggregate(cells, bench, tmp_path / "out", n_boot=10)
 
     with pytest.raises(ValueError, match="--bootstrap must be >= 1"):

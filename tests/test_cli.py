@@ -48,7 +48,8 @@ def test_every_verb_module_has_the_interface():
 
 
 def test_bandit_verb_writes_csv_and_png(tmp_path):
-    assert main(["bandit", "--betas", "0", "8", "--seeds", "2", "--updates", "100", "--record-every", "10", "--out", str(tmp_path)]) == 0
+    assert main(["bandit", "--betas", "0", "8", "--seeds", "2", "--updates", "100", "--record-every", "10",
+                 "--out", str(tmp_path)]) == 0
     df = pd.read_csv(tmp_path / "bandit.csv")
     assert list(df.columns) == ["beta", "seed", "samples", "reward_ma", "entropy"]
     assert len(df) == 2 * 2 * 10

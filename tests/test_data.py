@@ -15,7 +15,6 @@ from rsgrpo import data
 from rsgrpo.cli import main as cli_main
 from rsgrpo.data import build_prompt, generate_arithmetic, load_records, write_records
 
-
 # ---------------------------------------------------------------------------------------------
 # generator
 # ---------------------------------------------------------------------------------------------
@@ -255,3 +254,28 @@ def test_prepare_data_cli_inline_and_file_spec(tmp_path):
     assert len(out2.read_text().splitlines()) == 5
     with pytest.raises(ValueError, match="spec file .*nope.yaml.* does not exist"):
         cli_main(["prepare-data", "--spec", str(tmp_path / "nope.yaml"), "--out", str(out2)])
+
+
+def test_extra_fields_reach_the_records_and_survive_prepare(tmp_path):
+    """Extra dataset columns (for rewards) are copied into the records, written by prepare-data and
+    read back by the trainer's spec for the prepared file."""
+    import numpy as np
+    import pandas as pd
+
+    path = tmp_path / "raw.parquet"
+    pd.DataFrame({"q": ["A?", "B?"], "a": ["1", "2"], "meta": [{"level": 3}, {"level": 5}],
+                  "tags": [np.array([1, 2]), np.array([3])]}).to_parquet(path)
+    spec = {"source": "local", "path": str(path), "fields": {"problem": "q", "answer": "a"},
+            "extra_fields": {"level": "meta.level", "tags": "tags"}}
+    records = load_records(spec)
+    assert records[1] == {"id": "raw-1", "problem": "B?", "answer": "2", "level": 5, "tags": [3]}
+    prepared = write_records(records, tmp_path / "train.jsonl")
+    again = load_records({"source": "local", "path": str(prepared), "extra_fields": {"level": "level", "tags": "tags"}})
+    assert again == records
+    # without extra_fields the record shape is the old one
+    assert load_records({"source": "local", "path": str(prepared)})[0] == {
+        "id": "raw-0", "problem": "A?", "answer": "1"}
+    with pytest.raises(ValueError, match="extra field 'meta.size' \\(for 'size'\\) is missing"):
+        load_records({**spec, "extra_fields": {"size": "meta.size"}})
+    with pytest.raises(ValueError, match="cannot name \\['answer'\\]"):
+        load_records({**spec, "extra_fields": {"answer": "a"}})

@@ -17,11 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from train_helpers import ROOT, kill_after_first_checkpoint, metrics, run_env, train_cmd, write_run_inputs  # noqa: E402
 
 from rsgrpo import checkpoint as ckpt  # noqa: E402
 from rsgrpo.distributed import RENDEZVOUS_PORT, launch_command, under_launcher  # noqa: E402
-from train_helpers import (ROOT, kill_after_first_checkpoint, metrics, run_env, train_cmd,  # noqa: E402
-                           write_run_inputs)
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -159,8 +158,10 @@ ZERO3_SCRIPT = textwrap.dedent("""
     err = lambda a, b: float((a - b).abs().max())
     report["step"] = state["step"]
     report["weights_err"] = max(err(after[n], p.detach()) for n, p in ref.named_parameters())
-    report["exp_avg_err"] = max(err(state["exp_avg"][n], ref_opt.state[p]["exp_avg"]) for n, p in ref.named_parameters())
-    report["exp_avg_sq_err"] = max(err(state["exp_avg_sq"][n], ref_opt.state[p]["exp_avg_sq"]) for n, p in ref.named_parameters())
+    report["exp_avg_err"] = max(err(state["exp_avg"][n], ref_opt.state[p]["exp_avg"])
+                                for n, p in ref.named_parameters())
+    report["exp_avg_sq_err"] = max(err(state["exp_avg_sq"][n], ref_opt.state[p]["exp_avg_sq"])
+                                   for n, p in ref.named_parameters())
     report["exp_avg_scale"] = max(float(ref_opt.state[p]["exp_avg"].abs().max()) for p in ref.parameters())
     # round trip into a fresh ZeRO-3 engine (its own partition layout) and back
     ds2, model2 = engine(3)

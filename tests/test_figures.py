@@ -10,12 +10,11 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic_results as syn
 
 from rsgrpo import figures as rf
 from rsgrpo.cell_index import load_index
 from rsgrpo.cli import main as cli_main
-
-import synthetic_results as syn
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def test_other_figures_panels(rendered):
 def test_transition_matrix_csv_matches_the_counts(rendered):
     tree, out, _, _ = rendered
     tm = pd.read_csv(out / "transition_matrix.csv")
-    for (setting, a, b), g in tm.groupby(["setting", "from_cell", "to_cell"], sort=False):
+    for (_setting, a, b), g in tm.groupby(["setting", "from_cell", "to_cell"], sort=False):
         m = g.pivot(index="from_bin", columns="to_bin", values="count").loc[list(rf.ACCURACY_BINS),
                                                                            list(rf.ACCURACY_BINS)].to_numpy()
         c_from = np.concatenate([tree.counts[(a, 30, bs.key)] for bs in tree.benchmarks])

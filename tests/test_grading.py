@@ -572,6 +572,6 @@ def test_last_box_fast_path_equals_the_all_boxes_reference():
         assert fast == _boxed_answer_all_boxes(text), text
         found += fast is not None
         pos, cmd = max((text.rfind(c), c) for c in ("\\boxed", "\\fbox"))
-        if fast is not None and _box_argument(text, pos, cmd, lambda k: _close_of_brace(text, k)) is None:
+        if fast is not None and _box_argument(text, pos, cmd, lambda k, text=text: _close_of_brace(text, k)) is None:
             found_behind_an_unusable_last_box += 1
     assert found > 1500 and found_behind_an_unusable_last_box > 100

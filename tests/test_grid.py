@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rsgrpo import cell_index
-from rsgrpo import checkpoint
+from rsgrpo import cell_index, checkpoint
 from rsgrpo import grid as G
 from rsgrpo import layout as L
 
@@ -25,7 +24,8 @@ def test_paper_grid_cells():
     assert len(ids) == len(set(ids)) == 32
     assert sum(c.is_base for c in cells) == 5  # one shared base evaluation per model
     # Table 2 settings: 1.5B/deepmath has all 5 trained methods, 7B/dapo has 4, math12k settings 2 each
-    assert {c.run for c in cells if c.model == "qwen1p5b"} == {"base", "grpo", "walder", "mahdavi", "chen", "beta0", "beta2", "beta4", "beta8"}
+    assert {c.run for c in cells if c.model == "qwen1p5b"} == {
+        "base", "grpo", "walder", "mahdavi", "chen", "beta0", "beta2", "beta4", "beta8"}
     assert {c.run for c in cells if c.model == "qwen7b" and c.train_set == "dapo17k"} == {
         "dapo17k/grpo", "dapo17k/mahdavi", "dapo17k/chen", "dapo17k/beta2"}
     for model in ("qwen25_7b", "qwen3_4b", "llama8b"):
@@ -43,7 +43,8 @@ def test_single_cell_path_parsing():
     off_grid = G.cell_from_path(cfg, "qwen7b", "math12k/beta3")
     assert (off_grid.train_set, off_grid.beta, off_grid.eval_steps) == ("math12k", 3.0, ("final",))
     assert G.cell_from_path(cfg, "llama8b", "base").is_base
-    for run, message in [("beta-1", "beta must be >= 0"), ("betax", "cannot read a beta"), ("nope", "unknown method 'nope'"),
+    for run, message in [("beta-1", "beta must be >= 0"), ("betax", "cannot read a beta"),
+                         ("nope", "unknown method 'nope'"),
                          ("grpo-beta2", "takes no beta"), ("math12k/base", "base model has no train set"),
                          ("gsm8k/grpo", "unknown train set 'gsm8k'"), ("a/b/c", "expected results/")]:
         with pytest.raises(G.ConfigError, match=message):
@@ -112,7 +113,8 @@ def test_renamed_beta_method_key_gets_the_long_path_form():
 def test_adding_a_sweep_adds_exactly_its_cells():
     cfg = paper()
     before = {c.id for c in G.expand(cfg)}
-    cfg["sweeps"].append({"name": "new", "models": ["qwen3_4b"], "methods": ["base", "chen", "rs_grpo"], "betas": [1, 2]})
+    cfg["sweeps"].append({"name": "new", "models": ["qwen3_4b"], "methods": ["base", "chen", "rs_grpo"],
+                          "betas": [1, 2]})
     after = {c.id for c in G.expand(cfg)}
     assert after - before == {"qwen3_4b/chen", "qwen3_4b/beta1"}  # base and beta2 already exist
 
@@ -150,20 +152,25 @@ def mutate(path, value):
 
 
 BAD = [
-    (mutate(("sweeps", 0, "models"), ["qwen9b"]), "sweeps\\[0\\] \\(table2-qwen-math-1.5b\\).models\\[0\\]: unknown model 'qwen9b'"),
+    (mutate(("sweeps", 0, "models"), ["qwen9b"]),
+     "sweeps\\[0\\] \\(table2-qwen-math-1.5b\\).models\\[0\\]: unknown model 'qwen9b'"),
     (mutate(("sweeps", 1, "train_sets"), ["gsm8k"]), "sweeps\\[1\\].*train_sets\\[0\\]: unknown train set 'gsm8k'"),
     (mutate(("sweeps", 2, "methods"), ["base", "ppo"]), "methods\\[1\\]: unknown method 'ppo'"),
-    (mutate(("sweeps", 0, "methods"), ["base", "grpo"]), "betas: \\[2\\] given, but none of the methods \\['base', 'grpo'\\] takes beta"),
+    (mutate(("sweeps", 0, "methods"), ["base", "grpo"]),
+     "betas: \\[2\\] given, but none of the methods \\['base', 'grpo'\\] takes beta"),
     (mutate(("sweeps", 3, "betas"), []), "methods \\['rs_grpo'\\] need beta"),
-    (mutate(("methods", "grpo", "params"), {"scale": "std", "beta": 2}), "methods.grpo.params.beta: estimator 'grpo' takes no parameter 'beta'"),
+    (mutate(("methods", "grpo", "params"), {"scale": "std", "beta": 2}),
+     "methods.grpo.params.beta: estimator 'grpo' takes no parameter 'beta'"),
     (mutate(("methods", "rs_grpo", "params"), {"beta": 2}), "methods.rs_grpo.params.beta: set beta in a sweep"),
     (mutate(("methods", "chen", "params"), {}), "methods.chen.params: estimator 'passk_chen' needs \\['k'\\]"),
     (mutate(("methods", "chen", "estimator"), "pass_at_k"), "methods.chen.estimator: unknown estimator 'pass_at_k'"),
     (mutate(("methods", "base", "estimator"), "grpo"), "methods.base.estimator: the base model is not trained"),
     (mutate(("methods", "grpo", "estimator"), None), "methods.grpo.estimator: missing"),
-    (mutate(("benchmarks", "math500", "ks"), [1, 64]), "benchmarks.math500.ks: k=64 exceeds the 32 samples per problem"),
+    (mutate(("benchmarks", "math500", "ks"), [1, 64]),
+     "benchmarks.math500.ks: k=64 exceeds the 32 samples per problem"),
     (mutate(("models", "qwen7b", "train_set"), "gsm8k"), "models.qwen7b.train_set: unknown train set 'gsm8k'"),
-    (mutate(("sweeps", 3, "eval_steps"), [150, "final"]), "eval_steps\\[0\\]: step 150 is not a multiple of training.checkpoint_every = 100"),
+    (mutate(("sweeps", 3, "eval_steps"), [150, "final"]),
+     "eval_steps\\[0\\]: step 150 is not a multiple of training.checkpoint_every = 100"),
     (mutate(("sweeps", 3, "eval_steps"), [900]), "step 900 is beyond training.steps = 500"),
 ]
 

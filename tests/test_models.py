@@ -13,8 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from rsgrpo import cli
-from rsgrpo.models import (MARKER, TINY_CHARS, build_tiny_model, find_smollm2_gguf, load_policy,
-                           parse_spec, prepare_model)
+from rsgrpo.models import (
+    MARKER,
+    TINY_CHARS,
+    build_tiny_model,
+    load_policy,
+    parse_spec,
+    prepare_model,
+)
 
 
 def _weights(d: Path) -> dict[str, torch.Tensor]:

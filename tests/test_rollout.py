@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from rsgrpo.models import load_policy
-from rsgrpo.rollout import (Completion, HFEngine, SamplingParams, _SeededSampler, encode_prompts,
-                            make_engine, row_seed, vllm_available)
+from rsgrpo.rollout import (
+    Completion,
+    HFEngine,
+    SamplingParams,
+    _SeededSampler,
+    encode_prompts,
+    make_engine,
+    row_seed,
+    vllm_available,
+)
 
 
 def _chat(tok, text: str) -> str:
@@ -28,7 +38,8 @@ def engine(tiny_model_dir):
 @pytest.mark.parametrize("kwargs, field", [
     ({"n": 0}, "n"), ({"n": 2.0}, "n"), ({"temperature": -0.1}, "temperature"),
     ({"temperature": float("nan")}, "temperature"),
-    ({"temperature": float("inf")}, "temperature"), ({"temperature": "1"}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.01}, "top_p"),
+    ({"temperature": float("inf")}, "temperature"), ({"temperature": "1"}, "temperature"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.01}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"), ({"seed": 1.5}, "seed"),
 ])
 def test_sampling_params_validation(kwargs, field):
@@ -44,7 +55,7 @@ def test_sampling_params_defaults_and_frozen():
 
     q = SamplingParams(n=np.int64(3), max_tokens=np.int32(8), temperature=np.float32(0.5))
     assert type(q.n) is int and type(q.max_tokens) is int and type(q.temperature) is float
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.n = 3  # type: ignore[misc]
 
 

@@ -14,8 +14,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-
 from snakemake_helpers import REPO, copy_workflow, snakemake, write_config
 from test_workflow import TINY, check_results
 
@@ -29,7 +27,8 @@ def slurm_cluster(tmp_path_factory):
             pytest.skip("slurm-wlm/munge not installed and not root: cannot install them here")
         subprocess.run(["bash", str(CLUSTER), "install"], check=True)
     state = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run(["bash", str(CLUSTER), "start", str(state), "64", "1000000"], capture_output=True, text=True)
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(state), "64", "1000000"],
+                             capture_output=True, text=True)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         yield state
@@ -39,7 +38,8 @@ def slurm_cluster(tmp_path_factory):
 
 def test_tiny_config_on_slurm_with_one_injected_failure(slurm_cluster, tmp_path):
     wf = copy_workflow(tmp_path / "wf")
-    cfg = dict(TINY, sweeps=[{"models": ["tiny"], "methods": ["base", "grpo", "rs_grpo"], "betas": [2, 4], "eval_steps": [1, "final"]}])
+    cfg = dict(TINY, sweeps=[{"models": ["tiny"], "methods": ["base", "grpo", "rs_grpo"], "betas": [2, 4],
+                              "eval_steps": [1, "final"]}])
     config = write_config(tmp_path / "slurm.yaml", cfg)
     marker = tmp_path / "train-failed-once"
     fake_bin = tmp_path / "bin"

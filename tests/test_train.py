@@ -19,8 +19,8 @@ import torch  # noqa: E402
 from rsgrpo import advantages  # noqa: E402
 from rsgrpo.loss import build_batch, policy_loss, token_logprobs  # noqa: E402
 from rsgrpo.rewards import register  # noqa: E402
-from rsgrpo.trainconfig import TrainConfig, beta_at, from_dict, load_config, lr_at  # noqa: E402
 from rsgrpo.train import METRIC_COLUMNS, Trainer  # noqa: E402
+from rsgrpo.trainconfig import TrainConfig, beta_at, from_dict, load_config, lr_at  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -335,6 +335,34 @@ def test_a_registered_estimator_trains_with_no_other_change(tiny_model_dir, tmp_
     finally:
         advantages.ESTIMATORS.pop("test_train_sign")
         advantages.EXAMPLE_PARAMS.pop("test_train_sign")
+
+
+@register("test_train_record_target")
+def record_target(*, completions, answers, problems, records):
+    # a reward that reads a dataset column of its own (not the gold answer)
+    return [1.0 if text == record["target"] else 0.0 for text, record in zip(completions, records)]
+
+
+def test_rewards_see_the_records_extra_fields(tiny_model_dir, tmp_path):
+    from rsgrpo.train import records_hash
+
+    records = [dict(r, target=t) for r, t in zip(RECORDS, ["17", "9x", "xy"])]
+    cfg = from_dict(dict(model_dir=str(tiny_model_dir), steps=1, prompts_per_step=3, samples_per_prompt=4,
+                         max_new_tokens=4, engine="hf", progress=False, reward_kind="test_train_record_target"))
+    trainer = Trainer(cfg, tmp_path / "run", records=records, prompt_fn=lambda p: f"Q: {p}\nA:",
+                      engine_factory=lambda model, tok, src: FixedEngine(tok, TABLE))
+    trainer.setup()
+    row = trainer.train_step(0)
+    # "17" x3 in group a, "9x" x2 in group b, "xy" x4 in group c (all equal: dropped)
+    assert row["reward_mean"] == pytest.approx(9 / 12) and row["groups_kept"] == 2
+    # the extra fields are part of the data fingerprint that guards resume; plain records hash as before
+    assert records_hash(records) != records_hash([dict(r, target="0") for r in records])
+    import hashlib
+
+    before = hashlib.sha256()  # the fingerprint checkpoints were written with before extra fields existed
+    for r in RECORDS:
+        before.update(json.dumps([r["id"], r["problem"], r["answer"]]).encode())
+    assert records_hash(RECORDS) == before.hexdigest()
 
 
 class SleepyEngine(FixedEngine):

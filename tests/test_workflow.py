@@ -3,15 +3,14 @@
 import json
 import math
 import re
-import subprocess
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
 
 from rsgrpo.grading import extract_answer
-from snakemake_helpers import BIN, REPO, copy_workflow, job_counts, snakemake, write_config
 
 TINY_CONFIG = REPO / "tests/fixtures/workflow/tiny.yaml"
 TINY = yaml.safe_load(TINY_CONFIG.read_text())
@@ -21,13 +20,6 @@ def test_lint_is_clean():
     out = snakemake(REPO, "--lint")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
-
-
-def test_snakefmt_is_clean():
-    """Snakefile and workflow/ are formatted by the pinned snakefmt (settings: pyproject.toml [tool.snakefmt])."""
-    out = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 PAPER_COUNTS = {
@@ -59,7 +51,8 @@ def test_single_cell_schedules_exactly_its_jobs(tmp_path):
 
 def test_base_evaluation_is_shared_by_every_cell_of_a_model(tmp_path):
     wf = copy_workflow(tmp_path)
-    out = snakemake(wf, "-n", "results/qwen7b/beta4/passk.csv", "results/qwen7b/dapo17k/grpo/passk.csv", "results/qwen7b/base/passk.csv")
+    out = snakemake(wf, "-n", "results/qwen7b/beta4/passk.csv", "results/qwen7b/dapo17k/grpo/passk.csv",
+                    "results/qwen7b/base/passk.csv")
     counts = job_counts(out.stdout + out.stderr)
     assert counts["prepare_model"] == 1 and counts["score"] == 3 and counts["train"] == 2
 
@@ -95,9 +88,12 @@ SCHEMA_ERRORS = [
 
 CROSS_CHECK_ERRORS = [
     ({"sweeps": [{"models": ["qwen9b"], "methods": ["grpo"]}]}, "sweeps\\[0\\].models\\[0\\]: unknown model 'qwen9b'"),
-    ({"sweeps": [{"models": ["qwen7b"], "methods": ["grpo"], "betas": [2]}]}, "none of the methods \\['grpo'\\] takes beta"),
-    ({"benchmarks": {"math500": {"spec": {"source": "local", "path": "x.jsonl"}, "n": 8, "ks": [16]}}}, "k=16 exceeds the 8 samples"),
-    ({"methods": {"grpo": {"estimator": "grpo", "params": {"temperature": 1}}}}, "estimator 'grpo' takes no parameter 'temperature'"),
+    ({"sweeps": [{"models": ["qwen7b"], "methods": ["grpo"], "betas": [2]}]},
+     "none of the methods \\['grpo'\\] takes beta"),
+    ({"benchmarks": {"math500": {"spec": {"source": "local", "path": "x.jsonl"}, "n": 8, "ks": [16]}}},
+     "k=16 exceeds the 8 samples"),
+    ({"methods": {"grpo": {"estimator": "grpo", "params": {"temperature": 1}}}},
+     "estimator 'grpo' takes no parameter 'temperature'"),
 ]
 
 
@@ -172,5 +168,6 @@ def test_real_run_on_tiny_config(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert "ERROR/" not in report.stderr  # caption RST problems
     html = (wf / "report.html").read_text()
-    for name in figures + ["bandit.png", "advantages.png", "table2.csv", "rsgrpo_vs_grpo.csv", "published_comparison.csv"]:
+    for name in figures + ["bandit.png", "advantages.png", "table2.csv", "rsgrpo_vs_grpo.csv",
+                           "published_comparison.csv"]:
         assert name in html, name

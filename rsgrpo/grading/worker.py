@@ -13,6 +13,7 @@ powers, so workers >= 1 are the setting for untrusted output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -142,10 +143,10 @@ def _serve_chunk(conn, progress, chunk_id: int, groups, parse_cache: _LRU,
                     out, last_sent = [], now
     except MemoryError:
         # the heap may be in a bad state: report what is done, let the parent replace us
-        try:
+        # whatever the send raises, the worker returns (as the former `return` in `finally` did)
+        with contextlib.suppress(BaseException):
             conn.send(("results", chunk_id, out, False))
-        finally:
-            return False
+        return False
     conn.send(("results", chunk_id, out, True))
     return True
 
