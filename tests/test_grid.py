@@ -130,6 +130,17 @@ def test_train_settings_merge_order():
     assert chen["method"] == "passk_chen" and chen["method_params"] == {"k": 4}
 
 
+def test_train_set_extra_fields_reach_the_trainer_spec():
+    cfg = paper()
+    cfg["train_sets"]["dapo17k"]["extra_fields"] = {"source_name": "data_source"}
+    s = G.train_settings(cfg, G.cell_from_path(cfg, "qwen7b", "dapo17k/beta2"))
+    # the prepared JSONL holds the field under its record name
+    assert s["train_data"] == {"source": "local", "path": "data/train/dapo17k.jsonl",
+                               "extra_fields": {"source_name": "source_name"}}
+    assert G.train_settings(cfg, G.cell_from_path(cfg, "qwen7b", "beta2"))["train_data"] == \
+        "data/train/deepmath103k.jsonl"
+
+
 def test_cells_table_columns_and_published_mapping():
     cfg = paper()
     rows = {r["cell"]: r for r in cell_index.cells_table(cfg, G.expand(cfg))}
