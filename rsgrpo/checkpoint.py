@@ -42,7 +42,7 @@ from .layout import CHECKPOINTS, MANIFEST, checkpoint_name, checkpoint_step  # t
 
 __all__ = ["MARKER", "STATE_FILE", "checkpoint_name", "complete_checkpoints", "latest_checkpoint",
            "save_checkpoint", "load_state", "lock_run_dir", "prune", "capture_rng", "restore_rng", "clean_incomplete",
-           "write_manifest"]
+           "write_manifest", "resume_state"]
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
@@ -169,6 +169,24 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not (path / MARKER).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def resume_state(run_dir: str | os.PathLike, *, config_hash: str,
+                 data_hash: str) -> tuple[Path | None, dict | None]:
+    """``(path, state)`` of the newest complete checkpoint to resume from, ``(None, None)`` for a fresh
+    run; ValueError when it was written with another config or other training records."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None, None
+    state = load_state(latest[1])
+    if state["config_hash"] != config_hash:
+        raise ValueError(f"run_dir {str(run_dir)!r} holds checkpoints of a different config (hash "
+                         f"{state['config_hash'][:12]} vs {config_hash[:12]}); use a new run_dir or the "
+                         "original config")
+    if state.get("data_hash") != data_hash:
+        raise ValueError(f"train_data changed since the checkpoint in {str(run_dir)!r} was written "
+                         "(different records); resume needs the same data -- use a new run_dir")
+    return latest[1], state
 
 
 def prune(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:

@@ -134,46 +134,36 @@ class Trainer:
         # The process group comes first: every rank must agree on what it resumes from.
         self.dist = init_distributed()
         dist_utils.check_rank_split(cfg.prompts_per_step, self.dist.world_size)
-        latest, state = self._resume_state()
+        resume_from, state = self._resume_state()
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
-        source = str(latest[1]) if latest is not None else cfg.model_dir
+        source = str(resume_from) if resume_from is not None else cfg.model_dir
         self.actor = Actor(cfg, source)
         self.prompts = [self._build_prompt(record["problem"]) for record in self.records]
         self.engine = self._make_engine(source)
         if state is not None:
-            self._restore(state, latest[1])
+            self._restore(state, resume_from)
         if self.dist.is_main:
             self.metrics_log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
                                           steps=cfg.steps, start_step=self.start_step)
             self.metrics_log.rewrite(self.metrics)
 
     def _resume_state(self):
-        """Lock and tidy the run dir, load the training records and the newest complete checkpoint's
-        state (None for a fresh run); refuse a checkpoint of another config or other data."""
+        """Lock and tidy the run dir, load the training records, and return the newest complete
+        checkpoint's ``(path, state)`` (``(None, None)`` for a fresh run)."""
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock = ckpt.lock_run_dir(self.run_dir)
             for path in ckpt.clean_incomplete(self.run_dir):
                 log.info("removed incomplete checkpoint %s", path)
         dist_utils.barrier()
-        latest = ckpt.latest_checkpoint(self.run_dir)
-        state = ckpt.load_state(latest[1]) if latest is not None else None
-        if state is not None and state["config_hash"] != self.hash:
-            raise ValueError(
-                f"run_dir {str(self.run_dir)!r} holds checkpoints of a different config "
-                f"(hash {state['config_hash'][:12]} vs {self.hash[:12]}); use a new run_dir or the "
-                "original config")
         self.records = self._records if self._records is not None else self._load_records()
         if not self.records:
             raise ValueError("train_data holds no records")
         self.n_unique = len({str(record["id"]) for record in self.records})
         self.data_hash = records_hash(self.records)
-        if state is not None and state.get("data_hash") != self.data_hash:
-            raise ValueError(f"train_data changed since the checkpoint in {str(self.run_dir)!r} was written "
-                             "(different records); resume needs the same data -- use a new run_dir")
-        return latest, state
+        return ckpt.resume_state(self.run_dir, config_hash=self.hash, data_hash=self.data_hash)
 
     def _make_engine(self, source: str):
         """The rollout engine. Under ZeRO-3 the module holds only this rank's partition: the engine
