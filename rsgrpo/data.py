@@ -10,7 +10,10 @@ YAML) with a ``source``:
               "id_field": optional, "dedup": false}``. Field paths may be nested with dots, list
               items by index: DAPO-Math-17k is ``{"problem": "prompt.0.content", "answer":
               "reward_model.ground_truth"}`` with ``dedup: true`` (it repeats ~17.9k prompts ~100x).
-              Needs the ``datasets`` library, which is optional (not installed on the offline box).
+              Needs the ``datasets`` library (pinned in pyproject.toml, imported only when an ``hf``
+              spec is loaded). ``path`` may also be a local directory holding a downloaded copy
+              (``data/train-*.parquet``, ``test.jsonl``...), which loads offline (``HF_HUB_OFFLINE=1``);
+              default ids then use the directory's name, so keep the hub repo's name or set ``name``.
 ``local``     a ``.jsonl``/``.json`` (one object per line) or ``.parquet`` file, same ``fields``.
 ``generator`` a seeded offline generator, ``{"source": "generator", "name": "arithmetic", "n": 200,
               "seed": 0, "difficulty": 1..5 | [levels] | "mixed"}``: arithmetic and word problems
@@ -200,13 +203,26 @@ def _canonical_records(rows: Iterable[dict], spec: dict, dataset: str) -> list[d
 
 
 def _load_hf_rows(path: str, split: str, subset: str | None) -> list[dict]:
-    """Rows of a Hugging Face dataset split (the one place that needs ``datasets``; tests patch it)."""
+    """Rows of a Hugging Face dataset split: a hub id or a local directory holding a copy of one.
+
+    The one place that needs ``datasets``, imported here so the CLI never pays for it otherwise
+    (tests patch this function)."""
     try:
         import datasets
     except ImportError as exc:
         raise ValueError(f"dataset {path!r}: source 'hf' needs the 'datasets' library, which is not "
                          "installed; install it or use a 'local' copy of the data") from exc
-    return list(datasets.load_dataset(path, subset, split=split))
+    try:
+        dataset = datasets.load_dataset(path, subset, split=split)
+    except (ValueError, OSError) as exc:
+        # datasets' own messages name neither the dataset nor the split ('Unknown split "test".
+        # Should be one of ['train'].'), and offline a hub id fails with a bare ConnectionError.
+        where = f"dataset {path!r}" + (f" (subset {subset!r})" if subset else "") + f", split {split!r}"
+        hint = ("; offline (HF_HUB_OFFLINE=1) or without hub access, 'path' must be a local directory "
+                "holding the dataset's files or a dataset already in the Hugging Face cache"
+                if isinstance(exc, ConnectionError) else "")
+        raise ValueError(f"{where}: cannot load it ({type(exc).__name__}: {exc}){hint}") from exc
+    return list(dataset)
 
 
 def _read_local_rows(path: Path) -> list[dict]:
