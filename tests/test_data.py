@@ -469,9 +469,21 @@ def test_hf_math500_jsonl_layout(tmp_path):
              "answer": "9", "subject": "Number Theory", "level": 3, "unique_id": "test/number_theory/572.json"}]
     _write_jsonl(local / "test.jsonl", rows)
     spec = _grid_spec("benchmarks", "math500", "HuggingFaceH4/MATH-500", local)
-    assert spec["split"] == "test"
+    assert spec["split"] == "test" and spec["id_field"] == "unique_id"
     assert _prepare_data(tmp_path, spec) == [
-        {"id": f"MATH-500-{i}", "problem": r["problem"], "answer": r["answer"]} for i, r in enumerate(rows)]
+        {"id": r["unique_id"], "problem": r["problem"], "answer": r["answer"]} for r in rows]
+
+
+def test_grid_ids_do_not_depend_on_the_local_folder_name(tmp_path):
+    """A local copy in any folder (a hub-cache snapshot is named by a commit hash) gets the ids the
+    grid's spec names, so a problem's sampling seed is the same wherever the data lives."""
+    local = tmp_path / "snapshots" / "3f2a9c1"
+    (local / "data").mkdir(parents=True)
+    _card(local, {"train": "data/train-*"})
+    pq.write_table(pa.table({"problem": ["P1", "P2"], "answer": ["1", "2"], "solution": ["s", "s"]}),
+                   local / "data" / "train-00000-of-00001.parquet")
+    spec = _grid_spec("train_sets", "math12k", "hiyouga/math12k", local)
+    assert [r["id"] for r in _prepare_data(tmp_path, spec)] == ["math12k-0", "math12k-1"]
 
 
 def test_hf_aime24_layout_uses_its_id_column(tmp_path):
