@@ -4,6 +4,7 @@ Layout: ``<run_dir>/checkpoints/step-XXXXXX/`` holds
 
 * an HF checkpoint (``save_pretrained`` safetensors + config + tokenizer files): directly usable by
   ``sample`` / ``load_policy`` and the source of the weights on resume;
+* ``master.safetensors`` (bf16-mixed runs only): the fp32 master weights, by parameter name;
 * ``trainer_state.pt``: everything else resume needs -- the inner torch optimizer state (AdamW
   moments and step counts), RNG states (python, numpy, torch) as tensors/plain types, the data
   position, the step, the cumulative-solve set, the metric rows so far and the config hash;
@@ -94,12 +95,14 @@ def _fsync_tree(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, state: dict[str, Any],
-                    state_dict: dict[str, Any] | None = None) -> Path:
+                    state_dict: dict[str, Any] | None = None,
+                    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write checkpoint ``step`` atomically and return its final path.
 
     ``state`` must hold only tensors and plain Python types (it is reloaded with weights_only=True).
     ``state_dict``: the full weights to write instead of the module's own (ZeRO-3, whose module holds
-    only a partition).
+    only a partition). ``tensor_files``: more tensors to store, ``{file name: {name: tensor}}``, each
+    file a safetensors file (bf16-mixed runs keep their fp32 master weights this way).
     """
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,10 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, 
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    for file_name, tensors in (tensor_files or {}).items():
+        from safetensors.torch import save_file
+
+        save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp / file_name))
     torch.save(state, tmp / STATE_FILE)
     (tmp / MARKER).write_text(json.dumps({"step": step}) + "\n")
     _fsync_tree(tmp)

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 __all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduce", "all_gather_json", "barrier",
-           "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state",
+           "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state", "full_master_weights",
+           "load_master_weights",
            "launch_command", "relaunch", "relaunch_verb", "needs_relaunch", "check_rank_split",
            "slurm_job_nodes", "under_launcher", "RENDEZVOUS_PORT"]
 
@@ -270,6 +271,32 @@ def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_00
             yield from with_aliases(flush())
     for k, b in buffers:
         yield k, b.detach().to("cpu", copy=zero3)
+
+
+def full_master_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, full fp32 tensor)`` of every parameter's fp32 master copy (bf16-mixed training:
+    DeepSpeed's optimizer owns them, the module holds bf16). Collective for every ZeRO stage (the
+    fragments of each tensor are assembled from all ranks): every rank must consume the iterator."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    for name, param in model.named_parameters():
+        master = safe_get_full_fp32_param(param)
+        if master is None:
+            raise RuntimeError(f"parameter {name} has no fp32 master copy (not a bf16-mixed DeepSpeed model)")
+        yield name, master.detach().to("cpu", torch.float32, copy=True)
+
+
+def load_master_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Set every parameter's fp32 master copy from ``weights[name]`` (any float dtype, full shape;
+    read lazily, one tensor at a time). Collective under ZeRO-3."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    for name, param in model.named_parameters():
+        value = weights[name]
+        shape = tuple(param.ds_shape) if _is_zero3(param) else tuple(param.shape)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"master weight {name}: shape {tuple(value.shape)} != {shape}")
+        safe_set_full_fp32_param(param, value.to(torch.float32))
 
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")

@@ -259,6 +259,47 @@ def load_policy(model_dir: str | os.PathLike, *, dtype="float32", device="cpu"):
     return model, tok
 
 
+def check_gradient_checkpointing(model_dir: str | os.PathLike) -> None:
+    """Refuse ``gradient_checkpointing`` for a model class that lacks it, reading only config.json
+    (so the error comes before any weights load)."""
+    import transformers
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    architecture = (config.get("architectures") or [None])[0]
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    if model_class is None or not getattr(model_class, "supports_gradient_checkpointing", False):
+        raise ValueError(f"key 'gradient_checkpointing': the model class {architecture!r} of "
+                         f"{str(model_dir)!r} does not support gradient checkpointing; set "
+                         "gradient_checkpointing: false")
+
+
+class SafetensorsWeights:
+    """The tensors of a checkpoint directory's safetensors file(s) (or of one file), read one at a
+    time by name, so a caller never holds a second full copy of the model."""
+
+    def __init__(self, source: str | os.PathLike):
+        source = Path(source)
+        index = source / "model.safetensors.index.json"
+        if source.is_file():
+            files = {None: source}
+        elif index.is_file():
+            files = {name: source / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        else:
+            files = {None: source / "model.safetensors"}
+        self.source, self.files = source, files
+
+    def __getitem__(self, name: str):
+        from safetensors import safe_open
+
+        path = self.files.get(name, self.files.get(None))
+        if path is None or not path.is_file():
+            raise KeyError(f"{str(self.source)!r} holds no tensor {name!r}")
+        with safe_open(str(path), framework="pt") as handle:
+            if name not in handle.keys():
+                raise KeyError(f"{str(path)!r} holds no tensor {name!r}")
+            return handle.get_tensor(name)
+
+
 # --------------------------------------------------------------------------------------------------
 # Specs
 # --------------------------------------------------------------------------------------------------

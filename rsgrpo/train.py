@@ -12,9 +12,10 @@ One step is a pipeline of named stages passing one :class:`Rollout`:
 4. **select** -- dynamic sampling: groups whose rewards are all equal carry no signal for any
    registered estimator and are dropped; when every group of every rank is dropped the step makes no
    update but is counted and logged;
-5. **update** -- old log-probs (and the token entropy metric) from the trainer's own no-grad
-   forward, then ``ppo_epochs`` optimizer steps of the PPO clipped objective (:mod:`rsgrpo.loss`,
-   run by :class:`rsgrpo.actor.Actor`), and the new weights pushed to the rollout engine;
+5. **update** -- ``ppo_epochs`` optimizer steps of the PPO clipped objective on the kept completions
+   (:mod:`rsgrpo.loss`, run by :class:`rsgrpo.actor.Actor`; with one epoch the update is on-policy
+   and its own forward gives the old log-probs and the token entropy metric, with more a no-grad
+   pass computes the old log-probs first), and the new weights pushed to the rollout engine;
 6. **metrics row** -- one row of ``metrics.csv`` (:mod:`rsgrpo.metrics`), summed over the ranks.
 
 Checkpoints (``rsgrpo.checkpoint``) are atomic and carry everything exact resume needs; a run killed
@@ -47,13 +48,13 @@ import torch
 from . import advantages, data_order, rewards
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
-from .actor import Actor
+from .actor import MASTER_FILE, Actor
 from .distributed import init_distributed
 from .io import atomic_path
 from .layout import MANIFEST
 from .metrics import METRIC_COLUMNS, TIMING_COLUMNS, MetricsLog
 from .rollout import Completion
-from .trainconfig import TrainConfig, beta_at, config_hash, load_config, lr_at, to_dict
+from .trainconfig import TrainConfig, beta_at, compute_dtype, config_hash, load_config, lr_at, to_dict
 
 __all__ = ["Trainer", "Rollout", "METRIC_COLUMNS", "TIMING_COLUMNS", "add_arguments", "main"]
 
@@ -83,8 +84,10 @@ class Rollout:
     beta: float | None = None                # (advantages)
     advantages: torch.Tensor | None = None   # [G, N] float32 (advantages)
     kept: torch.Tensor | None = None         # [G] bool: groups the update learns from (select)
-    old_logprobs: list[torch.Tensor] | None = None  # per completion, completion tokens (update)
-    entropy_sum: float = 0.0                 # token entropy summed over every completion (update)
+    # log-probs of the kept completions before the update (update; only with ppo_epochs > 1: an
+    # on-policy update takes them from its own forward)
+    old_logprobs: list[torch.Tensor] | None = None
+    entropy_sum: float = 0.0                 # token entropy summed over the updated completions (update)
     entropy_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
@@ -175,7 +178,7 @@ class Trainer:
 
         cfg = self.cfg
         return make_engine(cfg.engine, model_dir=source, model=shared, tokenizer=self.actor.tokenizer,
-                           dtype=cfg.dtype, batch_size=cfg.engine_batch_size, **cfg.engine_options)
+                           dtype=compute_dtype(cfg), batch_size=cfg.hf_batch_size, **cfg.engine_options)
 
     def _restore(self, state: dict, path: Path) -> None:
         """Optimizer, RNG, step, solved set and metric rows of a checkpoint's state."""
@@ -273,21 +276,20 @@ class Trainer:
             if self.cfg.dynamic_sampling else torch.ones(groups, dtype=torch.bool)
 
     def update(self, rollout: Rollout) -> dict:
-        """Old log-probs and entropy of every completion, then the PPO update on the kept ones (if
-        any rank kept any) and the weight push. Returns the update's statistics."""
+        """The PPO update on the kept completions (if any rank kept any) and the weight push; the
+        entropy metric comes from the update's forward. Returns the update's statistics."""
         started = time.perf_counter()
         pairs = rollout.pairs
-        # the trainer's own numbers, not the engine's
-        rollout.old_logprobs, entropies = self.actor.logprobs(pairs, with_entropy=True)
-        rollout.entropy_sum = float(torch.cat(entropies).double().sum()) if entropies else 0.0
-        rollout.entropy_tokens = sum(e.numel() for e in entropies)
         kept = rollout.kept_rows()
         stats = {"loss": float("nan"), "clip_frac": float("nan"), "kl": float("nan"),
                  "grad_norm": float("nan"), "lr": lr_at(self.cfg, rollout.step)}
         if dist_utils.all_reduce([len(kept)], "max")[0] > 0:  # any rank has something to learn
-            flat_advantages = rollout.advantages.reshape(-1)
-            stats = self.actor.update([pairs[i] for i in kept], flat_advantages[kept], stats["lr"],
-                                      old_logp=[rollout.old_logprobs[i] for i in kept])
+            kept_pairs = [pairs[i] for i in kept]
+            if self.cfg.ppo_epochs > 1:  # off-policy epochs need the pre-update log-probs
+                rollout.old_logprobs = self.actor.logprobs(kept_pairs)[0]
+            stats = self.actor.update(kept_pairs, rollout.advantages.reshape(-1)[kept], stats["lr"],
+                                      old_logp=rollout.old_logprobs)
+            rollout.entropy_sum, rollout.entropy_tokens = stats["entropy_sum"], stats["entropy_tokens"]
             self.push_weights()
         rollout.timings["update"] = time.perf_counter() - started
         return stats
@@ -339,6 +341,7 @@ class Trainer:
         # a collective for ZeRO 1-3; at stage 0 only the writer needs the copy
         optimizer = self.actor.optimizer_state() if self.dist.is_main or self.cfg.zero_stage > 0 else None
         weights = dict(self.actor.full_weights(include_aliases=False)) if self.cfg.zero_stage == 3 else None
+        masters = self.actor.master_weights(keep=self.dist.is_main)  # a collective too (bf16-mixed only)
         path = None
         if self.dist.is_main:
             state = {
@@ -349,7 +352,8 @@ class Trainer:
                 "world_size": self.dist.world_size,
             }
             path = ckpt.save_checkpoint(self.run_dir, step_done, model=self.actor.model,
-                                        tokenizer=self.actor.tokenizer, state=state, state_dict=weights)
+                                        tokenizer=self.actor.tokenizer, state=state, state_dict=weights,
+                                        tensor_files={MASTER_FILE: masters} if masters is not None else None)
             ckpt.prune(self.run_dir, self.cfg.keep_last)
         dist_utils.barrier()
         return path

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "beta_at", "lr_at",
-           "config_hash", "FIELD_DOCS"]
+           "config_hash", "compute_dtype", "FIELD_DOCS", "PRECISIONS"]
 
 # Field name -> one-line documentation (also written as comments into config/train_defaults.yaml).
 FIELD_DOCS: dict[str, str] = {}
@@ -81,7 +81,9 @@ class TrainConfig:
                                 "under the sampling policy)")
     top_p: float = _f(1.0, "rollout nucleus sampling mass", kind="float")
     engine: str = _f("auto", "rollout engine: auto (vLLM on GPU, else transformers) | hf | vllm", kind="str")
-    engine_batch_size: int = _f(64, "sequences per generate call of the engine", kind="int")
+    hf_batch_size: int = _f(64, kind="int",
+                            doc="sequences per generate call of the transformers engine (vLLM's scheduler sizes "
+                                "its own batches)")
     engine_options: dict = _f({}, kind="dict",
                               doc="extra keyword options of rsgrpo.rollout.make_engine (e.g. kv_cache_memory_bytes)")
     grading_workers: int | None = _f(None, "grading processes (null = CPU count, 0 = in-process)", kind="int?")
@@ -105,8 +107,15 @@ class TrainConfig:
     offload_optimizer: bool = _f(False, kind="bool",
                                  doc="ZeRO 1-3: keep the optimizer state (AdamW moments, fp32 master weights) in host "
                                      "memory")
-    dtype: str = _f("float32", kind="str",
-                    doc="model / optimizer dtype: float32 | bfloat16 (exact resume is guaranteed for float32 on CPU)")
+    precision: str = _f("fp32", kind="str",
+                        doc="fp32 | bf16-mixed (bf16 compute, fp32 master weights, gradients and AdamW state: "
+                            "DeepSpeed's bf16 mode, needs zero_stage 1-3); pure bf16 cannot learn at small lr")
+    gradient_checkpointing: bool = _f(False, kind="bool",
+                                      doc="recompute each layer's activations in the backward pass instead of "
+                                          "keeping them (transformers' gradient checkpointing)")
+    logprob_chunk_tokens: int = _f(1024, kind="int",
+                                   doc="completion tokens per chunk of the output layer and log-softmax: bounds the "
+                                       "float32 [tokens, vocab] logits held at once")
     seed: int = _f(0, "seed of data order, rollouts and torch RNG", kind="int")
     # --- bookkeeping ----------------------------------------------------------------------------
     run_dir: str | None = _f(None, kind="str?",
@@ -126,15 +135,34 @@ for _fld in dataclasses.fields(TrainConfig):
 
 # Fields that do not influence the trajectory of a run (may change between a run and its resume).
 NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "tensorboard", "progress",
-                         "grading_workers", "engine", "engine_batch_size", "engine_options", "zero_stage",
-                         "offload_optimizer", "micro_batch_size")
+                         "grading_workers", "engine", "hf_batch_size", "engine_options", "zero_stage",
+                         "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens")
+PRECISIONS = ("fp32", "bf16-mixed")
+# What pure-bf16 training is asked for as; refused with the reason (PURE_BF16_REASON).
+PURE_BF16 = ("bf16", "bfloat16", "pure-bf16")
+PURE_BF16_REASON = ("pure bf16 training cannot learn at RL learning rates: bf16 keeps about 3 significant digits, "
+                    "so an update of 1e-6 relative size rounds back to the old weight (most weights never move); "
+                    "use bf16-mixed, which computes in bf16 and keeps fp32 master weights and optimizer state")
 
 _CHOICES = {
     "prompt_template": ("chat", "plain"),
     "beta_schedule": ("constant", "linear", "cosine"),
     "engine": ("auto", "hf", "vllm"),
-    "dtype": ("float32", "bfloat16"),
+    "precision": PRECISIONS,
 }
+
+
+# Keys of earlier versions: a config that still uses one gets told what replaced it.
+RENAMED = {
+    "dtype": "replaced by 'precision' (fp32 | bf16-mixed); dtype: bfloat16 trained in pure bf16, which "
+             "cannot learn at RL learning rates",
+    "engine_batch_size": "replaced by 'hf_batch_size' (the transformers engine's batch; vLLM sizes its own)",
+}
+
+
+def compute_dtype(cfg: TrainConfig) -> str:
+    """The dtype the model computes in (and rollout engines and saved HF weights use)."""
+    return "bfloat16" if cfg.precision == "bf16-mixed" else "float32"
 
 
 def _err(source: str, key: str, value, problem: str) -> ValueError:
@@ -191,6 +219,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
 
     for fld in dataclasses.fields(cfg):
         setattr(cfg, fld.name, _coerce(source, fld.name, getattr(cfg, fld.name), fld.metadata["kind"]))
+    if cfg.precision in PURE_BF16:
+        raise _err(source, "precision", cfg.precision, PURE_BF16_REASON)
     for key, allowed in _CHOICES.items():
         v = getattr(cfg, key)
         if v not in allowed:
@@ -216,13 +246,17 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("max_new_tokens", cfg.max_new_tokens >= 1, "must be >= 1")
     need("temperature", cfg.temperature > 0, "must be > 0 (RL needs sampled rollouts)")
     need("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]")
-    need("engine_batch_size", cfg.engine_batch_size >= 1, "must be >= 1")
+    need("hf_batch_size", cfg.hf_batch_size >= 1, "must be >= 1")
+    need("logprob_chunk_tokens", cfg.logprob_chunk_tokens >= 1, "must be >= 1")
     need("grading_workers", cfg.grading_workers is None or cfg.grading_workers >= 0, "must be >= 0 or null")
     need("grading_timeout", cfg.grading_timeout > 0, "must be > 0")
     need("ppo_epochs", cfg.ppo_epochs >= 1, "must be >= 1")
     need("micro_batch_size", cfg.micro_batch_size >= 1, "must be >= 1")
     need("zero_stage", cfg.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3")
     need("offload_optimizer", not cfg.offload_optimizer or cfg.zero_stage > 0, "needs zero_stage 1, 2 or 3")
+    need("zero_stage", cfg.precision != "bf16-mixed" or cfg.zero_stage > 0,
+         "precision bf16-mixed needs zero_stage 1, 2 or 3 (DeepSpeed's optimizers for those stages keep fp32 master "
+         "weights and accumulate gradients in fp32; stage 1 on one rank partitions nothing)")
     need("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)")
     need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
     need("beta_ramp_steps", cfg.beta_ramp_steps >= 0, "must be >= 0 (0 = the whole run)")
@@ -291,6 +325,8 @@ def from_dict(data: dict, source: str = "<config>") -> TrainConfig:
         raise ValueError(f"{source}: the config must be a mapping of keys to values, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in data.items():
+        if key in RENAMED:
+            raise _err(source, str(key), value, RENAMED[key])
         if key not in names:
             raise _err(source, str(key), value, f"unknown key; allowed keys: {sorted(names)}")
     return validate(TrainConfig(**data), source)
@@ -337,6 +373,9 @@ def config_hash(cfg: TrainConfig) -> str:
     if cfg.beta_schedule == "constant" or cfg.beta_ramp_steps > 0:
         skip.add("steps")
     d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
+    # fp32 runs hash as they did when the key was dtype: float32, so their checkpoints still resume
+    precision = d.pop("precision")
+    d["dtype" if precision == "fp32" else "precision"] = "float32" if precision == "fp32" else precision
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

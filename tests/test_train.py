@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from train_helpers import FixedEngine  # noqa: E402
 
 from rsgrpo import advantages  # noqa: E402
 from rsgrpo.loss import build_batch, policy_loss, token_logprobs  # noqa: E402
@@ -158,6 +159,12 @@ BAD_CONFIGS = [
     ({"temperature": 0}, "'temperature'", "0"),
     ({"prompt_template": "fancy"}, "'prompt_template'", "fancy"),
     ({"reward_kind": "dense"}, "'reward_kind'", "registered: ['binary'"),
+    ({"precision": "bf16"}, "'precision'", "pure bf16 training cannot learn"),
+    ({"precision": "fp16"}, "'precision'", "must be one of ['fp32', 'bf16-mixed']"),
+    ({"precision": "bf16-mixed"}, "'zero_stage'", "bf16-mixed needs zero_stage 1, 2 or 3"),
+    ({"dtype": "bfloat16"}, "'dtype'", "replaced by 'precision'"),
+    ({"engine_batch_size": 8}, "'engine_batch_size'", "replaced by 'hf_batch_size'"),
+    ({"logprob_chunk_tokens": 0}, "'logprob_chunk_tokens'", "must be >= 1"),
     ({"keep_last": -1}, "'keep_last'", "-1"),
 ]
 
@@ -174,6 +181,19 @@ def test_config_errors_name_file_key_and_value(tmp_path, data, key, fragment):
     assert str(path) in msg and key in msg and fragment in msg, msg
 
 
+def test_fp32_runs_hash_as_before_precision_existed():
+    """Checkpoints of fp32 runs written before `precision` replaced `dtype` keep resuming: the config
+    hash of fp32 configs is the one those versions computed (values recorded from them)."""
+    from rsgrpo.trainconfig import config_hash
+
+    assert config_hash(from_dict({})) == "1a7226d3f45c60a44ac04c830d5151026a925d713dbdbbfa7de081bacf3492b1"
+    assert config_hash(from_dict({"method": "grpo", "method_params": {"scale": "std"}, "lr": 2e-5, "steps": 3,
+                                  "micro_batch_size": 16, "hf_batch_size": 8, "gradient_checkpointing": True,
+                                  "logprob_chunk_tokens": 7})) == \
+        "58aad29f0b9228c7b727951b920d8bfe25f5f250c4321b38fecd98f18c0dbc54"
+    assert config_hash(from_dict({"precision": "bf16-mixed", "zero_stage": 1})) != config_hash(from_dict({}))
+
+
 def test_config_overrides_and_yaml_spellings(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text("lr: 1e-5\nmethod: passk_chen\nmethod_params: {k: 4}\n")
@@ -186,33 +206,6 @@ def test_config_overrides_and_yaml_spellings(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # one full step of a tiny model for every estimator: gradient direction follows the advantages
 # ------------------------------------------------------------------------------------------------
-class FixedEngine:
-    """Rollout engine returning hand-made completions per prompt (for gradient tests)."""
-
-    def __init__(self, tokenizer, table):
-        from rsgrpo.rollout import encode_prompts
-
-        self.tok, self.table, self.encode = tokenizer, table, encode_prompts
-        self.loads = 0
-
-    def generate(self, prompts, params, *, seeds=None):
-        from rsgrpo.rollout import Completion
-
-        out = []
-        for prompt, ids in zip(prompts, self.encode(self.tok, prompts)):
-            texts = self.table[prompt]
-            assert len(texts) == params.n
-            out.append([Completion(list(ids), self.tok(t, add_special_tokens=False)["input_ids"]
-                                   + [self.tok.eos_token_id], t, True) for t in texts])
-        return out
-
-    def load_weights(self, model):
-        self.loads += 1
-
-    def close(self):
-        pass
-
-
 # prompt -> its 4 completions; reward 1 for "42", else 0. Within a group every correct completion is
 # the same text and every wrong one too, so the sign of each completion's log-prob change is fixed.
 RECORDS = [{"id": "a", "problem": "6*7", "answer": "42"}, {"id": "b", "problem": "40+2", "answer": "42"},

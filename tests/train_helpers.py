@@ -99,3 +99,30 @@ def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict) -> int
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     return ckpt.latest_checkpoint(run_dir)[0]
+
+
+class FixedEngine:
+    """Rollout engine returning hand-made completions per prompt (for gradient tests)."""
+
+    def __init__(self, tokenizer, table):
+        from rsgrpo.rollout import encode_prompts
+
+        self.tok, self.table, self.encode = tokenizer, table, encode_prompts
+        self.loads = 0
+
+    def generate(self, prompts, params, *, seeds=None):
+        from rsgrpo.rollout import Completion
+
+        out = []
+        for prompt, ids in zip(prompts, self.encode(self.tok, prompts)):
+            texts = self.table[prompt]
+            assert len(texts) == params.n
+            out.append([Completion(list(ids), self.tok(t, add_special_tokens=False)["input_ids"]
+                                   + [self.tok.eos_token_id], t, True) for t in texts])
+        return out
+
+    def load_weights(self, model):
+        self.loads += 1
+
+    def close(self):
+        pass

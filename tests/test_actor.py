@@ -1,0 +1,157 @@
+"""The trainable policy: bf16-mixed precision (fp32 masters that learn at RL learning rates, exact
+resume), gradient checkpointing (same gradients, less memory), and their config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from peak_memory import peak_mb
+from safetensors.torch import load_file
+from train_helpers import FixedEngine, kill_after_first_checkpoint, metrics, run_env, train_cmd, write_run_inputs
+
+from rsgrpo import checkpoint as ckpt
+from rsgrpo.actor import MASTER_FILE
+from rsgrpo.rewards import register
+from rsgrpo.train import Trainer
+from rsgrpo.trainconfig import from_dict
+
+RECORDS = [{"id": "a", "problem": "6*7", "answer": "42"}, {"id": "b", "problem": "40+2", "answer": "42"}]
+# completions of different lengths, so the token-mean loss is far from 0 (GRPO advantages sum to 0)
+TABLE = {"Q: 6*7\nA:": ["42", "1717", "17", "seventeen"], "Q: 40+2\nA:": ["42", "42", "9x", "ninety-nine x"]}
+
+
+@register("test_actor_exact_42")
+def exact_42(*, completions, answers, problems, records):
+    return [1.0 if text == "42" else 0.0 for text in completions]
+
+
+def fixed_rollout_run(model_dir, run_dir, *, precision, zero_stage, steps=5, lr=1e-6):
+    """A run whose rollouts do not depend on the weights (a fixed engine): the weights' trajectory
+    is the optimizer's alone, so two precisions can be compared step by step."""
+    cfg = from_dict(dict(model_dir=str(model_dir), steps=steps, prompts_per_step=2, samples_per_prompt=4,
+                         max_new_tokens=4, lr=lr, weight_decay=0.0, engine="hf", progress=False, seed=0,
+                         method="grpo", method_params={}, ppo_epochs=2, checkpoint_every=0,
+                         reward_kind="test_actor_exact_42", precision=precision, zero_stage=zero_stage))
+    trainer = Trainer(cfg, run_dir, records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:",
+                      engine_factory=lambda model, tok, src: FixedEngine(tok, TABLE))
+    manifest = trainer.run()
+    final = manifest["final_checkpoint"]
+    name = MASTER_FILE if precision == "bf16-mixed" else "model.safetensors"
+    return trainer.metrics, load_file(f"{final}/{name}")
+
+
+def test_bf16_mixed_moves_its_fp32_masters_and_follows_the_fp32_run(tiny_model_dir, tmp_path):
+    start = load_file(f"{tiny_model_dir}/model.safetensors")
+    rows32, fp32 = fixed_rollout_run(tiny_model_dir, tmp_path / "fp32", precision="fp32", zero_stage=0)
+    rows16, mixed = fixed_rollout_run(tiny_model_dir, tmp_path / "mixed", precision="bf16-mixed", zero_stage=1)
+    moved = {name: float((mixed[name] != start[name]).float().mean()) for name in start}
+    assert min(moved.values()) > 0.9  # at lr 1e-6 the fp32 masters move (nearly) everywhere
+    # what pure bf16 would have kept: the same updates rounded to bf16 leave most weights unchanged
+    rounded = [(fp32[n].bfloat16() != start[n].bfloat16()).float().mean() for n in start]
+    assert float(torch.stack(rounded).mean()) < 0.2
+    # the same learning: per-step loss and gradient norm within 2%, the update direction aligned
+    for a, b in zip(rows32, rows16):
+        assert abs(a["loss"]) > 0.05
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-2), (a["step"], a["loss"], b["loss"])
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=2e-2), (a["step"], a["grad_norm"], b["grad_norm"])
+    delta32 = torch.cat([(fp32[n] - start[n]).flatten() for n in start])
+    delta16 = torch.cat([(mixed[n] - start[n]).flatten() for n in start])
+    cosine = float(delta32 @ delta16 / (delta32.norm() * delta16.norm()))
+    assert cosine > 0.99, cosine
+    assert math.isclose(float(delta16.norm()), float(delta32.norm()), rel_tol=0.05)
+
+
+def test_bf16_mixed_checkpoint_holds_bf16_weights_and_fp32_masters(tiny_model_dir, tmp_path):
+    fixed_rollout_run(tiny_model_dir, tmp_path / "run", precision="bf16-mixed", zero_stage=2, steps=1)
+    final = ckpt.latest_checkpoint(tmp_path / "run")[1]
+    weights, masters = load_file(final / "model.safetensors"), load_file(final / MASTER_FILE)
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}  # what sampling and vLLM load
+    assert {t.dtype for t in masters.values()} == {torch.float32}  # what resume needs
+    for name, tensor in weights.items():  # the HF weights are the masters rounded to bf16
+        assert torch.equal(tensor, masters[name].bfloat16()), name
+    assert json.loads((final / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_bf16_mixed_killed_and_resumed_equals_the_uninterrupted_run(tiny_model_dir, tmp_path, stage):
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, precision="bf16-mixed", zero_stage=stage, lr=1e-5)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    import subprocess
+
+    subprocess.run(train_cmd(runner, cfg, ref), env=run_env(), check=True, capture_output=True, timeout=600)
+    step = kill_after_first_checkpoint(train_cmd(runner, cfg, killed), killed, run_env(RSGRPO_TEST_STEP_SLEEP="0.5"))
+    assert step < 6
+    subprocess.run(train_cmd(runner, cfg, killed), env=run_env(), check=True, capture_output=True, timeout=600)
+    assert metrics(ref) == metrics(killed)
+    for name in ("model.safetensors", MASTER_FILE):
+        a, b = load_file(ref / "checkpoints/step-000006" / name), load_file(killed / "checkpoints/step-000006" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    state_a, state_b = (ckpt.load_state(d / "checkpoints/step-000006") for d in (ref, killed))
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert all(torch.equal(state_a["optimizer"][moment][k], state_b["optimizer"][moment][k])
+                   for k in state_a["optimizer"][moment])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rsgrpo.loss import build_batch, token_logprobs
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    model = Qwen2ForCausalLM(config).train()
+    gen = torch.Generator().manual_seed(1)
+    batch = build_batch([(torch.randint(1, 101, (6,), generator=gen).tolist(),
+                          torch.randint(1, 101, (n,), generator=gen).tolist()) for n in (9, 4, 12)], pad_id=0)
+
+    def grads():
+        model.zero_grad()
+        logp, _ = token_logprobs(model, batch, chunk_tokens=5)
+        (logp * batch.completion_mask[:, 1:]).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = grads()
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_gradient_checkpointing_lowers_peak_memory():
+    setup = """
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from rsgrpo.loss import build_batch, token_logprobs
+torch.manual_seed(0)
+config = Qwen2Config(vocab_size=1000, hidden_size=256, intermediate_size=1024, num_hidden_layers=12,
+                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)
+model = Qwen2ForCausalLM(config).train()
+gen = torch.Generator().manual_seed(0)
+batch = build_batch([(torch.randint(1, 1000, (48,), generator=gen).tolist(),
+                      torch.randint(1, 1000, (1000,), generator=gen).tolist()) for _ in range(2)], pad_id=0)
+"""
+    work = """
+logp, _ = token_logprobs(model, batch, chunk_tokens=1024)
+(logp * batch.completion_mask[:, 1:]).sum().backward()
+"""
+    plain = peak_mb(setup, work)
+    checkpointed = peak_mb(setup + """
+model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+""", work)
+    print(f"peak MB: no checkpointing {plain:.0f}, checkpointing {checkpointed:.0f}")
+    assert checkpointed < 0.6 * plain
+
+
+def test_gradient_checkpointing_on_a_model_class_without_it_fails_before_loading(tmp_path):
+    """The check reads config.json only: this directory holds no weights at all."""
+    model_dir = tmp_path / "ctrl"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"architectures": ["CTRLLMHeadModel"], "model_type": "ctrl"}))
+    cfg = from_dict(dict(model_dir=str(model_dir), gradient_checkpointing=True, engine="hf", progress=False,
+                         reward_kind="test_actor_exact_42"))
+    trainer = Trainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: p)
+    with pytest.raises(ValueError, match="key 'gradient_checkpointing': the model class 'CTRLLMHeadModel'"):
+        trainer.setup()
