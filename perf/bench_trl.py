@@ -112,8 +112,8 @@ def worker_ours(spec: dict) -> dict:
         "method": "grpo", "method_params": {"scale": "std"}, "dynamic_sampling": False, "kl_coef": 0.0,
         "ppo_epochs": 1, "clip_low": spec["clip_low"], "clip_high": spec["clip_high"], "lr": spec["lr"],
         "weight_decay": spec["weight_decay"], "grad_clip": spec["grad_clip"], "warmup_steps": 0,
-        "micro_batch_size": spec["micro"], "engine": "hf", "engine_batch_size": spec["prompts"] * spec["samples"],
-        "grading_workers": 0, "reward_kind": "binary", "dtype": "float32", "zero_stage": 0,
+        "micro_batch_size": spec["micro"], "engine": "hf", "hf_batch_size": spec["prompts"] * spec["samples"],
+        "grading_workers": 0, "reward_kind": "binary", "precision": "fp32", "zero_stage": 0,
         "checkpoint_every": 0, "keep_last": 1, "progress": False, "seed": spec["seed"],
         "run_dir": spec["run_dir"],
     }, "bench_trl:ours")
