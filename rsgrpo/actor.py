@@ -64,13 +64,11 @@ class Actor:
     def __init__(self, cfg: TrainConfig, source: str):
         import deepspeed
 
-        from .models import SafetensorsWeights, check_gradient_checkpointing, load_policy
+        from .models import SafetensorsWeights, load_policy
 
         self.cfg = cfg
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
-        if cfg.gradient_checkpointing:
-            check_gradient_checkpointing(source)
         self.model, self.tokenizer = load_policy(source, dtype=compute_dtype(cfg))
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

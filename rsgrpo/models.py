@@ -239,17 +239,28 @@ def load_tokenizer(model_dir: str | os.PathLike):
     return tok
 
 
+def checkpoint_dtype(model_dir: str | os.PathLike) -> str:
+    """The dtype a checkpoint's weights are stored in (config.json ``dtype``/``torch_dtype``; float32
+    when it says nothing): the model's compute dtype for sampling."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
 def load_policy(model_dir: str | os.PathLike, *, dtype="float32", device="cpu"):
     """Load ``(model, tokenizer)`` from a prepared checkpoint directory.
 
     Weights come from safetensors only (``use_safetensors=True``): a pickle file is never unpickled.
-    The tokenizer is left-padded with a pad token (see :func:`load_tokenizer`).
+    The tokenizer is left-padded with a pad token (see :func:`load_tokenizer`). ``dtype="auto"``: the
+    checkpoint's own dtype (:func:`checkpoint_dtype`).
     """
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"model_dir {str(model_dir)!r} is not a checkpoint directory (no config.json)")
+    if dtype == "auto":
+        dtype = checkpoint_dtype(model_dir)
     tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=_torch_dtype(dtype), use_safetensors=True)

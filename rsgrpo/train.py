@@ -142,9 +142,14 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
         source = str(resume_from) if resume_from is not None else cfg.model_dir
+        # checks that read the model's config and tokenizer, before any weights load
+        if cfg.gradient_checkpointing:
+            from .models import check_gradient_checkpointing
+
+            check_gradient_checkpointing(source)
+        self.prompts, max_model_len = self._prompts(source)
         self.actor = Actor(cfg, source)
-        self.prompts = [self._build_prompt(record["problem"]) for record in self.records]
-        self.engine = self._make_engine(source)
+        self.engine = self._make_engine(source, max_model_len)
         if state is not None:
             self._restore(state, resume_from)
         if self.dist.is_main:
@@ -168,9 +173,22 @@ class Trainer:
         self.data_hash = records_hash(self.records)
         return ckpt.resume_state(self.run_dir, config_hash=self.hash, data_hash=self.data_hash)
 
-    def _make_engine(self, source: str):
-        """The rollout engine. Under ZeRO-3 the module holds only this rank's partition: the engine
-        keeps a full copy of its own (loaded from the same checkpoint), refreshed by a gather."""
+    def _prompts(self, source: str) -> tuple[list, int]:
+        """Every record's prompt and the sequence length generation needs (the longest prompt plus
+        ``max_new_tokens``), checked against the model's context from its tokenizer and config only."""
+        from .models import load_tokenizer
+        from .rollout import encode_prompts, generation_length
+
+        tokenizer = load_tokenizer(source)
+        prompts = [self._build_prompt(record["problem"], tokenizer) for record in self.records]
+        needed = generation_length(encode_prompts(tokenizer, prompts), self.cfg.max_new_tokens, source,
+                                   key="max_new_tokens")
+        return prompts, needed
+
+    def _make_engine(self, source: str, max_model_len: int):
+        """The rollout engine, in the compute dtype, sharing the trainer's GPU. Under ZeRO-3 the
+        module holds only this rank's partition: the engine keeps a full copy of its own (loaded from
+        the same checkpoint), refreshed by a gather."""
         shared = self.actor.model if self.cfg.zero_stage != 3 else None
         if self._engine_factory is not None:
             return self._engine_factory(shared, self.actor.tokenizer, source)
@@ -178,7 +196,8 @@ class Trainer:
 
         cfg = self.cfg
         return make_engine(cfg.engine, model_dir=source, model=shared, tokenizer=self.actor.tokenizer,
-                           dtype=compute_dtype(cfg), batch_size=cfg.hf_batch_size, **cfg.engine_options)
+                           dtype=compute_dtype(cfg), batch_size=cfg.hf_batch_size, colocated=True,
+                           max_model_len=max_model_len, **cfg.engine_options)
 
     def _restore(self, state: dict, path: Path) -> None:
         """Optimizer, RNG, step, solved set and metric rows of a checkpoint's state."""
@@ -201,12 +220,12 @@ class Trainer:
             raise ValueError("train_data is required (config key train_data)")
         return load_records({"source": "local", "path": spec} if isinstance(spec, str) else spec)
 
-    def _build_prompt(self, problem: str):
+    def _build_prompt(self, problem: str, tokenizer):
         if self._prompt_fn is not None:
             return self._prompt_fn(problem)
         from .data import build_prompt
 
-        return build_prompt(problem, template=self.cfg.prompt_template, tokenizer=self.actor.tokenizer)
+        return build_prompt(problem, template=self.cfg.prompt_template, tokenizer=tokenizer)
 
     # the policy's parts, for callers that look inside (tests, benchmarks)
     model = property(lambda self: self.actor.model)

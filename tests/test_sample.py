@@ -144,3 +144,37 @@ def test_bad_inputs_are_reported(tiny_model_dir, tmp_path, capsys):
     assert rc == 1 and "not a checkpoint directory" in capsys.readouterr().err
     with pytest.raises(ValueError, match="top_p"):
         _run(tiny_model_dir, bad, tmp_path / "o.parquet", top_p=0)
+
+
+def test_samples_beyond_the_model_context_fail_before_the_model_loads(tiny_model_dir, bench, tmp_path):
+    """The tiny model's context is 512 tokens: a prompt plus 600 new tokens cannot fit. The check
+    needs only the tokenizer and config.json (this copy has no weights)."""
+    import shutil
+
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"key 'evaluation.max_tokens \(--max-tokens\)': the longest prompt \(\d+ "
+                                         r"tokens\) \+ 600 new tokens = \d+ exceeds the model's context of 512"):
+        sample_mod.sample(no_weights, bench, tmp_path / "out.parquet", n=1, max_tokens=600, engine="hf")
+
+
+def test_sampling_dtype_defaults_to_the_checkpoints_own(tiny_model_dir, bench, tmp_path, monkeypatch):
+    from rsgrpo.models import checkpoint_dtype, load_policy
+
+    bf16 = tmp_path / "bf16"
+    model, tok = load_policy(tiny_model_dir, dtype="bfloat16")
+    model.save_pretrained(bf16)
+    tok.save_pretrained(bf16)
+    assert checkpoint_dtype(tiny_model_dir) == "float32" and checkpoint_dtype(bf16) == "bfloat16"
+    seen = []
+    real_init = HFEngine.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs["dtype"])
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFEngine, "__init__", spy)
+    for model_dir in (tiny_model_dir, bf16):
+        sample_mod.sample(model_dir, bench, tmp_path / f"{model_dir.name}.parquet", n=1, max_tokens=4, engine="hf")
+    assert seen == ["float32", "bfloat16"]

@@ -358,6 +358,21 @@ def test_rewards_see_the_records_extra_fields(tiny_model_dir, tmp_path):
     assert records_hash(RECORDS) == before.hexdigest()
 
 
+def test_generation_beyond_the_model_context_fails_before_the_model_loads(tiny_model_dir, tmp_path):
+    """Longest prompt + max_new_tokens must fit the model's context (512 for the tiny model); checked
+    from the tokenizer and config.json only (this copy has no weights)."""
+    import shutil
+
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    cfg = from_dict(dict(model_dir=str(no_weights), max_new_tokens=505, engine="hf", progress=False))
+    trainer = Trainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:")
+    with pytest.raises(ValueError, match=r"key 'max_new_tokens': the longest prompt \(\d+ tokens\) \+ 505 new "
+                                         r"tokens = \d+ exceeds the model's context of 512 tokens"):
+        trainer.setup()
+
+
 class SleepyEngine(FixedEngine):
     """Records the order of the calls the trainer makes (vLLM sleep mode's contract)."""
 
