@@ -42,18 +42,15 @@ What both sides do per step (made as equal as the two libraries allow):
 
 Known differences that remain (they are part of what each library costs per step):
 
-* ours runs an extra no-grad forward over the whole batch before the update (old log-probs and the
-  token-entropy metric); TRL skips it when ``num_iterations == 1`` (it takes the detached
-  log-probs of the training forward as "old") and gets the entropy from the training forward;
-* TRL's training forward uses its fused LM head (log-probs of the completion positions only, in
-  tiles, never the full ``[batch, length, vocab]`` logits); ours materialises the float32 logits
-  of every position and takes a full log-softmax;
+* both take the old log-probs from the training forward when ``num_iterations`` / ``ppo_epochs`` is
+  1 and compute log-probs on the completion positions only; ours does it in checkpointed chunks
+  of ``logprob_chunk_tokens`` inside one call of the output layer, TRL with its own selective
+  log-softmax;
 * ours updates through a DeepSpeed engine (ZeRO stage 0, gloo, one process), TRL through
   accelerate + the transformers Trainer; ours samples with a per-row seeded Gumbel processor (one
   ``torch.rand`` per row and token), TRL with ``torch.multinomial``.
 
-The time split: ours from ``metrics.csv`` (generate / grade / update, where update includes the
-no-grad forward); TRL by timing ``model.generate`` and the reward function from inside the run
+The time split: ours from ``metrics.csv`` (generate / grade / update); TRL by timing ``model.generate`` and the reward function from inside the run
 (update = step - generate - reward, which also holds tokenisation, TRL's bookkeeping and logging).
 """
 

@@ -183,10 +183,29 @@ class _SeededSampler:
     RNG, so a completion would depend on its batch neighbours and on ``batch_size``.
     """
 
+    # Gumbel noise is drawn ahead for several tokens per row (one ``torch.rand`` per row and block, not
+    # per row and token): a generator's numbers come out in the same order either way, so the samples
+    # are the same; the block shrinks so the noise of a batch stays under NOISE_BUDGET_BYTES.
+    MAX_BLOCK = 64
+    NOISE_BUDGET_BYTES = 64 << 20
+
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.temperature = float(temperature)
         self.top_p = float(top_p)
+        self.noise: torch.Tensor | None = None  # [rows, block, vocab] Gumbel noise drawn ahead
+        self.next_token = 0  # index into the block
+
+    def _gumbel(self, vocab: int) -> torch.Tensor:
+        """The next token's Gumbel noise of every row, ``[rows, vocab]``."""
+        if self.noise is None or self.next_token == self.noise.shape[1]:
+            rows = len(self.generators)
+            block = max(1, min(self.MAX_BLOCK, self.NOISE_BUDGET_BYTES // (4 * rows * vocab)))
+            u = torch.stack([torch.rand(block, vocab, generator=g) for g in self.generators])
+            self.noise = -torch.log(-torch.log(u.clamp_(min=1e-38)))  # float32 uniforms: u in [0, 1)
+            self.next_token = 0
+        self.next_token += 1
+        return self.noise[:, self.next_token - 1]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logits = scores.float() / self.temperature
@@ -197,9 +216,7 @@ class _SeededSampler:
             drop_sorted = (probs.cumsum(-1) - probs) >= self.top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
-        u = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in self.generators])
-        gumbel = -torch.log(-torch.log(u.clamp_(min=1e-38)))  # float32 uniforms: u in [0, 1)
-        return logits + gumbel.to(logits.device)
+        return logits + self._gumbel(logits.shape[-1]).to(logits.device)
 
 
 class HFEngine(RolloutEngine):

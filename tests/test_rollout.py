@@ -260,3 +260,19 @@ def test_make_engine_kinds(tiny_model_dir):
     if not vllm_available():
         with pytest.raises(RuntimeError, match="vllm"):
             make_engine("vllm", model_dir=tiny_model_dir)
+
+
+@pytest.mark.parametrize("vocab,rows,steps", [(103, 5, 70), (300_000, 3, 5)])
+def test_seeded_sampler_draws_ahead_without_changing_any_sample(vocab, rows, steps):
+    """Noise drawn in blocks (one torch.rand per row and block) equals the per-token draw of each
+    row's generator: the same perturbed logits at every step, across block boundaries (70 steps
+    with blocks of 64; a large vocabulary shrinks the block to stay in the noise budget)."""
+    seeds = [11, 12, 13, 14, 15][:rows]
+    sampler = _SeededSampler(seeds, temperature=0.7, top_p=1.0)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        u = torch.stack([torch.rand(vocab, generator=g) for g in generators])
+        expected = scores / 0.7 - torch.log(-torch.log(u.clamp_(min=1e-38)))
+        assert torch.equal(sampler(None, scores), expected)
+    assert sampler.noise.shape[1] == min(64, (64 << 20) // (4 * rows * vocab))  # 64, and 18 for 300k
