@@ -50,7 +50,8 @@ Known differences that remain (they are part of what each library costs per step
   accelerate + the transformers Trainer; ours samples with a per-row seeded Gumbel processor (one
   ``torch.rand`` per row and token), TRL with ``torch.multinomial``.
 
-The time split: ours from ``metrics.csv`` (generate / grade / update); TRL by timing ``model.generate`` and the reward function from inside the run
+The time split: ours from ``metrics.csv`` (generate / grade / update); TRL by timing ``model.generate``
+and the reward function from inside the run
 (update = step - generate - reward, which also holds tokenisation, TRL's bookkeeping and logging).
 """
 

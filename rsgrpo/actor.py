@@ -15,8 +15,7 @@ the busiest rank.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,10 +24,7 @@ from . import distributed as dist_utils
 from .loss import Batch, build_batch, policy_loss, to_token_layout, token_logprobs
 from .trainconfig import TrainConfig, compute_dtype
 
-__all__ = ["Actor", "deepspeed_config", "MASTER_FILE"]
-
-# fp32 master weights of a bf16-mixed checkpoint, by parameter name (the HF weights are bf16)
-MASTER_FILE = "master.safetensors"
+__all__ = ["Actor", "deepspeed_config"]
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (prompt token ids, completion token ids)
 
@@ -59,9 +55,10 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
 
 class Actor:
     """Policy model + DeepSpeed engine (+ reference model), loaded from ``source`` (the initial
-    model or the checkpoint a run resumes from)."""
+    model or the checkpoint a run resumes from); ``masters``: the fp32 master weights by parameter
+    name of the checkpoint a bf16-mixed run resumes from (default: the source's weights)."""
 
-    def __init__(self, cfg: TrainConfig, source: str):
+    def __init__(self, cfg: TrainConfig, source: str, masters: Mapping[str, torch.Tensor] | None = None):
         import deepspeed
 
         from .models import SafetensorsWeights, load_policy
@@ -79,8 +76,7 @@ class Actor:
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
                                                     config=deepspeed_config(cfg))
         if cfg.precision == "bf16-mixed":  # masters from the exact fp32 values, not the bf16 rounding
-            masters = Path(source) / MASTER_FILE
-            dist_utils.load_master_weights(self.model, SafetensorsWeights(masters if masters.is_file() else source))
+            dist_utils.load_master_weights(self.model, masters if masters is not None else SafetensorsWeights(source))
         # The torch optimizer that owns the moments: AdamW itself (stage 0) or the AdamW over the
         # flat fp32 partitions inside DeepSpeed's ZeRO optimizer (stages 1-3).
         self.inner_optimizer = dist_utils._inner_optimizer(self.engine)
@@ -223,16 +219,15 @@ class Actor:
         """``(name, full tensor)`` of every weight; a collective under ZeRO-3 (gathered by buckets)."""
         return dist_utils.gathered_parameters(self.model, include_aliases=include_aliases)
 
-    def master_weights(self, *, keep: bool = True) -> dict[str, torch.Tensor] | None:
-        """The fp32 master weights by parameter name (bf16-mixed: a collective every rank joins; only
-        where ``keep`` are they kept), None in fp32 (the module's own weights are the masters)."""
-        if self.cfg.precision != "bf16-mixed":
-            return None
-        masters = {}
-        for name, tensor in dist_utils.full_master_weights(self.model):
-            if keep:
-                masters[name] = tensor
-        return masters if keep else None
+    def resume_tensors(self, *, rank: int, world_size: int):
+        """This rank's share of what resume needs beyond the HF weights: AdamW moments and, for
+        bf16-mixed, fp32 masters (a collective every rank iterates; see
+        :func:`rsgrpo.distributed.owned_state_tensors`)."""
+        return dist_utils.owned_state_tensors(self.engine, self.model, rank=rank, world_size=world_size,
+                                              masters=self.cfg.precision == "bf16-mixed")
+
+    def optimizer_step_count(self) -> int:
+        return dist_utils.optimizer_step_count(self.engine)
 
     def optimizer_state(self) -> dict:
         """World-size independent AdamW state (a collective for ZeRO 1-3)."""

@@ -2,27 +2,35 @@
 
 Layout: ``<run_dir>/checkpoints/step-XXXXXX/`` holds
 
-* an HF checkpoint (``save_pretrained`` safetensors + config + tokenizer files): directly usable by
-  ``sample`` / ``load_policy`` and the source of the weights on resume;
-* ``master.safetensors`` (bf16-mixed runs only): the fp32 master weights, by parameter name;
-* ``trainer_state.pt``: everything else resume needs -- the inner torch optimizer state (AdamW
-  moments and step counts), RNG states (python, numpy, torch) as tensors/plain types, the data
-  position, the step, the cumulative-solve set, the metric rows so far and the config hash;
+* an HF checkpoint in the compute dtype (safetensors weights, config, tokenizer files): what
+  ``sample``, ``load_policy`` and vLLM load, and the source of the module's weights on resume;
+* ``resume/`` -- what exact resume needs beyond it, only in the newest ``keep_resumable``
+  checkpoints (older ones are stripped to evaluation-only checkpoints):
+
+  - ``rank-RRRRR-PPP.safetensors``: every rank's share of the AdamW moments (``exp_avg/<param>``,
+    ``exp_avg_sq/<param>``) and, for bf16-mixed runs, of the fp32 master weights (``master/<param>``),
+    full tensors by parameter name, written by the rank that owns them (parameter ``i`` belongs to
+    rank ``i % world_size``) in files of at most ``SHARD_BYTES``: no process ever holds the whole
+    optimizer state, and any number of ranks reads them back (each takes the fragments it needs);
+  - ``rank-RRRRR.json``: what each rank wrote (tensors, bytes, the most it held at once);
+  - ``trainer_state.pt``: the rest -- AdamW's step count, RNG states (python, numpy, torch) as
+    tensors/plain types, the data position, the step, the cumulative-solve set, the metric rows so
+    far, the config and data fingerprints;
 * ``COMPLETE``: a marker (JSON) written last.
 
-Why atomic: a run may be SIGKILLed at any instant (preemption, OOM killer). Everything is written
-into ``.tmp-step-XXXXXX-<pid>``, fsynced, the marker written, and only then the directory renamed to
-its final name (``rename`` is atomic on POSIX). A directory counts as a checkpoint only if its name
-matches ``step-\\d{6}`` AND it holds the marker, so temp dirs and any marker-less leftovers are
-ignored (and cleaned up) on resume.
+Why atomic: a run may be SIGKILLed at any instant (preemption, OOM killer). Every rank writes into
+``.tmp-step-XXXXXX``; after all are done rank 0 writes the state, fsyncs, writes the marker and only
+then renames the directory to its final name (``rename`` is atomic on POSIX). A directory counts as
+a checkpoint only if its name matches ``step-\\d{6}`` AND it holds the marker, so temp dirs and any
+marker-less leftovers are ignored (and cleaned up) on resume; it is resumable only with its
+``resume/trainer_state.pt`` (or the single ``trainer_state.pt`` of earlier versions, which held the
+whole optimizer state and still resumes).
 
 Why not ``DeepSpeedEngine.save_checkpoint``: its loader unpickles arbitrary objects (its optimizer
 state contains a ``LossScaler`` instance), while this project loads only with safetensors or
-``torch.load(weights_only=True)``, and its files are partitioned per rank, so a run could not move
-to another number of ranks. Here the optimizer state is stored unpartitioned, per parameter name
-(:func:`rsgrpo.distributed.full_optimizer_state`), next to the full weights (from which DeepSpeed
-rebuilds its fp32 partitions at ``deepspeed.initialize``): a checkpoint written by N ranks at any
-ZeRO stage resumes on M ranks. Only rank 0 writes; the other ranks take part in the gathers.
+``torch.load(weights_only=True)``, and its files are partitioned per rank and ZeRO stage. Here the
+state is stored per parameter name in full shape: a checkpoint written by N ranks at any ZeRO stage
+resumes on M ranks.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +50,15 @@ import torch
 from .io import atomic_path
 from .layout import CHECKPOINTS, MANIFEST, checkpoint_name, checkpoint_step  # the workflow layout's names
 
-__all__ = ["MARKER", "STATE_FILE", "checkpoint_name", "complete_checkpoints", "latest_checkpoint",
-           "save_checkpoint", "load_state", "lock_run_dir", "prune", "capture_rng", "restore_rng", "clean_incomplete",
-           "write_manifest", "resume_state"]
+__all__ = ["MARKER", "STATE_FILE", "RESUME_DIR", "checkpoint_name", "complete_checkpoints", "resumable_checkpoints",
+           "latest_checkpoint", "CheckpointWriter", "save_checkpoint", "load_state", "lock_run_dir", "prune",
+           "capture_rng", "restore_rng", "clean_incomplete", "write_manifest", "resume_state", "ShardedTensors"]
 
 MARKER = "COMPLETE"
-STATE_FILE = "trainer_state.pt"
+RESUME_DIR = "resume"
+STATE_FILE = f"{RESUME_DIR}/trainer_state.pt"
+LEGACY_STATE_FILE = "trainer_state.pt"  # earlier versions: the whole optimizer state in one file
+SHARD_BYTES = 1 << 30  # the most a rank buffers before it writes a file
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
@@ -54,19 +66,29 @@ def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every complete checkpoint, ascending by step."""
+    """``(step, path)`` of every complete checkpoint (evaluation-only ones included), ascending."""
     root = checkpoints_dir(run_dir)
     out = []
     if root.is_dir():
         for p in root.iterdir():
             step = checkpoint_step(p.name)
-            if step is not None and p.is_dir() and (p / MARKER).is_file() and (p / STATE_FILE).is_file():
+            if step is not None and p.is_dir() and (p / MARKER).is_file():
                 out.append((step, p))
     return sorted(out)
 
 
+def _resumable(path: Path) -> bool:
+    return (path / STATE_FILE).is_file() or (path / LEGACY_STATE_FILE).is_file()
+
+
+def resumable_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The complete checkpoints that still hold what resume needs, ascending by step."""
+    return [(step, path) for step, path in complete_checkpoints(run_dir) if _resumable(path)]
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
-    ckpts = complete_checkpoints(run_dir)
+    """The newest checkpoint a run can resume from."""
+    ckpts = resumable_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
 
 
@@ -94,42 +116,108 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, state: dict[str, Any],
-                    state_dict: dict[str, Any] | None = None,
-                    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
-    """Write checkpoint ``step`` atomically and return its final path.
+class CheckpointWriter:
+    """Checkpoint ``step`` of a run, written by every rank into one temporary directory that rank 0
+    renames when all are done. The order (the trainer's ``save``): construct on every rank (rank 0
+    creates the directory), barrier, :meth:`write_resume` on every rank with its share, rank 0
+    :meth:`write_model` or :meth:`write_weights`, barrier, rank 0 :meth:`commit`."""
 
-    ``state`` must hold only tensors and plain Python types (it is reloaded with weights_only=True).
-    ``state_dict``: the full weights to write instead of the module's own (ZeRO-3, whose module holds
-    only a partition). ``tensor_files``: more tensors to store, ``{file name: {name: tensor}}``, each
-    file a safetensors file (bf16-mixed runs keep their fp32 master weights this way).
-    """
-    root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    for file_name, tensors in (tensor_files or {}).items():
+    def __init__(self, run_dir: str | os.PathLike, step: int, *, rank: int, shard_bytes: int = SHARD_BYTES):
+        self.root = checkpoints_dir(run_dir)
+        self.final = self.root / checkpoint_name(step)
+        self.tmp = self.root / f".tmp-{checkpoint_name(step)}"
+        self.step, self.rank, self.shard_bytes = step, rank, shard_bytes
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self.tmp.exists():  # a leftover of an attempt killed at this step
+                shutil.rmtree(self.tmp)
+            (self.tmp / RESUME_DIR).mkdir(parents=True)
+
+    def write_resume(self, named_tensors: Iterator[tuple[str, torch.Tensor]]) -> dict:
+        """Write this rank's share of the resume state in files of at most ``shard_bytes``; return
+        (and write to ``rank-RRRRR.json``) what it wrote and the most it held at once."""
         from safetensors.torch import save_file
 
-        save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp / file_name))
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / MARKER).write_text(json.dumps({"step": step}) + "\n")
-    _fsync_tree(tmp)
-    if final.exists():  # a leftover of an earlier attempt at the same step: replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return final
+        buffer: dict[str, torch.Tensor] = {}
+        held = parts = tensors = total = most = 0
+        for name, tensor in named_tensors:
+            buffer[name] = tensor.contiguous()
+            held += tensor.numel() * tensor.element_size()
+            tensors, total, most = tensors + 1, total + tensor.numel() * tensor.element_size(), max(most, held)
+            if held >= self.shard_bytes:
+                save_file(buffer, str(self.tmp / RESUME_DIR / f"rank-{self.rank:05d}-{parts:03d}.safetensors"))
+                buffer, held, parts = {}, 0, parts + 1
+        if buffer:
+            save_file(buffer, str(self.tmp / RESUME_DIR / f"rank-{self.rank:05d}-{parts:03d}.safetensors"))
+        summary = {"rank": self.rank, "tensors": tensors, "bytes": total, "max_held_bytes": most}
+        (self.tmp / RESUME_DIR / f"rank-{self.rank:05d}.json").write_text(json.dumps(summary) + "\n")
+        return summary
+
+    def write_model(self, model, tokenizer) -> None:
+        """Rank 0: the HF checkpoint of a module that holds full weights (ZeRO 0-2)."""
+        model.save_pretrained(self.tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.tmp)
+
+    def write_weights(self, model, tokenizer, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """Rank 0: the HF checkpoint from ``(name, full tensor)`` pairs (a ZeRO-3 gather, consumed
+        lazily), written as safetensors shards of at most ``shard_bytes`` plus their index, so the
+        weights are never held whole either."""
+        from safetensors.torch import save_file
+
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        held, files, weight_map, total = 0, [], {}, 0
+        for name, tensor in weights:
+            shards[-1][name] = tensor.contiguous()
+            held += tensor.numel() * tensor.element_size()
+            total += tensor.numel() * tensor.element_size()
+            if held >= self.shard_bytes:
+                files.append(self._weight_shard(save_file, shards[-1], len(files), weight_map))
+                shards[-1], held = {}, 0
+        if shards[-1] or not files:
+            files.append(self._weight_shard(save_file, shards[-1], len(files), weight_map))
+        if len(files) == 1:
+            (self.tmp / files[0]).rename(self.tmp / "model.safetensors")
+        else:
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        model.config.save_pretrained(self.tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(self.tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.tmp)
+
+    def _weight_shard(self, save_file, tensors: dict, index: int, weight_map: dict) -> str:
+        name = f"model-{index + 1:05d}.safetensors"
+        save_file(tensors, str(self.tmp / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in tensors})
+        return name
+
+    def commit(self, state: dict[str, Any]) -> Path:
+        """Rank 0, after every rank's :meth:`write_resume`: the trainer state (tensors and plain types
+        only, reloaded with weights_only=True), fsync, the marker, the atomic rename."""
+        torch.save(state, self.tmp / STATE_FILE)
+        (self.tmp / MARKER).write_text(json.dumps({"step": self.step}) + "\n")
+        _fsync_tree(self.tmp)
+        if self.final.exists():  # a leftover of an earlier attempt at the same step: replace it
+            shutil.rmtree(self.final)
+        os.rename(self.tmp, self.final)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self.final
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, state: dict[str, Any],
+                    resume_tensors: Iterable[tuple[str, torch.Tensor]] = ()) -> Path:
+    """Checkpoint ``step`` written by one process alone (the :class:`CheckpointWriter` protocol
+    with a single rank); returns its final path."""
+    writer = CheckpointWriter(run_dir, step, rank=0)
+    writer.write_resume(iter(resume_tensors))
+    writer.write_model(model, tokenizer)
+    return writer.commit(state)
 
 
 LOCK_FILE = ".lock"
@@ -170,12 +258,51 @@ def lock_run_dir(run_dir: str | os.PathLike, wait_s: float = 10.0):
     return fh
 
 
+class ShardedTensors(Mapping):
+    """The tensors under one prefix (``exp_avg/``, ``master/``...) of a checkpoint's resume shards, by
+    parameter name, read one at a time when asked for (so a reader holds one tensor, not the set)."""
+
+    def __init__(self, folder: Path, prefix: str):
+        from safetensors import safe_open
+
+        self.prefix, self.files = prefix, {}
+        for path in sorted(folder.glob("rank-*.safetensors")):
+            with safe_open(str(path), framework="pt") as handle:
+                self.files.update({key[len(prefix):]: path for key in handle.keys() if key.startswith(prefix)})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as handle:
+            return handle.get_tensor(self.prefix + name)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The trainer state of a complete checkpoint (``torch.load(weights_only=True)`` only)."""
+    """What resuming from a complete checkpoint needs: the trainer state (``torch.load(weights_only=
+    True)`` only), with ``state["optimizer"]`` = ``{"step", "exp_avg", "exp_avg_sq"}`` and
+    ``state["masters"]`` (None for fp32 runs) as lazy per-name views of the resume shards."""
     path = Path(path)
     if not (path / MARKER).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    if not (path / STATE_FILE).is_file():
+        if (path / LEGACY_STATE_FILE).is_file():  # earlier versions: one file holds everything
+            state = torch.load(path / LEGACY_STATE_FILE, map_location="cpu", weights_only=True)
+            state.setdefault("masters", None)  # those versions trained in fp32
+            return state
+        raise ValueError(f"{path} is an evaluation-only checkpoint (its resume state was pruned)")
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    folder = path / RESUME_DIR
+    state["optimizer"] = {"step": int(state.pop("optimizer_step")), "exp_avg": ShardedTensors(folder, "exp_avg/"),
+                          "exp_avg_sq": ShardedTensors(folder, "exp_avg_sq/")}
+    masters = ShardedTensors(folder, "master/")
+    state["masters"] = masters if len(masters) else None
+    return state
 
 
 def resume_state(run_dir: str | os.PathLike, *, config_hash: str,
@@ -196,17 +323,24 @@ def resume_state(run_dir: str | os.PathLike, *, config_hash: str,
     return latest[1], state
 
 
-def prune(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints (0 = keep all)."""
-    if keep_last <= 0:
-        return []
-    ckpts = complete_checkpoints(run_dir)
+def prune(run_dir: str | os.PathLike, keep_last: int, keep_resumable: int = 0) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints (0 = keep all), and strip all but
+    the newest ``keep_resumable`` of the rest to evaluation-only ones (HF weights; 0 = strip none):
+    the optimizer state is only worth its bytes where a resume may start. Returns what it removed."""
     removed = []
-    for _, p in ckpts[:-keep_last]:
+    ckpts = complete_checkpoints(run_dir)
+    for _, p in ckpts[:-keep_last] if keep_last > 0 else []:
         # Remove the marker first: a crash mid-delete then leaves an ignorable, incomplete dir.
         (p / MARKER).unlink(missing_ok=True)
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
+    resumable = [p for _, p in resumable_checkpoints(run_dir)]
+    for p in resumable[:-keep_resumable] if keep_resumable > 0 else []:
+        # The state file first: a crash mid-strip leaves a checkpoint that is simply not resumable.
+        for name in (STATE_FILE, LEGACY_STATE_FILE):
+            (p / name).unlink(missing_ok=True)
+        shutil.rmtree(p / RESUME_DIR, ignore_errors=True)
+        removed.append(p / RESUME_DIR)
     return removed
 
 

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 __all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduce", "all_gather_json", "barrier",
-           "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state", "full_master_weights",
-           "load_master_weights",
+           "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state", "owned_state_tensors",
+           "optimizer_step_count", "load_master_weights",
            "launch_command", "relaunch", "relaunch_verb", "needs_relaunch", "check_rank_split",
            "slurm_job_nodes", "under_launcher", "RENDEZVOUS_PORT"]
 
@@ -273,19 +273,6 @@ def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_00
         yield k, b.detach().to("cpu", copy=zero3)
 
 
-def full_master_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, full fp32 tensor)`` of every parameter's fp32 master copy (bf16-mixed training:
-    DeepSpeed's optimizer owns them, the module holds bf16). Collective for every ZeRO stage (the
-    fragments of each tensor are assembled from all ranks): every rank must consume the iterator."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    for name, param in model.named_parameters():
-        master = safe_get_full_fp32_param(param)
-        if master is None:
-            raise RuntimeError(f"parameter {name} has no fp32 master copy (not a bf16-mixed DeepSpeed model)")
-        yield name, master.detach().to("cpu", torch.float32, copy=True)
-
-
 def load_master_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
     """Set every parameter's fp32 master copy from ``weights[name]`` (any float dtype, full shape;
     read lazily, one tensor at a time). Collective under ZeRO-3."""
@@ -319,27 +306,56 @@ def _adam_step(inner_opt) -> int:
     return steps.pop() if steps else 0
 
 
+def optimizer_step_count(ds_engine) -> int:
+    """AdamW's step count (0 before the first step)."""
+    return _adam_step(_inner_optimizer(ds_engine))
+
+
+def owned_state_tensors(ds_engine, model: torch.nn.Module, *, rank: int, world_size: int,
+                        masters: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """This rank's share of the state resume needs, as ``("exp_avg/<name>", full tensor)``,
+    ``("exp_avg_sq/<name>", ...)`` and with ``masters`` ``("master/<name>", fp32 master)``: parameter
+    ``i`` (``model.named_parameters()`` order) belongs to rank ``i % world_size``.
+
+    Collective for ZeRO 1-3 and for masters (each tensor is assembled from all ranks' fragments):
+    every rank walks every parameter, keeps the tensors it owns and drops the others, so no rank
+    ever holds more than its share plus the one tensor being assembled.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    stage = _zero_stage(ds_engine)
+    inner = _inner_optimizer(ds_engine)
+    step = _adam_step(inner)
+    for index, (name, param) in enumerate(model.named_parameters()):
+        mine = index % world_size == rank
+        for moment in _MOMENTS:
+            if stage == 0:
+                tensor = inner.state.get(param, {}).get(moment) if mine else None
+            else:  # a collective whether or not this rank keeps it
+                tensor = safe_get_full_optimizer_state(param, moment) if step > 0 else None
+            if mine:
+                if tensor is None:  # no step taken yet: the moments are still zero
+                    shape = tuple(param.ds_shape) if _is_zero3(param) else tuple(param.shape)
+                    tensor = torch.zeros(shape, dtype=torch.float32)
+                yield f"{moment}/{name}", tensor.detach().to("cpu", torch.float32, copy=True)
+        if masters:
+            master = safe_get_full_fp32_param(param)
+            if master is None:
+                raise RuntimeError(f"parameter {name} has no fp32 master copy (not a bf16-mixed DeepSpeed model)")
+            if mine:
+                yield f"master/{name}", master.detach().to("cpu", torch.float32, copy=True)
+
+
 def full_optimizer_state(ds_engine, model: torch.nn.Module) -> dict[str, Any]:
     """AdamW state as ``{"step": int, "exp_avg": {name: full tensor}, "exp_avg_sq": {...}}``.
 
     Collective for ZeRO stages 1-3 (DeepSpeed assembles each tensor from the partitions of all
     ranks); every rank gets the full state. Names are those of ``model.named_parameters()``.
     """
-    from deepspeed.utils import safe_get_full_optimizer_state
-
-    stage = _zero_stage(ds_engine)
-    inner = _inner_optimizer(ds_engine)
-    out: dict[str, Any] = {"step": _adam_step(inner), **{m: {} for m in _MOMENTS}}
-    for name, p in model.named_parameters():
-        for m in _MOMENTS:
-            if stage == 0:
-                t = inner.state.get(p, {}).get(m)
-            else:
-                t = safe_get_full_optimizer_state(p, m) if out["step"] > 0 else None
-            if t is None:  # no step taken yet: the moments are still zero
-                shape = tuple(p.ds_shape) if _is_zero3(p) else tuple(p.shape)
-                t = torch.zeros(shape, dtype=torch.float32)
-            out[m][name] = t.detach().to("cpu", torch.float32, copy=True)
+    out: dict[str, Any] = {"step": optimizer_step_count(ds_engine), **{m: {} for m in _MOMENTS}}
+    for key, tensor in owned_state_tensors(ds_engine, model, rank=0, world_size=1):
+        moment, name = key.split("/", 1)
+        out[moment][name] = tensor
     return out
 
 

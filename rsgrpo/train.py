@@ -48,7 +48,7 @@ import torch
 from . import advantages, data_order, rewards
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
-from .actor import MASTER_FILE, Actor
+from .actor import Actor
 from .distributed import init_distributed
 from .io import atomic_path
 from .layout import MANIFEST
@@ -148,7 +148,7 @@ class Trainer:
 
             check_gradient_checkpointing(source)
         self.prompts, max_model_len = self._prompts(source)
-        self.actor = Actor(cfg, source)
+        self.actor = Actor(cfg, source, masters=state["masters"] if state is not None else None)
         self.engine = self._make_engine(source, max_model_len)
         if state is not None:
             self._restore(state, resume_from)
@@ -354,26 +354,34 @@ class Trainer:
 
     # -- checkpoints and manifest ----------------------------------------------------------------
     def save(self, step_done: int) -> Path | None:
-        """Checkpoint ``step_done`` (every rank calls it: gathering the optimizer state, and the
-        weights under ZeRO-3, are collectives); rank 0 writes it, the others wait for the rename.
+        """Checkpoint ``step_done``. Every rank calls it and writes its own share of the optimizer
+        state (assembling each tensor is a collective, and so is the ZeRO-3 gather of the weights);
+        rank 0 writes the HF weights and the trainer state and renames the checkpoint into place.
         Returns the checkpoint path on rank 0, None elsewhere."""
-        # a collective for ZeRO 1-3; at stage 0 only the writer needs the copy
-        optimizer = self.actor.optimizer_state() if self.dist.is_main or self.cfg.zero_stage > 0 else None
-        weights = dict(self.actor.full_weights(include_aliases=False)) if self.cfg.zero_stage == 3 else None
-        masters = self.actor.master_weights(keep=self.dist.is_main)  # a collective too (bf16-mixed only)
+        rank = self.dist.rank
+        writer = ckpt.CheckpointWriter(self.run_dir, step_done, rank=rank)
+        dist_utils.barrier()  # the temporary directory exists
+        writer.write_resume(self.actor.resume_tensors(rank=rank, world_size=self.dist.world_size))
+        if self.cfg.zero_stage == 3:  # gathered bucket by bucket on every rank; rank 0 writes them
+            weights = self.actor.full_weights(include_aliases=False)
+            if self.dist.is_main:
+                writer.write_weights(self.actor.model, self.actor.tokenizer, weights)
+            else:
+                for _ in weights:
+                    pass
+        elif self.dist.is_main:
+            writer.write_model(self.actor.model, self.actor.tokenizer)
+        dist_utils.barrier()  # every rank's files are written
         path = None
         if self.dist.is_main:
-            state = {
-                "step": step_done, "optimizer": optimizer, "rng": ckpt.capture_rng(),
+            path = writer.commit({
+                "step": step_done, "optimizer_step": self.actor.optimizer_step_count(), "rng": ckpt.capture_rng(),
                 "data_position": step_done * self.cfg.prompts_per_step, "solved_ids": sorted(self.solved),
                 "metrics": [dict(row) for row in self.metrics], "config_hash": self.hash,
                 "data_hash": self.data_hash, "config": json.dumps(to_dict(self.cfg), sort_keys=True, default=str),
                 "world_size": self.dist.world_size,
-            }
-            path = ckpt.save_checkpoint(self.run_dir, step_done, model=self.actor.model,
-                                        tokenizer=self.actor.tokenizer, state=state, state_dict=weights,
-                                        tensor_files={MASTER_FILE: masters} if masters is not None else None)
-            ckpt.prune(self.run_dir, self.cfg.keep_last)
+            })
+            ckpt.prune(self.run_dir, self.cfg.keep_last, self.cfg.keep_resumable)
         dist_utils.barrier()
         return path
 

@@ -125,6 +125,9 @@ class TrainConfig:
                                doc="write a checkpoint every this many steps (0 = only at the end; the last step is "
                                    "always saved)")
     keep_last: int = _f(3, "complete checkpoints kept on disk (0 = keep all)", kind="int")
+    keep_resumable: int = _f(1, kind="int",
+                             doc="newest checkpoints that keep the optimizer state (and bf16-mixed fp32 masters) "
+                                 "for resume; older kept ones hold the HF weights only (0 = all keep it)")
     tensorboard: bool = _f(False, kind="bool",
                            doc="also log metrics to run_dir/tensorboard if torch.utils.tensorboard works")
     progress: bool = _f(True, "tqdm progress bar on stderr", kind="bool")
@@ -134,7 +137,7 @@ for _fld in dataclasses.fields(TrainConfig):
     FIELD_DOCS[_fld.name] = _fld.metadata["doc"]
 
 # Fields that do not influence the trajectory of a run (may change between a run and its resume).
-NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "tensorboard", "progress",
+NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "keep_resumable", "tensorboard", "progress",
                          "grading_workers", "engine", "hf_batch_size", "engine_options", "zero_stage",
                          "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens")
 PRECISIONS = ("fp32", "bf16-mixed")
@@ -259,6 +262,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
          "weights and accumulate gradients in fp32; stage 1 on one rank partitions nothing)")
     need("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)")
     need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
+    need("keep_resumable", cfg.keep_resumable >= 0, "must be >= 0 (0 = every kept checkpoint stays resumable)")
     need("beta_ramp_steps", cfg.beta_ramp_steps >= 0, "must be >= 0 (0 = the whole run)")
     if isinstance(cfg.train_data, dict):
         need("train_data", "source" in cfg.train_data, "a data spec mapping needs a 'source' key")

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from train_helpers import FixedEngine, kill_after_first_checkpoint, metrics, run_env, train_cmd, write_run_inputs
 
 from rsgrpo import checkpoint as ckpt
-from rsgrpo.actor import MASTER_FILE
 from rsgrpo.rewards import register
 from rsgrpo.train import Trainer
 from rsgrpo.trainconfig import from_dict
@@ -39,8 +38,10 @@ def fixed_rollout_run(model_dir, run_dir, *, precision, zero_stage, steps=5, lr=
                       engine_factory=lambda model, tok, src: FixedEngine(tok, TABLE))
     manifest = trainer.run()
     final = manifest["final_checkpoint"]
-    name = MASTER_FILE if precision == "bf16-mixed" else "model.safetensors"
-    return trainer.metrics, load_file(f"{final}/{name}")
+    if precision == "bf16-mixed":  # the fp32 masters from the checkpoint's resume state
+        masters = ckpt.load_state(final)["masters"]
+        return trainer.metrics, {name: masters[name] for name in masters}
+    return trainer.metrics, load_file(f"{final}/model.safetensors")
 
 
 def test_bf16_mixed_moves_its_fp32_masters_and_follows_the_fp32_run(tiny_model_dir, tmp_path):
@@ -67,7 +68,7 @@ def test_bf16_mixed_moves_its_fp32_masters_and_follows_the_fp32_run(tiny_model_d
 def test_bf16_mixed_checkpoint_holds_bf16_weights_and_fp32_masters(tiny_model_dir, tmp_path):
     fixed_rollout_run(tiny_model_dir, tmp_path / "run", precision="bf16-mixed", zero_stage=2, steps=1)
     final = ckpt.latest_checkpoint(tmp_path / "run")[1]
-    weights, masters = load_file(final / "model.safetensors"), load_file(final / MASTER_FILE)
+    weights, masters = load_file(final / "model.safetensors"), ckpt.load_state(final)["masters"]
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}  # what sampling and vLLM load
     assert {t.dtype for t in masters.values()} == {torch.float32}  # what resume needs
     for name, tensor in weights.items():  # the HF weights are the masters rounded to bf16
@@ -86,10 +87,11 @@ def test_bf16_mixed_killed_and_resumed_equals_the_uninterrupted_run(tiny_model_d
     assert step < 6
     subprocess.run(train_cmd(runner, cfg, killed), env=run_env(), check=True, capture_output=True, timeout=600)
     assert metrics(ref) == metrics(killed)
-    for name in ("model.safetensors", MASTER_FILE):
-        a, b = load_file(ref / "checkpoints/step-000006" / name), load_file(killed / "checkpoints/step-000006" / name)
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = load_file(ref / "checkpoints/step-000006/model.safetensors"), \
+        load_file(killed / "checkpoints/step-000006/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     state_a, state_b = (ckpt.load_state(d / "checkpoints/step-000006") for d in (ref, killed))
+    assert all(torch.equal(state_a["masters"][k], state_b["masters"][k]) for k in state_a["masters"])
     for moment in ("exp_avg", "exp_avg_sq"):
         assert all(torch.equal(state_a["optimizer"][moment][k], state_b["optimizer"][moment][k])
                    for k in state_a["optimizer"][moment])

@@ -224,3 +224,27 @@ def test_run_dir_lock_refuses_a_second_trainer_and_dies_with_its_holder(tmp_path
     fh = ckpt.lock_run_dir(tmp_path, wait_s=5)
     assert (tmp_path / ckpt.LOCK_FILE).read_text().strip() == str(os.getpid())
     fh.close()
+
+
+def test_only_the_newest_checkpoints_keep_the_optimizer_state(tiny_model_dir, tmp_path):
+    """keep_resumable 2 of 4 kept checkpoints: the older two become evaluation-only (HF weights, no
+    resume state), still listed in the manifest; resume starts from the newest."""
+    run = tmp_path / "run"
+    manifest = _trainer(tiny_model_dir, run, steps=4, checkpoint_every=1, keep_last=0, keep_resumable=2).run()
+    assert [c["step"] for c in manifest["checkpoints"]] == [1, 2, 3, 4]  # every one evaluable
+    assert [s for s, _ in ckpt.resumable_checkpoints(run)] == [3, 4]
+    assert ckpt.latest_checkpoint(run)[0] == 4
+    root = run / "checkpoints"
+    for step in (1, 2):
+        folder = root / ckpt.checkpoint_name(step)
+        assert (folder / "model.safetensors").is_file() and not (folder / ckpt.RESUME_DIR).exists()
+        with pytest.raises(ValueError, match="evaluation-only checkpoint"):
+            ckpt.load_state(folder)
+
+    def size(folder):
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+    # fp32 AdamW keeps two moments per weight: the resume state is about twice the weights
+    assert size(root / "step-000004") > 2.5 * size(root / "step-000002")
+    state = ckpt.load_state(root / "step-000004")
+    assert set(state["optimizer"]["exp_avg"]) == set(load_file(root / "step-000004" / "model.safetensors"))

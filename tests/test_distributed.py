@@ -103,6 +103,30 @@ def test_two_rank_zero3_run_killed_and_resumed_with_one_rank(tiny_model_dir, tmp
         torch.testing.assert_close(w[k], w_ref[k], rtol=0, atol=2e-5)
 
 
+def test_a_two_rank_zero3_save_is_split_and_no_rank_holds_the_whole_state(tiny_model_dir, tmp_path):
+    """bf16-mixed, ZeRO-3, 2 ranks: each rank writes the AdamW moments and fp32 masters of its own half
+    of the parameters and never holds more than that; the shards together are the whole state, and
+    a 1-rank run resumes from them."""
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, zero_stage=3, precision="bf16-mixed", steps=2)
+    run = tmp_path / "run"
+    _run(train_cmd(runner, cfg, run, "--nproc", "2"))
+    folder = run / "checkpoints" / "step-000002"
+    summaries = [json.loads((folder / ckpt.RESUME_DIR / f"rank-{r:05d}.json").read_text()) for r in (0, 1)]
+    total = sum(s["bytes"] for s in summaries)
+    for summary in summaries:
+        assert 0.25 * total < summary["bytes"] < 0.75 * total  # about half each
+        assert summary["max_held_bytes"] <= summary["bytes"] < total
+    state = ckpt.load_state(folder)
+    names = set(_weights(run, 2))
+    for view in (state["optimizer"]["exp_avg"], state["optimizer"]["exp_avg_sq"], state["masters"]):
+        assert set(view) == names  # every parameter once, across the two ranks' files
+    assert sum(s["tensors"] for s in summaries) == 3 * len(names)
+    cfg.write_text(cfg.read_text().replace("steps: 2", "steps: 3").replace("zero_stage: 3", "zero_stage: 1"))
+    out = _run(train_cmd(runner, cfg, run, "--nproc", "1"))
+    assert "(step 2) with 1 rank(s)" in out.stderr
+    assert json.loads((run / "manifest.json").read_text())["final_step"] == 3
+
+
 def test_a_failing_rank_fails_the_launch_without_hanging(tiny_model_dir, tmp_path):
     cfg, runner = write_run_inputs(tmp_path, tiny_model_dir)
     start = time.monotonic()

@@ -6,10 +6,10 @@ import re
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
 
+from rsgrpo import checkpoint as ckpt
 from rsgrpo.grading import extract_answer
 
 TINY_CONFIG = REPO / "tests/fixtures/workflow/tiny.yaml"
@@ -156,8 +156,12 @@ def test_real_run_on_tiny_config(tmp_path):
     assert "simulated in" in (wf / "logs/bandit.log").read_text()
     train_log = (wf / "logs/train/tiny/beta2.log").read_text()
     assert "launching 2 rank(s) per node" in train_log  # models.tiny.cpu_processes: 2
-    state = torch.load(wf / "runs/tiny/beta2/checkpoints/step-000002/trainer_state.pt", weights_only=True)
+    state = ckpt.load_state(wf / "runs/tiny/beta2/checkpoints/step-000002")
     assert state["world_size"] == 2
+    # only the newest checkpoint keeps the optimizer state (keep_resumable 1); step 1 is kept for
+    # its evaluation as HF weights alone
+    assert [s for s, _ in ckpt.resumable_checkpoints(wf / "runs/tiny/beta2")] == [2]
+    assert not (wf / "runs/tiny/beta2/checkpoints/step-000001" / ckpt.RESUME_DIR).exists()
     # the run directory outlives the declared outputs: checkpoints of both steps are there
     assert sorted(p.name for p in (wf / "runs/tiny/beta2/checkpoints").iterdir()) == ["step-000001", "step-000002"]
     # nothing left to do afterwards
