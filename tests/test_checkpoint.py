@@ -248,3 +248,24 @@ def test_only_the_newest_checkpoints_keep_the_optimizer_state(tiny_model_dir, tm
     assert size(root / "step-000004") > 2.5 * size(root / "step-000002")
     state = ckpt.load_state(root / "step-000004")
     assert set(state["optimizer"]["exp_avg"]) == set(load_file(root / "step-000004" / "model.safetensors"))
+
+
+def test_weights_written_in_shards_load_as_one_checkpoint(tiny_model_dir, tmp_path):
+    """The ZeRO-3 path: (name, tensor) pairs written in several safetensors shards plus their index
+    (here 64 KiB shards) load back as the same model, in transformers as in the resume reader."""
+    from rsgrpo.models import load_policy
+
+    model, tok = load_policy(tiny_model_dir)
+    writer = ckpt.CheckpointWriter(tmp_path, 5, rank=0, shard_bytes=64 << 10)
+    summary = writer.write_resume(iter([(f"exp_avg/{n}", p.detach()) for n, p in model.named_parameters()]))
+    writer.write_weights(model, tok, ((n, p.detach()) for n, p in model.named_parameters()))
+    path = writer.commit({"step": 5, "optimizer_step": 0})
+    shards = sorted(p.name for p in path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (path / "model.safetensors.index.json").is_file()
+    assert len(list((path / ckpt.RESUME_DIR).glob("rank-00000-*.safetensors"))) > 1
+    assert summary["max_held_bytes"] < summary["bytes"]  # never the whole set at once
+    again, _ = load_policy(path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    moments = ckpt.load_state(path)["optimizer"]["exp_avg"]
+    assert all(torch.equal(moments[n], p.detach()) for n, p in model.named_parameters())
