@@ -39,22 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_train import SETTINGS, bench_model  # noqa: E402  (this script's folder is on sys.path)
-from peak_memory import peak_mb  # noqa: E402  (tests/peak_memory.py: the tests' measurement)
-
-LOGPROB_SETUP = """
-from transformers import Qwen2Config, Qwen2ForCausalLM
-from rsgrpo.loss import build_batch, naive_token_logprobs, token_logprobs
-torch.manual_seed(0)
-config = Qwen2Config(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096)
-model = Qwen2ForCausalLM(config)
-gen = torch.Generator().manual_seed(0)
-pairs = [(torch.randint(1, 32000, (48,), generator=gen).tolist(),
-          torch.randint(1, 32000, (2000,), generator=gen).tolist()) for _ in range(4)]
-batch = build_batch(pairs, pad_id=0)
-mask = batch.completion_mask[:, 1:]
-"""
+from bench_train import SETTINGS, add_model_arguments, bench_model  # noqa: E402  (this folder is on sys.path)
+from peak_memory import logprob_peaks_mb  # noqa: E402  (tests/peak_memory.py: the tests' measurement)
 
 TRAIN = """
 import csv, json, resource, sys, time
@@ -75,14 +61,7 @@ VARIANTS = [  # (label, settings)
 
 
 def logprob_memory() -> dict:
-    naive = peak_mb(LOGPROB_SETUP, """
-logp, entropy = naive_token_logprobs(model, batch, with_entropy=True)
-(logp * mask).sum().backward()
-""")
-    chunked = peak_mb(LOGPROB_SETUP, """
-logp, entropy = token_logprobs(model, batch, with_entropy=True, chunk_tokens=1024)
-(logp * mask).sum().backward()
-""")
+    naive, chunked = logprob_peaks_mb()
     return {"naive_mb": naive, "chunked_mb": chunked, "ratio": naive / chunked}
 
 
@@ -106,10 +85,7 @@ def train_variant(name: str, model_dir: Path, data: Path, steps: int, work: Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="tiny,smollm2")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--smollm2-dir", default=str(ROOT / "models" / "smollm2"))
-    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    add_model_arguments(ap)
     args = ap.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f} at the start")
     lp = logprob_memory()

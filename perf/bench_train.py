@@ -77,12 +77,17 @@ def bench(name: str, model_dir: Path, steps: int, work: Path) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options the training benchmarks share: models, steps, where SmolLM2 lives, JSON output."""
     ap.add_argument("--models", default="tiny,smollm2")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--smollm2-dir", default=str(ROOT / "models" / "smollm2"))
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(ap)
     args = ap.parse_args(argv)
 
     results = []

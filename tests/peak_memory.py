@@ -38,3 +38,33 @@ def peak_mb(setup: str, work: str, timeout: int = 600) -> float:
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(line for line in out.stdout.splitlines() if line.startswith("PEAK_MB"))
     return float(line.split()[1])
+
+
+# One micro-batch of the update at a paper-like shape (B 4, L 2048, a 32k vocabulary; a 2-layer model,
+# so the logits dominate): forward and backward of the naive log-probs and of the trainer's chunked ones.
+LOGPROB_WORKLOAD = """
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from rsgrpo.loss import build_batch, naive_token_logprobs, token_logprobs
+torch.manual_seed(0)
+config = Qwen2Config(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096)
+model = Qwen2ForCausalLM(config)
+gen = torch.Generator().manual_seed(0)
+pairs = [(torch.randint(1, 32000, (48,), generator=gen).tolist(),
+          torch.randint(1, 32000, (2000,), generator=gen).tolist()) for _ in range(4)]
+batch = build_batch(pairs, pad_id=0)
+mask = batch.completion_mask[:, 1:]
+"""
+
+
+def logprob_peaks_mb() -> tuple[float, float]:
+    """Peak memory (MB) of :data:`LOGPROB_WORKLOAD`: (naive, chunked in 1024-token chunks)."""
+    naive = peak_mb(LOGPROB_WORKLOAD, """
+logp, entropy = naive_token_logprobs(model, batch, with_entropy=True)
+(logp * mask).sum().backward()
+""")
+    chunked = peak_mb(LOGPROB_WORKLOAD, """
+logp, entropy = token_logprobs(model, batch, with_entropy=True, chunk_tokens=1024)
+(logp * mask).sum().backward()
+""")
+    return naive, chunked

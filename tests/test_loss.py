@@ -3,18 +3,9 @@ naive full-vocabulary computation, and far lighter at paper-like lengths."""
 
 import pytest
 import torch
-from peak_memory import peak_mb
+from peak_memory import logprob_peaks_mb
 
 from rsgrpo.loss import build_batch, naive_token_logprobs, token_logprobs
-
-MODEL = """
-from transformers import Qwen2Config, Qwen2ForCausalLM
-torch.manual_seed(0)
-config = Qwen2Config(vocab_size={vocab}, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-                     tie_word_embeddings=True)
-model = Qwen2ForCausalLM(config)
-"""
 
 
 def tiny_lm(vocab: int = 97, seed: int = 0):
@@ -78,22 +69,7 @@ def test_generation_still_sees_the_plain_output_layer():
 def test_chunked_logprobs_peak_memory_is_at_least_3x_lower():
     """One micro-batch of B 4 x L 2048 with a 32k vocabulary, forward and backward: the naive path
     holds [B, L, V] float32 logits and their log-softmax, the chunked one a chunk of them."""
-    setup = MODEL.format(vocab=32_000) + """
-from rsgrpo.loss import build_batch, naive_token_logprobs, token_logprobs
-gen = torch.Generator().manual_seed(0)
-pairs = [(torch.randint(1, 32000, (48,), generator=gen).tolist(),
-          torch.randint(1, 32000, (2000,), generator=gen).tolist()) for _ in range(4)]
-batch = build_batch(pairs, pad_id=0)
-mask = batch.completion_mask[:, 1:]
-"""
-    naive = peak_mb(setup, """
-logp, entropy = naive_token_logprobs(model, batch, with_entropy=True)
-(logp * mask).sum().backward()
-""")
-    chunked = peak_mb(setup, """
-logp, entropy = token_logprobs(model, batch, with_entropy=True, chunk_tokens=1024)
-(logp * mask).sum().backward()
-""")
+    naive, chunked = logprob_peaks_mb()
     print(f"peak MB: naive {naive:.0f}, chunked {chunked:.0f}, ratio {naive / chunked:.1f}")
     assert naive > 1500  # the [4, 2048, 32000] float32 logits alone are 1 GB
     assert naive >= 3 * chunked

@@ -21,6 +21,7 @@ except Exception as exc:  # ImportError, or a broken backend (e.g. CUDA torchvis
                 "run `make test-vllm` to test the vLLM engine", allow_module_level=True)
 
 import torch  # noqa: E402
+from vllm_helpers import hf_prompt_logprobs, vllm_prompt_logprobs  # noqa: E402
 
 from rsgrpo.models import load_policy  # noqa: E402
 from rsgrpo.rollout import HFEngine, SamplingParams, VLLMEngine, make_engine  # noqa: E402
@@ -74,27 +75,11 @@ def test_sampling_is_seeded(engines):
             assert comp.finished == (comp.token_ids[-1] == tok.eos_token_id)
 
 
-def _vllm_prompt_logprobs(vl, ids):
-    """Log-probabilities vLLM assigns to each prompt token after the first (prompt_logprobs=0)."""
-    from vllm import SamplingParams as VSamplingParams
-    from vllm.inputs import TokensPrompt
-
-    out = vl.llm.generate([TokensPrompt(prompt_token_ids=ids)],
-                          VSamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0), use_tqdm=False)[0]
-    return torch.tensor([next(iter(d.values())).logprob for d in out.prompt_logprobs[1:]])
-
-
-def _hf_prompt_logprobs(model, ids):
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-    return logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-
-
 def test_load_weights_replaces_weights_including_tied_head(engines):
     model, tok, hf, vl = engines
     ids = tok(_prompts(tok)[1], add_special_tokens=False)["input_ids"]
-    before = _vllm_prompt_logprobs(vl, ids)
-    assert torch.allclose(before, _hf_prompt_logprobs(model, ids), atol=1e-5)
+    before = vllm_prompt_logprobs(vl, ids)
+    assert torch.allclose(before, hf_prompt_logprobs(model, ids), atol=1e-5)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         with torch.no_grad():
@@ -103,9 +88,9 @@ def test_load_weights_replaces_weights_including_tied_head(engines):
             emb = model.model.embed_tokens.weight
             emb.add_(torch.randn(emb.shape, generator=gen) * 0.05)
         vl.load_weights(model)
-        after = _vllm_prompt_logprobs(vl, ids)
+        after = vllm_prompt_logprobs(vl, ids)
         assert (after - before).abs().max() > 0.1
-        assert torch.allclose(after, _hf_prompt_logprobs(model, ids), atol=1e-5)
+        assert torch.allclose(after, hf_prompt_logprobs(model, ids), atol=1e-5)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "layers.1." in name:
@@ -113,11 +98,11 @@ def test_load_weights_replaces_weights_including_tied_head(engines):
         vl.load_weights(model)
         params = SamplingParams(n=1, temperature=0, max_tokens=16)
         assert _ids(vl.generate(_prompts(tok), params)) == _ids(hf.generate(_prompts(tok), params))
-        assert torch.allclose(_vllm_prompt_logprobs(vl, ids), _hf_prompt_logprobs(model, ids), atol=1e-5)
+        assert torch.allclose(vllm_prompt_logprobs(vl, ids), hf_prompt_logprobs(model, ids), atol=1e-5)
     finally:
         model.load_state_dict(original)
         vl.load_weights(model)
-    assert torch.allclose(_vllm_prompt_logprobs(vl, ids), before, atol=1e-6)
+    assert torch.allclose(vllm_prompt_logprobs(vl, ids), before, atol=1e-6)
 
 
 def test_load_named_weights_from_a_lazy_gather(engines):
@@ -127,7 +112,7 @@ def test_load_named_weights_from_a_lazy_gather(engines):
 
     model, tok, hf, vl = engines
     ids = tok(_prompts(tok)[1], add_special_tokens=False)["input_ids"]
-    before = _vllm_prompt_logprobs(vl, ids)
+    before = vllm_prompt_logprobs(vl, ids)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     pulled = []
 
@@ -143,15 +128,15 @@ def test_load_named_weights_from_a_lazy_gather(engines):
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
         vl.load_named_weights(tracked())
         assert "lm_head.weight" in pulled and sorted(pulled) == sorted(model.state_dict())
-        after = _vllm_prompt_logprobs(vl, ids)
+        after = vllm_prompt_logprobs(vl, ids)
         assert (after - before).abs().max() > 0.1
-        assert torch.allclose(after, _hf_prompt_logprobs(model, ids), atol=1e-5)
+        assert torch.allclose(after, hf_prompt_logprobs(model, ids), atol=1e-5)
         params = SamplingParams(n=1, temperature=0, max_tokens=16)
         assert _ids(vl.generate(_prompts(tok), params)) == _ids(hf.generate(_prompts(tok), params))
     finally:
         model.load_state_dict(original)
         vl.load_weights(model)
-    assert torch.allclose(_vllm_prompt_logprobs(vl, ids), before, atol=1e-6)
+    assert torch.allclose(vllm_prompt_logprobs(vl, ids), before, atol=1e-6)
 
 
 def test_many_seeded_long_prompts(engines):

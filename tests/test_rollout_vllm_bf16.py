@@ -16,6 +16,7 @@ except Exception as exc:  # ImportError, or a broken backend (e.g. CUDA torchvis
                 "run `make test-vllm` to test the vLLM engine", allow_module_level=True)
 
 import torch  # noqa: E402
+from vllm_helpers import hf_prompt_logprobs, vllm_prompt_logprobs  # noqa: E402
 
 from rsgrpo.models import load_policy  # noqa: E402
 from rsgrpo.rollout import VLLMEngine, encode_prompts, generation_length, make_engine  # noqa: E402
@@ -36,21 +37,6 @@ def bf16(tiny_model_dir):
     vl.close()
 
 
-def _vllm_prompt_logprobs(vl, ids):
-    from vllm import SamplingParams as VSamplingParams
-    from vllm.inputs import TokensPrompt
-
-    out = vl.llm.generate([TokensPrompt(prompt_token_ids=ids)],
-                          VSamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0), use_tqdm=False)[0]
-    return torch.tensor([next(iter(d.values())).logprob for d in out.prompt_logprobs[1:]])
-
-
-def _hf_prompt_logprobs(model, ids):
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-    return logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-
-
 def test_engine_settings_follow_the_work(bf16):
     model, tok, vl, prompts, needed = bf16
     config = vl.llm.llm_engine.vllm_config
@@ -66,8 +52,8 @@ def test_bf16_weights_are_refreshed_in_bf16(bf16):
     bf16 noise), far from its old weights."""
     model, tok, vl, prompts, _ = bf16
     ids = tok(prompts[1], add_special_tokens=False)["input_ids"]
-    before = _vllm_prompt_logprobs(vl, ids)
-    noise = (before - _hf_prompt_logprobs(model, ids)).abs().max()
+    before = vllm_prompt_logprobs(vl, ids)
+    noise = (before - hf_prompt_logprobs(model, ids)).abs().max()
     assert noise < 0.05
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)
@@ -75,8 +61,8 @@ def test_bf16_weights_are_refreshed_in_bf16(bf16):
             param.add_((torch.randn(param.shape, generator=gen) * 0.2).to(param.dtype))
     assert next(model.parameters()).dtype == torch.bfloat16
     vl.load_weights(model)
-    after = _vllm_prompt_logprobs(vl, ids)
-    gap = (after - _hf_prompt_logprobs(model, ids)).abs()
+    after = vllm_prompt_logprobs(vl, ids)
+    gap = (after - hf_prompt_logprobs(model, ids)).abs()
     # bf16 kernels differ (vLLM's and transformers'): agreement to bf16 noise, which grows with the
     # larger activations of the perturbed weights, while the refresh moved the scores far more
     assert (after - before).abs().mean() > 20 * gap.mean()
