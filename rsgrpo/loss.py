@@ -54,9 +54,9 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
     (detached: a metric). Both are zero outside the completion tokens.
 
     Memory: the output layer and the log-softmax run only on completion positions, ``chunk_tokens``
-    at a time (None: all at once), and with gradients each chunk is recomputed in the backward pass
-    (activation checkpointing), so no ``[B, L, vocab]`` float32 tensor is ever held: at most one
-    chunk's ``[chunk_tokens, vocab]`` logits. The chunks run inside ONE call of the output layer
+    at a time (None: all at once), and with gradients and several chunks each chunk is recomputed in
+    the backward pass (activation checkpointing), so no ``[B, L, vocab]`` float32 tensor is ever
+    held: at most one chunk's ``[chunk_tokens, vocab]`` logits. The chunks run inside ONE call of the output layer
     (:func:`_chunked_head`), so under ZeRO-3 every rank gathers its weight once per forward and once
     per backward whatever its number of tokens. ``model`` is a causal LM (or a DeepSpeed engine
     around one) whose forward takes ``logits_to_keep`` and that has ``get_decoder()`` and
@@ -122,10 +122,13 @@ def _chunked_head(head: torch.nn.Module) -> torch.nn.Module:
 
 def _chunk_loop(plain, states, targets, temperature, with_entropy, chunk_tokens):
     size = chunk_tokens or max(1, len(targets))
+    # Recomputing in the backward pass pays off only with several chunks: a single chunk's logits are
+    # the peak either way.
+    recompute = torch.is_grad_enabled() and len(targets) > size
     pieces = []
     for start in range(0, len(targets), size):
         args = (plain, states[start:start + size], targets[start:start + size], temperature, with_entropy)
-        pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+        pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if recompute
                       else _chunk_logprobs(*args))
     logp = torch.cat([piece[0] for piece in pieces])
     return logp, (torch.cat([piece[1] for piece in pieces]) if with_entropy else None)
