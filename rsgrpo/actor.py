@@ -229,9 +229,5 @@ class Actor:
     def optimizer_step_count(self) -> int:
         return dist_utils.optimizer_step_count(self.engine)
 
-    def optimizer_state(self) -> dict:
-        """World-size independent AdamW state (a collective for ZeRO 1-3)."""
-        return dist_utils.full_optimizer_state(self.engine, self.model)
-
     def load_optimizer_state(self, state: dict) -> None:
         dist_utils.load_full_optimizer_state(self.engine, self.model, state)

@@ -12,9 +12,11 @@ get the full weights out of a ZeRO-3 partition) lives here.
 * :func:`gathered_parameters` -- the full weights of every parameter, gathered in buckets under
   ZeRO-3 (each bucket is gathered, copied out and released before the next one, so the peak extra
   memory is one bucket, not the model).
-* :func:`full_optimizer_state` / :func:`load_full_optimizer_state` -- AdamW moments per parameter
-  name in full shape: a checkpoint written by N ranks at any ZeRO stage resumes on M ranks at any
-  stage (DeepSpeed's own checkpoints are partitioned per rank and unpickle arbitrary objects).
+* :func:`owned_state_tensors` / :func:`load_full_optimizer_state` -- AdamW moments (and fp32
+  masters) per parameter name in full shape, each rank yielding the parameters it owns: a
+  checkpoint written by N ranks at any ZeRO stage resumes on M ranks at any stage (DeepSpeed's own
+  checkpoints are partitioned per rank and unpickle arbitrary objects); :func:`full_optimizer_state`
+  is the whole state in one dict (every rank gets it).
 * :func:`launch_command` -- the ``torch.distributed.run`` command line for ``--nproc N`` (one node)
   or a SLURM multi-node job (rendezvous on the job's first node, one launcher per node via srun);
   :func:`needs_relaunch` / :func:`relaunch_verb` -- a verb starting itself again as its ranks.
