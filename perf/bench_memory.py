@@ -14,7 +14,8 @@ Two parts, every measurement in a fresh process (so no allocator cache carries o
    ``fp32``, ``fp32 + gradient checkpointing``, ``bf16-mixed``, ``bf16-mixed + gradient
    checkpointing`` (bf16-mixed at ZeRO stage 1, fp32 at stage 0): median update and step seconds
    over the steps after the first, and the process's peak resident memory, each against the fp32
-   row of the same model.
+   row of the same model. Every process runs with a fixed glibc mmap threshold (see
+   ``tests/peak_memory.py``), so its peak resident memory counts live memory, not freed blocks.
 
 On CPU, bf16-mixed holds more bytes per parameter than fp32 (bf16 weights and gradients next to the
 fp32 masters, gradients and AdamW state): it halves activations and is a GPU speed setting, so the
@@ -72,8 +73,10 @@ def train_variant(name: str, model_dir: Path, data: Path, steps: int, work: Path
            "micro_batch_size": micro, "dynamic_sampling": False, "checkpoint_every": 0, "keep_last": 1,
            "progress": False, "grading_workers": 0, "run_dir": str(work / f"run-{name}-{len(os.listdir(work))}"),
            **settings}
+    # the same fixed glibc mmap threshold as tests/peak_memory.py: freed memory leaves the resident set
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(TRAIN), json.dumps(cfg)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=3600)
+                         capture_output=True, text=True, timeout=3600, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{name} {settings}: the run failed:\n{out.stderr[-3000:]}")
     result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[7:])

@@ -3,7 +3,10 @@
 ``peak_mb(setup, work)`` runs ``setup`` (code that builds inputs), then ``work``, in a subprocess and
 returns how far the process's peak resident set (``ru_maxrss``) rose above its resident set after
 ``setup``: the memory ``work`` needed at its peak. A fresh process per measurement keeps the
-allocator's cached blocks of one measurement out of the next.
+allocator's cached blocks of one measurement out of the next, and a fixed glibc mmap threshold
+(64 KiB) makes every sizeable tensor its own mapping, returned to the system when freed: with
+glibc's default, adaptive threshold freed blocks stay in the heap and the resident set counts
+memory that is no longer in use, which made the figures drift between runs.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ print("PEAK_MB", (peak - before) / 1024)
 def peak_mb(setup: str, work: str, timeout: int = 600) -> float:
     code = _TEMPLATE.format(setup=textwrap.dedent(setup), work=textwrap.dedent(work))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+                              "MALLOC_MMAP_THRESHOLD_": "65536"})
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(line for line in out.stdout.splitlines() if line.startswith("PEAK_MB"))
     return float(line.split()[1])

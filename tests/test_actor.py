@@ -144,7 +144,7 @@ logp, _ = token_logprobs(model, batch, chunk_tokens=1024)
 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 """, work)
     print(f"peak MB: no checkpointing {plain:.0f}, checkpointing {checkpointed:.0f}")
-    assert checkpointed < 0.6 * plain
+    assert checkpointed < 0.4 * plain
 
 
 def test_gradient_checkpointing_on_a_model_class_without_it_fails_before_loading(tmp_path):
