@@ -83,8 +83,9 @@ def main(argv=None) -> int:
                 else:
                     from rsgrpo.rollout import VLLMEngine
 
-                    engine = VLLMEngine(model_dir, dtype=dtype, batch_size=args.prompts * args.n,
-                                        kv_cache_memory_bytes=args.kv_cache_bytes)
+                    # vLLM schedules its own batches; max_model_len as the trainer sizes it
+                    engine = VLLMEngine(model_dir, dtype=dtype, kv_cache_memory_bytes=args.kv_cache_bytes,
+                                        max_model_len=args.max_tokens + 256)
                 prompts = _prompts(engine.tokenizer, args.prompts)
                 tokens, seconds, finished = _measure(engine, prompts, params)
                 engine.close()
