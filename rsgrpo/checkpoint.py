@@ -133,23 +133,32 @@ class CheckpointWriter:
                 shutil.rmtree(self.tmp)
             (self.tmp / RESUME_DIR).mkdir(parents=True)
 
+    def _shards(self, named_tensors: Iterator[tuple[str, torch.Tensor]], stats: dict) -> Iterator[dict]:
+        """``named_tensors`` in dicts of at most ``shard_bytes`` (one tensor more where it overflows),
+        each handed on as soon as it is full; ``stats`` counts tensors, bytes and the most held."""
+        shard: dict[str, torch.Tensor] = {}
+        held = 0
+        for name, tensor in named_tensors:
+            size = tensor.numel() * tensor.element_size()
+            shard[name] = tensor.contiguous()
+            held += size
+            stats["tensors"] += 1
+            stats["bytes"] += size
+            stats["max_held_bytes"] = max(stats["max_held_bytes"], held)
+            if held >= self.shard_bytes:
+                yield shard
+                shard, held = {}, 0
+        if shard:
+            yield shard
+
     def write_resume(self, named_tensors: Iterator[tuple[str, torch.Tensor]]) -> dict:
         """Write this rank's share of the resume state in files of at most ``shard_bytes``; return
         (and write to ``rank-RRRRR.json``) what it wrote and the most it held at once."""
         from safetensors.torch import save_file
 
-        buffer: dict[str, torch.Tensor] = {}
-        held = parts = tensors = total = most = 0
-        for name, tensor in named_tensors:
-            buffer[name] = tensor.contiguous()
-            held += tensor.numel() * tensor.element_size()
-            tensors, total, most = tensors + 1, total + tensor.numel() * tensor.element_size(), max(most, held)
-            if held >= self.shard_bytes:
-                save_file(buffer, str(self.tmp / RESUME_DIR / f"rank-{self.rank:05d}-{parts:03d}.safetensors"))
-                buffer, held, parts = {}, 0, parts + 1
-        if buffer:
-            save_file(buffer, str(self.tmp / RESUME_DIR / f"rank-{self.rank:05d}-{parts:03d}.safetensors"))
-        summary = {"rank": self.rank, "tensors": tensors, "bytes": total, "max_held_bytes": most}
+        summary = {"rank": self.rank, "tensors": 0, "bytes": 0, "max_held_bytes": 0}
+        for part, shard in enumerate(self._shards(named_tensors, summary)):
+            save_file(shard, str(self.tmp / RESUME_DIR / f"rank-{self.rank:05d}-{part:03d}.safetensors"))
         (self.tmp / RESUME_DIR / f"rank-{self.rank:05d}.json").write_text(json.dumps(summary) + "\n")
         return summary
 
@@ -165,21 +174,16 @@ class CheckpointWriter:
         weights are never held whole either."""
         from safetensors.torch import save_file
 
-        shards: list[dict[str, torch.Tensor]] = [{}]
-        held, files, weight_map, total = 0, [], {}, 0
-        for name, tensor in weights:
-            shards[-1][name] = tensor.contiguous()
-            held += tensor.numel() * tensor.element_size()
-            total += tensor.numel() * tensor.element_size()
-            if held >= self.shard_bytes:
-                files.append(self._weight_shard(save_file, shards[-1], len(files), weight_map))
-                shards[-1], held = {}, 0
-        if shards[-1] or not files:
-            files.append(self._weight_shard(save_file, shards[-1], len(files), weight_map))
+        stats = {"tensors": 0, "bytes": 0, "max_held_bytes": 0}
+        files, weight_map = [], {}
+        for shard in self._shards(weights, stats):
+            files.append(self._weight_shard(save_file, shard, len(files), weight_map))
+        if not files:
+            files.append(self._weight_shard(save_file, {}, 0, weight_map))
         if len(files) == 1:
             (self.tmp / files[0]).rename(self.tmp / "model.safetensors")
         else:
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            index = {"metadata": {"total_size": stats["bytes"]}, "weight_map": weight_map}
             (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         model.config.save_pretrained(self.tmp)
         if getattr(model, "generation_config", None) is not None:
