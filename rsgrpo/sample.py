@@ -205,7 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-chunk-size", type=int, default=64,
                         help="sample indices per resumable part (does not change the samples)")
     parser.add_argument("--batch-size", type=int, default=64,
-                        help="sequences per generate call of the transformers engine (vLLM schedules its own)")
+                        help="sequences per batch of the transformers engine (vLLM schedules its own)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto (default): the checkpoint's own dtype, i.e. the model's compute dtype")
     parser.add_argument("--kv-cache-bytes", type=int, default=None,

@@ -82,7 +82,7 @@ class TrainConfig:
     top_p: float = _f(1.0, "rollout nucleus sampling mass", kind="float")
     engine: str = _f("auto", "rollout engine: auto (vLLM on GPU, else transformers) | hf | vllm", kind="str")
     hf_batch_size: int = _f(64, kind="int",
-                            doc="sequences per generate call of the transformers engine (vLLM's scheduler sizes "
+                            doc="sequences per batch of the transformers engine (vLLM's scheduler sizes "
                                 "its own batches)")
     engine_options: dict = _f({}, kind="dict",
                               doc="extra keyword options of rsgrpo.rollout.make_engine (e.g. kv_cache_memory_bytes)")

@@ -41,6 +41,7 @@ def engine(tiny_model_dir):
     ({"temperature": float("inf")}, "temperature"), ({"temperature": "1"}, "temperature"),
     ({"top_p": 0.0}, "top_p"), ({"top_p": 1.01}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"), ({"seed": 1.5}, "seed"),
+    ({"min_tokens": -1}, "min_tokens"), ({"min_tokens": 9, "max_tokens": 8}, "min_tokens"),
 ])
 def test_sampling_params_validation(kwargs, field):
     with pytest.raises(ValueError, match=rf"SamplingParams\.{field}\b"):
@@ -49,7 +50,7 @@ def test_sampling_params_validation(kwargs, field):
 
 def test_sampling_params_defaults_and_frozen():
     p = SamplingParams()
-    assert (p.n, p.temperature, p.top_p, p.max_tokens, p.seed) == (1, 1.0, 1.0, 256, 0)
+    assert (p.n, p.temperature, p.top_p, p.max_tokens, p.seed, p.min_tokens) == (1, 1.0, 1.0, 256, 0, 0)
     SamplingParams(temperature=0)  # greedy is valid
     import numpy as np
 
@@ -149,6 +150,59 @@ def test_greedy_matches_stepwise_argmax(policy, engine):
     assert out[0][0].token_ids == ref
 
 
+class _SamplerAsProcessor:
+    """The engine's sampler as a transformers logits processor, for ``generate`` as the reference."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __call__(self, input_ids, scores):
+        return self.sampler(scores)
+
+
+@pytest.mark.parametrize("temperature, top_p, min_tokens, eos_bias", [
+    (1.0, 1.0, 0, 2.0), (0.7, 0.9, 0, 0.5), (0.0, 1.0, 0, 0.0), (1.0, 1.0, 12, 2.0)])
+def test_decode_loop_equals_transformers_generate(policy, temperature, top_p, min_tokens, eos_bias):
+    """The engine's own decode loop (static KV cache, positions from the left padding, pad after
+    EOS, EOS suppressed until min_tokens) picks exactly the tokens transformers ``generate`` picks
+    with the same sampler, prompts of different lengths in one batch."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    model, tok = policy
+    eng = HFEngine(model=model, tokenizer=tok, batch_size=64)
+    prompts = [_chat(tok, "q"), _chat(tok, "a much longer question about 12 * 7 + 3"), "plain"]
+    params = SamplingParams(n=5, temperature=temperature, top_p=top_p, max_tokens=16, seed=3, min_tokens=min_tokens)
+    handle = model.lm_head.register_forward_hook(_EosBias(tok.eos_token_id, eos_bias))
+    try:
+        ours = eng.generate(prompts, params)
+        ids = encode_prompts(tok, prompts)
+        seeds = eng._row_seeds(len(ids), params, None)
+        rows = sorted([(i, j) for i in range(len(ids)) for j in range(params.n)], key=lambda r: -len(ids[r[0]]))
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[eng.pad_id] * (width - len(ids[i])) + ids[i] for i, _ in rows])
+        mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i, _ in rows])
+        processors = LogitsProcessorList(
+            [_SamplerAsProcessor(_SeededSampler([seeds[i][j] for i, j in rows], temperature, top_p))]
+            if temperature > 0 else [])
+        with torch.no_grad():
+            ref = model.generate(input_ids=input_ids, attention_mask=mask, logits_processor=processors,
+                                 generation_config=GenerationConfig(
+                                     do_sample=False, max_new_tokens=16, min_new_tokens=min_tokens,
+                                     eos_token_id=eng.eos_ids, pad_token_id=eng.pad_id, bos_token_id=None,
+                                     temperature=None, top_p=None, top_k=None))
+    finally:
+        handle.remove()
+    eos = tok.eos_token_id
+    finished = 0
+    for (i, j), row in zip(rows, ref[:, width:].tolist()):
+        expected = row[:row.index(eos) + 1] if eos in row else row
+        assert ours[i][j].token_ids == expected, (i, j)
+        assert len(expected) >= min_tokens + (eos in row)
+        finished += ours[i][j].finished
+    if eos_bias:
+        assert 0 < finished < len(rows)  # rows that stopped early and rows cut at max_tokens, in one batch
+
+
 def test_seeded_sampler_matches_softmax_and_top_p():
     torch.manual_seed(0)
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
@@ -156,7 +210,7 @@ def test_seeded_sampler_matches_softmax_and_top_p():
     scores = logits.repeat(rows, 1)
     for temperature, top_p in [(1.0, 1.0), (0.5, 1.0), (1.0, 0.8)]:
         sampler = _SeededSampler([row_seed(3, i) for i in range(rows)], temperature, top_p)
-        picks = sampler(None, scores).argmax(-1)
+        picks = sampler(scores).argmax(-1)
         freq = torch.bincount(picks, minlength=6).double() / rows
         probs = torch.softmax(logits.double() / temperature, -1)
         if top_p < 1.0:
@@ -274,5 +328,5 @@ def test_seeded_sampler_draws_ahead_without_changing_any_sample(vocab, rows, ste
     for _ in range(steps):
         u = torch.stack([torch.rand(vocab, generator=g) for g in generators])
         expected = scores / 0.7 - torch.log(-torch.log(u.clamp_(min=1e-38)))
-        assert torch.equal(sampler(None, scores), expected)
+        assert torch.equal(sampler(scores), expected)
     assert sampler.noise.shape[1] == min(64, (64 << 20) // (4 * rows * vocab))  # 64, and 18 for 300k

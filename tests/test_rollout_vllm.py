@@ -75,6 +75,19 @@ def test_sampling_is_seeded(engines):
             assert comp.finished == (comp.token_ids[-1] == tok.eos_token_id)
 
 
+def test_min_tokens_suppresses_eos_in_both_engines(engines):
+    """SamplingParams.min_tokens reaches vLLM (and the transformers engine): completions that end
+    early without it run to min_tokens with it."""
+    model, tok, hf, vl = engines
+    free = SamplingParams(n=16, temperature=1.0, max_tokens=16, seed=5)
+    forced = SamplingParams(n=16, temperature=1.0, max_tokens=16, seed=5, min_tokens=16)
+    for engine in (hf, vl):
+        assert any(len(c.token_ids) < 16 for row in engine.generate(_prompts(tok), free) for c in row)
+        for row in engine.generate(_prompts(tok), forced):
+            for c in row:
+                assert len(c.token_ids) == 16 and not c.finished and tok.eos_token_id not in c.token_ids
+
+
 def test_load_weights_replaces_weights_including_tied_head(engines):
     model, tok, hf, vl = engines
     ids = tok(_prompts(tok)[1], add_special_tokens=False)["input_ids"]
