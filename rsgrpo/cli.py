@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # verb -> (module, one-line description), in the workflow's order. Keep in sync with workflow/rules/*.smk.
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rsgrpo: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, desc = VERBS[verb]
+    # Every verb logs INFO to stderr, which each workflow rule sends to its log file.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"python -m rsgrpo {verb}", description=desc)
     module.add_arguments(parser)

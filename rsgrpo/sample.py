@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
 
 COLUMNS = ["problem_id", "sample_idx", "text", "num_tokens", "finished"]
 PARTS_CONFIG = "config.json"
+
+log = logging.getLogger("rsgrpo.sample")
 
 
 def read_benchmark(path: str | Path) -> list[dict]:
@@ -113,7 +116,14 @@ def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int 
 
     from .data import build_prompt
     from .models import load_tokenizer
-    from .rollout import SamplingParams, encode_prompts, generation_length, make_engine, row_seed
+    from .rollout import (
+        SamplingParams,
+        encode_prompts,
+        generation_length,
+        make_engine,
+        resolve_engine_kind,
+        row_seed,
+    )
 
     model, benchmark, out = Path(model), Path(benchmark), Path(out)
     if not (model / "config.json").is_file():
@@ -124,8 +134,9 @@ def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int 
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if template not in ("chat", "plain"):
         raise ValueError(f"template must be 'chat' or 'plain', got {template!r}")
-    # Validates temperature / top_p / max_tokens / seed early, before any model is loaded.
+    # Validates temperature / top_p / max_tokens / seed and the engine early, before any model is loaded.
     SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    resolve_engine_kind(engine, key="evaluation.engine (--engine)")
     records = read_benchmark(benchmark)
 
     parts = out.with_name(out.name + ".parts")
@@ -154,7 +165,8 @@ def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int 
         needed = generation_length(encode_prompts(tokenizer, list(prompts.values())), max_tokens, model,
                                    key="evaluation.max_tokens (--max-tokens)")
         eng = make_engine(engine, model_dir=model, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size,
-                          max_model_len=needed, **(engine_options or {}))
+                          max_model_len=needed, key="evaluation.engine (--engine)", **(engine_options or {}))
+        log.info("rollout engine: %s", eng.describe())
         try:
             params = SamplingParams(n=1, temperature=temperature, top_p=top_p,
                                     max_tokens=max_tokens, seed=seed)

@@ -143,6 +143,10 @@ class Trainer:
         np.random.seed(cfg.seed % 2 ** 32)
         source = str(resume_from) if resume_from is not None else cfg.model_dir
         # checks that read the model's config and tokenizer, before any weights load
+        if self._engine_factory is None:
+            from .rollout import resolve_engine_kind
+
+            resolve_engine_kind(cfg.engine)  # no silent fallback to transformers on a GPU machine
         if cfg.gradient_checkpointing:
             from .models import check_gradient_checkpointing
 
@@ -150,6 +154,8 @@ class Trainer:
         self.prompts, max_model_len = self._prompts(source)
         self.actor = Actor(cfg, source, masters=state["masters"] if state is not None else None)
         self.engine = self._make_engine(source, max_model_len)
+        if self.dist.is_main:
+            log.info("rollout engine: %s", self.engine.describe())
         if state is not None:
             self._restore(state, resume_from)
         if self.dist.is_main:
@@ -453,8 +459,6 @@ def _error(exc: Exception) -> int:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
     if args.nproc < 1:
         return _error(ValueError(f"--nproc must be >= 1 (got {args.nproc})"))
     overrides = list(args.overrides or [])

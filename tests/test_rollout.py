@@ -15,6 +15,7 @@ from rsgrpo.rollout import (
     _SeededSampler,
     encode_prompts,
     make_engine,
+    resolve_engine_kind,
     row_seed,
     vllm_available,
 )
@@ -304,7 +305,7 @@ def test_prompt_tokenization_rule():
 
 
 def test_make_engine_kinds(tiny_model_dir):
-    with pytest.raises(ValueError, match="engine kind"):
+    with pytest.raises(ValueError, match=r"^engine must be one of auto, hf, vllm, got .tgi."):
         make_engine("tgi", model_dir=tiny_model_dir)
     with pytest.raises(ValueError, match="batch_size"):
         make_engine("hf", model_dir=tiny_model_dir, batch_size=0)
@@ -330,3 +331,25 @@ def test_seeded_sampler_draws_ahead_without_changing_any_sample(vocab, rows, ste
         expected = scores / 0.7 - torch.log(-torch.log(u.clamp_(min=1e-38)))
         assert torch.equal(sampler(scores), expected)
     assert sampler.noise.shape[1] == min(64, (64 << 20) // (4 * rows * vocab))  # 64, and 18 for 300k
+
+
+def test_engine_auto_never_falls_back_to_transformers_on_a_gpu_machine(tiny_model_dir, monkeypatch):
+    """A GPU reported present and vLLM absent: `engine: auto` is an error naming the key and the
+    package; an explicit `engine: hf` proceeds. Without a GPU, auto means transformers."""
+    import sys
+
+    assert resolve_engine_kind("auto") == ("vllm" if torch.cuda.is_available() and vllm_available() else "hf")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    with pytest.raises(RuntimeError, match=r"^engine: auto found a GPU but the package vllm does not import "
+                                           r"\(ModuleNotFoundError.*pip install 'rsgrpo\[gpu\]'.*set engine: hf"):
+        make_engine("auto", model_dir=tiny_model_dir)
+    with pytest.raises(RuntimeError, match=r"^training\.engine: vllm, but the package vllm does not import"):
+        make_engine("vllm", model_dir=tiny_model_dir, key="training.engine")
+    with pytest.raises(ValueError, match=r"^engine must be one of auto, hf, vllm, got 'gpu'"):
+        resolve_engine_kind("gpu")
+    assert resolve_engine_kind("hf") == "hf"
+    eng = make_engine("hf", model_dir=tiny_model_dir)
+    assert isinstance(eng, HFEngine)
+    out = eng.generate(["1+1"], SamplingParams(n=1, max_tokens=3))
+    assert 1 <= len(out[0][0].token_ids) <= 3

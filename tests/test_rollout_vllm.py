@@ -75,6 +75,15 @@ def test_sampling_is_seeded(engines):
             assert comp.finished == (comp.token_ids[-1] == tok.eos_token_id)
 
 
+def test_engines_describe_themselves_for_the_log(engines):
+    import transformers
+    import vllm
+
+    model, tok, hf, vl = engines
+    assert vl.describe() == f"vllm {vllm.__version__}, device cpu, dtype float32"
+    assert hf.describe() == f"hf (transformers {transformers.__version__}), device cpu, dtype float32"
+
+
 def test_min_tokens_suppresses_eos_in_both_engines(engines):
     """SamplingParams.min_tokens reaches vLLM (and the transformers engine): completions that end
     early without it run to min_tokens with it."""

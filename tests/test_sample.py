@@ -32,13 +32,19 @@ def _run(model, bench, out, **kw):
     return sample_mod.sample(model, bench, out, **args)
 
 
-def test_sample_cli_end_to_end(tiny_model_dir, bench, tmp_path, capsys):
+def test_sample_cli_end_to_end(tiny_model_dir, bench, tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="rsgrpo.sample")
     out = tmp_path / "res" / "samples.parquet"
     rc = cli.main(["sample", "--model", str(tiny_model_dir), "--benchmark", str(bench), "--out", str(out),
                    "--n", "5", "--max-tokens", "12", "--seed", "3", "--engine", "hf", "--template", "chat",
                    "--chunk-size", "2", "--sample-chunk-size", "3", "--temperature", "1.0", "--top-p", "0.95"])
     assert rc == 0
-    assert "sample" in capsys.readouterr().err  # tqdm progress bar on stderr
+    err = capsys.readouterr().err
+    assert "sample" in err  # tqdm progress bar on stderr
+    import transformers
+
+    # the job's log names the engine, its version, device and dtype
+    assert f"rollout engine: hf (transformers {transformers.__version__}), device cpu, dtype float32" in caplog.text
     df = pd.read_parquet(out)
     assert list(df.columns) == sample_mod.COLUMNS
     assert len(df) == 15
@@ -157,6 +163,20 @@ def test_samples_beyond_the_model_context_fail_before_the_model_loads(tiny_model
     with pytest.raises(ValueError, match=r"key 'evaluation.max_tokens \(--max-tokens\)': the longest prompt \(\d+ "
                                          r"tokens\) \+ 600 new tokens = \d+ exceeds the model's context of 512"):
         sample_mod.sample(no_weights, bench, tmp_path / "out.parquet", n=1, max_tokens=600, engine="hf")
+
+
+def test_auto_engine_on_a_gpu_machine_without_vllm_fails_before_the_model_loads(tiny_model_dir, bench, tmp_path,
+                                                                                  monkeypatch):
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    monkeypatch.setattr(HFEngine, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(RuntimeError, match=r"evaluation\.engine \(--engine\): auto found a GPU but the package "
+                                           r"vllm does not import"):
+        sample_mod.sample(tiny_model_dir, bench, tmp_path / "out.parquet", n=1, max_tokens=4, engine="auto")
 
 
 def test_sampling_dtype_defaults_to_the_checkpoints_own(tiny_model_dir, bench, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -373,6 +374,21 @@ def test_generation_beyond_the_model_context_fails_before_the_model_loads(tiny_m
         trainer.setup()
 
 
+def test_auto_engine_on_a_gpu_machine_without_vllm_fails_before_the_model_loads(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    import rsgrpo.train as train_mod
+
+    dist = train_mod.init_distributed()  # the CPU process group, set up before the GPU is faked
+    monkeypatch.setattr(train_mod, "init_distributed", lambda: dist)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    monkeypatch.setattr(train_mod, "Actor", lambda *a, **k: pytest.fail("the model was loaded"))
+    cfg = from_dict(dict(model_dir=str(tiny_model_dir), engine="auto", progress=False))
+    trainer = Trainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:")
+    with pytest.raises(RuntimeError, match=r"^engine: auto found a GPU but the package vllm does not import"):
+        trainer.setup()
+
+
 class SleepyEngine(FixedEngine):
     """Records the order of the calls the trainer makes (vLLM sleep mode's contract)."""
 
@@ -442,6 +458,8 @@ def test_train_cli_with_real_modules(tiny_model_dir, tmp_path):
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2] and list(rows[0]) == METRIC_COLUMNS
+    assert re.search(r"rsgrpo\.train INFO rollout engine: hf \(transformers [0-9.]+\), device cpu, dtype float32",
+                     proc.stderr)
 
 
 def test_train_cli_reports_config_errors(tmp_path):
