@@ -2,6 +2,7 @@
 # All experiment logic lives in rsgrpo; this file only maps wildcards to cells and CLI arguments.
 # Every path comes from rsgrpo.layout.Layout (LAYOUT): no file name is spelled here or in a rule.
 import json
+import os
 import shlex
 
 from snakemake.utils import validate
@@ -20,8 +21,16 @@ LAYOUT = Layout()
 CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
 BENCHMARKS = list(config["benchmarks"])
 
-# Every rule runs in this environment under --software-deployment-method conda (see the file).
+# Software under --software-deployment-method conda: the CPU rules run in RSGRPO_ENV; train and
+# sample run in RSGRPO_GPU_ENV (vLLM, CUDA torch) when the config gives their model GPUs (see
+# software_env and the two files). Their post-deploy scripts install this checkout: RSGRPO_SOURCE.
 RSGRPO_ENV = "../envs/rsgrpo.yaml"
+RSGRPO_GPU_ENV = "../envs/rsgrpo-gpu.yaml"
+os.environ.setdefault("RSGRPO_SOURCE", str(workflow.basedir))
+
+
+# Under --software-deployment-method apptainer every rule runs in this image (containers/).
+container: config["container"]
 
 
 wildcard_constraints:
@@ -69,6 +78,12 @@ def set_flags(settings):
 
 def model_gpus(wildcards):
     return int(config["models"][wildcards.model].get("gpus", 0))
+
+
+def software_env(wildcards):
+    """The environment of a train or sample job: the GPU one when the config gives the model GPUs,
+    whatever the machine that builds the environments has."""
+    return RSGRPO_GPU_ENV if model_gpus(wildcards) > 0 else RSGRPO_ENV
 
 
 def model_nodes(wildcards):

@@ -7,7 +7,7 @@ rule sample:
     log:
         LAYOUT.log("sample/{model}/{evalrun}/{bench}"),
     conda:
-        RSGRPO_ENV
+        software_env
     threads: 2
     resources:
         gpu=lambda wc: min(1, model_gpus(wc)),

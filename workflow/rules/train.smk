@@ -13,7 +13,7 @@ rule train:
     log:
         LAYOUT.log("train/{model}/{run}"),
     conda:
-        RSGRPO_ENV
+        software_env
     threads: lambda wc: max(2, train_ranks_per_node(wc))
     resources:
         gpu=lambda wc: model_gpus(wc) * model_nodes(wc),  # the job's total: --gpus=N
