@@ -27,12 +27,14 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/bandit.smk"
+include: "workflow/rules/plan.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.bandit.output,
+        rules.plan.output,
         rules.plot_advantages.output,
         final_outputs(),
         rules.aggregate.output if CELLS else [],

@@ -23,6 +23,7 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "prepare-model": ("rsgrpo.models", "model spec -> local HF checkpoint dir (hub, local, smollm2, tiny)"),
     "prepare-data": ("rsgrpo.data", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
+    "plan": ("rsgrpo.plan", "workflow config -> memory per GPU and GPU-hours of every train and sample job (plan.csv)"),
     "train": ("rsgrpo.train", "RL training (RS-GRPO and baselines): checkpoints with exact resume, metrics.csv"),
     "sample": ("rsgrpo.sample", "checkpoint x benchmark -> parquet of n samples per problem"),
     "score": ("rsgrpo.score", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),

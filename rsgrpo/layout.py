@@ -204,6 +204,10 @@ class Layout:
     def advantages(self, ext: str) -> str:
         return f"{self.figures_dir()}/{ADVANTAGES}.{ext}"
 
+    def plan_csv(self) -> str:
+        """``python -m rsgrpo plan``'s table: memory per GPU and GPU-hours of every job."""
+        return f"{self.results}/plan/plan.csv"
+
     def bandit_dir(self) -> str:
         return f"{self.results}/bandit"
 

@@ -130,6 +130,46 @@ def build_tiny_tokenizer():
     return fast
 
 
+def tiny_config(*, vocab: str = "char", hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
+                head_dim: int = 32, max_position_embeddings: int = 512, num_kv_heads: int | None = None,
+                intermediate_size: int | None = None, init_std: float = 0.02, tokenizer=None):
+    """The ``Qwen2Config`` of a tiny model (:func:`build_tiny_model`'s options, checked), without weights."""
+    from transformers import Qwen2Config
+
+    if vocab != "char":
+        raise ValueError(f"vocab: only 'char' is supported for tiny models, got {vocab!r}")
+    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
+                        ("num_heads", num_heads), ("max_position_embeddings", max_position_embeddings)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if head_dim < 32:
+        raise ValueError(f"head_dim must be >= 32 (vLLM's CPU attention fails below), got {head_dim}")
+    if num_heads * head_dim != hidden_size:
+        raise ValueError(
+            f"hidden_size ({hidden_size}) must equal num_heads ({num_heads}) x head_dim ({head_dim})")
+    num_kv_heads = num_heads if num_kv_heads is None else int(num_kv_heads)
+    if num_kv_heads < 1 or num_heads % num_kv_heads:
+        raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=init_std,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_sliding_window=False,
+    )
+    config.head_dim = head_dim
+    return config
+
+
 def build_tiny_model(
     out_dir: str | os.PathLike,
     *,
@@ -154,41 +194,14 @@ def build_tiny_model(
     ``hidden_size / num_heads`` (Qwen2 derives the head size from those two in some engines).
     """
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2ForCausalLM
 
-    if vocab != "char":
-        raise ValueError(f"vocab: only 'char' is supported for tiny models, got {vocab!r}")
-    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
-                        ("num_heads", num_heads), ("max_position_embeddings", max_position_embeddings)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be >= 1, got {value!r}")
-    if head_dim < 32:
-        raise ValueError(f"head_dim must be >= 32 (vLLM's CPU attention fails below), got {head_dim}")
-    if num_heads * head_dim != hidden_size:
-        raise ValueError(
-            f"hidden_size ({hidden_size}) must equal num_heads ({num_heads}) x head_dim ({head_dim})")
-    num_kv_heads = num_heads if num_kv_heads is None else int(num_kv_heads)
-    if num_kv_heads < 1 or num_heads % num_kv_heads:
-        raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
-
-    out = Path(out_dir)
     tokenizer = build_tiny_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        initializer_range=init_std,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        use_sliding_window=False,
-    )
-    config.head_dim = head_dim
+    config = tiny_config(vocab=vocab, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                         head_dim=head_dim, max_position_embeddings=max_position_embeddings,
+                         num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, init_std=init_std,
+                         tokenizer=tokenizer)
+    out = Path(out_dir)
     model = Qwen2ForCausalLM(config).to(torch.float32)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():

@@ -23,7 +23,7 @@ def test_lint_is_clean():
 
 
 PAPER_COUNTS = {
-    "all": 1, "bandit": 1, "plot_advantages": 1, "cell_index": 1, "aggregate": 1, "figures": 1,
+    "all": 1, "bandit": 1, "plan": 1, "plot_advantages": 1, "cell_index": 1, "aggregate": 1, "figures": 1,
     "prepare_model": 5,  # one per model
     "prepare_data": 9,  # 3 train sets + 6 benchmarks
     "train": 27,  # 32 cells minus 5 shared base models

@@ -5,9 +5,11 @@ import json
 import os
 import shlex
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from rsgrpo import grid as G
+from rsgrpo import plan as plan_jobs
 from rsgrpo.layout import FINAL, Layout, split_eval
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -19,6 +21,18 @@ for _file in CONFIG_FILES:
 
 LAYOUT = Layout()
 CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
+# Every job must fit its GPU (python -m rsgrpo plan): refused here, dry runs included, not after days in a queue.
+UNPLANNED = []  # models whose config.json exists only once prepare-model has run
+PLAN = plan_jobs.plan(config, LAYOUT, unplanned=UNPLANNED)
+if UNPLANNED:
+    logger.warning(f"not planned yet (no config.json before prepare-model): {', '.join(UNPLANNED)}")
+_MISFITS = plan_jobs.misfits(PLAN)
+if _MISFITS:
+    raise ValueError(
+        f"{', '.join(CONFIG_FILES) or 'config'}: jobs that do not fit their GPU:\n  " + "\n  ".join(_MISFITS)
+    )
+# SLURM runtime (minutes) and host mem_mb of train and sample jobs: the plan's estimate x plan.safety_factor
+JOB_RESOURCES = plan_jobs.resources(PLAN)
 BENCHMARKS = list(config["benchmarks"])
 
 # Software under --software-deployment-method conda: the CPU rules run in RSGRPO_ENV; train and
@@ -84,6 +98,21 @@ def software_env(wildcards):
     """The environment of a train or sample job: the GPU one when the config gives the model GPUs,
     whatever the machine that builds the environments has."""
     return RSGRPO_GPU_ENV if model_gpus(wildcards) > 0 else RSGRPO_ENV
+
+
+def planned(job, resource):
+    """A rule's resource from the plan (JOB_RESOURCES); a cell outside the sweeps (any well-formed
+    target path) gets the longest runtime and the most memory the config allows."""
+
+    def get(wildcards):
+        if job == "train":
+            key = (job, wildcards.model, wildcards.run)
+        else:
+            key = (job, wildcards.model, wildcards.bench)
+        fallback = {"runtime": config["plan"]["max_runtime_minutes"], "mem_mb": config["plan"]["max_mem_mb"]}
+        return JOB_RESOURCES.get(key, fallback)[resource]
+
+    return get
 
 
 def model_nodes(wildcards):

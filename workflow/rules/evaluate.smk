@@ -11,6 +11,8 @@ rule sample:
     threads: 2
     resources:
         gpu=lambda wc: min(1, model_gpus(wc)),
+        runtime=planned("sample", "runtime"),
+        mem_mb=planned("sample", "mem_mb"),
     params:
         checkpoint=checkpoint_dir,
         args=sample_args,

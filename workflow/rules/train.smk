@@ -18,6 +18,8 @@ rule train:
     resources:
         gpu=lambda wc: model_gpus(wc) * model_nodes(wc),  # the job's total: --gpus=N
         nodes=model_nodes,
+        runtime=planned("train", "runtime"),
+        mem_mb=planned("train", "mem_mb"),
     params:
         run_dir=lambda wc: LAYOUT.run_dir(f"{wc.model}/{wc.run}"),
         settings=lambda wc: set_flags(train_settings(cell_of(wc))),

@@ -1,0 +1,13 @@
+rule plan:
+    """Memory per GPU and GPU-hours of every train and sample job of the config, before any runs; the
+    config check has already refused a job that does not fit its GPU."""
+    output:
+        report(LAYOUT.plan_csv(), caption="../report/plan.rst", category="Plan"),
+    log:
+        LAYOUT.log("plan"),
+    conda:
+        RSGRPO_ENV
+    params:
+        config=shlex.quote(json.dumps(config, sort_keys=True)),
+    shell:
+        "python -m rsgrpo plan --config-json {params.config} --out {output} > {log} 2>&1"
