@@ -14,10 +14,10 @@ Activations of one micro-batch at the longest sequence, per token and layer, are
 backward pass of a Llama/Qwen decoder layer keeps: the two RMSNorm inputs and outputs, q/k/v (grouped
 keys and values), the attention output, the MLP input, gate, up, SiLU and product (the attention
 itself is SDPA's memory-efficient kernel: no [L, L] scores are kept), plus a few hidden-size tensors
-per token outside the layers (embeddings, final norm, the head's input). With gradient checkpointing a
-layer keeps only its input, and the backward pass rebuilds one layer at a time next to its gradients
-(1.5 x that layer's activations). The output layer runs over ``logprob_chunk_tokens`` completion
-tokens at a time (``rsgrpo.loss``): float32 logits and their gradient, [chunk, vocabulary] each. The
+per token outside the layers (final norm, the head's input). With gradient checkpointing a layer keeps
+only its input, and the backward pass rebuilds one layer at a time. The output layer runs over
+``logprob_chunk_tokens`` completion tokens at a time (``rsgrpo.loss``): float32 logits and their
+gradient, [chunk, vocabulary] each. The
 update's peak is the larger of its two phases: the output layer over a chunk (everything kept, plus
 the chunk) or, with checkpointing, a layer rebuilt in the backward pass. The element counts were
 checked against measured CPU peaks (tests/test_capacity.py).
@@ -37,8 +37,8 @@ BYTES = {"fp32": 4, "bf16-mixed": 2}  # compute dtype bytes per element, by prec
 ACT_PER_HIDDEN = 8
 ACT_PER_KV = 2
 ACT_PER_INTERMEDIATE = 4
-ACT_OUTSIDE_LAYERS = 8   # per token, x hidden size: embeddings, final norm, head input and their gradients
-RECOMPUTE_FACTOR = 1.5   # checkpointing: the rebuilt layer's activations and its gradients, in the backward pass
+ACT_OUTSIDE_LAYERS = 4   # per token, x hidden size: final norm input and output, the head's gathered input
+RECOMPUTE_FACTOR = 1.0   # checkpointing: the rebuilt layer's activations (its gradients replace them as it goes)
 LOGPROB_COPIES = 2       # float32 [chunk, vocab] tensors alive at once: the logits and their gradient
 
 

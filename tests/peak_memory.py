@@ -2,7 +2,9 @@
 
 ``peak_mb(setup, work)`` runs ``setup`` (code that builds inputs), then ``work``, in a subprocess and
 returns how far the process's peak resident set (``ru_maxrss``) rose above its resident set after
-``setup``: the memory ``work`` needed at its peak. A fresh process per measurement keeps the
+``setup``, less the file-backed pages ``work`` mapped in (the code of library functions it is the first
+to call, which the kernel may map in 2 MB huge pages: hundreds of MB on some runs): the memory ``work``
+needed at its peak. A fresh process per measurement keeps the
 allocator's cached blocks of one measurement out of the next, and a fixed glibc mmap threshold
 (64 KiB) makes every sizeable tensor its own mapping, returned to the system when freed: with
 glibc's default, adaptive threshold freed blocks stay in the heap and the resident set counts
@@ -24,13 +26,14 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import torch
 torch.set_num_threads(1)
 {setup}
-def _rss_kb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-before = _rss_kb()
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+before, file_before = _status_kb("VmRSS"), _status_kb("RssFile")
 {work}
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("PEAK_MB", (peak - before) / 1024)
+file_growth = max(0, _status_kb("RssFile") - file_before)  # library code first run by work: not data
+print("PEAK_MB", (peak - before - file_growth) / 1024)
 """
 
 
