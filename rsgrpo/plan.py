@@ -29,7 +29,6 @@ from pathlib import Path
 from . import capacity
 from .capacity import GB, Shape
 
-SHIPPED = Path(__file__).resolve().parent / "model_configs"
 COLOCATED_ENGINE_SHARE = 0.3   # rsgrpo.rollout.COLOCATED_VLLM_DEFAULTS (no torch import at parse time)
 SAMPLE_ENGINE_SHARE = 0.9      # vLLM's own default gpu_memory_utilization for a GPU of its own
 COMPONENTS = ["weights", "gradients", "master_weights", "optimizer", "activations", "logprob_chunk",
@@ -45,13 +44,9 @@ class MissingModelConfig(ValueError):
     """A model whose config.json is neither prepared nor shipped (a hub model the package does not know)."""
 
 
-def shipped_config_path(hub_id: str) -> Path:
-    return SHIPPED / (hub_id.replace("/", "--") + ".json")
-
-
 def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
     """config.json of a workflow model (see the module docstring for where it comes from)."""
-    from .models import parse_spec
+    from .models import parse_spec, shipped_config, shipped_config_path
 
     prepared = Path(model_dir) / "config.json"
     if prepared.is_file():
@@ -60,6 +55,8 @@ def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
     source = spec["source"]
     if source == "hub" and shipped_config_path(spec["id"]).is_file():
         return json.loads(shipped_config_path(spec["id"]).read_text())
+    if source == "random":
+        return shipped_config(spec["config"], spec.get("overrides"))
     if source == "smollm2":
         return json.loads(shipped_config_path("HuggingFaceTB/SmolLM2-135M-Instruct").read_text())
     if source == "local" and (Path(spec["path"]) / "config.json").is_file():
@@ -156,7 +153,7 @@ def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | st
             "gpu_memory_gb": gpu_gb if gpus > 0 else "-", "fits": gpus == 0 or total <= gpu_gb * GB,
             "largest": max(parts, key=parts.get), "host_gb": _gb(host + HOST_BASE_GB * GB),
             "generated_tokens": int(tokens[0]), "trained_tokens": int(tokens[1]), "pflops": round(flops / 1e15, 1),
-            "hours": round(hours, 2), "gpu_hours": round(hours * max(gpus, 1), 1), "runtime_min": runtime,
+            "hours": round(hours, 2), "gpu_hours": round(hours * max(gpus, 1), 2), "runtime_min": runtime,
             "submissions": submissions, "mem_mb": mem_mb}
 
 

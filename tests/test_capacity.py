@@ -83,7 +83,8 @@ def test_predicted_update_peak_within_25_percent_of_the_measured_one(name):
     lengths, with and without checkpointing, fp32): measured peak above the built model vs
     prediction. At that moment the gradients exist only as far as the backward has come: the output
     layer's (chunk phase) or all of them (rebuilt-layer phase)."""
-    from rsgrpo.plan import model_shape, shipped_config_path
+    from rsgrpo.models import shipped_config_path
+    from rsgrpo.plan import model_shape
 
     config = MODELS[name]
     if isinstance(config, str):

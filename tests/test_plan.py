@@ -13,8 +13,8 @@ import yaml
 from snakemake_helpers import REPO, copy_workflow, snakemake
 
 from rsgrpo import capacity, cli
-from rsgrpo.models import tiny_config
-from rsgrpo.plan import SHIPPED, load_workflow_config, meta_shape, model_shape, plan, shipped_config_path
+from rsgrpo.models import MODEL_CONFIGS, shipped_config_path, tiny_config
+from rsgrpo.plan import load_workflow_config, meta_shape, model_shape, plan
 
 PUBLISHED_B = {"Qwen/Qwen2.5-Math-1.5B": 1.54, "Qwen/Qwen2.5-Math-7B": 7.62, "Qwen/Qwen2.5-7B": 7.62,
                "Qwen/Qwen3-4B-Base": 4.02, "meta-llama/Llama-3.1-8B-Instruct": 8.03}
@@ -28,7 +28,7 @@ def test_shipped_configs_have_the_published_sizes(hub_id):
 
 
 def test_closed_form_shapes_equal_the_meta_device_build():
-    configs = [json.loads(p.read_text()) for p in sorted(SHIPPED.glob("*.json"))]
+    configs = [json.loads(p.read_text()) for p in sorted(MODEL_CONFIGS.glob("*.json"))]
     configs.append(tiny_config().to_dict())
     configs.append(dict(tiny_config(num_kv_heads=1).to_dict(), tie_word_embeddings=False))
     configs.append({**configs[0], "attention_bias": True, "mlp_bias": True})  # a llama with every bias
@@ -150,3 +150,21 @@ def test_a_hub_model_the_package_does_not_know_is_planned_once_prepared(tmp_path
     assert "not planned yet (no config.json before prepare-model): other" in proc.stdout + proc.stderr
     assert cli.main(["plan", "--config", str(work / "config" / "grid.yaml"), str(work / "config" / "extra.yaml")]) == 1
     assert "models.other: no config.json" in capsys.readouterr().err
+
+
+def test_gpu_smoke_config_fits_one_gpu_and_runs_the_whole_dag(tmp_path):
+    """config/gpu-smoke.yaml: a Qwen2.5-Math-1.5B-shaped random model on one GPU, bf16-mixed, vLLM,
+    two evaluated checkpoints per trained cell; every job of the DAG is scheduled."""
+    config = load_workflow_config([str(REPO / "config" / "gpu-smoke.yaml")])
+    model = config["models"]["qwen15_random"]
+    assert model["gpus"] == 1 and model["spec"]["source"] == "random"
+    assert config["training"]["precision"] == "bf16-mixed" and config["training"]["engine"] == "vllm"
+    rows = plan(config)
+    assert all(r["fits"] and r["gpus"] == 1 for r in rows)
+    assert {r["params_b"] for r in rows} == {1.544}
+    proc = snakemake(copy_workflow(tmp_path / "wf"), "-n", "--configfile", "config/gpu-smoke.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from snakemake_helpers import job_counts
+
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["train"] == 2 and counts["sample"] == 5 and counts["plan"] == 1  # base + 2 cells x 2 steps
