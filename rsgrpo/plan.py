@@ -311,10 +311,16 @@ def load_workflow_config(paths: list[str]) -> dict:
 
     from . import grid as G
 
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    if not schema.is_file():
+        raise ValueError(f"plan --config reads the workflow's schema, {schema}: run it from a checkout of the "
+                         "workflow (or pass the effective config with --config-json)")
     config: dict = {}
     for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"config file {path!r} does not exist")
         update_config(config, G.load_yaml_strict(path))
-    validate(config, str(Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"))
+    validate(config, str(schema))
     G.expand(config, ", ".join(paths))  # the cross-checks a schema cannot express
     return config
 

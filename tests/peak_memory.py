@@ -1,10 +1,10 @@
 """Peak memory of a computation on CPU, measured in a fresh Python process.
 
 ``peak_mb(setup, work)`` runs ``setup`` (code that builds inputs), then ``work``, in a subprocess and
-returns how far the process's peak resident set (``VmHWM``, reset after ``setup`` so that setup's own
-transient peak does not count) rose above its resident set after ``setup``, less the file-backed pages ``work`` mapped in (the code of library functions it is the first
-to call, which the kernel may map in 2 MB huge pages: hundreds of MB on some runs): the memory ``work``
-needed at its peak. A fresh process per measurement keeps the
+returns how far the process's peak resident set rose above its resident set after ``setup``: the
+memory ``work`` needed at its peak. The peak is ``VmHWM``, reset after ``setup`` (setup's own transient
+peak must not count: on some runs it was larger than the work's), less the file-backed pages ``work`` mapped in
+(the code of library functions it is the first to call). A fresh process per measurement keeps the
 allocator's cached blocks of one measurement out of the next, and a fixed glibc mmap threshold
 (64 KiB) makes every sizeable tensor its own mapping, returned to the system when freed: with
 glibc's default, adaptive threshold freed blocks stay in the heap and the resident set counts

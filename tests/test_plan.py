@@ -79,6 +79,8 @@ def test_plan_verb_writes_the_csv_and_refuses_a_job_that_does_not_fit(tmp_path, 
     err = capsys.readouterr().err
     assert "models.qwen7b: train needs" in err and "the GPU has 24.0 GB (models.qwen7b.gpu_memory_gb)" in err
     assert "largest component: optimizer" in err and "models.qwen1p5b" not in err
+    assert cli.main(["plan", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert f"config file '{tmp_path / 'missing.yaml'}' does not exist" in capsys.readouterr().err
 
 
 def test_workflow_refuses_a_job_that_does_not_fit_at_parse_time(tmp_path):
