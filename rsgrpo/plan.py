@@ -35,7 +35,8 @@ COMPONENTS = ["weights", "gradients", "master_weights", "optimizer", "activation
               "rollout_engine"]
 COLUMNS = (["job", "model", "run", "jobs", "gpus", "precision", "zero_stage", "params_b"]
            + [f"{c}_gb" for c in COMPONENTS]
-           + ["total_gb", "gpu_memory_gb", "fits", "largest", "host_gb", "generated_tokens", "trained_tokens",
+           + ["total_gb", "gpu_memory_gb", "fits", "largest", "engine_gb", "kv_room_gb", "engine_fits", "host_gb",
+              "generated_tokens", "trained_tokens",
               "pflops", "hours", "gpu_hours", "runtime_min", "submissions", "mem_mb"])
 HOST_BASE_GB = 16  # per job: Python, torch, tokenizer, data, DeepSpeed and vLLM host-side buffers
 
@@ -137,8 +138,9 @@ def _gb(x: float) -> float:
 
 def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | str, shape: Shape,
          memory: dict[str, float], gpu_gb: float, tokens: tuple[float, float], flops: float, hours: float, *,
-         host: float, jobs: int, assume: dict) -> dict:
-    """A plan row; ``hours``: wall hours of all ``jobs`` of the row together, ``host``: bytes of one job."""
+         host: float, jobs: int, assume: dict, engine: dict | None = None) -> dict:
+    """A plan row; ``hours``: wall hours of all ``jobs`` of the row together, ``host``: bytes of one job;
+    ``engine``: a vLLM engine's ``capacity.engine_memory`` (its KV room must hold one full sequence)."""
     parts = {c: memory.get(c, 0.0) for c in COMPONENTS}
     total = sum(parts.values())
     factor = assume["safety_factor"]
@@ -151,7 +153,10 @@ def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | st
             "zero_stage": zero, "params_b": round(shape.params / 1e9, 3),
             **{f"{c}_gb": _gb(v) for c, v in parts.items()}, "total_gb": _gb(total),
             "gpu_memory_gb": gpu_gb if gpus > 0 else "-", "fits": gpus == 0 or total <= gpu_gb * GB,
-            "largest": max(parts, key=parts.get), "host_gb": _gb(host + HOST_BASE_GB * GB),
+            "largest": max(parts, key=parts.get),
+            "engine_gb": _gb(engine["reserved"]) if engine else "-",
+            "kv_room_gb": _gb(engine["reserved"] - engine["weights"]) if engine else "-",
+            "engine_fits": engine["kv_fits"] if engine else True, "host_gb": _gb(host + HOST_BASE_GB * GB),
             "generated_tokens": int(tokens[0]), "trained_tokens": int(tokens[1]), "pflops": round(flops / 1e15, 1),
             "hours": round(hours, 2), "gpu_hours": round(hours * max(gpus, 1), 2), "runtime_min": runtime,
             "submissions": submissions, "mem_mb": mem_mb}
@@ -216,6 +221,8 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
         share = cfg.engine_options.get("gpu_memory_utilization", COLOCATED_ENGINE_SHARE)
         engine = share * gpu_gb * GB if gpus > 0 and cfg.engine != "hf" else 0.0
         memory = capacity.train_memory(shape, job, engine_bytes=engine)
+        engine_use = capacity.engine_memory(shape, sequences=1, sequence=job.sequence, gpu_bytes=gpu_gb * GB,
+                                            utilization=share) if engine else None
         sequences = cfg.prompts_per_step * cfg.samples_per_prompt
         flops = capacity.train_step_flops(shape, sequences=sequences, prompt=prompt, completion=cfg.max_new_tokens,
                                           gradient_checkpointing=cfg.gradient_checkpointing,
@@ -233,7 +240,7 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
         rows.append(_row("train", cell.model, cell.run, gpus, cfg.precision, cfg.zero_stage, shape, memory, gpu_gb,
                          (flops["generated_tokens"] * cfg.steps, flops["trained_tokens"] * cfg.steps),
                          (flops["generate"] + flops["update"]) * cfg.steps, hours, host=host, jobs=1,
-                         assume=assume))
+                         assume=assume, engine=engine_use))
     ev = config["evaluation"]
     for key in dict.fromkeys(c.model for c in cells):
         model = config["models"][key]
@@ -255,7 +262,8 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
             rows.append(_row("sample", key, bench_key, gpus, "bf16", "-", shape,
                              {"rollout_engine": engine["reserved"]}, gpu_gb,
                              (sequences * completion * checkpoints, 0), flops * checkpoints,
-                             seconds * checkpoints / 3600, host=2 * shape.params, jobs=checkpoints, assume=assume))
+                             seconds * checkpoints / 3600, host=2 * shape.params, jobs=checkpoints, assume=assume,
+                             engine=engine if gpus else None))
     return rows
 
 
@@ -267,9 +275,18 @@ def misfits(rows: list[dict]) -> list[str]:
         if not r["fits"]:
             key = (r["model"], r["job"], r["total_gb"], r["gpu_memory_gb"], r["largest"], r[r["largest"] + "_gb"])
             groups.setdefault(key, []).append(r["run"])
-    return [f"models.{model}: {job} needs {total} GB per GPU, the GPU has {available} GB "
-            f"(models.{model}.gpu_memory_gb); largest component: {largest} {size} GB; jobs: {', '.join(runs)}"
-            for (model, job, total, available, largest, size), runs in groups.items()]
+    out = [f"models.{model}: {job} needs {total} GB per GPU, the GPU has {available} GB "
+           f"(models.{model}.gpu_memory_gb); largest component: {largest} {size} GB; jobs: {', '.join(runs)}"
+           for (model, job, total, available, largest, size), runs in groups.items()]
+    cramped: dict[tuple, list[str]] = {}
+    for r in rows:
+        if not r["engine_fits"]:
+            cramped.setdefault((r["model"], r["job"], r["engine_gb"], r["kv_room_gb"]), []).append(r["run"])
+    key = {"train": "training.engine_options.gpu_memory_utilization", "sample": "the sample engine's share"}
+    out += [f"models.{model}: the {job} job's vLLM engine reserves {reserved} GB of the GPU, which leaves {room} GB "
+            f"after its weights, less than one full-length sequence's KV cache: raise {key[job]} or use more GPUs; "
+            f"jobs: {', '.join(runs)}" for (model, job, reserved, room), runs in cramped.items()]
+    return out
 
 
 def resources(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
@@ -335,11 +352,14 @@ def main(args: argparse.Namespace) -> int:
     print(markdown(rows))
     if args.out:
         print(f"plan: {write_csv(rows, args.out)}", file=sys.stderr)
+    long: dict[tuple, list[str]] = {}
     for r in rows:
         if r["submissions"] > 1:
-            print(f"plan: note: {r['job']} {r['model']}/{r['run']} needs about {r['submissions']} submissions of "
-                  f"plan.max_runtime_minutes ({r['runtime_min']} min): each resumes from its last checkpoint "
-                  f"(the slurm profile retries 3 times)", file=sys.stderr)
+            long.setdefault((r["job"], r["model"], r["submissions"], r["runtime_min"]), []).append(r["run"])
+    for (job, model, submissions, limit), runs in long.items():
+        print(f"plan: note: {job} {model} ({len(runs)} job(s)) runs about {submissions} x plan.max_runtime_minutes "
+              f"({limit} min); each resubmission resumes from the last checkpoint"
+              + (" (more than the slurm profile's 3 retries)" if submissions > 4 else ""), file=sys.stderr)
     bad = misfits(rows)
     for message in bad:
         print(f"plan: does not fit: {message}", file=sys.stderr)

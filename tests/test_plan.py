@@ -170,3 +170,18 @@ def test_gpu_smoke_config_fits_one_gpu_and_runs_the_whole_dag(tmp_path):
 
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["train"] == 2 and counts["sample"] == 5 and counts["plan"] == 1  # base + 2 cells x 2 steps
+
+
+def test_an_engine_share_too_small_for_the_weights_is_refused(tmp_path, capsys):
+    """qwen7b's colocated vLLM at 0.15 of an 80 GB GPU: 12 GB cannot hold 15.2 GB of bf16 weights and
+    a sequence's KV cache, although the trainer's own total fits."""
+    cramped = tmp_path / "cramped.yaml"
+    cramped.write_text(yaml.safe_dump({"models": {"qwen7b": {"training": {
+        "micro_batch_size": 4, "zero_stage": 3, "engine_options": {"gpu_memory_utilization": 0.15}}}}}))
+    config = load_workflow_config([str(REPO / "config" / "grid.yaml"), str(cramped)])
+    rows = [r for r in plan(config) if r["model"] == "qwen7b" and r["job"] == "train"]
+    assert rows and all(r["fits"] and not r["engine_fits"] and r["engine_gb"] == 12.0 for r in rows)
+    assert cli.main(["plan", "--config", str(REPO / "config" / "grid.yaml"), str(cramped)]) == 1
+    err = capsys.readouterr().err
+    assert "models.qwen7b: the train job's vLLM engine reserves 12.0 GB" in err
+    assert "raise training.engine_options.gpu_memory_utilization" in err and "models.qwen1p5b" not in err
