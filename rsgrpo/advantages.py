@@ -214,8 +214,10 @@ def passk_mahdavi(
       sample this is ``K C(N-c, K-1)/C(N-1, K-1)``, which vanishes above accuracy ``1-(K-1)/N`` as the
       RS-GRPO paper describes. Which variant the RS-GRPO paper's baseline used is not published.
 
-    ``normalize=True`` rescales the weights so their mean over the whole batch is 1 (batch
-    renormalisation). ``scale`` is passed to the GRPO part. Binary rewards only.
+    ``normalize=True`` rescales the weights so that their mean over the groups with a learning
+    signal (``0 < c < N``) is 1, as the authors' code does: all-solved and all-failed groups have a
+    zero GRPO advantage and must not dilute the rescaling. ``scale`` is passed to the GRPO part.
+    Binary rewards only. The authors' code uses ``variant="plugin"`` with ``normalize=True``.
     """
     r = _check_rewards(rewards, min_samples=2 if scale == "std" else 1)
     _check_binary(r, "passk_mahdavi")
@@ -234,7 +236,8 @@ def passk_mahdavi(
         wrong_others = (n - 1) - (c - r)
         weight = k * _comb_ratio(wrong_others, torch.full_like(r, float(n - 1)), k - 1)
     if normalize:
-        mean_weight = weight.mean()
+        signal = ((c > 0) & (c < n)).squeeze(1)
+        mean_weight = weight[signal].mean() if bool(signal.any()) else weight.new_zeros(())
         if mean_weight > 0:
             weight = weight / mean_weight
     return _out(base * weight, rewards)

@@ -246,7 +246,22 @@ def test_passk_mahdavi_plugin_and_normalize():
     w = torch.tensor([[3 * (1 - 2 / 8) ** 2], [3 * (1 - 6 / 8) ** 2]], dtype=torch.float64)
     torch.testing.assert_close(got, grpo * w)
     norm = compute("passk_mahdavi", r, k=3, variant="plugin", normalize=True)
-    torch.testing.assert_close(norm, grpo * w / w.mean())
+    torch.testing.assert_close(norm, grpo * w / w.mean())  # both groups carry signal: the plain mean
+    # groups without signal (all wrong, all right) do not enter the rescaling (the authors' code)
+    mixed = torch.cat([r, torch.zeros(1, 8, dtype=r.dtype), torch.ones(1, 8, dtype=r.dtype)])
+    torch.testing.assert_close(compute("passk_mahdavi", mixed, k=3, variant="plugin", normalize=True)[:2],
+                               grpo * w / w.mean())
+
+
+def test_passk_mahdavi_normalized_plugin_gives_the_authors_numbers():
+    """The example of the authors' code: rewards [[1,0,0,0],[0,0,0,0]], K=2 -> [1.5, -0.5, -0.5, -0.5]
+    (batch-wide rescaling, which counted the all-wrong group, gave [1.286, -0.429, ...])."""
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    got = compute("passk_mahdavi", r, k=2, variant="plugin", normalize=True)
+    torch.testing.assert_close(got, torch.tensor([[1.5, -0.5, -0.5, -0.5], [0.0, 0.0, 0.0, 0.0]]))
+    # no group with signal: nothing to rescale, all zero
+    torch.testing.assert_close(compute("passk_mahdavi", r[1:], k=2, variant="plugin", normalize=True),
+                               torch.zeros(1, 4))
     # the unbiased variant gives no signal to correct samples once accuracy > 1 - (K-1)/N
     hi = compute("passk_mahdavi", binary_group(8, 7), k=3, variant="unbiased")
     assert hi[0, 0].item() == 0.0
