@@ -175,12 +175,16 @@ def engine_memory(shape: Shape, *, sequences: int, sequence: int, gpu_bytes: flo
                   utilization: float | None, dtype_bytes: int = 2) -> dict[str, float]:
     """A vLLM engine on one GPU: its weights, and the KV cache the work needs (all sequences at full
     length) or, with ``utilization`` set, the share it reserves; ``reserved`` is what it takes of the
-    GPU, ``kv_fits`` whether one full-length sequence fits in what the reservation leaves for KV."""
+    GPU, ``kv_fits`` whether one full-length sequence fits in what the reservation leaves for KV, and
+    ``concurrent`` how many of the ``sequences`` it decodes at once (as many full-length ones as that
+    KV room holds, at least one)."""
     weights = dtype_bytes * shape.params
-    kv_needed = sequences * sequence * shape.kv_bytes_per_token(dtype_bytes)
+    per_sequence = sequence * shape.kv_bytes_per_token(dtype_bytes)
+    kv_needed = sequences * per_sequence
     reserved = utilization * gpu_bytes if utilization is not None else weights + kv_needed
-    return {"weights": weights, "kv_cache_needed": kv_needed, "reserved": reserved,
-            "kv_fits": reserved - weights >= sequence * shape.kv_bytes_per_token(dtype_bytes)}
+    room = reserved - weights
+    return {"weights": weights, "kv_cache_needed": kv_needed, "reserved": reserved, "kv_fits": room >= per_sequence,
+            "concurrent": max(1, min(sequences, int(room // per_sequence)))}
 
 
 # ------------------------------------------------------------------------------------------------

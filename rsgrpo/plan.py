@@ -162,15 +162,6 @@ def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | st
             "submissions": submissions, "mem_mb": mem_mb}
 
 
-def _concurrent(shape: Shape, reserved: float, sequence: int, sequences: int) -> int:
-    """Sequences an engine decodes at once: as many full-length ones as its KV cache holds (all of
-    them without a reservation, e.g. transformers on CPU)."""
-    if reserved <= 0:
-        return sequences
-    kv = reserved - 2 * shape.params
-    return max(1, min(sequences, int(kv // (sequence * shape.kv_bytes_per_token()))))
-
-
 def _problems(key: str, bench: dict, assume: dict, layout) -> int:
     prepared = Path(layout.benchmark_data(key))
     if prepared.is_file():
@@ -221,16 +212,17 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
         share = cfg.engine_options.get("gpu_memory_utilization", COLOCATED_ENGINE_SHARE)
         engine = share * gpu_gb * GB if gpus > 0 and cfg.engine != "hf" else 0.0
         memory = capacity.train_memory(shape, job, engine_bytes=engine)
-        engine_use = capacity.engine_memory(shape, sequences=1, sequence=job.sequence, gpu_bytes=gpu_gb * GB,
-                                            utilization=share) if engine else None
         sequences = cfg.prompts_per_step * cfg.samples_per_prompt
         flops = capacity.train_step_flops(shape, sequences=sequences, prompt=prompt, completion=cfg.max_new_tokens,
                                           gradient_checkpointing=cfg.gradient_checkpointing,
                                           ppo_epochs=cfg.ppo_epochs)
-        ranks = max(gpus, 1)
+        ranks = job.ranks
         per_rank = math.ceil(sequences / ranks)
+        # without a vLLM reservation (transformers on CPU) every sequence of the rank decodes at once
+        engine_use = capacity.engine_memory(shape, sequences=per_rank, sequence=job.sequence, gpu_bytes=gpu_gb * GB,
+                                            utilization=share) if engine else None
         decode = capacity.decode_seconds(shape, sequences=per_rank, prompt=prompt, completion=cfg.max_new_tokens,
-                                         concurrent=_concurrent(shape, engine, job.sequence, per_rank),
+                                         concurrent=engine_use["concurrent"] if engine_use else per_rank,
                                          peak_flops=peak, bandwidth=bandwidth,
                                          efficiency=assume["decode_efficiency"])
         update = flops["update"] / (ranks * peak * assume["train_mfu"])
@@ -254,9 +246,7 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
             engine = capacity.engine_memory(shape, sequences=sequences, sequence=prompt + completion,
                                             gpu_bytes=gpu_gb * GB, utilization=SAMPLE_ENGINE_SHARE if gpus else None)
             seconds = capacity.decode_seconds(shape, sequences=sequences, prompt=prompt, completion=completion,
-                                              concurrent=_concurrent(shape, engine["reserved"], prompt + completion,
-                                                                     sequences),
-                                              peak_flops=peak, bandwidth=bandwidth,
+                                              concurrent=engine["concurrent"], peak_flops=peak, bandwidth=bandwidth,
                                               efficiency=assume["decode_efficiency"])
             flops = sequences * completion * capacity.forward_flops_per_token(shape, prompt + completion / 2)
             rows.append(_row("sample", key, bench_key, gpus, "bf16", "-", shape,

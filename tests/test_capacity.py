@@ -120,3 +120,13 @@ logp, _ = token_logprobs(model, batch, chunk_tokens=1024)
             layer = kept + capacity.recompute(shape, job) + 4 * shape.params
             predicted = max(head, layer) / 2**20
             assert 0.75 <= predicted / measured <= 1.25, (name, prompt + completion, ckpt, predicted, measured)
+
+
+def test_engine_memory_counts_the_sequences_its_kv_room_holds():
+    per_sequence = 4096 * SHAPE.kv_bytes_per_token()  # 2 x 28 layers x 512 x 2 bytes per token
+    share = capacity.engine_memory(SHAPE, sequences=2048, sequence=4096, gpu_bytes=80e9, utilization=0.3)
+    assert share["concurrent"] == int((24e9 - 2 * SHAPE.params) // per_sequence) == 37 and share["kv_fits"]
+    own = capacity.engine_memory(SHAPE, sequences=64, sequence=4096, gpu_bytes=80e9, utilization=None)
+    assert own["concurrent"] == 64 and own["reserved"] == 2 * SHAPE.params + 64 * per_sequence
+    cramped = capacity.engine_memory(SHAPE, sequences=8, sequence=4096, gpu_bytes=80e9, utilization=0.15)
+    assert cramped["concurrent"] == 1 and not cramped["kv_fits"]
