@@ -2,8 +2,10 @@
 
 The training records form an endless stream, epoch after epoch, each epoch a fresh seeded
 permutation of all records (every record once per epoch). A run's data position is an index into
-that stream, so resuming needs nothing but the position, and the prompts of a step do not depend on
-how many ranks share it: the step's prompts are split into equal contiguous blocks, one per rank.
+that stream, the number of prompts drawn so far (a step draws ``prompts_per_step`` prompts per
+generation round, and dynamic sampling may spend several rounds), so resuming needs nothing but the
+position, and the prompts of a round do not depend on how many ranks share it: they are split into
+equal contiguous blocks, one per rank.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import functools
 
 import torch
 
-__all__ = ["epoch_permutation", "stream_indices", "step_indices", "rank_slice"]
+__all__ = ["epoch_permutation", "stream_indices", "rank_slice"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -30,14 +32,9 @@ def stream_indices(n_records: int, seed: int, start: int, count: int) -> list[in
             for pos in range(start, start + count)]
 
 
-def step_indices(n_records: int, seed: int, step: int, prompts_per_step: int) -> list[int]:
-    """Record indices of 0-based ``step``: stream positions ``[step P, (step + 1) P)``."""
-    return stream_indices(n_records, seed, step * prompts_per_step, prompts_per_step)
-
-
 def rank_slice(indices: list[int], rank: int, world_size: int) -> tuple[list[int], int]:
-    """This rank's block of a step's record ``indices`` and the position of its first prompt in the
-    step. Each rank samples, grades and computes advantages for whole groups, so group statistics
+    """This rank's block of a round's record ``indices`` and the position of its first prompt in
+    the round. Each rank samples, grades and computes advantages for whole groups, so group statistics
     never need another rank's samples."""
     if len(indices) % world_size:
         raise ValueError(f"{len(indices)} prompts cannot be split evenly over {world_size} ranks")

@@ -18,6 +18,7 @@ The tree, relative to the working directory (defaults of :class:`Layout`)::
     results/figures/                            advantages.png/.pdf (plot_advantages), results/ (figures)
     results/bandit/                             bandit.csv, bandit.png (bandit)
     runs/<model>/<run>/checkpoints/step-000100/ resumable training state (outside the declared outputs)
+    runs/<model>/<run>/rollouts/, tensorboard/  training rollout samples, TensorBoard events
     models/<model>/                             prepared Hugging Face checkpoints
     data/train/<name>.jsonl, data/benchmarks/<name>.jsonl
     logs/<rule>[/...].log
@@ -37,7 +38,7 @@ from typing import ClassVar
 
 __all__ = [
     "FINAL", "CHECKPOINTS", "checkpoint_name", "checkpoint_step", "fmt_beta", "split_eval", "Layout", "LAYOUT",
-    "PASSK", "GRADED", "SAMPLES", "METRICS", "MANIFEST", "CELLS_INDEX", "BENCHMARKS_INDEX",
+    "PASSK", "GRADED", "SAMPLES", "METRICS", "MANIFEST", "ROLLOUTS", "CELLS_INDEX", "BENCHMARKS_INDEX",
     "AGGREGATE_TABLES", "BANDIT_CSV", "BANDIT_PNG", "ADVANTAGES",
 ]
 
@@ -49,6 +50,7 @@ GRADED = "graded.parquet"
 SAMPLES = "samples"  # folder of samples/<bench>.parquet
 METRICS = "metrics.csv"
 MANIFEST = "manifest.json"
+ROLLOUTS = "rollouts"  # <run_dir>/rollouts/step-000010.jsonl: training rollout samples (rsgrpo.rollout_log)
 # files the aggregate-level verbs write into their output folder
 CELLS_INDEX = "cells.csv"
 BENCHMARKS_INDEX = "benchmarks.csv"

@@ -25,7 +25,8 @@ import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["REWARDS", "REWARD_INPUTS", "PARTIAL_FORMAT_CREDIT", "register", "compute", "reward_settings"]
+__all__ = ["REWARDS", "REWARD_INPUTS", "PARTIAL_FORMAT_CREDIT", "register", "compute", "reward_settings",
+           "overlong_penalty"]
 
 REWARDS: dict[str, Callable[..., Sequence[float]]] = {}
 # The keyword arguments every reward receives, one entry per completion each.
@@ -115,3 +116,16 @@ def partial(*, completions, answers, problems, records, workers: int | None = No
     report = grade_report(answers, completions, workers=workers, timeout=timeout)
     return [1.0 if verdict else (PARTIAL_FORMAT_CREDIT if source == "boxed" else 0.0)
             for verdict, source in zip(report.verdicts, report.sources)]
+
+
+# ------------------------------------------------------------------------------------------------
+# reward shaping
+# ------------------------------------------------------------------------------------------------
+def overlong_penalty(lengths: Sequence[int], *, max_tokens: int, buffer: int) -> list[float]:
+    """DAPO's soft overlong punishment (Yu et al. 2025), added to the reward: 0 up to
+    ``max_tokens - buffer`` completion tokens, then falling linearly to -1 at ``max_tokens`` (where the
+    engine cuts a completion off), ``(max_tokens - buffer - length) / buffer``."""
+    if not 1 <= buffer <= max_tokens:
+        raise ValueError(f"overlong buffer must be in [1, max_tokens={max_tokens}], got {buffer}")
+    expected = max_tokens - buffer
+    return [min(0.0, (expected - n) / buffer) for n in lengths]

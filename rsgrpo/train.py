@@ -2,21 +2,30 @@
 
 One step is a pipeline of named stages passing one :class:`Rollout`:
 
-1. **generate** -- the step's ``prompts_per_step`` records (:mod:`rsgrpo.data_order`: a seeded,
-   epoch-wise shuffled stream, this rank's block of it), ``samples_per_prompt`` completions each
-   from the rollout engine, every prompt seeded by its position in the step (not its rank);
+1. **generate** -- the next ``prompts_per_step`` prompts of the data order (:mod:`rsgrpo.data_order`:
+   a seeded, epoch-wise shuffled stream, this rank's block of it), ``samples_per_prompt`` completions
+   each from the rollout engine, every prompt seeded by its place among the step's prompts (not its
+   rank);
 2. **score** -- one reward per completion from the reward named by ``reward_kind``
-   (:mod:`rsgrpo.rewards`); the set of prompts solved so far is updated;
-3. **advantages** -- ``rsgrpo.advantages.compute(method, rewards[G, N], **params)``, beta taken from
-   the beta schedule when the estimator has one;
-4. **select** -- dynamic sampling: groups whose rewards are all equal carry no signal for any
-   registered estimator and are dropped; when every group of every rank is dropped the step makes no
-   update but is counted and logged;
+   (:mod:`rsgrpo.rewards`), plus DAPO's length penalty with ``overlong: penalty``; the set of prompts
+   solved so far is updated;
+3. **select** -- dynamic sampling: groups whose rewards are all equal carry no signal for any
+   registered estimator and are dropped; while fewer than ``prompts_per_step`` groups with signal are
+   collected (over every rank, in data order), stages 1-3 run again on the next prompts, at most
+   ``max_gen_rounds`` rounds, and the step keeps the first ``prompts_per_step`` (verl's DAPO recipe;
+   without refill the batch would shrink as training saturates, and differently per method). The
+   data position is the number of prompts drawn. A step with no group selected makes no update but
+   is counted and logged;
+4. **advantages** -- ``rsgrpo.advantages.compute(method, rewards[G, N], **params)`` over the selected
+   groups of every rank, beta taken from the beta schedule when the estimator has one;
 5. **update** -- ``ppo_epochs`` optimizer steps of the PPO clipped objective on the kept completions
-   (:mod:`rsgrpo.loss`, run by :class:`rsgrpo.actor.Actor`; with one epoch the update is on-policy
-   and its own forward gives the old log-probs and the token entropy metric, with more a no-grad
-   pass computes the old log-probs first), and the new weights pushed to the rollout engine;
-6. **metrics row** -- one row of ``metrics.csv`` (:mod:`rsgrpo.metrics`), summed over the ranks.
+   (without those cut at ``max_new_tokens`` under ``overlong: mask``; :mod:`rsgrpo.loss`, run by
+   :class:`rsgrpo.actor.Actor`; with one epoch the update is on-policy and its own forward gives the
+   old log-probs and the token entropy metric, with more a no-grad pass computes the old log-probs
+   first), and the new weights pushed to the rollout engine;
+6. **metrics row** -- one row of ``metrics.csv`` and of the ``logging`` sinks (:mod:`rsgrpo.metrics`,
+   :mod:`rsgrpo.sinks`), summed over the ranks; every ``rollout_log_every`` steps the first groups
+   of the step go to ``rollouts/`` (:mod:`rsgrpo.rollout_log`).
 
 Checkpoints (``rsgrpo.checkpoint``) are atomic and carry everything exact resume needs; a run killed
 at any moment and restarted with the same command continues from the last complete checkpoint and,
@@ -74,22 +83,32 @@ def records_hash(records: list[dict]) -> str:
 
 @dataclass
 class Rollout:
-    """One step's batch on this rank, filled in stage by stage (see the module docstring)."""
+    """One step's batch on this rank, filled in stage by stage (see the module docstring). The
+    per-group lists hold this rank's groups of every generation round, in data order."""
 
     step: int
-    records: list[dict]                      # one per group (prompt) of this rank
-    completions: list[list[Completion]]      # [groups][samples_per_prompt]
-    rewards: torch.Tensor | None = None      # [G, N] float64 (score)
+    start: int                               # data position (prompts drawn so far) at the step's start
+    indices: list[int] = field(default_factory=list)     # record index of each group of this rank
+    offsets: list[int] = field(default_factory=list)     # each group's place among the step's prompts
+    completions: list[list[Completion]] = field(default_factory=list)  # [groups][samples_per_prompt]
+    extracted: list[list[str | None]] = field(default_factory=list)    # final answers (score)
+    scores: torch.Tensor | None = None       # [G, N] float64: the reward (score)
+    rewards: torch.Tensor | None = None      # [G, N] float64: the reward plus any overlong penalty (score)
     solved: torch.Tensor | None = None       # [G] bool: some completion has reward >= 1 (score)
+    gen_rounds: int = 0                      # rounds of prompts_per_step prompts generated (generate)
+    # rewards of every group of every rank in step order (all ranks hold the same list) and the step
+    # offsets of the groups the update learns from (select)
+    all_rewards: list[list[float]] = field(default_factory=list)
+    selected: list[int] = field(default_factory=list)
     beta: float | None = None                # (advantages)
-    advantages: torch.Tensor | None = None   # [G, N] float32 (advantages)
-    kept: torch.Tensor | None = None         # [G] bool: groups the update learns from (select)
+    advantages: torch.Tensor | None = None   # [G, N] float32, 0 for groups not selected (advantages)
+    kept: torch.Tensor | None = None         # [G] bool: this rank's selected groups (advantages)
     # log-probs of the kept completions before the update (update; only with ppo_epochs > 1: an
     # on-policy update takes them from its own forward)
     old_logprobs: list[torch.Tensor] | None = None
     entropy_sum: float = 0.0                 # token entropy summed over the updated completions (update)
     entropy_tokens: int = 0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    timings: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "grade": 0.0, "update": 0.0})
 
     @property
     def flat(self) -> list[Completion]:
@@ -99,11 +118,13 @@ class Rollout:
     def pairs(self) -> list[tuple[list[int], list[int]]]:
         return [(c.prompt_token_ids, c.token_ids) for c in self.flat]
 
-    def kept_rows(self) -> list[int]:
-        """Flat indices of the kept groups' non-empty completions."""
+    def kept_rows(self, *, skip_truncated: bool = False) -> list[int]:
+        """Flat indices of the kept groups' non-empty completions (without those cut at the length
+        limit when ``skip_truncated``)."""
         per_group = len(self.completions[0]) if self.completions else 0
         return [group * per_group + j for group, is_kept in enumerate(self.kept.tolist()) if is_kept
-                for j in range(per_group) if self.completions[group][j].token_ids]
+                for j, c in enumerate(self.completions[group])
+                if c.token_ids and not (skip_truncated and not c.finished)]
 
 
 class Trainer:
@@ -128,6 +149,7 @@ class Trainer:
         self.metrics: list[dict] = []
         self.solved: set[str] = set()
         self.start_step = 0
+        self.data_position = 0  # prompts drawn from the data order so far
         self.metrics_log: MetricsLog | None = None
         self._lock = None  # the run-dir lock (rank 0), held from setup to the end of run
 
@@ -143,6 +165,10 @@ class Trainer:
         np.random.seed(cfg.seed % 2 ** 32)
         source = str(resume_from) if resume_from is not None else cfg.model_dir
         # checks that read the model's config and tokenizer, before any weights load
+        if self.dist.is_main:
+            from .sinks import check_available
+
+            check_available(cfg.logging)
         if self._engine_factory is None:
             from .rollout import resolve_engine_kind
 
@@ -159,8 +185,12 @@ class Trainer:
         if state is not None:
             self._restore(state, resume_from)
         if self.dist.is_main:
-            self.metrics_log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
-                                          steps=cfg.steps, start_step=self.start_step)
+            from . import sinks
+
+            opened = sinks.open_sinks(cfg.logging, self.run_dir, run_name=self._run_name(), config=to_dict(cfg),
+                                      start_step=self.start_step)
+            self.metrics_log = MetricsLog(self.run_dir, sinks=opened, progress=cfg.progress, steps=cfg.steps,
+                                          start_step=self.start_step)
             self.metrics_log.rewrite(self.metrics)
 
     def _resume_state(self):
@@ -212,11 +242,22 @@ class Trainer:
         self.start_step = int(state["step"])
         self.solved = set(state["solved_ids"])
         self.metrics = [dict(row) for row in state["metrics"]]
-        expected = self.start_step * self.cfg.prompts_per_step
-        if int(state["data_position"]) != expected:
-            raise ValueError(f"checkpoint {path}: data_position {state['data_position']} "
-                             f"!= step x prompts_per_step = {expected}")
+        self.data_position = int(state["data_position"])
+        per_step = self.cfg.prompts_per_step
+        if self.data_position < self.start_step * per_step or self.data_position % per_step:
+            raise ValueError(f"checkpoint {path}: data_position {self.data_position} is not a multiple of "
+                             f"prompts_per_step {per_step} of at least step x prompts_per_step "
+                             f"= {self.start_step * per_step}")
         log.info("resuming from %s (step %d) with %d rank(s)", path, self.start_step, self.dist.world_size)
+
+    def _run_name(self) -> str:
+        """The run's name for tracking services: its directory relative to the working directory
+        (``runs/<model>/<run>`` in the workflow), else its absolute path."""
+        path = self.run_dir.resolve()
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
 
     def _load_records(self) -> list[dict]:
         from .data import load_records
@@ -242,70 +283,131 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict:
         """Run step ``step`` (0-based) on every rank together and return its (global) metric row."""
-        rollout = self.generate(step)
-        self.score(rollout)
+        rollout = self.collect(step)
         self.compute_advantages(rollout)
-        self.select(rollout)
         update = self.update(rollout)
-        return self.metrics_row(rollout, update)
+        row = self.metrics_row(rollout, update)
+        if self.cfg.rollout_log_every and row["step"] % self.cfg.rollout_log_every == 0:
+            self.log_rollouts(rollout, row["step"])
+        return row
 
-    def generate(self, step: int) -> Rollout:
-        from .rollout import SamplingParams, row_seed
-
+    def collect(self, step: int) -> Rollout:
+        """Rounds of generate, score and select until ``prompts_per_step`` groups with a learning
+        signal are selected or ``max_gen_rounds`` rounds are spent (one round without dynamic
+        sampling). Every round draws the next ``prompts_per_step`` prompts of the data order."""
         cfg = self.cfg
-        indices = data_order.step_indices(len(self.records), cfg.seed, step, cfg.prompts_per_step)
-        mine, first = data_order.rank_slice(indices, self.dist.rank, self.dist.world_size)
-        step_seed = cfg.seed * 1_000_003 + step
-        params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_tokens=cfg.max_new_tokens, seed=step_seed)
-        # A prompt's samples are seeded by its position in the global step, not on its rank: the
-        # rollouts of a step do not depend on the number of ranks.
-        seeds = [row_seed(step_seed, first + position) for position in range(len(mine))]
+        rollout = Rollout(step, start=self.data_position)
         self._wake_engine()
-        started = time.perf_counter()
-        completions = self.engine.generate([self.prompts[i] for i in mine], params, seeds=seeds)
-        rollout = Rollout(step, [self.records[i] for i in mine], completions)
-        rollout.timings["generate"] = time.perf_counter() - started
+        while True:
+            self.generate(rollout)
+            self.score(rollout)
+            self.select(rollout)
+            if (not cfg.dynamic_sampling or len(rollout.selected) >= cfg.prompts_per_step
+                    or rollout.gen_rounds >= cfg.max_gen_rounds):
+                break
         sleep = getattr(self.engine, "sleep", None)  # free the engine's GPU memory for the update
         if sleep is not None:
             sleep()
+        self.data_position = rollout.start + rollout.gen_rounds * cfg.prompts_per_step
         return rollout
 
+    def generate(self, rollout: Rollout) -> None:
+        """One round: this rank's block of the next ``prompts_per_step`` prompts, sampled."""
+        from .rollout import SamplingParams, row_seed
+
+        cfg = self.cfg
+        first_offset = rollout.gen_rounds * cfg.prompts_per_step
+        indices = data_order.stream_indices(len(self.records), cfg.seed, rollout.start + first_offset,
+                                            cfg.prompts_per_step)
+        mine, first = data_order.rank_slice(indices, self.dist.rank, self.dist.world_size)
+        step_seed = cfg.seed * 1_000_003 + rollout.step
+        params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_tokens=cfg.max_new_tokens, seed=step_seed)
+        # A prompt's samples are seeded by its place among the step's prompts, not by its rank: the
+        # rollouts of a step do not depend on the number of ranks.
+        offsets = [first_offset + first + position for position in range(len(mine))]
+        seeds = [row_seed(step_seed, offset) for offset in offsets]
+        started = time.perf_counter()
+        rollout.completions += self.engine.generate([self.prompts[i] for i in mine], params, seeds=seeds)
+        rollout.indices += mine
+        rollout.offsets += offsets
+        rollout.gen_rounds += 1
+        rollout.timings["generate"] += time.perf_counter() - started
+
     def score(self, rollout: Rollout) -> None:
+        """Rewards of the groups generated since the last call, the overlong penalty, the solved set."""
+        from .grading import extract_answer
+
         cfg = self.cfg
         started = time.perf_counter()
-        per_completion = [record for record in rollout.records for _ in range(cfg.samples_per_prompt)]
+        done = 0 if rollout.scores is None else rollout.scores.shape[0]
+        new = rollout.completions[done:]
+        records = [self.records[i] for i in rollout.indices[done:]]
+        per_completion = [record for record in records for _ in range(cfg.samples_per_prompt)]
+        flat = [c for group in new for c in group]
         values = rewards.compute(
-            cfg.reward_kind, completions=[c.text for c in rollout.flat],
+            cfg.reward_kind, completions=[c.text for c in flat],
             answers=[str(record["answer"]) for record in per_completion],
             problems=[str(record["problem"]) for record in per_completion], records=per_completion,
             settings={"workers": cfg.grading_workers, "timeout": cfg.grading_timeout})
-        rollout.rewards = torch.tensor(values, dtype=torch.float64).view(len(rollout.records), -1)
-        rollout.timings["grade"] = time.perf_counter() - started
-        rollout.solved = (rollout.rewards >= 1.0).any(dim=1)
-        newly_solved = [str(record["id"]) for record, hit in zip(rollout.records, rollout.solved.tolist()) if hit]
+        scores = torch.tensor(values, dtype=torch.float64).view(len(new), -1)
+        shaped = scores
+        if cfg.overlong == "penalty":
+            penalty = rewards.overlong_penalty([len(c.token_ids) for c in flat], max_tokens=cfg.max_new_tokens,
+                                               buffer=cfg.overlong_buffer)
+            shaped = scores + torch.tensor(penalty, dtype=torch.float64).view(len(new), -1)
+        rollout.extracted += [[extract_answer(c.text) for c in group] for group in new]
+        solved = (scores >= 1.0).any(dim=1)
+        if rollout.scores is None:
+            rollout.scores, rollout.rewards, rollout.solved = scores, shaped, solved
+        else:
+            rollout.scores = torch.cat([rollout.scores, scores])
+            rollout.rewards = torch.cat([rollout.rewards, shaped])
+            rollout.solved = torch.cat([rollout.solved, solved])
+        rollout.timings["grade"] += time.perf_counter() - started
+        newly_solved = [str(record["id"]) for record, hit in zip(records, solved.tolist()) if hit]
         for ids in dist_utils.all_gather_json(newly_solved):
             self.solved.update(ids)
 
+    def select(self, rollout: Rollout) -> None:
+        """Dynamic sampling: the first ``prompts_per_step`` groups of the step (in data order, over
+        every rank) whose rewards are not all equal, which carry no signal for any registered
+        estimator; without dynamic sampling, every group."""
+        done = len(rollout.all_rewards)
+        mine = rollout.rewards[done // self.dist.world_size:].tolist()  # this rank's share of the new round
+        for rows in dist_utils.all_gather_json(mine):  # rank blocks are contiguous: step order
+            rollout.all_rewards += rows
+        if not self.cfg.dynamic_sampling:
+            rollout.selected = list(range(len(rollout.all_rewards)))
+            return
+        with_signal = [offset for offset, row in enumerate(rollout.all_rewards) if max(row) > min(row)]
+        rollout.selected = with_signal[:self.cfg.prompts_per_step]
+
     def compute_advantages(self, rollout: Rollout) -> None:
+        """Advantages of the selected groups, computed over the step's whole selected batch on every
+        rank (so batch-level estimators see the same batch whatever the rank count); this rank keeps
+        its own groups' rows."""
         cfg = self.cfg
         rollout.beta = beta_at(cfg, rollout.step)
         params = dict(cfg.method_params or {})
         if advantages.takes_beta(cfg.method) and rollout.beta is not None:
             params["beta"] = rollout.beta
-        rollout.advantages = advantages.compute(cfg.method, rollout.rewards, **params).to(torch.float32)
-
-    def select(self, rollout: Rollout) -> None:
-        groups = rollout.rewards.shape[0]
-        rollout.kept = (rollout.rewards.max(dim=1).values > rollout.rewards.min(dim=1).values) \
-            if self.cfg.dynamic_sampling else torch.ones(groups, dtype=torch.bool)
+        row_of = {offset: row for row, offset in enumerate(rollout.selected)}
+        rollout.kept = torch.tensor([offset in row_of for offset in rollout.offsets], dtype=torch.bool)
+        rollout.advantages = torch.zeros(len(rollout.offsets), cfg.samples_per_prompt, dtype=torch.float32)
+        if rollout.selected:
+            chosen = torch.tensor([rollout.all_rewards[offset] for offset in rollout.selected], dtype=torch.float64)
+            batch = advantages.compute(cfg.method, chosen, **params).to(torch.float32)
+            for group, offset in enumerate(rollout.offsets):
+                if offset in row_of:
+                    rollout.advantages[group] = batch[row_of[offset]]
 
     def update(self, rollout: Rollout) -> dict:
         """The PPO update on the kept completions (if any rank kept any) and the weight push; the
         entropy metric comes from the update's forward. Returns the update's statistics."""
         started = time.perf_counter()
         pairs = rollout.pairs
-        kept = rollout.kept_rows()
+        kept = rollout.kept_rows(skip_truncated=self.cfg.overlong == "mask")
         stats = {"loss": float("nan"), "clip_frac": float("nan"), "kl": float("nan"),
                  "grad_norm": float("nan"), "lr": lr_at(self.cfg, rollout.step)}
         if dist_utils.all_reduce([len(kept)], "max")[0] > 0:  # any rank has something to learn
@@ -320,28 +422,75 @@ class Trainer:
         return stats
 
     def metrics_row(self, rollout: Rollout, update: dict) -> dict:
-        """The step's row of metrics.csv: sums over every rank's groups, slowest rank's times."""
+        """The step's row of metrics.csv, over every generated completion of every rank and round
+        (the trained-on ones for the advantage columns); the slowest rank's times."""
+        cfg = self.cfg
         flat = rollout.flat
-        generated = sum(len(c.token_ids) for c in flat)
-        (reward_sum, solved, kept, entropy_sum, entropy_tokens, generated, sequences) = dist_utils.all_reduce(
-            [float(rollout.rewards.sum()), float(rollout.solved.sum()), float(rollout.kept.sum()),
-             rollout.entropy_sum, rollout.entropy_tokens, generated, len(flat)])
+        scores = rollout.scores.reshape(-1).tolist()
+        adv = rollout.advantages.reshape(-1).tolist()
+        trained = rollout.kept_rows(skip_truncated=cfg.overlong == "mask")
+        correct = [abs(adv[i]) for i in trained if scores[i] >= 1.0]
+        wrong = [abs(adv[i]) for i in trained if scores[i] < 1.0]
+        no_answer = sum(answer is None for group in rollout.extracted for answer in group)
+        (reward_sum, solved, entropy_sum, entropy_tokens, sequences, no_answer, truncated, correct_sum, correct_n,
+         wrong_sum, wrong_n) = dist_utils.all_reduce(
+            [sum(scores), float(rollout.solved.sum()), rollout.entropy_sum, rollout.entropy_tokens, len(flat),
+             no_answer, sum(not c.finished for c in flat), sum(correct), len(correct), sum(wrong), len(wrong)])
+        lengths = [n for part in dist_utils.all_gather_json([len(c.token_ids) for c in flat]) for n in part]
         t_generate, t_grade, t_update = dist_utils.all_reduce(
             [rollout.timings["generate"], rollout.timings["grade"], rollout.timings["update"]], "max")
+        drawn = rollout.gen_rounds * cfg.prompts_per_step
+        nan = float("nan")
         return {
             "step": rollout.step + 1,
-            "beta": float("nan") if rollout.beta is None else float(rollout.beta),
+            "beta": nan if rollout.beta is None else float(rollout.beta),
             "reward_mean": reward_sum / sequences,
-            "solved_frac": solved / self.cfg.prompts_per_step,
+            "solved_frac": solved / drawn,
             "cumulative_solve_rate": len(self.solved) / self.n_unique,
-            "groups_kept": int(kept),
-            "entropy": entropy_sum / entropy_tokens if entropy_tokens else float("nan"),
-            "response_len_mean": generated / sequences,
+            "groups_kept": len(rollout.selected),
+            "gen_rounds": rollout.gen_rounds,
+            "prompts_drawn": self.data_position,
+            "no_answer_frac": no_answer / sequences,
+            "truncated_frac": truncated / sequences,
+            "adv_abs_correct": correct_sum / correct_n if correct_n else nan,
+            "adv_abs_wrong": wrong_sum / wrong_n if wrong_n else nan,
+            "entropy": entropy_sum / entropy_tokens if entropy_tokens else nan,
+            "response_len_mean": sum(lengths) / sequences,
+            "response_len_p50": float(np.percentile(lengths, 50)),
+            "response_len_p95": float(np.percentile(lengths, 95)),
             "clip_frac": update["clip_frac"], "kl": update["kl"], "grad_norm": update["grad_norm"],
             "loss": update["loss"], "lr": update["lr"],
             "time_generate": t_generate, "time_grade": t_grade, "time_update": t_update,
-            "tokens_per_s": generated / max(t_generate, 1e-9),
+            "tokens_per_s": sum(lengths) / max(t_generate, 1e-9),
         }
+
+    def log_rollouts(self, rollout: Rollout, step: int) -> None:
+        """The step's first ``rollout_log_groups`` groups (data order, every rank) to
+        ``rollouts/step-NNNNNN.jsonl`` and the sinks (rank 0 writes)."""
+        from . import rollout_log
+
+        limit = self.cfg.rollout_log_groups
+        mine = []
+        row_of = {offset: row for row, offset in enumerate(rollout.selected)}
+        for group, offset in enumerate(rollout.offsets):
+            if offset >= limit:
+                continue
+            record = self.records[rollout.indices[group]]
+            kept = offset in row_of
+            mine.append({
+                "step": step, "position": rollout.start + offset, "id": str(record["id"]),
+                "problem": str(record["problem"]), "prompt": self.prompts[rollout.indices[group]],
+                "answer": str(record["answer"]), "kept": kept,
+                "completions": [{"text": c.text, "extracted": rollout.extracted[group][j],
+                                 "reward": float(rollout.rewards[group, j]),
+                                 "advantage": float(rollout.advantages[group, j]) if kept else None,
+                                 "tokens": len(c.token_ids), "finished": bool(c.finished)}
+                                for j, c in enumerate(rollout.completions[group])]})
+        groups = sorted((g for part in dist_utils.all_gather_json(mine) for g in part), key=lambda g: g["position"])
+        if self.dist.is_main:
+            rollout_log.write_rollouts(self.run_dir, step, groups)
+            if self.metrics_log is not None:
+                self.metrics_log.text(step, "rollouts", rollout_log.to_markdown(groups))
 
     def push_weights(self) -> None:
         """Make the rollout engine generate with the trainer's current weights (collective under
@@ -382,7 +531,7 @@ class Trainer:
         if self.dist.is_main:
             path = writer.commit({
                 "step": step_done, "optimizer_step": self.actor.optimizer_step_count(), "rng": ckpt.capture_rng(),
-                "data_position": step_done * self.cfg.prompts_per_step, "solved_ids": sorted(self.solved),
+                "data_position": self.data_position, "solved_ids": sorted(self.solved),
                 "metrics": [dict(row) for row in self.metrics], "config_hash": self.hash,
                 "data_hash": self.data_hash, "config": json.dumps(to_dict(self.cfg), sort_keys=True, default=str),
                 "world_size": self.dist.world_size,

@@ -65,7 +65,18 @@ class TrainConfig:
                         doc="weight of the k3 KL estimate to the frozen initial policy; 0 = off (the reference model "
                             "is then never loaded)")
     dynamic_sampling: bool = _f(True, kind="bool",
-                                doc="drop groups whose rewards are all equal (zero advantage) before the update")
+                                doc="drop groups whose rewards are all equal (zero advantage) and refill the step with "
+                                    "the next prompts of the data order until prompts_per_step groups with signal "
+                                    "are collected (verl's DAPO recipe)")
+    max_gen_rounds: int = _f(8, kind="int",
+                             doc="dynamic sampling: most rounds of prompts_per_step prompts generated per step; after "
+                                 "them the step trains on the groups it has (1 = no refill)")
+    overlong: str = _f("none", kind="str",
+                       doc="completions cut at max_new_tokens: none (trained like the others) | mask (left out of the "
+                           "loss) | penalty (DAPO's linear length penalty over the last overlong_buffer tokens)")
+    overlong_buffer: int = _f(0, kind="int",
+                              doc="overlong penalty: tokens before max_new_tokens where the reward penalty ramps from 0"
+                                  " to -1 (a cut completion gets -1)")
     reward_kind: str = _f("binary", kind="str",
                           doc="reward, a name in rsgrpo.rewards.REWARDS: binary (math-verify, the paper's) | partial "
                               "(0.1 for a wrong boxed answer) | any registered reward")
@@ -128,8 +139,14 @@ class TrainConfig:
     keep_resumable: int = _f(1, kind="int",
                              doc="newest checkpoints that keep the optimizer state (and bf16-mixed fp32 masters) "
                                  "for resume; older kept ones hold the HF weights only (0 = all keep it)")
-    tensorboard: bool = _f(False, kind="bool",
-                           doc="also log metrics to run_dir/tensorboard if torch.utils.tensorboard works")
+    logging: list = _f(["tensorboard"], kind="list",
+                       doc="metric sinks besides run_dir/metrics.csv (always written): tensorboard (in "
+                           "run_dir/tensorboard) | wandb | mlflow (pip install 'rsgrpo[wandb]' / 'rsgrpo[mlflow]')")
+    rollout_log_every: int = _f(10, kind="int",
+                                doc="every this many steps write rollout_log_groups groups (prompt, completions, "
+                                    "answers, rewards, advantages) to run_dir/rollouts/step-NNNNNN.jsonl and the "
+                                    "sinks (0 = never)")
+    rollout_log_groups: int = _f(4, "groups of the step (the first in data order) each rollout log holds", kind="int")
     progress: bool = _f(True, "tqdm progress bar on stderr", kind="bool")
 
 
@@ -137,10 +154,12 @@ for _fld in dataclasses.fields(TrainConfig):
     FIELD_DOCS[_fld.name] = _fld.metadata["doc"]
 
 # Fields that do not influence the trajectory of a run (may change between a run and its resume).
-NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "keep_resumable", "tensorboard", "progress",
+NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "keep_resumable", "logging", "rollout_log_every",
+                         "rollout_log_groups", "progress",
                          "grading_workers", "engine", "hf_batch_size", "engine_options", "zero_stage",
                          "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens")
 PRECISIONS = ("fp32", "bf16-mixed")
+OVERLONG_MODES = ("none", "mask", "penalty")
 # What pure-bf16 training is asked for as; refused with the reason (PURE_BF16_REASON).
 PURE_BF16 = ("bf16", "bfloat16", "pure-bf16")
 PURE_BF16_REASON = ("pure bf16 training cannot learn at RL learning rates: bf16 keeps about 3 significant digits, "
@@ -152,6 +171,7 @@ _CHOICES = {
     "beta_schedule": ("constant", "linear", "cosine"),
     "engine": ("auto", "hf", "vllm"),
     "precision": PRECISIONS,
+    "overlong": OVERLONG_MODES,
 }
 
 
@@ -160,6 +180,8 @@ RENAMED = {
     "dtype": "replaced by 'precision' (fp32 | bf16-mixed); dtype: bfloat16 trained in pure bf16, which "
              "cannot learn at RL learning rates",
     "engine_batch_size": "replaced by 'hf_batch_size' (the transformers engine's batch; vLLM sizes its own)",
+    "tensorboard": "replaced by 'logging', a list of metric sinks (tensorboard | wandb | mlflow; metrics.csv is "
+                   "always written), e.g. logging: [tensorboard]",
 }
 
 
@@ -206,6 +228,8 @@ def _coerce(source: str, key: str, value, kind: str):
             return value
         if k == "dict" and isinstance(value, dict):
             return dict(value)
+        if k == "list" and isinstance(value, list):
+            return list(value)
     raise _err(source, key, value, f"must be of type {kind.replace('|', ' or ').rstrip('?')}"
                + (" or null" if optional else ""))
 
@@ -218,7 +242,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     """
     import torch
 
-    from . import advantages, rewards
+    from . import advantages, rewards, sinks
 
     for fld in dataclasses.fields(cfg):
         setattr(cfg, fld.name, _coerce(source, fld.name, getattr(cfg, fld.name), fld.metadata["kind"]))
@@ -264,6 +288,19 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
     need("keep_resumable", cfg.keep_resumable >= 0, "must be >= 0 (0 = every kept checkpoint stays resumable)")
     need("beta_ramp_steps", cfg.beta_ramp_steps >= 0, "must be >= 0 (0 = the whole run)")
+    need("max_gen_rounds", cfg.max_gen_rounds >= 1, "must be >= 1 (1 = no refill)")
+    if cfg.overlong == "penalty":
+        need("overlong_buffer", 1 <= cfg.overlong_buffer <= cfg.max_new_tokens,
+             f"overlong: penalty needs 1 <= overlong_buffer <= max_new_tokens ({cfg.max_new_tokens})")
+    else:
+        need("overlong_buffer", cfg.overlong_buffer == 0,
+             "only used by overlong: penalty; set overlong: penalty or remove it")
+    need("rollout_log_every", cfg.rollout_log_every >= 0, "must be >= 0 (0 = never)")
+    need("rollout_log_groups", cfg.rollout_log_groups >= 1, "must be >= 1")
+    unknown_sinks = [name for name in cfg.logging if not isinstance(name, str) or name not in sinks.SINKS]
+    need("logging", not unknown_sinks, f"unknown sink(s) {unknown_sinks}; allowed: {sorted(sinks.SINKS)} "
+                                       "(metrics.csv is always written)")
+    need("logging", len(set(cfg.logging)) == len(cfg.logging), "names a sink twice")
     if isinstance(cfg.train_data, dict):
         need("train_data", "source" in cfg.train_data, "a data spec mapping needs a 'source' key")
 
@@ -306,6 +343,14 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
         advantages.compute(cfg.method, probe, **params)
     except ValueError as exc:
         raise ValueError(f"{source}: key 'method_params': {exc} (got {cfg.method_params!r})") from None
+    if cfg.overlong == "penalty":  # the penalty makes rewards non-binary: the estimator must accept that
+        probe[1, 0] = -0.5
+        try:
+            advantages.compute(cfg.method, probe, **params)
+        except ValueError as exc:
+            raise _err(source, "overlong", cfg.overlong,
+                       f"the penalty makes rewards non-binary, which method {cfg.method!r} refuses ({exc}); "
+                       "use overlong: mask") from None
     return cfg
 
 
@@ -376,6 +421,11 @@ def config_hash(cfg: TrainConfig) -> str:
     skip = set(NON_TRAJECTORY_FIELDS)
     if cfg.beta_schedule == "constant" or cfg.beta_ramp_steps > 0:
         skip.add("steps")
+    # Settings that train exactly as versions without them did are left out, so those runs resume.
+    if not cfg.dynamic_sampling or cfg.max_gen_rounds == 1:
+        skip.add("max_gen_rounds")
+    if cfg.overlong == "none":
+        skip.update(("overlong", "overlong_buffer"))
     d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
     # fp32 runs hash as they did when the key was dtype: float32, so their checkpoints still resume
     precision = d.pop("precision")

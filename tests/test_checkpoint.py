@@ -34,7 +34,7 @@ from train_helpers import write_run_inputs as _write_run_inputs  # noqa: E402
 
 def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):
     pytest.importorskip("rsgrpo.data")
-    cfg, runner = _write_run_inputs(tmp_path, tiny_model_dir)
+    cfg, runner = _write_run_inputs(tmp_path, tiny_model_dir, logging=["tensorboard"])
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
 
     ref = subprocess.run(_cmd(runner, cfg, ref_dir), cwd=ROOT, env=_env(), capture_output=True, text=True,
@@ -64,6 +64,14 @@ def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):
     m_ref, m_res = _metrics(ref_dir), _metrics(kill_dir)
     assert [int(r["step"]) for r in m_ref] == list(range(1, 7))
     assert m_ref == m_res
+    assert any(int(r["gen_rounds"]) > 1 for r in m_ref)  # dynamic sampling refilled some step
+    # TensorBoard of the resumed run: every step once, the values of metrics.csv
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(kill_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/reward_mean")] == \
+        [(int(r["step"]), pytest.approx(float(r["reward_mean"]))) for r in m_res]
     assert any(float(r["grad_norm"]) > 0 for r in m_ref if r["grad_norm"] != "nan")
     # optimizer state equal too
     s_ref = ckpt.load_state(ref_dir / "checkpoints" / "step-000006")

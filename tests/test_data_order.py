@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from rsgrpo.data_order import epoch_permutation, rank_slice, step_indices, stream_indices
+from rsgrpo.data_order import epoch_permutation, rank_slice, stream_indices
 
 
 def test_data_order_is_epochwise_and_seeded():
-    stream = [i for s in range(7) for i in step_indices(7, 0, s, 2)]  # 14 = two epochs
+    stream = [i for s in range(7) for i in stream_indices(7, 0, 2 * s, 2)]  # 14 = two epochs
     assert sorted(stream[:7]) == list(range(7)) and sorted(stream[7:]) == list(range(7))
     assert stream[:7] != stream[7:]
-    assert stream == [i for s in range(7) for i in step_indices(7, 0, s, 2)]
-    assert stream != [i for s in range(7) for i in step_indices(7, 1, s, 2)]  # another seed, another order
+    assert stream == [i for s in range(7) for i in stream_indices(7, 0, 2 * s, 2)]
+    assert stream != [i for s in range(7) for i in stream_indices(7, 1, 2 * s, 2)]  # another seed, another order
 
 
 def test_order_is_the_seeded_randperm_of_each_epoch():
@@ -25,11 +25,10 @@ def test_order_is_the_seeded_randperm_of_each_epoch():
 def test_positions_not_steps_define_the_stream():
     whole = stream_indices(10, 4, 0, 30)
     assert stream_indices(10, 4, 7, 11) == whole[7:18]  # any window of the stream, across epochs
-    assert step_indices(10, 4, 3, 4) == whole[12:16]
 
 
 def test_rank_slices_partition_the_step_in_order():
-    step = step_indices(9, 0, 1, 6)
+    step = stream_indices(9, 0, 6, 6)
     parts = [rank_slice(step, rank, 3) for rank in range(3)]
     assert [first for _, first in parts] == [0, 2, 4]
     assert [i for block, _ in parts for i in block] == step

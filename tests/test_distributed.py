@@ -69,8 +69,8 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, tmp_path, one_
     _assert_rows_close(ref_rows, rows, rel=1e-4)
     losses = [float(r["loss"]) for r in rows if r["loss"] != "nan"]
     assert len(losses) >= 4 and any(abs(x) > 1e-4 for x in losses)  # a real curve, not zeros
-    # some step kept one group only: one rank learnt nothing and padded its collectives
-    assert any(int(r["groups_kept"]) == 1 for r in rows) or stage != 0
+    # dynamic sampling refilled some step: the selection spans rounds and ranks
+    assert any(int(r["gen_rounds"]) > 1 for r in rows)
     w_ref, w = _weights(one_rank_reference, 6), _weights(tmp_path / "run", 6)
     assert w.keys() == w_ref.keys()
     for k in w:

@@ -167,6 +167,18 @@ BAD_CONFIGS = [
     ({"engine_batch_size": 8}, "'engine_batch_size'", "replaced by 'hf_batch_size'"),
     ({"logprob_chunk_tokens": 0}, "'logprob_chunk_tokens'", "must be >= 1"),
     ({"keep_last": -1}, "'keep_last'", "-1"),
+    ({"max_gen_rounds": 0}, "'max_gen_rounds'", "must be >= 1"),
+    ({"overlong": "clip"}, "'overlong'", "must be one of ['none', 'mask', 'penalty']"),
+    ({"overlong": "penalty"}, "'overlong_buffer'", "needs 1 <= overlong_buffer <= max_new_tokens (2048)"),
+    ({"overlong": "penalty", "overlong_buffer": 4096}, "'overlong_buffer'", "4096"),
+    ({"overlong_buffer": 16}, "'overlong_buffer'", "only used by overlong: penalty"),
+    ({"overlong": "penalty", "overlong_buffer": 16, "method": "passk_chen", "method_params": {"k": 4}},
+     "'overlong'", "non-binary, which method 'passk_chen' refuses"),
+    ({"logging": ["tensorbord"]}, "'logging'", "unknown sink(s) ['tensorbord']; allowed: ['mlflow', 'tensorboard'"),
+    ({"logging": "tensorboard"}, "'logging'", "must be of type list"),
+    ({"logging": ["wandb", "wandb"]}, "'logging'", "names a sink twice"),
+    ({"tensorboard": True}, "'tensorboard'", "replaced by 'logging'"),
+    ({"rollout_log_every": -1}, "'rollout_log_every'", "must be >= 0"),
 ]
 
 
@@ -182,17 +194,29 @@ def test_config_errors_name_file_key_and_value(tmp_path, data, key, fragment):
     assert str(path) in msg and key in msg and fragment in msg, msg
 
 
-def test_fp32_runs_hash_as_before_precision_existed():
-    """Checkpoints of fp32 runs written before `precision` replaced `dtype` keep resuming: the config
-    hash of fp32 configs is the one those versions computed (values recorded from them)."""
+def test_runs_that_train_as_earlier_versions_keep_their_config_hash():
+    """Checkpoints written by earlier versions keep resuming when the config trains exactly as they
+    did: fp32 (before `precision` replaced `dtype`), no refill (max_gen_rounds 1 or no dynamic
+    sampling), no overlong handling. The values were recorded from those versions."""
     from rsgrpo.trainconfig import config_hash
 
-    assert config_hash(from_dict({})) == "1a7226d3f45c60a44ac04c830d5151026a925d713dbdbbfa7de081bacf3492b1"
+    old_default = "1a7226d3f45c60a44ac04c830d5151026a925d713dbdbbfa7de081bacf3492b1"
+    assert config_hash(from_dict({"max_gen_rounds": 1})) == old_default
+    assert config_hash(from_dict({"dynamic_sampling": True, "max_gen_rounds": 1, "overlong": "none",
+                                  "logging": [], "rollout_log_every": 3})) == old_default
     assert config_hash(from_dict({"method": "grpo", "method_params": {"scale": "std"}, "lr": 2e-5, "steps": 3,
                                   "micro_batch_size": 16, "hf_batch_size": 8, "gradient_checkpointing": True,
-                                  "logprob_chunk_tokens": 7})) == \
+                                  "logprob_chunk_tokens": 7, "max_gen_rounds": 1})) == \
         "58aad29f0b9228c7b727951b920d8bfe25f5f250c4321b38fecd98f18c0dbc54"
+    # what trains differently hashes differently
     assert config_hash(from_dict({"precision": "bf16-mixed", "zero_stage": 1})) != config_hash(from_dict({}))
+    assert config_hash(from_dict({})) != old_default  # refill (max_gen_rounds 8) is the default now
+    assert config_hash(from_dict({"max_gen_rounds": 2})) != config_hash(from_dict({"max_gen_rounds": 3}))
+    assert config_hash(from_dict({"dynamic_sampling": False})) == \
+        config_hash(from_dict({"dynamic_sampling": False, "max_gen_rounds": 5}))
+    assert config_hash(from_dict({"overlong": "mask", "max_gen_rounds": 1})) != old_default
+    assert config_hash(from_dict({"overlong": "penalty", "overlong_buffer": 4, "max_gen_rounds": 1})) != \
+        config_hash(from_dict({"overlong": "penalty", "overlong_buffer": 5, "max_gen_rounds": 1}))
 
 
 def test_config_overrides_and_yaml_spellings(tmp_path):
@@ -232,7 +256,7 @@ def all_wrong(*, completions, answers, problems, records):
 def _tiny_trainer(model_dir, run_dir, **overrides):
     cfg = dict(model_dir=str(model_dir), steps=1, prompts_per_step=3, samples_per_prompt=4,
                max_new_tokens=4, lr=1e-4, micro_batch_size=5, engine="hf", progress=False, seed=0,
-               reward_kind="test_train_exact_42")
+               reward_kind="test_train_exact_42", max_gen_rounds=1)
     cfg.update(overrides)
     trainer = Trainer(from_dict(cfg), run_dir, records=RECORDS,
                       prompt_fn=lambda p: f"Q: {p}\nA:",
@@ -342,7 +366,8 @@ def test_rewards_see_the_records_extra_fields(tiny_model_dir, tmp_path):
 
     records = [dict(r, target=t) for r, t in zip(RECORDS, ["17", "9x", "xy"])]
     cfg = from_dict(dict(model_dir=str(tiny_model_dir), steps=1, prompts_per_step=3, samples_per_prompt=4,
-                         max_new_tokens=4, engine="hf", progress=False, reward_kind="test_train_record_target"))
+                         max_new_tokens=4, engine="hf", progress=False, reward_kind="test_train_record_target",
+                         max_gen_rounds=1))
     trainer = Trainer(cfg, tmp_path / "run", records=records, prompt_fn=lambda p: f"Q: {p}\nA:",
                       engine_factory=lambda model, tok, src: FixedEngine(tok, TABLE))
     trainer.setup()
@@ -471,3 +496,304 @@ def test_train_cli_reports_config_errors(tmp_path):
     assert proc.returncode == 2
     assert str(cfgfile) in proc.stderr and "'clip_hi'" in proc.stderr and "unknown key" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# dynamic sampling with refill, overlong handling
+# ------------------------------------------------------------------------------------------------
+# prompts a, b have a learning signal (one "42" among wrong answers); c, d never do (all wrong)
+REFILL_RECORDS = [{"id": i, "problem": p, "answer": "42"} for i, p in
+                  [("a", "6*7"), ("b", "40+2"), ("c", "1+1"), ("d", "2+2")]]
+REFILL_TABLE = {"Q: 6*7\nA:": ["42", "17", "17", "17"], "Q: 40+2\nA:": ["42", "42", "9x", "9x"],
+                "Q: 1+1\nA:": ["xy", "xy", "xy", "xy"], "Q: 2+2\nA:": ["zz", "zz", "zz", "zz"]}
+
+
+def _refill_trainer(model_dir, run_dir, table=REFILL_TABLE, cut=(), **overrides):
+    cfg = dict(model_dir=str(model_dir), steps=3, prompts_per_step=2, samples_per_prompt=4, max_new_tokens=4,
+               lr=1e-4, micro_batch_size=8, engine="hf", progress=False, reward_kind="test_train_exact_42",
+               logging=[])
+    cfg.update(overrides)
+    trainer = Trainer(from_dict(cfg), run_dir, records=REFILL_RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:",
+                      engine_factory=lambda model, tok, src: FixedEngine(tok, table, cut))
+    trainer.setup()
+    return trainer
+
+
+def _spy_update(trainer):
+    """Record the (prompt, completion) pairs and advantages each actor update receives."""
+    seen = []
+    real = trainer.actor.update
+
+    def update(pairs, adv, lr, **kwargs):
+        seen.append((list(pairs), adv.clone()))
+        return real(pairs, adv, lr, **kwargs)
+
+    trainer.actor.update = update
+    return seen
+
+
+def _expected_refill(seed, steps, per_step, max_rounds, signal_ids=("a", "b")):
+    """Brute force: walk the data stream round by round, as the recipe says."""
+    from rsgrpo.data_order import stream_indices
+
+    position, out = 0, []
+    for _ in range(steps):
+        chosen, rounds = [], 0
+        while len(chosen) < per_step and rounds < max_rounds:
+            drawn = stream_indices(len(REFILL_RECORDS), seed, position, per_step)
+            position += per_step
+            rounds += 1
+            chosen += [REFILL_RECORDS[i]["id"] for i in drawn if REFILL_RECORDS[i]["id"] in signal_ids]
+        out.append((chosen[:per_step], rounds, position))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refill_trains_on_prompts_per_step_groups_when_half_carry_no_signal(tiny_model_dir, tmp_path, seed):
+    from rsgrpo.data_order import stream_indices
+
+    trainer = _refill_trainer(tiny_model_dir, tmp_path / "run", seed=seed)
+    seen = _spy_update(trainer)
+    expected = _expected_refill(seed, 3, 2, 8)
+    assert any(rounds > 1 for _, rounds, _ in expected)  # the seeds exercise the refill
+    start = 0
+    for step, (ids, rounds, position) in enumerate(expected):
+        row = trainer.train_step(step)
+        assert (row["groups_kept"], row["gen_rounds"], row["prompts_drawn"]) == (2, rounds, position)
+        assert trainer.data_position == position
+        pairs, adv = seen[-1]
+        assert len(pairs) == 2 * 4  # prompts_per_step groups x samples_per_prompt, nothing else
+        prompts = [trainer.tokenizer.decode(p) for p, _ in pairs[::4]]
+        assert prompts == [f"Q: {next(r['problem'] for r in REFILL_RECORDS if r['id'] == i)}\nA:" for i in ids]
+        rewards = torch.tensor([[1.0 if t == "42" else 0.0 for t in REFILL_TABLE[p]] for p in prompts])
+        torch.testing.assert_close(adv, advantages.compute("rs_grpo", rewards, beta=2.0).reshape(-1).float())
+        drawn = [REFILL_RECORDS[i]["id"] for i in stream_indices(4, seed, start, position - start)]
+        assert row["solved_frac"] == pytest.approx(sum(i in ("a", "b") for i in drawn) / len(drawn))
+        start = position
+    # the engine generated for the data stream in order, every drawn prompt once
+    drawn = stream_indices(4, seed, 0, expected[-1][2])
+    assert trainer.engine.prompts == [f"Q: {REFILL_RECORDS[i]['problem']}\nA:" for i in drawn]
+
+
+def test_refill_stops_after_max_gen_rounds_and_trains_on_what_it_has(tiny_model_dir, tmp_path):
+    table = dict(REFILL_TABLE, **{"Q: 40+2\nA:": ["9x"] * 4})  # only a carries a signal now
+    trainer = _refill_trainer(tiny_model_dir, tmp_path / "run", table=table, max_gen_rounds=3, seed=0)
+    seen = _spy_update(trainer)
+    expected = _expected_refill(0, 3, 2, 3, signal_ids=("a",))
+    for step, (ids, rounds, position) in enumerate(expected):
+        row = trainer.train_step(step)
+        assert (row["groups_kept"], row["gen_rounds"], row["prompts_drawn"]) == (len(ids), rounds, position)
+    assert expected == [(["a"], 3, 6), (["a", "a"], 2, 10), (["a"], 3, 16)]  # seed 0 exhausts the rounds twice
+    assert [len(pairs) for pairs, _ in seen] == [4, 8, 4]
+
+
+def test_without_dynamic_sampling_one_round_trains_every_group(tiny_model_dir, tmp_path):
+    trainer = _refill_trainer(tiny_model_dir, tmp_path / "run", dynamic_sampling=False)
+    seen = _spy_update(trainer)
+    row = trainer.train_step(0)
+    assert (row["groups_kept"], row["gen_rounds"], row["prompts_drawn"]) == (2, 1, 2)
+    assert len(seen[0][0]) == 8
+
+
+CUT_TABLE = {"Q: 6*7\nA:": ["42", "17", "one two three four five six", "42"],
+             "Q: 40+2\nA:": ["42", "9x", "9x", "seven eight nine ten eleven twelve"],
+             "Q: 1+1\nA:": ["xy"] * 4, "Q: 2+2\nA:": ["zz"] * 4}
+CUT = {"one two three four five six", "seven eight nine ten eleven twelve"}
+
+
+@pytest.mark.parametrize("overlong", ["none", "mask", "penalty"])
+def test_overlong_none_mask_and_penalty_on_hand_made_completions(tiny_model_dir, tmp_path, overlong):
+    from rsgrpo.rewards import overlong_penalty
+
+    extra = {"overlong_buffer": 2} if overlong == "penalty" else {}
+    trainer = _refill_trainer(tiny_model_dir, tmp_path / "run", table=CUT_TABLE, cut=CUT, overlong=overlong,
+                              dynamic_sampling=False, seed=0, **extra)
+    seen = _spy_update(trainer)
+    rollout = trainer.collect(0)
+    trainer.compute_advantages(rollout)
+    row = trainer.metrics_row(rollout, trainer.update(rollout))
+    flat = rollout.flat
+    cut = [not c.finished for c in flat]
+    assert sum(cut) >= 1 and all(len(c.token_ids) == 4 for c, is_cut in zip(flat, cut) if is_cut)
+    assert row["truncated_frac"] == pytest.approx(sum(cut) / len(flat))
+    scores = rollout.scores.reshape(-1)
+    if overlong == "penalty":  # cut: -1; a finished completion of 3 or 4 tokens: -1/2 or -1
+        lengths = [len(c.token_ids) for c in flat]
+        assert overlong_penalty([2, 3, 4], max_tokens=4, buffer=2) == [0.0, -0.5, -1.0]
+        torch.testing.assert_close(rollout.rewards.reshape(-1) - scores,
+                                   torch.tensor(overlong_penalty(lengths, max_tokens=4, buffer=2), dtype=torch.float64))
+        assert all(float(r - s) == -1.0 for r, s, is_cut in zip(rollout.rewards.reshape(-1), scores, cut) if is_cut)
+    else:
+        assert torch.equal(rollout.rewards, rollout.scores)
+    pairs, adv = seen[0]
+    trained_texts = [trainer.tokenizer.decode(c) for _, c in pairs]
+    if overlong == "mask":  # the cut completions are left out of the loss, the others all trained
+        assert len(pairs) == len(flat) - sum(cut)
+        assert not any(text.startswith(("one", "seven")) for text in trained_texts)
+    else:
+        assert len(pairs) == len(flat)
+    # advantages come from the (shaped) rewards of the whole group, cut completions included
+    expected = advantages.compute("rs_grpo", rollout.rewards, beta=2.0).float()
+    keep = [i for i, is_cut in enumerate(cut) if not (overlong == "mask" and is_cut)]
+    torch.testing.assert_close(adv, expected.reshape(-1)[keep])
+
+
+def test_metric_columns_of_a_step_match_the_completions(tiny_model_dir, tmp_path):
+    trainer = _refill_trainer(tiny_model_dir, tmp_path / "run", table=CUT_TABLE, cut=CUT, seed=1)
+    rollout = trainer.collect(0)
+    trainer.compute_advantages(rollout)
+    row = trainer.metrics_row(rollout, trainer.update(rollout))
+    flat = rollout.flat
+    lengths = sorted(len(c.token_ids) for c in flat)
+    assert row["response_len_p50"] == pytest.approx(float(torch.tensor(lengths, dtype=torch.float64).quantile(0.5)))
+    assert row["response_len_p95"] == pytest.approx(float(torch.tensor(lengths, dtype=torch.float64).quantile(0.95)))
+    # "42", "17", "9x", "xy" ... : the tiny reward's completions have no final answer for the grader
+    assert row["no_answer_frac"] == 1.0
+    adv, scores = rollout.advantages.reshape(-1), rollout.scores.reshape(-1)
+    rows = rollout.kept_rows()
+    correct = [abs(float(adv[i])) for i in rows if scores[i] >= 1]
+    wrong = [abs(float(adv[i])) for i in rows if scores[i] < 1]
+    assert correct and wrong
+    assert row["adv_abs_correct"] == pytest.approx(sum(correct) / len(correct))
+    assert row["adv_abs_wrong"] == pytest.approx(sum(wrong) / len(wrong))
+    assert row["adv_abs_correct"] > row["adv_abs_wrong"]  # rare successes carry the large advantages
+
+
+# ------------------------------------------------------------------------------------------------
+# live metrics and rollouts: sinks, TensorBoard, rollout logs
+# ------------------------------------------------------------------------------------------------
+def _finite_columns(path):
+    rows = list(csv.DictReader(open(path)))
+    return rows, {c for r in rows for c, v in r.items() if c != "step" and v and math.isfinite(float(v))}
+
+
+def test_tensorboard_holds_every_metric_and_the_rollouts_and_the_jsonl_holds_what_it_says(tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rsgrpo.grading import extract_answer
+
+    run = tmp_path / "run"
+    trainer = _refill_trainer(tiny_model_dir, run, table=CUT_TABLE, cut=CUT, logging=["tensorboard"],
+                              rollout_log_every=2, rollout_log_groups=3, steps=4, seed=1)
+    rollouts = {}
+    real_log = trainer.log_rollouts
+
+    def log_rollouts(rollout, step):  # keep each logged step's rollout to check the file against
+        rollouts[step] = rollout
+        real_log(rollout, step)
+
+    trainer.log_rollouts = log_rollouts
+    trainer.run()
+    rows, finite = _finite_columns(run / "metrics.csv")
+    assert {"reward_mean", "gen_rounds", "prompts_drawn", "truncated_frac", "adv_abs_correct", "response_len_p95",
+            "entropy", "loss"} <= finite
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    for column in finite:
+        logged = [(e.step, e.value) for e in events.Scalars(f"train/{column}")]
+        assert logged == [(int(r["step"]), pytest.approx(float(r[column]), rel=1e-6)) for r in rows], column
+    texts = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("rollouts/text_summary")}
+    assert sorted(texts) == [2, 4]
+    assert sorted(p.name for p in (run / "rollouts").iterdir()) == ["step-000002.jsonl", "step-000004.jsonl"]
+    for step, rollout in rollouts.items():
+        groups = [json.loads(line) for line in (run / "rollouts" / f"step-{step:06d}.jsonl").open()]
+        assert [g["position"] for g in groups] == [rollout.start + i for i in range(3)]  # the first 3 drawn
+        for g in groups:
+            assert f"Q: {g['problem']}\nA:" == g["prompt"] and g["problem"] in texts[step]
+            group = rollout.offsets.index(g["position"] - rollout.start)
+            assert g["kept"] == bool(rollout.kept[group])
+            assert [c["text"] for c in g["completions"]] == [c.text for c in rollout.completions[group]]
+            assert [c["extracted"] for c in g["completions"]] == [extract_answer(c.text)
+                                                                   for c in rollout.completions[group]]
+            assert [c["reward"] for c in g["completions"]] == rollout.rewards[group].tolist()
+            assert [c["advantage"] for c in g["completions"]] == (
+                rollout.advantages[group].tolist() if g["kept"] else [None] * 4)
+            assert [c["finished"] for c in g["completions"]] == [c.finished for c in rollout.completions[group]]
+        assert any(g["kept"] for g in groups) and any(not g["kept"] for g in groups)
+
+
+class _FakeTracker:
+    """Stands in for the wandb and mlflow modules: records what the sinks send."""
+
+    def __init__(self):
+        self.calls = []
+        tracker = self
+
+        class Run:
+            info = type("Info", (), {"run_id": "fake-run"})()
+
+            def log(self, values, step):
+                tracker.calls.append(("log", step, values))
+
+            def finish(self):
+                tracker.calls.append(("finish",))
+
+        self.Run = Run
+
+    # wandb
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        return self.Run()
+
+    def Html(self, text):  # noqa: N802 (wandb's spelling)
+        return ("html", text)
+
+    # mlflow
+    def set_experiment(self, name):
+        self.calls.append(("set_experiment", name))
+
+    def start_run(self, run_id=None, run_name=None):
+        self.calls.append(("start_run", run_id, run_name))
+        return self.Run()
+
+    def log_params(self, params):
+        self.calls.append(("log_params", params))
+
+    def log_metrics(self, values, step):
+        self.calls.append(("log", step, values))
+
+    def log_text(self, text, path):
+        self.calls.append(("log_text", path, text))
+
+    def end_run(self):
+        self.calls.append(("finish",))
+
+
+@pytest.mark.parametrize("sink", ["wandb", "mlflow"])
+def test_wandb_and_mlflow_sinks_get_every_metric_and_the_rollouts(tiny_model_dir, tmp_path, monkeypatch, sink):
+    fake = _FakeTracker()
+    monkeypatch.setitem(sys.modules, sink, fake)
+    run = tmp_path / "run"
+    trainer = _refill_trainer(tiny_model_dir, run, logging=[sink], rollout_log_every=1, steps=2)
+    trainer.run()
+    rows, finite = _finite_columns(run / "metrics.csv")
+    logged = {}
+    for call in fake.calls:
+        if call[0] == "log":
+            logged.setdefault(call[1], {}).update(call[2])
+    for r in rows:
+        step = int(r["step"])
+        metrics = {k[len("train/"):]: v for k, v in logged[step].items() if k.startswith("train/")}
+        assert metrics == {c: pytest.approx(float(r[c])) for c in finite if math.isfinite(float(r[c]))}
+    assert fake.calls[-1] == ("finish",)
+    if sink == "wandb":
+        init = fake.calls[0][1]
+        assert init["resume"] == "allow" and init["dir"] == str(run) and init["config"]["steps"] == 2
+        for step in (1, 2):
+            kind, text = logged[step]["rollouts"]
+            assert kind == "html" and text.startswith("<pre>### ") and "reward 1 advantage" in text
+    else:
+        assert (run / "mlflow_run_id").read_text() == "fake-run\n"
+        assert [c[1] for c in fake.calls if c[0] == "log_text"] == [f"rollouts/step-00000{s}.md" for s in (1, 2)]
+
+
+def test_a_sink_whose_package_is_missing_fails_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
+    import rsgrpo.train as train_mod
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    monkeypatch.setattr(train_mod, "Actor", lambda *a, **k: pytest.fail("the model was loaded"))
+    cfg = from_dict(dict(model_dir=str(tiny_model_dir), engine="hf", progress=False, logging=["tensorboard", "wandb"]))
+    trainer = Trainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:")
+    with pytest.raises(ValueError, match=r"config key 'logging' asks for the 'wandb' sink, but its package 'wandb' "
+                                         r"does not import .*install it with pip install 'rsgrpo\[wandb\]'"):
+        trainer.setup()

@@ -1,10 +1,12 @@
 """Running the real ``train`` verb in a subprocess, for the resume and multi-rank tests.
 
-The entry point is a wrapper of ``rsgrpo.cli.main`` that registers a deterministic reward a random
-tiny model actually earns (``has_digit``: a digit in the completion), so updates are non-trivial (the
-real math grader would give a random model reward 0 everywhere). Two test hooks, read from the
-environment by every rank: ``RSGRPO_TEST_STEP_SLEEP`` (seconds added to each step, to give a kill
-a wide window) and ``RSGRPO_TEST_FAIL`` (``rank:step``: that rank raises at that 0-based step).
+The entry point is a wrapper of ``rsgrpo.cli.main`` that registers deterministic rewards a random
+tiny model actually earns (``has_digit``: a digit in the completion; ``has_digit_even_ids``: the same
+for even record ids only, so half the prompts carry no signal and dynamic sampling refills steps),
+so updates are non-trivial (the real math grader would give a random model reward 0 everywhere).
+Two test hooks, read from the environment by every rank: ``RSGRPO_TEST_STEP_SLEEP`` (seconds added
+to each step, to give a kill a wide window) and ``RSGRPO_TEST_FAIL`` (``rank:step``: that rank
+raises at that 0-based step).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from rsgrpo.rewards import register
 def has_digit(*, completions, answers, problems, records):
     return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
 
+@register("has_digit_even_ids")
+def has_digit_even_ids(*, completions, answers, problems, records):
+    # prompts with an odd id never earn a reward: their groups carry no signal, so dynamic sampling
+    # drops them and refills the step
+    return [0.0 if int(r["id"][1:]) % 2 else float(any(ch.isdigit() for ch in c))
+            for c, r in zip(completions, records)]
+
 _step = train.Trainer.train_step
 _sleep = float(os.environ.get("RSGRPO_TEST_STEP_SLEEP", "0"))
 _fail = os.environ.get("RSGRPO_TEST_FAIL")
@@ -57,7 +66,8 @@ def write_run_inputs(tmp_path: Path, model_dir: Path, **overrides) -> tuple[Path
                             + "\n" for i in range(6)))
     settings = dict(model_dir=str(model_dir), train_data=str(data), steps=6, prompts_per_step=2,
                     samples_per_prompt=4, max_new_tokens=8, lr=1.0e-3, engine="hf", micro_batch_size=3,
-                    checkpoint_every=2, keep_last=2, progress=False, ppo_epochs=2, seed=5, reward_kind="has_digit")
+                    checkpoint_every=2, keep_last=2, progress=False, ppo_epochs=2, seed=5,
+                    reward_kind="has_digit_even_ids", logging=[])
     settings.update(overrides)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
@@ -102,23 +112,34 @@ def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict) -> int
 
 
 class FixedEngine:
-    """Rollout engine returning hand-made completions per prompt (for gradient tests)."""
+    """Rollout engine returning hand-made completions per prompt (for gradient tests). A text in
+    ``cut`` is cut off at ``params.max_tokens`` tokens without EOS (``finished=False``), as an
+    engine cuts a completion that reaches the length limit; every other text ends with EOS."""
 
-    def __init__(self, tokenizer, table):
+    def __init__(self, tokenizer, table, cut=()):
         from rsgrpo.rollout import encode_prompts
 
-        self.tok, self.table, self.encode = tokenizer, table, encode_prompts
+        self.tok, self.table, self.encode, self.cut = tokenizer, table, encode_prompts, set(cut)
         self.loads = 0
+        self.prompts = []  # every prompt generated for, in order
 
     def generate(self, prompts, params, *, seeds=None):
         from rsgrpo.rollout import Completion
 
         out = []
+        self.prompts += list(prompts)
         for prompt, ids in zip(prompts, self.encode(self.tok, prompts)):
             texts = self.table[prompt]
             assert len(texts) == params.n
-            out.append([Completion(list(ids), self.tok(t, add_special_tokens=False)["input_ids"]
-                                   + [self.tok.eos_token_id], t, True) for t in texts])
+            group = []
+            for t in texts:
+                tokens = self.tok(t, add_special_tokens=False)["input_ids"]
+                if t in self.cut:
+                    tokens = tokens[:params.max_tokens]
+                    group.append(Completion(list(ids), tokens, self.tok.decode(tokens), False))
+                else:
+                    group.append(Completion(list(ids), tokens + [self.tok.eos_token_id], t, True))
+            out.append(group)
         return out
 
     def load_weights(self, model):
