@@ -13,7 +13,7 @@ tells a sink where the run picks up. A new sink is one registered class plus its
 * ``mlflow``: MLflow, one MLflow run per run directory (its id kept in ``<run_dir>/mlflow_run_id``).
   Experiment from ``MLFLOW_EXPERIMENT_NAME`` (default ``rsgrpo``), server or local store from
   ``MLFLOW_TRACKING_URI`` (offline: ``sqlite:///runs/mlflow.db``; MLflow 3 refuses its old ``file:``
-  store). Rollout samples are artifacts.
+  store). Rollout samples are artifacts (with a sqlite store, under ``./mlruns``).
 
 A sink whose package is not installed is a clear error when it is asked for (:func:`check_available`,
 called before any model loads), never a silent no-op.
