@@ -23,7 +23,13 @@ Common keys: ``name`` (used in error messages and default ids ``<name>-<index>``
 in the source), ``id_field`` (default: the source's ``id`` column when every row has one),
 ``dedup`` (drop repeated problems, keeping the first), ``limit`` (keep the first N records),
 ``extra_fields`` (``{record field: source path}``: more columns copied into each record, e.g.
-``{"difficulty": "difficulty"}``; rewards see every record field, see :mod:`rsgrpo.rewards`).
+``{"difficulty": "difficulty"}``; rewards see every record field, see :mod:`rsgrpo.rewards`),
+``answer_format`` (``any``, the default, or ``integer``: the final answer must be written as a
+literal integer before math-verify compares it, so restating the question, "5 + 8", is wrong; every
+gold answer must then be a literal integer; see :mod:`rsgrpo.grading.answer_format`). A non-default
+format is stored in each record's ``answer_format`` field, so it travels with a prepared file to the
+trainer's rewards and the scorer; a spec without the key takes the field from the rows (a prepared
+file), and the records of an ``any`` dataset have no such field.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ SOURCES = ("hf", "local", "generator")
 PROMPT_TEMPLATES = ("chat", "plain")
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_FIELDS = {"problem": "problem", "answer": "answer"}
+# spec key and record field of the answer format: rsgrpo.grading.answer_format.ANSWER_FORMAT_FIELD,
+# repeated so that importing this module does not import the grading package
+ANSWER_FORMAT_KEY = "answer_format"
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,22 +125,52 @@ def _extra_fields(spec: dict, dataset: str) -> dict[str, str]:
     if not isinstance(extras, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extras.items()):
         raise ValueError(f"dataset {dataset!r}: 'extra_fields' must map record field names to source "
                          f"field paths, got {extras!r}")
-    reserved = sorted(set(extras) & {"id", *DEFAULT_FIELDS})
+    reserved = sorted(set(extras) & {"id", *DEFAULT_FIELDS, ANSWER_FORMAT_KEY})
     if reserved:
-        raise ValueError(f"dataset {dataset!r}: 'extra_fields' cannot name {reserved} (use 'id_field' "
-                         "and 'fields' for those)")
+        raise ValueError(f"dataset {dataset!r}: 'extra_fields' cannot name {reserved} (use 'id_field', "
+                         "'fields' and 'answer_format' for those)")
     return extras
 
 
+def _spec_answer_format(spec: dict, dataset: str) -> str | None:
+    """The spec's ``answer_format`` (checked), or None when the spec does not set it."""
+    if ANSWER_FORMAT_KEY not in spec:
+        return None
+    from .grading.answer_format import check_answer_format
+
+    return check_answer_format(spec[ANSWER_FORMAT_KEY], f"dataset {dataset!r}")
+
+
+def _set_answer_format(record: dict, row: Any, spec_format: str | None, dataset: str, index: int) -> None:
+    """Store a non-default answer format in ``record`` (the spec's, else the row's own field) and
+    check that an ``integer`` record's gold is a literal integer."""
+    answer_format = spec_format
+    if answer_format is None and isinstance(row, dict) and ANSWER_FORMAT_KEY in row:
+        answer_format = row[ANSWER_FORMAT_KEY]
+        where = f"dataset {dataset!r}, row {index} (id {record['id']!r}) field {ANSWER_FORMAT_KEY!r}"
+    else:
+        where = f"dataset {dataset!r}"
+    if answer_format is None or answer_format == "any":
+        return
+    from .grading.answer_format import check_answer_format, is_integer_literal
+
+    check_answer_format(answer_format, where)
+    if not is_integer_literal(record["answer"]):
+        raise ValueError(f"dataset {dataset!r}: answer_format is {answer_format!r} but record "
+                         f"{record['id']!r} has the answer {record['answer']!r}, which is not a literal integer")
+    record[ANSWER_FORMAT_KEY] = answer_format
+
+
 def _canonical_records(rows: Iterable[dict], spec: dict, dataset: str) -> list[dict]:
-    """Map source rows to ``{id, problem, answer, <extra fields>}`` with the spec's fields, ids,
-    dedup and limit."""
+    """Map source rows to ``{id, problem, answer, <extra fields>, [answer_format]}`` with the spec's
+    fields, ids, answer format, dedup and limit."""
     fields = {**DEFAULT_FIELDS, **(spec.get("fields") or {})}
     unknown = set(fields) - set(DEFAULT_FIELDS)
     if unknown:
         raise ValueError(f"dataset {dataset!r}: unknown keys in 'fields': {sorted(unknown)} "
                          f"(allowed: {sorted(DEFAULT_FIELDS)})")
     extras = _extra_fields(spec, dataset)
+    spec_format = _spec_answer_format(spec, dataset)
     rows = list(rows)
     id_field = spec.get("id_field")
     if id_field is None and rows and all(isinstance(r, dict) and "id" in r for r in rows):
@@ -165,6 +204,7 @@ def _canonical_records(rows: Iterable[dict], spec: dict, dataset: str) -> list[d
                 raise ValueError(f"dataset {dataset!r}, row {index} (id {record['id']!r}): extra field "
                                  f"{path!r} (for {key!r}) is missing")
             record[key] = _plain(value)
+        _set_answer_format(record, row, spec_format, dataset, index)
         records.append(record)
 
     if spec.get("dedup"):
@@ -257,7 +297,8 @@ def load_records(spec: dict) -> list[dict]:
 
     See the module docstring for the spec keys. Raises ValueError naming the dataset or file, the
     field and the offending value for: unknown source/generator, a missing field, an empty
-    problem or answer, duplicate ids.
+    problem or answer, duplicate ids, an unknown answer format, a non-integer gold answer of an
+    ``integer`` dataset.
     """
     if not isinstance(spec, dict):
         raise ValueError(f"a dataset spec must be a mapping, got {type(spec).__name__}: {spec!r}")
@@ -281,13 +322,14 @@ def load_records(spec: dict) -> list[dict]:
         if generator not in GENERATORS:
             raise ValueError(f"unknown generator {generator!r}; known generators: "
                              f"{', '.join(sorted(GENERATORS))}")
-        options = {k: v for k, v in spec.items() if k not in ("source", "name", "dedup", "limit")}
+        common = ("dedup", "limit", ANSWER_FORMAT_KEY)
+        options = {k: v for k, v in spec.items() if k not in ("source", "name", *common)}
         try:
             records = GENERATORS[generator](**options)
         except TypeError as exc:
             raise ValueError(f"generator {generator!r}: bad options {sorted(options)} ({exc})") from exc
-        return _canonical_records(records, {"dedup": spec.get("dedup"), "limit": spec.get("limit"),
-                                            "id_field": "id"}, f"generator:{generator}")
+        return _canonical_records(records, {"id_field": "id", **{k: spec[k] for k in common if k in spec}},
+                                  f"generator:{generator}")
     raise ValueError(f"unknown dataset source {source!r}; allowed sources: {', '.join(SOURCES)}")
 
 

@@ -98,10 +98,13 @@ def compute(name: str, *, completions: Sequence[str], answers: Sequence[str], pr
 @register("binary")
 def binary(*, completions, answers, problems, records, workers: int | None = None,
            timeout: float = 5.0) -> list[float]:
-    """1.0 when math-verify accepts the completion's final answer, else 0.0 (the paper's reward)."""
+    """1.0 when math-verify accepts the completion's final answer, else 0.0 (the paper's reward).
+    The answer must also have the format its record asks for (field ``answer_format``, see
+    :mod:`rsgrpo.grading.answer_format`: under ``integer`` a restated "5 + 8" is wrong)."""
     from .grading import grade_report
 
-    report = grade_report(answers, completions, workers=workers, timeout=timeout)
+    report = grade_report(answers, completions, workers=workers, timeout=timeout,
+                          answer_formats=_answer_formats(records))
     return [1.0 if verdict else 0.0 for verdict in report.verdicts]
 
 
@@ -109,13 +112,23 @@ def binary(*, completions, answers, problems, records, workers: int | None = Non
 def partial(*, completions, answers, problems, records, workers: int | None = None,
             timeout: float = 5.0) -> list[float]:
     """1.0 correct; :data:`PARTIAL_FORMAT_CREDIT` for a wrong (or timed out) answer given in a complete
-    ``\\boxed{}``; 0.0 without a boxed answer (fallback phrases earn no format credit). It exists to
-    exercise continuous rewards in the advantage estimators."""
+    ``\\boxed{}``; 0.0 without a boxed answer (fallback phrases earn no format credit) or with a boxed
+    answer of the wrong format (``not_integer``: the format is part of what the credit is for). Formats
+    as in :func:`binary`. It exists to exercise continuous rewards in the advantage estimators."""
     from .grading import grade_report
+    from .grading.report import NOT_INTEGER
 
-    report = grade_report(answers, completions, workers=workers, timeout=timeout)
-    return [1.0 if verdict else (PARTIAL_FORMAT_CREDIT if source == "boxed" else 0.0)
-            for verdict, source in zip(report.verdicts, report.sources)]
+    report = grade_report(answers, completions, workers=workers, timeout=timeout,
+                          answer_formats=_answer_formats(records))
+    return [1.0 if verdict else (PARTIAL_FORMAT_CREDIT if source == "boxed" and status != NOT_INTEGER else 0.0)
+            for verdict, source, status in zip(report.verdicts, report.sources, report.status)]
+
+
+def _answer_formats(records) -> list[str]:
+    """Each prompt's answer format, from its record (absent = the default, ``any``)."""
+    from .grading import record_answer_format
+
+    return [record_answer_format(record) for record in records]
 
 
 # ------------------------------------------------------------------------------------------------

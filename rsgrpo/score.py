@@ -7,7 +7,8 @@ Outputs:
 
 * graded samples parquet = the samples in their original order (benchmark by benchmark) plus
   ``benchmark``, ``extracted`` (final answer or null), ``correct`` (bool) and ``grade_status``
-  (see :class:`rsgrpo.grading.GradeReport`);
+  (see :class:`rsgrpo.grading.GradeReport`; ``not_integer`` where the benchmark's records ask for an
+  integer answer, field ``answer_format`` written by prepare-data, and the answer is not one);
 * ``passk.csv``: per benchmark, one row per k in 1, 2, 4, ..., n (n = samples per problem,
   included even when not a power of two) with ``benchmark, k, pass_at_k, ci_low, ci_high,
   n_problems, n_samples``: the unbiased estimator averaged over problems, percentile bootstrap CI
@@ -111,7 +112,7 @@ def score(
     import pandas as pd
 
     from .data import load_records
-    from .grading import grade_report
+    from .grading import grade_report, record_answer_format
     from .passk import bootstrap_ci, pass_at_k, powers_of_two
 
     samples_paths = [Path(p) for p in _as_list(samples, "samples file")]
@@ -123,16 +124,19 @@ def score(
     if len(set(names)) != len(names):
         raise ValueError(f"benchmark names must be distinct, got {names}")
 
-    frames, golds, ns = [], [], []
+    frames, golds, formats, ns = [], [], [], []
     for samples_path, benchmark_path in zip(samples_paths, benchmark_paths):
         df = _read_samples(samples_path)
         records = load_records({"source": "local", "path": str(benchmark_path)})
         answers = {r["id"]: r["answer"] for r in records}
+        answer_formats = {r["id"]: record_answer_format(r) for r in records}
         ns.append(_check_consistency(df, answers, samples_path, benchmark_path))
         frames.append(df)
         golds += [answers[pid] for pid in df["problem_id"]]
+        formats += [answer_formats[pid] for pid in df["problem_id"]]
     texts = ["" if pd.isna(t) else str(t) for df in frames for t in df["text"]]  # missing text: no answer
-    report = grade_report(golds, texts, workers=workers, timeout=timeout, progress=progress)
+    report = grade_report(golds, texts, workers=workers, timeout=timeout, progress=progress,
+                          answer_formats=formats)
     print(f"score: {', '.join(names)}: {report.summary()}", file=sys.stderr)
 
     graded_frames, passk_frames = [], []

@@ -8,7 +8,8 @@ Prepares SmolLM2 (``rsgrpo.models.prepare_model({"source": "smollm2"})``) if nee
 2. evaluates the initial model on the held-out set: ``--eval-samples`` completions per problem
    (default 4) at the training sampling settings (temperature, top_p, max_new_tokens);
 3. trains with ``rsgrpo.train.Trainer`` (the code behind ``python -m rsgrpo train``: transformers
-   rollouts, math-verify rewards, RS-GRPO advantages, dynamic sampling, DeepSpeed AdamW);
+   rollouts, the ``binary`` math-verify reward, RS-GRPO advantages, dynamic sampling, DeepSpeed
+   AdamW);
 4. evaluates the final checkpoint on the same held-out problems with the SAME per-sample seeds
    (common random numbers: the before/after difference is not inflated by sampling noise of
    the two runs being independent);
@@ -16,30 +17,33 @@ Prepares SmolLM2 (``rsgrpo.models.prepare_model({"source": "smollm2"})``) if nee
 and prints
 
 * the training reward of every step, and the mean of the first vs the last ``--window`` steps;
-* held-out accuracy before and after under TWO graders: math-verify (``rsgrpo.grading``, exactly
-  the training reward) and a strict check (the last integer written in the completion equals the
-  answer), each as mean per-problem pass@1 (= correct / samples, ``rsgrpo.passk.pass_at_k``) and
-  pass@k for k = samples, with a percentile-bootstrap 95% CI over problems
-  (``rsgrpo.passk.bootstrap_ci``), the paired after - before difference with a paired bootstrap CI
-  (``rsgrpo.passk.paired_difference``), and how many problems got better / worse.
+* held-out accuracy before and after under three graders: the guarded reward (``binary`` on records
+  with ``answer_format: integer``, exactly the training reward and the demo's, config/demo.yaml),
+  a strict check independent of ``rsgrpo.grading`` (the last integer written in the completion
+  equals the answer), and plain math-verify (``binary`` without the format); each as mean
+  per-problem pass@1 (= correct / samples, ``rsgrpo.passk.pass_at_k``) and pass@k for k = samples,
+  with a percentile-bootstrap 95% CI over problems (``rsgrpo.passk.bootstrap_ci``), the paired
+  after - before difference with a paired bootstrap CI (``rsgrpo.passk.paired_difference``), and
+  how many problems got better / worse;
+* how many held-out completions give a final answer that restates an expression (not a literal
+  integer, e.g. "5 + 8") and are counted correct: by plain math-verify, and by the guarded grader
+  (which must count none).
 
-Why two graders: math-verify compares expressions symbolically, so "The answer is 5 + 8." counts
-as correct for "What is 5 + 8?". With these settings the policy learns exactly that shortcut
-(restating the sum, ~10 tokens), which the training reward and the math-verify held-out accuracy
-both reward; the strict grader shows whether the model actually writes the number.
-``--reward both`` trains on math-verify AND strict instead (a reward without that shortcut; its run
-lives in ``<out>/run-both``, its summary in ``<out>/learning-both.json``). Every held-out
-completion and both verdicts are written to ``<out>/eval_before.jsonl`` / ``eval_after.jsonl``.
+Why the guard: math-verify compares expressions symbolically, so "The answer is 5 + 8." is correct
+for "What is 5 + 8?", and RL on plain math-verify learns exactly that shortcut (restating the sum
+is short and always right). The ``integer`` answer format (``rsgrpo.grading.answer_format``) grades
+only a literal integer. ``--reward plain`` trains on plain math-verify instead (records without the
+format; its run lives in ``<out>/run-plain``, its summary in ``<out>/learning-plain.json``), to
+watch the shortcut appear. Every held-out completion, its extracted answer and the three verdicts
+are written to ``<out>/eval_before.jsonl`` / ``eval_after.jsonl``.
 
-Default budget (~11 min of training and ~2 min per evaluation on 2 otherwise idle CPU cores; several
-times that when the cores are shared): level-1
-arithmetic (one-digit sums a + b: 100 distinct texts, 64 held out, 36 to train on), 16
-steps of 4 prompts x 8 samples, temperature 0.6, top_p 0.9, 64 new tokens, lr 5e-5, beta 2.
-Why these: the paper's lr 1e-6 is tuned for hundreds of steps of 512 x 16 samples and does not
-move a 135M model measurably in a few small steps; at temperature 1.0 SmolLM2 rambles and the
-reward is ~0.03 (most groups are dropped by dynamic sampling), at 0.6 / top_p 0.9 the base model
-solves ~10% of samples, so groups with a non-zero advantage exist from the first step (the demo's
-settings, config/demo.yaml). The held-out set is never used to choose any of these.
+Default budget: level-1 arithmetic (one-digit sums a + b: 100 distinct texts, 64 held out, 36 to
+train on), 16 steps of 4 prompts x 8 samples, temperature 0.6, top_p 0.9, 64 new tokens, lr 5e-5,
+beta 2. Why these: the paper's lr 1e-6 is tuned for hundreds of steps of 512 x 16 samples and does
+not move a 135M model measurably in a few small steps; at temperature 1.0 SmolLM2 rambles and
+almost no group has a correct sample (dynamic sampling drops them), at 0.6 / top_p 0.9 some do
+from the first step (the demo's settings). The held-out set is never used to choose any of these.
+The script prints its own timings.
 
     python scripts/learning_smollm2.py --out runs/learning_smollm2 [--fresh]
 
@@ -69,9 +73,12 @@ sys.path.insert(0, str(ROOT))
 
 from rsgrpo import rewards  # noqa: E402
 
+# The demo's guard (config/demo.yaml, train set and benchmark): only a literal integer is graded.
+ANSWER_FORMAT = "integer"
+
 
 def split_problems(levels: list[int], eval_n: int, train_n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Held-out and training records, disjoint by problem text.
+    """Held-out and training records, disjoint by problem text, with ``answer_format: integer``.
 
     The generator draws problems with replacement, so its distinct texts are collected from a large
     draw (seed ``seed``), sorted, shuffled with ``seed`` and cut: the first ``eval_n`` are held out,
@@ -80,7 +87,7 @@ def split_problems(levels: list[int], eval_n: int, train_n: int, seed: int) -> t
     from rsgrpo.data import load_records
 
     pool = load_records({"source": "generator", "name": "arithmetic", "n": 20000, "seed": seed,
-                         "difficulty": levels})
+                         "difficulty": levels, "answer_format": ANSWER_FORMAT})
     distinct: dict[str, dict] = {}
     for r in pool:
         distinct.setdefault(r["problem"], r)
@@ -96,36 +103,38 @@ def split_problems(levels: list[int], eval_n: int, train_n: int, seed: int) -> t
     return held_out, train
 
 
+def without_format(records: list[dict]) -> list[dict]:
+    """The records as a dataset of the default format (``any``: plain math-verify) sees them."""
+    return [{k: v for k, v in r.items() if k != "answer_format"} for r in records]
+
+
 LAST_INTEGER = re.compile(r"-?\d+")
 
 
 def strict_correct(text: str, gold: str) -> bool:
     """The LAST integer literal written in the completion equals the (integer) gold answer.
 
-    Why a second grader: math-verify compares expressions symbolically, so a completion that just
-    restates the question ("The answer is 5 + 8.") is graded correct for "What is 5 + 8?" (5 + 8 =
-    13). RL finds that shortcut. This check requires the number itself to be written."""
+    An independent check of the guarded grader, sharing no code with ``rsgrpo.grading``: a
+    completion that restates the question ("The answer is 5 + 8.") writes no 13, so it fails here
+    whatever math-verify makes of it."""
     found = LAST_INTEGER.findall(text.replace(",", ""))
     return bool(found) and int(found[-1]) == int(gold)
 
 
-@rewards.register("binary_and_strict")
-def binary_and_strict(*, completions, answers, problems, records):
-    """Reward of ``--reward both``: math-verify AND the number itself written last."""
-    verdicts = rewards.compute("binary", completions=completions, answers=answers, problems=problems,
-                               records=records, settings={"workers": 0})
-    return [float(bool(v) and strict_correct(t, g)) for v, t, g in zip(verdicts, completions, answers)]
+GRADERS = ("guarded", "strict", "math_verify")
 
 
 def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: float, top_p: float,
-             max_new_tokens: int, seed: int, batch_size: int, dump: Path) -> tuple[list[int], list[int], list[int]]:
-    """Correct-sample counts per problem (``samples`` completions each): by math-verify
-    (``rsgrpo.grading``, binary), by :func:`strict_correct`, and by both at once. Every completion
-    and its verdicts are written to ``dump`` (JSONL).
+             max_new_tokens: int, seed: int, batch_size: int, dump: Path) -> tuple[dict, dict]:
+    """Correct-sample counts per problem (``samples`` completions each) under each of
+    :data:`GRADERS`, and the counts of completions whose final answer restates an expression (an
+    extracted answer that is not a literal integer): in all, and counted correct by each grader.
+    Every completion, its extracted answer and its verdicts are written to ``dump`` (JSONL).
 
     Problem ``i`` samples with the per-problem seed ``(seed, i)``, so two evaluations of different
     checkpoints draw the same random numbers for the same problem."""
     from rsgrpo.data import build_prompt
+    from rsgrpo.grading import extract_answer, is_integer_literal
     from rsgrpo.models import load_policy
     from rsgrpo.rollout import SamplingParams, make_engine, row_seed
 
@@ -136,17 +145,27 @@ def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: 
     comps = engine.generate(prompts, params, seeds=[row_seed(seed, i) for i in range(len(records))])
     engine.close()
     texts = [c.text for group in comps for c in group]
-    golds = [str(r["answer"]) for r in records for _ in range(samples)]
-    mv = rewards.compute("binary", completions=texts, answers=golds, problems=[""] * len(texts),
-                         records=[{}] * len(texts), settings={"workers": 0})
-    st = [strict_correct(t, g) for t, g in zip(texts, golds)]
+    per_sample = [r for r in records for _ in range(samples)]
+    golds = [str(r["answer"]) for r in per_sample]
+
+    def binary(sample_records):
+        verdicts = rewards.compute("binary", completions=texts, answers=golds, problems=[""] * len(texts),
+                                   records=sample_records, settings={"workers": 0})
+        return [bool(v) for v in verdicts]
+
+    verdicts = {"guarded": binary(per_sample), "strict": [strict_correct(t, g) for t, g in zip(texts, golds)],
+                "math_verify": binary(without_format(per_sample))}
+    extracted = [extract_answer(t) for t in texts]
+    restated = [a is not None and not is_integer_literal(a) for a in extracted]
     with open(dump, "w") as fh:
-        for k, (t, g, a, b) in enumerate(zip(texts, golds, mv, st)):
+        for k, (t, g, a) in enumerate(zip(texts, golds, extracted)):
             fh.write(json.dumps({"problem": records[k // samples]["problem"], "gold": g, "completion": t,
-                                 "math_verify": bool(a), "strict": bool(b)}) + "\n")
-    both = [bool(a) and b for a, b in zip(mv, st)]
+                                 "extracted": a, **{name: verdicts[name][k] for name in GRADERS}}) + "\n")
     per = lambda v: [int(sum(v[i * samples:(i + 1) * samples])) for i in range(len(records))]  # noqa: E731
-    return per(mv), per(st), per(both)
+    counts = {"restated_answers": sum(restated)}
+    for name in GRADERS:
+        counts[f"restated_correct_{name}"] = sum(r and v for r, v in zip(restated, verdicts[name]))
+    return {name: per(verdicts[name]) for name in GRADERS}, counts
 
 
 def fmt_ci(ci) -> str:
@@ -173,13 +192,13 @@ def main(argv=None) -> int:
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--window", type=int, default=4, help="steps averaged for first/last reward")
     ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the CIs")
-    ap.add_argument("--reward", choices=["math_verify", "both"], default="math_verify",
-                    help="training reward: math_verify = rsgrpo.grading (the trainer's own, binary); both = "
-                         "math-verify AND the last integer written equals the answer (closes the "
-                         "restate-the-question shortcut); trains in <out>/run-both")
+    ap.add_argument("--reward", choices=["guarded", "plain"], default="guarded",
+                    help="training reward: guarded = binary on answer_format integer records (the demo's: only "
+                         "a literal integer is graded); plain = binary on records without the format (plain "
+                         "math-verify, which accepts a restated '5 + 8'); trains in <out>/run-plain")
     ap.add_argument("--fresh", action="store_true",
-                    help="delete <out>/run first (default: a finished run of the same config is reused, "
-                         "only the evaluations are redone)")
+                    help="delete the run dir (<out>/run or <out>/run-plain) first (default: a finished run of "
+                         "the same config is reused, only the evaluations are redone)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -203,19 +222,20 @@ def main(argv=None) -> int:
     print(f"problems: {len(train)} training, {len(held_out)} held out (levels {levels}); "
           f"disjoint by problem text: {not ({r['problem'] for r in train} & {r['problem'] for r in held_out})}",
           flush=True)
-    train_path = write_records(train, out / "train.jsonl")
+    train_path = write_records(train if args.reward == "guarded" else without_format(train),
+                               out / f"train{'' if args.reward == 'guarded' else '-plain'}.jsonl")
     write_records(held_out, out / "held_out.jsonl")
     eval_kw = dict(samples=args.eval_samples, temperature=args.temperature, top_p=args.top_p,
                    max_new_tokens=args.max_new_tokens, seed=777, batch_size=64)
 
     t0 = time.time()
-    before = evaluate(str(model_dir), held_out, dump=out / "eval_before.jsonl", **eval_kw)
-    tag = "" if args.reward == "math_verify" else f"-{args.reward}"
+    before, restated_before = evaluate(str(model_dir), held_out, dump=out / "eval_before.jsonl", **eval_kw)
+    tag = "" if args.reward == "guarded" else f"-{args.reward}"
     eval_before_s = time.time() - t0
-    print(f"held-out before: {sum(before[0])} (math-verify) / {sum(before[1])} (strict) / {sum(before[2])} (both) of "
+    print(f"held-out before: {' / '.join(f'{sum(before[g])} ({g})' for g in GRADERS)} of "
           f"{len(held_out) * args.eval_samples} samples correct ({eval_before_s:.0f}s)", flush=True)
 
-    run_dir = out / ("run" if args.reward == "math_verify" else f"run-{args.reward}")
+    run_dir = out / f"run{tag}"
     if args.fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
     cfg = from_dict({
@@ -224,7 +244,7 @@ def main(argv=None) -> int:
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
         "lr": args.lr, "method": "rs_grpo", "method_params": {"beta": args.beta}, "engine": "hf",
         "micro_batch_size": 16, "checkpoint_every": 0, "keep_last": 1, "run_dir": str(run_dir),
-        "grading_workers": 0, "seed": 0, "reward_kind": "binary_and_strict" if args.reward == "both" else "binary",
+        "grading_workers": 0, "seed": 0, "reward_kind": "binary",
     }, "learning_smollm2")
     t1 = time.time()
     # A run dir holding the finished run of the SAME config (the trainer checks the config and
@@ -239,15 +259,16 @@ def main(argv=None) -> int:
     step_seconds = [float(r["time_generate"]) + float(r["time_grade"]) + float(r["time_update"]) for r in rows]
 
     t2 = time.time()
-    after = evaluate(manifest["final_checkpoint"], held_out, dump=out / f"eval_after{tag}.jsonl", **eval_kw)
+    after, restated_after = evaluate(manifest["final_checkpoint"], held_out, dump=out / f"eval_after{tag}.jsonl",
+                                     **eval_kw)
     eval_after_s = time.time() - t2
 
     n = args.eval_samples
     bkw = dict(n_boot=args.bootstrap, seed=0)
     interval = lambda ci: {"mean": float(ci.mean), "low": float(ci.low), "high": float(ci.high)}  # noqa: E731
     graders = {}
-    for gi, grader in enumerate(("math_verify", "strict", "both")):
-        cb, ca = np.array(before[gi]), np.array(after[gi])
+    for grader in GRADERS:
+        cb, ca = np.array(before[grader]), np.array(after[grader])
         res = {"correct_before": cb.tolist(), "correct_after": ca.tolist(),
                "problems_better": int((ca > cb).sum()), "problems_worse": int((ca < cb).sum())}
         for k in sorted({1, n}):
@@ -270,12 +291,12 @@ def main(argv=None) -> int:
         "step_seconds": step_seconds,
         f"reward_first_{w}": first, f"reward_last_{w}": last,
         "cumulative_solve_rate_final": float(rows[-1]["cumulative_solve_rate"]),
-        "held_out": graders,
+        "held_out": graders, "restated_before": restated_before, "restated_after": restated_after,
         "eval_before_seconds": eval_before_s, "train_seconds_this_call": train_s,
         "train_seconds_recorded": sum(step_seconds), "eval_after_seconds": eval_after_s,
         "total_seconds": time.time() - t_start,
     }
-    summary_file = out / f"learning{'' if args.reward == 'math_verify' else '-' + args.reward}.json"
+    summary_file = out / f"learning{tag}.json"
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")
 
     print()
@@ -291,10 +312,10 @@ def main(argv=None) -> int:
     print(f"held-out: {len(held_out)} problems disjoint from training, {n} samples each, same seeds before/after; "
           f"mean over problems, percentile bootstrap 95% CI ({args.bootstrap} resamples of problems)")
     for grader, res in graders.items():
-        label = {"math_verify": "math-verify (rsgrpo.grading)",
+        label = {"guarded": "guarded (binary, answer_format integer)",
                  "strict": "strict (last integer written == answer)",
-                 "both": "math-verify AND strict"}[grader]
-        if grader == args.reward:
+                 "math_verify": "plain math-verify (binary, answer_format any)"}[grader]
+        if grader == {"guarded": "guarded", "plain": "math_verify"}[args.reward]:
             label += " (= the training reward)"
         print(f"  grader {label}:")
         for k in sorted({1, n}):
@@ -303,6 +324,12 @@ def main(argv=None) -> int:
             print(f"    pass@{k} after - before (paired) {fmt_ci(_ci(res[f'pass{k}_diff']))}")
         print(f"    problems with more / fewer correct samples after training: "
               f"{res['problems_better']} / {res['problems_worse']}")
+    print("held-out completions whose final answer restates an expression (not a literal integer), and how many "
+          "of them each grader counts correct:")
+    for when, counts in (("before", restated_before), ("after", restated_after)):
+        print(f"  {when}: {counts['restated_answers']} restated; counted correct by plain math-verify "
+              f"{counts['restated_correct_math_verify']}, by the guarded grader {counts['restated_correct_guarded']}, "
+              f"by strict {counts['restated_correct_strict']}")
     print(f"completions and verdicts: {out / 'eval_before.jsonl'}, {out / f'eval_after{tag}.jsonl'}")
     print(f"time: eval before {eval_before_s:.0f}s, training {sum(step_seconds):.0f}s recorded for {len(rows)} steps "
           f"({train_s:.0f}s in this call), eval after {eval_after_s:.0f}s, total {time.time() - t_start:.0f}s; "

@@ -288,6 +288,94 @@ def test_extra_fields_reach_the_records_and_survive_prepare(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# answer formats
+# ---------------------------------------------------------------------------------------------
+
+ARITHMETIC = {"source": "generator", "name": "arithmetic", "n": 40, "seed": 3}
+
+
+def test_any_format_records_are_unchanged(tmp_path):
+    """The default format adds nothing to the records, so a prepared file (and the trainer's
+    records hash, which covers every record field) is the same as before formats existed."""
+    import hashlib
+
+    default = load_records(ARITHMETIC)
+    assert load_records({**ARITHMETIC, "answer_format": "any"}) == default
+    assert {tuple(sorted(r)) for r in default} == {("answer", "id", "problem")}
+    prepared = write_records(default, tmp_path / "any.jsonl").read_bytes()
+    # sha256 of this file as written before answer formats existed
+    assert hashlib.sha256(prepared).hexdigest() == "d423df699f6fd0fa59a449efe54da6dbd85e46d8c45a44522a5fff13964c2feb"
+
+
+def test_integer_format_travels_with_the_prepared_records(tmp_path):
+    from rsgrpo.grading import ANSWER_FORMAT_FIELD
+
+    spec = {**ARITHMETIC, "difficulty": [1, 2, 3, 4], "answer_format": "integer"}
+    records = load_records(spec)
+    assert data.ANSWER_FORMAT_KEY == ANSWER_FORMAT_FIELD == "answer_format"
+    assert {r["answer_format"] for r in records} == {"integer"}
+    assert [{k: v for k, v in r.items() if k != "answer_format"} for r in records] == load_records(
+        {k: v for k, v in spec.items() if k != "answer_format"})
+    # the trainer and the scorer read the prepared file with a bare local spec: the field is kept
+    prepared = tmp_path / "train.jsonl"
+    assert cli_main(["prepare-data", "--spec", json.dumps(spec), "--out", str(prepared)]) == 0
+    assert load_records({"source": "local", "path": str(prepared)}) == records
+    # a spec's own key wins over the rows' field
+    assert "answer_format" not in load_records({"source": "local", "path": str(prepared), "answer_format": "any"})[0]
+
+
+def test_integer_format_with_fraction_answers_fails_at_load_time():
+    # level 5 of the generator answers with fractions
+    with pytest.raises(ValueError, match=r"dataset 'generator:arithmetic': answer_format is 'integer' but record "
+                                         r"'arithmetic-0000' has the answer '\\\\frac\{16\}\{15\}', which is not a "
+                                         r"literal integer"):
+        load_records({**ARITHMETIC, "difficulty": [5], "answer_format": "integer"})
+
+
+def test_answer_format_errors_name_dataset_and_value(tmp_path):
+    with pytest.raises(ValueError, match="dataset 'generator:arithmetic': answer_format must be one of 'any', "
+                                         "'integer', got 'int'"):
+        load_records({**ARITHMETIC, "answer_format": "int"})
+    path = _write_jsonl(tmp_path / "set.jsonl", [{"id": "a", "problem": "Q", "answer": "3"},
+                                                 {"id": "b", "problem": "Q2", "answer": "x+1"}])
+    with pytest.raises(ValueError, match=r"set.jsonl': answer_format is 'integer' but record 'b' has the answer "
+                                         r"'x\+1'"):
+        load_records({"source": "local", "path": str(path), "answer_format": "integer"})
+    edited = _write_jsonl(tmp_path / "edited.jsonl", [{"id": "a", "problem": "Q", "answer": "3",
+                                                       "answer_format": "integers"}])
+    with pytest.raises(ValueError, match=r"edited.jsonl', row 0 \(id 'a'\) field 'answer_format': answer_format "
+                                         r"must be one of 'any', 'integer', got 'integers'"):
+        load_records({"source": "local", "path": str(edited)})
+    with pytest.raises(ValueError, match=r"'extra_fields' cannot name \['answer_format'\]"):
+        load_records({"source": "local", "path": str(path), "extra_fields": {"answer_format": "answer"}})
+
+
+def test_shipped_configs_set_integer_formats_where_answers_are_integers():
+    from rsgrpo.plan import load_workflow_config
+
+    grid = load_workflow_config([str(REPO / "config" / "grid.yaml")])
+    formats = {key: bench["spec"].get("answer_format", "any") for key, bench in grid["benchmarks"].items()}
+    assert formats == {"math500": "any", "aime24": "integer", "aime25": "integer", "hmmt24": "any",
+                       "hmmt25": "any", "cmimc25": "any"}
+    assert all("answer_format" not in spec for spec in grid["train_sets"].values())
+    demo = load_workflow_config([str(REPO / "config" / "demo.yaml")])
+    for spec in (demo["train_sets"]["arithmetic"], demo["benchmarks"]["arithmetic_test"]["spec"]):
+        assert spec["answer_format"] == "integer"
+        assert {r["answer_format"] for r in load_records(spec)} == {"integer"}
+
+
+def test_schema_refuses_an_unknown_answer_format(tmp_path):
+    from rsgrpo.plan import load_workflow_config
+
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    config["benchmarks"]["arithmetic_test"]["spec"]["answer_format"] = "number"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.raises(Exception, match="'number' is not one of \\['any', 'integer'\\]"):
+        load_workflow_config([str(path)])
+
+
+# ---------------------------------------------------------------------------------------------
 # hugging face through the real `datasets` library: local copies laid out like the hub repos of
 # config/grid.yaml, run through `python -m rsgrpo prepare-data` with the grid's exact specs (only
 # `path` replaced), offline. A cluster user with a pre-downloaded copy runs exactly this.
@@ -447,7 +535,10 @@ def test_hf_matharena_layouts_give_text_answers(tmp_path, key):
     # unless the grid names id_field: problem_idx
     name = hub_id.split("/")[-1]
     ids = [str(i) for i in idx] if spec.get("id_field") == "problem_idx" else [f"{name}-{i}" for i in range(len(rows))]
-    assert records == [{"id": i, "problem": p, "answer": str(a)} for i, p, a in zip(ids, problem, answer)]
+    # AIME's answers are integers (answer_format integer in the grid); HMMT's and CMIMC's are not
+    answer_format = {"answer_format": "integer"} if key == "aime25" else {}
+    assert records == [{"id": i, "problem": p, "answer": str(a), **answer_format}
+                       for i, p, a in zip(ids, problem, answer)]
     if key == "aime25":  # int64 answers come out as "70", not "70.0"; problem_idx works as id field
         assert [r["answer"] for r in records] == ["70", "588", "16"]
         by_idx = _prepare_data(tmp_path, {**spec, "id_field": "problem_idx"})
@@ -502,6 +593,7 @@ def test_hf_aime24_layout_uses_its_id_column(tmp_path):
     records = _prepare_data(tmp_path, spec)
     assert [r["id"] for r in records] == ["60", "61", "62"]
     assert [r["answer"] for r in records] == ["204", "113", "025"]  # string answers kept as written
+    assert {r["answer_format"] for r in records} == {"integer"}  # leading zeros are integers
 
 
 def test_hf_wrong_split_or_unreachable_dataset_is_a_clear_error(tmp_path):

@@ -1,7 +1,9 @@
-"""Tests of rsgrpo.grading: extraction, verdicts equal to plain math-verify, hard timeouts, crashes.
+"""Tests of rsgrpo.grading: extraction, verdicts equal to plain math-verify, answer formats, hard
+timeouts, crashes.
 
-Fixtures under tests/fixtures/grading/ hold gold answers in the formats of MATH500 / AIME / HMMT
-(intervals, degrees, tuples, \\text{}, radicals, matrices) with equivalent and wrong completions.
+Fixtures under tests/fixtures/grading/ (see its README.md) hold gold answers in the formats of
+MATH500 / AIME / HMMT (intervals, degrees, tuples, \\text{}, radicals, matrices) with equivalent and
+wrong completions, and the boxed cases of math-verify's own test suite.
 """
 
 import os
@@ -22,12 +24,14 @@ from rsgrpo.grading import (
     extract_answer_with_source,
     grade,
     grade_report,
+    is_integer_literal,
     normalize_answer,
     shutdown_workers,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "grading"
 EQUIVALENCES = [json.loads(line) for line in (FIXTURES / "equivalences.jsonl").read_text().splitlines()]
+MATH_VERIFY_CASES = [json.loads(line) for line in (FIXTURES / "math_verify_cases.jsonl").read_text().splitlines()]
 
 # Markers for the test-only worker hook (answers that make the worker misbehave on purpose).
 HANG_MARKER = "31415926"
@@ -66,7 +70,15 @@ def plain_verdict(gold: str, completion: str) -> bool:
         ("so $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
         ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces are not structure
         ("\\boxed{a{b{c}}d}", "a{b{c}}d"),
-        ("first \\boxed{1} then \\fbox{2}", "2"),
+        ("first \\boxed{1} then \\fbox{2}", "1,2"),  # boxes < 10 characters apart are one answer
+        ("\\boxed{1} is wrong; we check it again and find \\boxed{2}", "1,2"),  # < 70 with a separator
+        ("\\boxed{1} is wrong. We check it again to find \\boxed{2}", "2"),  # < 70, no separator
+        ("\\boxed{2}, so \\boxed{2}", "2"),  # a repeated neighbour is kept once
+        ("\\boxed{1}" + " and" * 20 + " \\boxed{2}", "2"),  # 70 characters apart: separate
+        ("... \\boxed{-2} and \\boxed{1}", "-2,1"),
+        ("\\boxed{a} \\boxedtext \\boxed{b}", "b"),  # the walk stops at a box that is not one
+        ("\\boxed{a} or \\boxed 5", "5"),  # a brace-less box joins nothing
+        ("\\boxed{ 3. } and \\boxed{$4$}", "3,4"),  # every part is cleaned like a single answer
         ("\\boxed{3} and a truncated \\boxed{4", "3"),
         ("\\boxed 5 is it", "5"),
         ("\\boxed{$7$}", "7"),
@@ -77,6 +89,17 @@ def plain_verdict(gold: str, completion: str) -> bool:
         ("Final Answer: 17", "17"),
         ("so the answer is 3.5. Done", "3.5"),
         ("ANSWER: x+1\nmore text", "x+1"),
+        # the fallback gives math, never a prose sentence
+        ("Final Answer: The largest n is 34.", "34"),
+        ("answer: The largest $n$ is $34$.", "34"),
+        ("the answer is $x^2+1$, so we are done", "x^2+1"),
+        ("the answer is 34, so we are done", "34"),
+        ("the answer is \\(7\\) indeed", "7"),
+        ("The answer: the ratio equals \\frac{1}{2}.", "\\frac{1}{2}"),
+        ("the answer is 2 and 3", "2 and 3"),
+        ("the answer is \\text{east}", "\\text{east}"),
+        ("the answer is 5 apples", None),
+        ("The answer is that n is odd and large", None),
         ("no answer here", None),
         ("\\boxed{}", None),
         ("", None),
@@ -102,8 +125,13 @@ def test_extract_answer_reports_source_for_format_credit():
         "the answer is " * 80_000,
         "\\\\" * 500_000 + "\\boxed{2}",
         "a" * 1_000_000,
+        "\\boxed{1}" * 110_000,  # every box joins the next: the walk is linear too
+        "\\boxed{1}\\fbox{2}" * 55_000,
+        "x \\fbox{1} and " * 70_000,  # no \\boxed at all: not searched for again at every box
+        "\\boxed{1" + "\\boxed{2}" * 100_000,
     ],
-    ids=["unclosed-boxes", "deep-braces", "unclosed-deep", "many-phrases", "backslashes", "plain"],
+    ids=["unclosed-boxes", "deep-braces", "unclosed-deep", "many-phrases", "backslashes", "plain",
+         "joined-boxes", "joined-two-commands", "joined-fbox-only", "joined-after-unclosed"],
 )
 def test_extract_answer_is_linear_on_1mb_inputs(text):
     start = time.perf_counter()
@@ -170,6 +198,44 @@ def test_pool_verdicts_equal_plain_math_verify_on_every_item():
         assert verdict == row["expected"], row["why"]
 
 
+# The only boxed case of math-verify's suite graded otherwise than stock math-verify: math-verify
+# prefers "Final Answer: The final answer is $X$. I hope it is correct." to any box; the grader
+# reads the last box (here an intermediate result).
+KNOWN_DIFFERENCES = {"$10455$"}
+
+
+def test_math_verify_suite_cases_grade_as_stock_math_verify():
+    """The boxed cases of math-verify's own test suite: the grader's verdict equals stock math-verify
+    on the whole completion (LaTeX extraction, as the grader parses) wherever the grader reads the
+    gold as stock math-verify does; answers written in several boxes are joined as math-verify does,
+    so the multi-part cases, wrong when only the last box was read, are now correct."""
+    from rsgrpo.grading.extract import _clean, _last_box
+    from rsgrpo.grading.fastparse import _parse
+
+    config = [LatexExtractionConfig()]
+    golds = [row["gold"] for row in MATH_VERIFY_CASES]
+    preds = [row["pred"] for row in MATH_VERIFY_CASES]
+    report = grade_report(golds, preds, workers=0)
+    compared, differ, joined = 0, [], []
+    for gold, pred, verdict in zip(golds, preds, report.verdicts):
+        stock_gold = parse(gold, config)
+        if str(stock_gold[:1]) != str(_parse(gold)[:1]):
+            continue  # the grader reads this gold differently ("$$" + gold + "$$"): not an answer case
+        compared += 1
+        if verdict != bool(verify(stock_gold, parse(pred, config))):
+            differ.append(gold)
+        _, _, last = _last_box(pred)
+        if extract_answer(pred) != _clean(last):
+            joined.append((gold, pred, verdict))
+    assert compared >= len(MATH_VERIFY_CASES) - 1
+    assert set(differ) == KNOWN_DIFFERENCES
+    # the multi-part cases: correct now, wrong when graded on their last box alone
+    assert len(joined) == 12
+    assert all(verdict for _, _, verdict in joined)
+    last_only = [f"\\boxed{{{_last_box(pred)[2]}}}" for _, pred, _ in joined]
+    assert not any(grade([gold for gold, _, _ in joined], last_only, workers=0))
+
+
 def test_grade_wraps_report_and_keeps_order():
     golds = [str(i) for i in range(40)]
     completions = [f"\\boxed{{{i if i % 3 else i + 1}}}" for i in range(40)]
@@ -196,6 +262,55 @@ def test_input_errors():
         grade(["1", "  "], ["\\boxed{1}", "\\boxed{2}"], workers=0)
     with pytest.raises(ValueError, match="workers must be >= 0"):
         grade(["1"], ["\\boxed{1}"], workers=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# answer formats
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer, integer",
+    [
+        ("13", True), ("-7", True), ("+7", True), ("033", True), ("0", True), (" 13 ", True),
+        ("$13$", True), ("$$13$$", True), ("13.", True), ("$13$.", True), ("\\text{13}", True),
+        ("\\mathbf{-4}", True), ("{13}", True), ("\\textbf{\\text{13}}", True),
+        ("5 + 8", False), ("13.0", False), ("1,000", False), ("1,2", False), ("- 13", False),
+        ("1 3", False), ("n = 13", False), ("13^\\circ", False), ("13\\%", False), ("\\frac{26}{2}", False),
+        ("\u221213", False), ("\uff11\uff13", False), ("{{{{13}}}}", False), ("", False), ("$$", False),
+        ("\\text{1}3{}", False),
+    ],
+)
+def test_integer_literal(answer, integer):
+    assert is_integer_literal(answer) is integer
+
+
+def test_integer_format_refuses_restated_expressions():
+    golds = ["13", "13", "13", "33", "033", "-7", "-7"]
+    completions = ["The answer is 5 + 8", "so \\boxed{13}.", "\\boxed{5+8}", "\\boxed{033}", "\\boxed{33}",
+                   "\\boxed{-7}", "\\boxed{-(7)}"]
+    plain = grade_report(golds, completions, workers=0)
+    assert plain.verdicts == [True, True, True, True, True, True, True]  # math-verify alone
+    assert plain.status == ["ok"] * 7
+    guarded = grade_report(golds, completions, workers=0, answer_formats="integer")
+    assert guarded.verdicts == [False, True, False, True, True, True, False]
+    assert guarded.status == ["not_integer", "ok", "not_integer", "ok", "ok", "ok", "not_integer"]
+    assert guarded.extracted[0] == "5 + 8" and guarded.n_not_integer == 3
+    assert "3 not integer" in guarded.summary()
+    # per item: only the integer items are guarded
+    mixed = grade_report(["13", "13"], ["the answer is 5 + 8"] * 2, workers=0, answer_formats=["any", "integer"])
+    assert mixed.verdicts == [True, False]
+
+
+def test_answer_format_errors():
+    with pytest.raises(ValueError, match="answer_format must be one of 'any', 'integer', got 'int'"):
+        grade(["1"], ["\\boxed{1}"], workers=0, answer_formats="int")
+    with pytest.raises(ValueError, match="answer format of item 1: .* got 'number'"):
+        grade(["1", "2"], ["\\boxed{1}"] * 2, workers=0, answer_formats=["any", "number"])
+    with pytest.raises(ValueError, match=r"gold answer of item 1 is not an integer literal .*'\\\\frac\{1\}\{2\}'"):
+        grade(["1", "\\frac{1}{2}"], ["\\boxed{1}"] * 2, workers=0, answer_formats="integer")
+    with pytest.raises(ValueError, match="answer_formats and golds differ in length: 1 vs 2"):
+        grade(["1", "2"], ["\\boxed{1}"] * 2, workers=0, answer_formats=["any"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,9 +672,9 @@ def test_last_box_fast_path_equals_the_all_boxes_reference():
 
     from rsgrpo.grading.extract import (
         _box_argument,
-        _boxed_answer,
-        _boxed_answer_all_boxes,
         _close_of_brace,
+        _last_box,
+        _last_box_all_boxes,
     )
 
     rng = random.Random(3)
@@ -568,8 +683,8 @@ def test_last_box_fast_path_equals_the_all_boxes_reference():
     found = found_behind_an_unusable_last_box = 0
     for _ in range(30_000):
         text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 14)))
-        fast = _boxed_answer(text)
-        assert fast == _boxed_answer_all_boxes(text), text
+        fast = _last_box(text)
+        assert fast == _last_box_all_boxes(text), text
         found += fast is not None
         pos, cmd = max((text.rfind(c), c) for c in ("\\boxed", "\\fbox"))
         if fast is not None and _box_argument(text, pos, cmd, lambda k, text=text: _close_of_brace(text, k)) is None:

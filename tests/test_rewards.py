@@ -21,6 +21,23 @@ def test_math_verify_rewards():
     assert reward_settings("binary") == {"workers": None, "timeout": 5.0}
 
 
+def test_integer_records_make_restated_expressions_earn_nothing():
+    completions = ["The answer is 5 + 8", "\\boxed{5+8}", "\\boxed{13}", "\\boxed{12}", "\\boxed{013}"]
+    golds = ["13"] * len(completions)
+    plain = inputs(completions, golds)
+    guarded = inputs(completions, golds)
+    for record in guarded["records"]:
+        record["answer_format"] = "integer"
+    assert compute("binary", **plain, settings={"workers": 0}) == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert compute("binary", **guarded, settings={"workers": 0}) == [0.0, 0.0, 1.0, 0.0, 1.0]
+    # a boxed answer of the wrong format earns no format credit either
+    assert compute("partial", **plain, settings={"workers": 0}) == [1.0, 1.0, 1.0, PARTIAL_FORMAT_CREDIT, 1.0]
+    assert compute("partial", **guarded, settings={"workers": 0}) == [0.0, 0.0, 1.0, PARTIAL_FORMAT_CREDIT, 1.0]
+    guarded["records"][1]["answer_format"] = "integers"
+    with pytest.raises(ValueError, match="record '1': answer_format must be one of 'any', 'integer', got 'integers'"):
+        compute("binary", **guarded, settings={"workers": 0})
+
+
 @register("test_rewards_problem_length")
 def problem_length(*, completions, answers, problems, records):
     # uses a record field beyond the standard ones: the dataset's own column reaches the reward

@@ -144,3 +144,26 @@ def test_score_rejects_mismatched_argument_counts(tmp_path):
     with pytest.raises(ValueError, match=r"got 2 samples file\(s\), 1 benchmark file\(s\), 1 name\(s\)"):
         cli_main(["score", "--samples", str(samples), str(samples), "--benchmark", str(bench),
                   "--out-graded", str(tmp_path / "g.parquet"), "--out-passk", str(tmp_path / "p.csv")])
+
+
+def test_score_grades_an_integer_format_benchmark_by_its_records(tmp_path):
+    """A benchmark prepared with answer_format integer: a restated expression is wrong there
+    (grade_status not_integer) and right in the same benchmark without the format."""
+    texts = ["The answer is 5 + 8.", "\\boxed{13}", "\\boxed{013}", "\\boxed{12}"]
+    samples = tmp_path / "samples.parquet"
+    pd.DataFrame({"problem_id": ["sum"] * 4, "sample_idx": range(4), "text": texts}).to_parquet(samples)
+    record = {"id": "sum", "problem": "What is 5 + 8?", "answer": "13"}
+    graded = {}
+    for name, extra in (("integer", {"answer_format": "integer"}), ("any", {})):
+        bench = tmp_path / f"{name}.jsonl"
+        bench.write_text(json.dumps({**record, **extra}) + "\n")
+        rc = cli_main(["score", "--samples", str(samples), "--benchmark", str(bench), "--out-graded",
+                       str(tmp_path / f"{name}.parquet"), "--out-passk", str(tmp_path / f"{name}.csv"),
+                       "--workers", "0", "--bootstrap", "10"])
+        assert rc == 0
+        graded[name] = pd.read_parquet(tmp_path / f"{name}.parquet")
+    assert graded["integer"]["correct"].tolist() == [False, True, True, False]
+    assert graded["integer"]["grade_status"].tolist() == ["not_integer", "ok", "ok", "ok"]
+    assert graded["integer"]["extracted"].tolist() == ["5 + 8", "13", "013", "12"]
+    assert graded["any"]["correct"].tolist() == [True, True, True, False]
+    assert pd.read_csv(tmp_path / "integer.csv").set_index("k")["pass_at_k"][1] == pytest.approx(0.5)

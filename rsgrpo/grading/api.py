@@ -15,9 +15,10 @@ import itertools
 import time
 from collections.abc import Sequence
 
+from .answer_format import DEFAULT_ANSWER_FORMAT, answer_allowed, item_answer_formats
 from .extract import extract_answer_with_source, normalize_answer
 from .pool import _grade_in_pool, _make_chunks, _Pool, _resolve_workers, _shared_pool
-from .report import NO_ANSWER, TOO_LONG, GradeReport
+from .report import NO_ANSWER, NOT_INTEGER, TOO_LONG, GradeReport
 from .worker import ItemHook, _grade_in_process
 
 DEFAULT_MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -38,10 +39,11 @@ class _TaskTable:
     """
 
     def __init__(self, golds: Sequence[str], completions: Sequence[str], max_answer_chars: int,
-                 bar=None):
+                 answer_formats: Sequence[str], bar=None):
         n_items = len(golds)
         self.golds = golds
         self.completions = completions
+        self.answer_formats = answer_formats
         self.max_answer_chars = max_answer_chars
         self.bar = bar  # tqdm bar over distinct tasks, or None
         self.extracted: list[str | None] = [None] * n_items
@@ -66,6 +68,9 @@ class _TaskTable:
                 continue
             if len(answer) > self.max_answer_chars:
                 self.status[item] = TOO_LONG
+                continue
+            if not answer_allowed(answer, self.answer_formats[item]):
+                self.status[item] = NOT_INTEGER
                 continue
             key = (self.golds[item], normalize_answer(answer))
             if not key[1]:
@@ -175,6 +180,7 @@ def grade_report(
     start_method: str = "forkserver",
     keep_workers: bool = True,
     item_hook: ItemHook | None = None,
+    answer_formats: str | Sequence[str] = DEFAULT_ANSWER_FORMAT,
 ) -> GradeReport:
     """Grade ``completions[i]`` against ``golds[i]`` and report verdicts with statistics.
 
@@ -192,6 +198,9 @@ def grade_report(
     :func:`shutdown_workers`); False starts and stops a pool for this call only.
     ``item_hook``: test seam, a picklable function called as ``hook(gold, normalised_answer)`` in
     the worker before each verification (lets tests simulate a hang or a crash); None in production.
+    ``answer_formats``: one answer format for all items or one per item
+    (:mod:`rsgrpo.grading.answer_format`): under ``integer`` an answer that is not a literal integer
+    is wrong unverified (status ``not_integer``), and a gold that is not one is a ValueError.
     """
     if len(golds) != len(completions):
         raise ValueError(f"golds and completions differ in length: {len(golds)} vs {len(completions)}")
@@ -202,9 +211,10 @@ def grade_report(
     for i, gold in enumerate(golds):
         if not isinstance(gold, str) or not gold.strip():
             raise ValueError(f"gold answer of item {i} is empty or not a string: {gold!r}")
+    formats = item_answer_formats(answer_formats, golds)
     results: dict[int, tuple[bool, str, float]] = {}
     bar = _progress_bar(progress)
-    table = _TaskTable(golds, completions, max_answer_chars, bar)
+    table = _TaskTable(golds, completions, max_answer_chars, formats, bar)
     on_done = bar.update if bar is not None else (lambda n=1: None)
     try:
         if n_workers == 0:
@@ -228,6 +238,8 @@ def grade(
     *,
     workers: int | None = None,
     timeout: float = 5.0,
+    answer_formats: str | Sequence[str] = DEFAULT_ANSWER_FORMAT,
 ) -> list[bool]:
     """One verdict per ``(gold, completion)`` pair, in input order (see :func:`grade_report`)."""
-    return grade_report(golds, completions, workers=workers, timeout=timeout).verdicts
+    return grade_report(golds, completions, workers=workers, timeout=timeout,
+                        answer_formats=answer_formats).verdicts

@@ -1,7 +1,8 @@
 """Answer extraction and normalisation: what is handed to math-verify, and the cache keys.
 
 * **Extraction** (:func:`extract_answer`): the last complete ``\\boxed{...}``/``\\fbox{...}`` with
-  brace matching in linear time (no regex backtracking); fallbacks for "the answer is ...".
+  brace matching in linear time (no regex backtracking), joined with the boxes just before it the
+  way math-verify joins an answer given in several boxes; fallbacks for "the answer is ...".
 * **Normalisation** (:func:`normalize_answer`) is deliberately conservative: it only removes
   notation that math-verify's own LaTeX normalisation removes anyway, so it merges cache keys
   without changing a verdict; the tests compare every non-timed-out verdict with a plain
@@ -19,6 +20,26 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _FALLBACK_PHRASES = ("final answer is", "answer is", "final answer:", "answer:")
 _FALLBACK_MAX_CHARS = 500
 _BRACE_OR_BACKSLASH = re.compile(r"[\\{}]")
+
+# math-verify reads an answer written in several boxes as one answer (its boxed normalisation in
+# latex2sympy2_extended, the mode its parser uses for a boxed answer): walking left from the last
+# box, an earlier box joins when fewer than _JOIN_NEAR_CHARS characters separate the two, or fewer
+# than _JOIN_SEPARATED_CHARS holding a separator (_JOIN_SEPARATOR) while the two contents differ;
+# the walk stops at the first box that does not join. Contents are stripped, a content equal to
+# its right neighbour is kept once, and the parts are joined with ",".
+_JOIN_NEAR_CHARS = 10
+_JOIN_SEPARATED_CHARS = 70
+_JOIN_SEPARATOR = re.compile(r"\b(?:and|or)\b|[,;]")
+
+# Fallback answers are math, never prose. A prose word: two or more letters that are neither a
+# command (\frac) nor a command's argument (\text{cm}), nor "and"/"or" (which join parts of an
+# answer, "2 and 3").
+_PROSE_WORD = re.compile(r"(?<![\\{A-Za-z])(?!(?:and|or)(?![A-Za-z]))[A-Za-z]{2,}")
+# "34, so we are done": a comma or semicolon followed by prose ends the answer's clause.
+_CLAUSE_END = re.compile(r"[,;]\s*(?=" + _PROSE_WORD.pattern + ")")
+# "The largest n is 34": the value follows the last of these.
+_VALUE_MARKER = re.compile(r"\b(?:is|equals|be)\b|=")
+_MATH_SPANS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -69,8 +90,9 @@ def _strip_math_delimiters(answer: str) -> str:
     return answer.strip()
 
 
-def _close_of_brace(text: str, brace: int) -> int | None:
-    """Index of the ``}`` closing the structural ``{`` at ``brace``, or None if it is never closed.
+def _close_of_brace(text: str, brace: int, end: int | None = None) -> int | None:
+    """Index of the ``}`` closing the structural ``{`` at ``brace``, or None if it is not closed
+    before ``end`` (default: the end of the text).
 
     Gives the same answer as ``_matching_braces(text).get(brace)`` for a ``{`` that is not escaped
     (the box commands end in a letter or a blank, never a backslash): from ``brace`` on, the
@@ -79,7 +101,7 @@ def _close_of_brace(text: str, brace: int) -> int | None:
     """
     depth = 0
     skip_until = -1
-    for found in _BRACE_OR_BACKSLASH.finditer(text, brace):
+    for found in _BRACE_OR_BACKSLASH.finditer(text, brace, len(text) if end is None else end):
         pos = found.start()
         if pos <= skip_until:
             continue
@@ -117,26 +139,27 @@ def _box_argument(text: str, pos: int, cmd: str, close_of) -> str | None:
     return None
 
 
-def _boxed_answer(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{..}``/``\\fbox{..}`` (by start position), or None.
+def _last_box(text: str) -> tuple[int, str, str] | None:
+    """``(position, command, argument)`` of the last complete ``\\boxed{..}``/``\\fbox{..}`` (by
+    start position), or None.
 
     Also accepts the brace-less form ``\\boxed 5`` (argument = next run of non-space, non-``$``
     characters). A box whose ``{`` is never closed is skipped, so a truncated completion falls back
     to the previous complete box. The last box is tried first with a scan of its own length (the
     usual case); only when it is not usable are all boxes examined with one brace-matching pass
-    over the text (:func:`_boxed_answer_all_boxes`), so the cost stays linear.
+    over the text (:func:`_last_box_all_boxes`), so the cost stays linear.
     """
     pos, cmd = max((text.rfind(cmd), cmd) for cmd in _BOX_COMMANDS)
     if pos < 0:
         return None
     answer = _box_argument(text, pos, cmd, lambda brace: _close_of_brace(text, brace))
     if answer is not None:
-        return answer
-    return _boxed_answer_all_boxes(text)
+        return pos, cmd, answer
+    return _last_box_all_boxes(text)
 
 
-def _boxed_answer_all_boxes(text: str) -> str | None:
-    """:func:`_boxed_answer` by examining every box from the last one back, with the braces of the
+def _last_box_all_boxes(text: str) -> tuple[int, str, str] | None:
+    """:func:`_last_box` by examining every box from the last one back, with the braces of the
     whole text matched in one pass (the reference the fast path is tested against)."""
     starts = sorted(
         (pos, cmd) for cmd in _BOX_COMMANDS for pos in _find_all(text, cmd)
@@ -152,15 +175,85 @@ def _boxed_answer_all_boxes(text: str) -> str | None:
     for pos, cmd in reversed(starts):
         answer = _box_argument(text, pos, cmd, close_of)
         if answer is not None:
-            return answer
+            return pos, cmd, answer
+    return None
+
+
+def _boxes_joined_to(text: str, last_start: int, last_content: str) -> list[str]:
+    """Contents of the box starting at ``last_start`` and of the boxes math-verify joins to it
+    (see ``_JOIN_NEAR_CHARS``), left to right.
+
+    Each earlier box is looked for before the start of the box to its right (a box that is not
+    closed by then ends the walk), so every character is scanned a bounded number of times.
+    """
+    parts = [last_content.strip()]
+    later_start = last_start
+    # the last start of each command before later_start, found again only once passed
+    found = {cmd: text.rfind(cmd, 0, later_start) for cmd in _BOX_COMMANDS}
+    while True:
+        for cmd in _BOX_COMMANDS:
+            if found[cmd] >= later_start:
+                found[cmd] = text.rfind(cmd, 0, later_start)
+        pos, cmd = max((found[cmd], cmd) for cmd in _BOX_COMMANDS)
+        if pos < 0:
+            break
+        brace = pos + len(cmd)
+        while brace < later_start and text[brace].isspace():
+            brace += 1
+        if brace >= later_start or text[brace] != "{":
+            break  # \boxedtext, \boxed 5: math-verify joins braced boxes only
+        close = _close_of_brace(text, brace, later_start)
+        if close is None:
+            break
+        content = text[brace + 1 : close].strip()
+        gap = later_start - close - 1
+        near = gap < _JOIN_NEAR_CHARS
+        separated = (gap < _JOIN_SEPARATED_CHARS and content != parts[-1]
+                     and _JOIN_SEPARATOR.search(text, close + 1, later_start) is not None)
+        if not (near or separated):
+            break
+        if content != parts[-1]:
+            parts.append(content)
+        later_start = pos
+    parts.reverse()
+    return parts
+
+
+def _joined_box_answer(text: str, pos: int, cmd: str, content: str) -> str | None:
+    """The boxed final answer given the last box (:func:`_last_box`): its content joined with
+    the boxes math-verify joins to it (:func:`_boxes_joined_to`; a brace-less ``\\boxed 5`` joins
+    nothing), each part cleaned like a single answer; None when every part is empty."""
+    arg_start = pos + len(cmd)
+    while arg_start < len(text) and text[arg_start] in " \t":
+        arg_start += 1
+    if not text.startswith("{", arg_start):
+        return _clean(content) or None
+    parts = (_clean(part) for part in _boxes_joined_to(text, pos, content))
+    return ",".join(part for part in parts if part) or None
+
+
+def _clean(answer: str) -> str:
+    return _strip_sentence_period(_strip_math_delimiters(answer))
+
+
+def _leading_math_span(text: str) -> str | None:
+    """Content of the ``$..$``/``$$..$$``/``\\(..\\)``/``\\[..\\]`` span ``text`` starts with
+    ("" when it is never closed), or None when ``text`` does not start with one."""
+    for opener, closer in _MATH_SPANS:
+        if text.startswith(opener):
+            close = text.find(closer, len(opener))
+            return text[len(opener) : close] if close >= 0 else ""
     return None
 
 
 def _fallback_answer(text: str) -> str | None:
     """Answer after the rightmost "final answer is" / "answer is" / "answer:" phrase, or None.
 
-    The answer is the first ``$..$`` math span right after the phrase when there is one, else the
-    rest of the line up to a sentence end (". " or end of line), with a trailing period removed.
+    The answer is math, never a prose sentence: the math span right after the phrase when there
+    is one; else the sentence after it (up to ". " or the end of the line, and up to a comma or
+    semicolon followed by prose) when it holds no prose word; else, in a prose sentence ("The
+    largest n is 34"), what follows its last "is" / "equals" / "be" / "=" when that holds no
+    prose word; else None. A trailing period and unescaped ``$`` are removed.
     """
     lower = text.lower()
     best_end = -1
@@ -171,19 +264,24 @@ def _fallback_answer(text: str) -> str | None:
     if best_end < 0:
         return None
     rest = text[best_end : best_end + _FALLBACK_MAX_CHARS].lstrip(" \t:")
-    if rest.startswith("$$"):
-        close = rest.find("$$", 2)
-        candidate = rest[2:close] if close > 0 else ""
-    elif rest.startswith("$"):
-        close = rest.find("$", 1)
-        candidate = rest[1:close] if close > 0 else ""
-    else:
-        candidate = rest.split("\n", 1)[0]
-        sentence_end = candidate.find(". ")
-        if sentence_end >= 0:
-            candidate = candidate[:sentence_end]
-    candidate = _strip_sentence_period(_strip_math_delimiters(candidate))
-    return candidate or None
+    span = _leading_math_span(rest)
+    if span is not None:
+        return _clean(span) or None
+    sentence = rest.split("\n", 1)[0]
+    sentence_end = sentence.find(". ")
+    if sentence_end >= 0:
+        sentence = sentence[:sentence_end]
+    clause_end = _CLAUSE_END.search(sentence)
+    if clause_end is not None:
+        sentence = sentence[: clause_end.start()]
+    if _PROSE_WORD.search(sentence) is not None:
+        markers = list(_VALUE_MARKER.finditer(sentence))
+        if not markers:
+            return None
+        sentence = sentence[markers[-1].end() :]
+        if _PROSE_WORD.search(sentence) is not None:
+            return None
+    return _clean(sentence) or None
 
 
 def _strip_sentence_period(answer: str) -> str:
@@ -201,9 +299,9 @@ def extract_answer_with_source(text: str) -> tuple[str | None, str | None]:
     """
     if not isinstance(text, str) or not text:
         return None, None
-    boxed = _boxed_answer(text)
-    if boxed is not None:
-        boxed = _strip_sentence_period(_strip_math_delimiters(boxed))
+    last = _last_box(text)
+    if last is not None:
+        boxed = _joined_box_answer(text, *last)
         return (boxed, "boxed") if boxed else (None, None)
     fallback = _fallback_answer(text)
     return (fallback, "fallback") if fallback is not None else (None, None)
@@ -213,11 +311,13 @@ def extract_answer(text: str) -> str | None:
     """Final answer of a completion, or None when it gives none.
 
     Order: (1) the last complete ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces handled, escaped
-    ``\\{ \\}`` ignored, unclosed boxes skipped, ``\\boxed 5`` accepted); (2) the text after the
-    rightmost "final answer is" / "answer is" / "final answer:" / "answer:" (case-insensitive): the
-    first ``$..$`` span after it, else the rest of that line up to a sentence end. Unescaped ``$``
-    and one sentence-final period are removed from the result. Linear time: ``str.find`` scans
-    and one brace-matching pass.
+    ``\\{ \\}`` ignored, unclosed boxes skipped, ``\\boxed 5`` accepted), joined with ``,`` to the
+    boxes before it that math-verify reads as parts of the same answer (``\\boxed{-2} and
+    \\boxed{1}`` -> ``-2,1``; see ``_JOIN_NEAR_CHARS``); (2) the math after the rightmost "final
+    answer is" / "answer is" / "final answer:" / "answer:" (case-insensitive): the math span right
+    after it, a sentence without prose, or the value after the last "is" / "=" of a prose sentence
+    (see :func:`_fallback_answer`). Unescaped ``$`` and one sentence-final period are removed
+    from the result. Linear time: ``str.find`` scans and bounded brace-matching passes.
     """
     return extract_answer_with_source(text)[0]
 
