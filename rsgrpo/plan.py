@@ -226,12 +226,14 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
                                          peak_flops=peak, bandwidth=bandwidth,
                                          efficiency=assume["decode_efficiency"])
         update = flops["update"] / (ranks * peak * assume["train_mfu"])
-        hours = cfg.steps * (decode + update) / 3600
+        # dynamic sampling refills the batch: generation repeats, the update does not
+        rounds = min(float(assume["gen_rounds"]), cfg.max_gen_rounds) if cfg.dynamic_sampling else 1.0
+        hours = cfg.steps * (rounds * decode + update) / 3600
         per_node = ranks // int(model.get("nodes", 1))
         host = capacity.host_memory(shape, job, ranks_per_node=per_node, sleeping_engine=engine > 0)
         rows.append(_row("train", cell.model, cell.run, gpus, cfg.precision, cfg.zero_stage, shape, memory, gpu_gb,
-                         (flops["generated_tokens"] * cfg.steps, flops["trained_tokens"] * cfg.steps),
-                         (flops["generate"] + flops["update"]) * cfg.steps, hours, host=host, jobs=1,
+                         (flops["generated_tokens"] * rounds * cfg.steps, flops["trained_tokens"] * cfg.steps),
+                         (flops["generate"] * rounds + flops["update"]) * cfg.steps, hours, host=host, jobs=1,
                          assume=assume, engine=engine_use))
     ev = config["evaluation"]
     for key in dict.fromkeys(c.model for c in cells):

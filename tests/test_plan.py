@@ -185,3 +185,31 @@ def test_an_engine_share_too_small_for_the_weights_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "models.qwen7b: the train job's vLLM engine reserves 12.0 GB" in err
     assert "raise training.engine_options.gpu_memory_utilization" in err and "models.qwen1p5b" not in err
+
+
+def test_dynamic_sampling_rounds_multiply_generation_not_the_update(grid):
+    """Refill repeats generation: the plan's train hours grow by (rounds - 1) x the decode time and
+    the generated tokens by the rounds, the trained tokens stay; without dynamic sampling the
+    assumption is not used."""
+    import copy
+
+    config, rows = grid
+
+    def train_rows(gen_rounds, **training):
+        changed = copy.deepcopy(config)
+        changed["plan"]["gen_rounds"] = gen_rounds
+        changed["training"].update(training)
+        return {(r["model"], r["run"]): r for r in plan(changed) if r["job"] == "train"}
+
+    one, two, three = train_rows(1.0), train_rows(2.0), train_rows(3.0)
+    off = train_rows(3.0, dynamic_sampling=False)
+    for key, r1 in one.items():
+        assert two[key]["generated_tokens"] == 2 * r1["generated_tokens"]
+        assert two[key]["trained_tokens"] == r1["trained_tokens"]
+        # hours linear in the rounds: 3 rounds add as much over 2 as 2 over 1 (the decode time)
+        assert three[key]["hours"] - two[key]["hours"] == pytest.approx(two[key]["hours"] - r1["hours"], abs=0.02)
+        assert two[key]["hours"] > r1["hours"]
+        assert off[key]["hours"] == r1["hours"] and off[key]["generated_tokens"] == r1["generated_tokens"]
+    capped = train_rows(50.0)  # at most training.max_gen_rounds (8) rounds
+    eight = train_rows(8.0)
+    assert all(capped[k]["generated_tokens"] == eight[k]["generated_tokens"] for k in one)

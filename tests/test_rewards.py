@@ -82,3 +82,15 @@ def test_compute_checks_what_a_reward_returns():
     with pytest.raises(ValueError, match="3 answers for 4 completions"):
         compute("binary", **{**inputs(), "answers": GOLDS[:3]})
     assert rewards.REWARD_INPUTS == ("completions", "answers", "problems", "records")
+
+
+def test_overlong_penalty_is_dapos_linear_ramp_over_the_buffer():
+    from rsgrpo.rewards import overlong_penalty
+
+    # max 10 tokens, buffer 4: free up to 6 tokens, then -1/4 per token, -1 at the limit
+    assert overlong_penalty([0, 5, 6, 7, 8, 9, 10], max_tokens=10, buffer=4) == [0.0, 0.0, 0.0, -0.25, -0.5, -0.75,
+                                                                                   -1.0]
+    assert overlong_penalty([1, 2], max_tokens=2, buffer=2) == [-0.5, -1.0]  # the whole range is the buffer
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match=f"overlong buffer must be in \\[1, max_tokens=10\\], got {bad}"):
+            overlong_penalty([5], max_tokens=10, buffer=bad)
