@@ -22,6 +22,8 @@ import sys
 # verb -> (module, one-line description), in the workflow's order. Keep in sync with workflow/rules/*.smk.
 VERBS: dict[str, tuple[str, str]] = {
     "prepare-model": ("rsgrpo.models", "model spec -> local HF checkpoint dir (hub, local, smollm2, tiny)"),
+    "pretrain": ("rsgrpo.pretrain", "synthetic task -> a tiny transformer pretrained on its demonstrations "
+                                    "(the miniature experiment's base model)"),
     "prepare-data": ("rsgrpo.data", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
     "plan": ("rsgrpo.plan", "workflow config -> memory per GPU and GPU-hours of every train and sample job (plan.csv)"),
     "train": ("rsgrpo.train", "RL training (RS-GRPO and baselines): checkpoints with exact resume, metrics.csv"),

@@ -17,7 +17,9 @@ YAML) with a ``source``:
 ``local``     a ``.jsonl``/``.json`` (one object per line) or ``.parquet`` file, same ``fields``.
 ``generator`` a seeded offline generator, ``{"source": "generator", "name": "arithmetic", "n": 200,
               "seed": 0, "difficulty": 1..5 | [levels] | "mixed"}``: arithmetic and word problems
-              with exact answers, easy enough (level 1: "What is 3 + 4?") for SmolLM2-135M.
+              with exact answers, easy enough (level 1: "What is 3 + 4?") for SmolLM2-135M;
+              ``{"name": "carry_addition", "n": 200, "seed": 0, "digits": 2}``: ``37+45=`` problems,
+              half with a carry (record field ``kind``), the synthetic task of :mod:`rsgrpo.synthetic`.
 
 Common keys: ``name`` (used in error messages and default ids ``<name>-<index>``, index = position
 in the source), ``id_field`` (default: the source's ``id`` column when every row has one),
@@ -44,6 +46,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from .synthetic import carry_addition_problems
+
 __all__ = [
     "load_records",
     "generate_arithmetic",
@@ -58,7 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SOURCES = ("hf", "local", "generator")
-PROMPT_TEMPLATES = ("chat", "plain")
+PROMPT_TEMPLATES = ("chat", "plain", "raw")
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_FIELDS = {"problem": "problem", "answer": "answer"}
 # spec key and record field of the answer format: rsgrpo.grading.answer_format.ANSWER_FORMAT_FIELD,
@@ -322,7 +326,7 @@ def load_records(spec: dict) -> list[dict]:
         if generator not in GENERATORS:
             raise ValueError(f"unknown generator {generator!r}; known generators: "
                              f"{', '.join(sorted(GENERATORS))}")
-        common = ("dedup", "limit", ANSWER_FORMAT_KEY)
+        common = ("dedup", "limit", "extra_fields", ANSWER_FORMAT_KEY)  # keys of every source
         options = {k: v for k, v in spec.items() if k not in ("source", "name", *common)}
         try:
             records = GENERATORS[generator](**options)
@@ -417,7 +421,7 @@ def generate_arithmetic(n: int = 200, seed: int = 0, difficulty: int | str | lis
     return records
 
 
-GENERATORS = {"arithmetic": generate_arithmetic}
+GENERATORS = {"arithmetic": generate_arithmetic, "carry_addition": carry_addition_problems}
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,12 +430,18 @@ GENERATORS = {"arithmetic": generate_arithmetic}
 
 
 def build_prompt(problem: str, *, template: str = "chat", tokenizer=None, system: str | None = None) -> str:
-    """The text a model is given for ``problem``; both templates ask for the answer in ``\\boxed{}``.
+    """The text a model is given for ``problem``; ``chat`` and ``plain`` ask for the answer in ``\\boxed{}``.
 
+    ``raw``: the problem text as it is, for a model pretrained on the task's own format
+    (:mod:`rsgrpo.synthetic`); ``system`` is not allowed there.
     ``plain``: ``[system + blank line] + problem + blank line + instruction``, for base models.
     ``chat``: one user turn (problem + instruction), optional system turn, rendered with
     ``tokenizer.apply_chat_template(..., add_generation_prompt=True, tokenize=False)``.
     """
+    if template == "raw":
+        if system:
+            raise ValueError("prompt template 'raw' takes no system prompt")
+        return problem
     user = f"{problem.strip()}\n\n{BOXED_INSTRUCTION}"
     if template == "plain":
         return f"{system.strip()}\n\n{user}" if system else user

@@ -366,7 +366,7 @@ def parse_spec(spec: str | os.PathLike | dict) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"spec must be a mapping with a 'source' key, got {data!r}")
     source = data.get("source")
-    required = {"hub": ["id"], "local": ["path"], "smollm2": [], "tiny": [], "random": ["config"]}
+    required = {"hub": ["id"], "local": ["path"], "smollm2": [], "tiny": [], "random": ["config"], "pretrain": []}
     allowed = {
         "hub": {"source", "id", "revision", "name"},
         "local": {"source", "path", "name"},
@@ -375,6 +375,7 @@ def parse_spec(spec: str | os.PathLike | dict) -> dict:
                  "head_dim", "max_position_embeddings", "num_kv_heads", "intermediate_size",
                  "init_std"},
         "random": {"source", "name", "config", "overrides", "seed", "dtype", "tokenizer"},
+        "pretrain": {"source", "name", *pretrain_defaults()},
     }
     if source not in required:
         raise ValueError(f"spec.source must be one of {sorted(required)}, got {source!r}")
@@ -577,8 +578,20 @@ def _prepare_random(spec: dict, tmp: Path) -> None:
     tokenizer.save_pretrained(tmp)
 
 
+def _prepare_pretrained(spec: dict, tmp: Path) -> None:
+    from .pretrain import pretrain_into
+
+    pretrain_into(spec, tmp)
+
+
+def pretrain_defaults() -> dict:
+    from .pretrain import DEFAULTS
+
+    return DEFAULTS
+
+
 _PREPARERS = {"tiny": _prepare_tiny, "local": _prepare_local, "hub": _prepare_hub,
-              "smollm2": _prepare_smollm2, "random": _prepare_random}
+              "smollm2": _prepare_smollm2, "random": _prepare_random, "pretrain": _prepare_pretrained}
 
 
 def prepare_model(spec: str | os.PathLike | dict, out: str | os.PathLike) -> Path:
@@ -625,6 +638,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        if parse_spec(args.spec)["source"] == "pretrain":  # its own verb and rule: it trains
+            raise ValueError("spec.source 'pretrain' is built by python -m rsgrpo pretrain")
         out = prepare_model(args.spec, args.out)
     except (ValueError, RuntimeError) as exc:
         print(f"prepare-model: error: {exc}", file=sys.stderr)

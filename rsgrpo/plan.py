@@ -67,6 +67,11 @@ def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
 
         options = {k: v for k, v in spec.items() if k not in ("source", "name", "seed")}
         return tiny_config(**options).to_dict()
+    if source == "pretrain":
+        from .models import tiny_config
+        from .pretrain import model_options
+
+        return tiny_config(**model_options(spec)).to_dict()
     raise MissingModelConfig(f"models.{key}: no config.json to plan from (spec {spec}): none is shipped in "
                      f"rsgrpo/model_configs for it; run `python -m rsgrpo prepare-model` for it first "
                      f"(the plan then reads {prepared})")

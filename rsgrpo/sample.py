@@ -27,6 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .data import PROMPT_TEMPLATES
+
 COLUMNS = ["problem_id", "sample_idx", "text", "num_tokens", "finished"]
 PARTS_CONFIG = "config.json"
 
@@ -132,8 +134,8 @@ def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int 
                         ("batch_size", batch_size), ("n", n)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if template not in ("chat", "plain"):
-        raise ValueError(f"template must be 'chat' or 'plain', got {template!r}")
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"template must be one of {list(PROMPT_TEMPLATES)}, got {template!r}")
     # Validates temperature / top_p / max_tokens / seed and the engine early, before any model is loaded.
     SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     resolve_engine_kind(engine, key="evaluation.engine (--engine)")
@@ -211,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=256, help="max new tokens per sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto")
-    parser.add_argument("--template", choices=["chat", "plain"], default="chat")
+    parser.add_argument("--template", choices=PROMPT_TEMPLATES, default="chat")
     parser.add_argument("--chunk-size", type=int, default=8,
                         help="problems per resumable part (does not change the samples)")
     parser.add_argument("--sample-chunk-size", type=int, default=64,

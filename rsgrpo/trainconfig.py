@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data import PROMPT_TEMPLATES
+
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "beta_at", "lr_at",
            "config_hash", "compute_dtype", "FIELD_DOCS", "PRECISIONS"]
 
@@ -45,7 +47,7 @@ class TrainConfig:
     train_data: Any = _f(None, kind="str|dict?",
                          doc="training set: path to a JSONL of {id, problem, answer} records, or a data spec mapping "
                              "for rsgrpo.data.load_records (required)")
-    prompt_template: str = _f("chat", "prompt template of rsgrpo.data.build_prompt: chat | plain", kind="str")
+    prompt_template: str = _f("chat", "prompt template of rsgrpo.data.build_prompt: chat | plain | raw", kind="str")
     # --- objective ------------------------------------------------------------------------------
     method: str = _f("rs_grpo", "advantage estimator, a name in rsgrpo.advantages.ESTIMATORS", kind="str")
     method_params: dict | None = _f(None, kind="dict?",
@@ -167,7 +169,7 @@ PURE_BF16_REASON = ("pure bf16 training cannot learn at RL learning rates: bf16 
                     "use bf16-mixed, which computes in bf16 and keeps fp32 master weights and optimizer state")
 
 _CHOICES = {
-    "prompt_template": ("chat", "plain"),
+    "prompt_template": PROMPT_TEMPLATES,
     "beta_schedule": ("constant", "linear", "cosine"),
     "engine": ("auto", "hf", "vllm"),
     "precision": PRECISIONS,

@@ -618,3 +618,17 @@ def test_datasets_is_imported_only_for_hf_specs(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_raw_template_is_the_problem_text_itself():
+    from rsgrpo.data import PROMPT_TEMPLATES
+    from rsgrpo.trainconfig import from_dict
+
+    assert build_prompt("37+45=", template="raw") == "37+45="
+    with pytest.raises(ValueError, match="takes no system prompt"):
+        build_prompt("37+45=", template="raw", system="be brief")
+    assert from_dict({"prompt_template": "raw"}).prompt_template == "raw"
+    # the workflow schema offers exactly the templates build_prompt knows
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    template = schema["properties"]["models"]["additionalProperties"]["properties"]["template"]
+    assert tuple(template["enum"]) == PROMPT_TEMPLATES

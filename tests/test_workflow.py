@@ -68,6 +68,21 @@ def test_adding_a_sweep_adds_exactly_the_expected_jobs(tmp_path):
     assert counts == expected
 
 
+def test_a_pretrain_model_is_built_by_the_pretrain_rule(tmp_path):
+    wf = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    cfg["models"]["synth"] = {"spec": {"source": "pretrain", "rare_frac": 0.1, "seed": 0}, "gpus": 0,
+                              "train_set": "arithmetic", "template": "raw", "context_length": 512}
+    config = str(write_config(tmp_path / "synth.yaml", cfg))
+    out = snakemake(wf, "-n", "-p", "results/synth/base/passk.csv", "results/smollm2/base/passk.csv",
+                    "--configfile", config)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert job_counts(text) == {"pretrain": 1, "prepare_model": 1, "prepare_data": 1, "sample": 2, "score": 2}
+    assert "python -m rsgrpo pretrain --spec" in text and "--out models/synth" in text
+    assert "--template raw" in text
+
+
 def test_demo_config_dry_run(tmp_path):
     out = snakemake(copy_workflow(tmp_path), "-n", "--configfile", "config/demo.yaml")
     assert out.returncode == 0, out.stderr

@@ -3,6 +3,7 @@
 # Every path comes from rsgrpo.layout.Layout (LAYOUT): no file name is spelled here or in a rule.
 import json
 import os
+import re
 import shlex
 
 from snakemake.logging import logger
@@ -45,6 +46,13 @@ os.environ.setdefault("RSGRPO_SOURCE", str(workflow.basedir))
 
 # Under --software-deployment-method apptainer every rule runs in this image (containers/).
 container: config["container"]
+
+
+def model_keys(pretrained):
+    """Regex of the model keys built by the pretrain rule (spec source pretrain) or, with
+    pretrained False, by prepare_model: the two rules write the same model directories."""
+    keys = [k for k, m in config["models"].items() if (m["spec"]["source"] == "pretrain") == pretrained]
+    return "|".join(re.escape(k) for k in keys) or "(?!)"
 
 
 wildcard_constraints:

@@ -13,12 +13,31 @@ rule prepare_model:
         directory(LAYOUT.model_dir("{model}")),
     log:
         LAYOUT.log("prepare_model/{model}"),
+    wildcard_constraints:
+        model=model_keys(pretrained=False),
     conda:
         RSGRPO_ENV
     params:
         spec=lambda wc: shlex.quote(json.dumps(config["models"][wc.model]["spec"])),
     shell:
         "python -m rsgrpo prepare-model --spec {params.spec} --out {output} > {log} 2>&1"
+
+
+rule pretrain:
+    """Synthetic task -> a tiny transformer pretrained on its demonstrations (spec source pretrain)."""
+    output:
+        directory(LAYOUT.model_dir("{model}")),
+    log:
+        LAYOUT.log("pretrain/{model}"),
+    wildcard_constraints:
+        model=model_keys(pretrained=True),
+    conda:
+        RSGRPO_ENV
+    threads: 2
+    params:
+        spec=lambda wc: shlex.quote(json.dumps(config["models"][wc.model]["spec"])),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m rsgrpo pretrain --spec {params.spec} --out {output} > {log} 2>&1"
 
 
 rule prepare_data:
