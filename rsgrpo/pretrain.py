@@ -102,14 +102,12 @@ def pretrain_into(spec: dict, out: Path) -> None:
     :func:`rsgrpo.models.prepare_model`, which makes the write atomic)."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
 
-    from .models import build_tiny_model, load_tokenizer
+    from .models import build_tiny_model, load_policy
 
     full = check_spec(spec)
     build_tiny_model(out, seed=full["seed"], **model_options(spec))
-    tokenizer = load_tokenizer(out)
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    model, tokenizer = load_policy(out, dtype="float32")  # safetensors only
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=full["lr"], weight_decay=0.0)
     rng = random.Random(f"pretrain/{full['task']}/{full['seed']}")

@@ -471,12 +471,11 @@ class Trainer:
 
         limit = self.cfg.rollout_log_groups
         mine = []
-        row_of = {offset: row for row, offset in enumerate(rollout.selected)}
         for group, offset in enumerate(rollout.offsets):
             if offset >= limit:
                 continue
             record = self.records[rollout.indices[group]]
-            kept = offset in row_of
+            kept = bool(rollout.kept[group])
             mine.append({
                 "step": step, "position": rollout.start + offset, "id": str(record["id"]),
                 "problem": str(record["problem"]), "prompt": self.prompts[rollout.indices[group]],

@@ -38,12 +38,9 @@ def test_pretraining_learns_the_demonstrations_and_is_seeded(pretrained, tmp_pat
 
 
 def test_the_pretrained_model_answers_in_the_tasks_format(pretrained):
-    from transformers import AutoModelForCausalLM
+    from rsgrpo.models import load_policy
 
-    from rsgrpo.models import load_tokenizer
-
-    tokenizer = load_tokenizer(pretrained)
-    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    model, tokenizer = load_policy(pretrained)
     ids = tokenizer("21+22=", add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).startswith("\\boxed{")
