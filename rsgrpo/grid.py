@@ -44,10 +44,19 @@ class Cell:
     beta: float | None
     run: str  # path segment(s) below results/<model>/
     eval_steps: tuple[str, ...]  # "final" and/or step numbers as strings
+    seed: int | None = None  # training seed of a sweep with a seeds axis (None: training.seed)
 
     @property
     def id(self) -> str:
         return f"{self.model}/{self.run}"
+
+    @property
+    def group(self) -> str:
+        """The id without the seed: the cells of one configuration that differ only in their training seed
+        (its replicates) share it."""
+        if self.seed is None:
+            return self.id
+        return self.id[: -len(f"{LAYOUT.SEED_SUFFIX}{self.seed}")]
 
     @property
     def is_base(self) -> bool:
@@ -61,9 +70,10 @@ def method_takes_beta(method_cfg: dict) -> bool:
 
 
 def run_segment(model_cfg: dict, train_set: str | None, method: str, beta: float | None,
-                layout: Layout = LAYOUT) -> str:
-    """Path of a cell below results/<model>/: ``base``, ``grpo``, ``beta4``, ``dapo17k/beta2``... (see Layout)."""
-    return layout.run_segment(method, beta, train_set, model_cfg["train_set"])
+                layout: Layout = LAYOUT, seed: int | None = None) -> str:
+    """Path of a cell below results/<model>/: ``base``, ``grpo``, ``beta4``, ``dapo17k/beta2``,
+    ``beta4-seed1``... (see Layout)."""
+    return layout.run_segment(method, beta, train_set, model_cfg["train_set"], seed)
 
 
 def _known(section: dict) -> str:
@@ -122,6 +132,9 @@ def check_config(config: dict, source: str = "config") -> None:
             fail(f"{where}.betas", f"{sweep['betas']} given, but none of the methods {sweep['methods']} takes beta")
         if need_beta and not sweep.get("betas"):
             fail(f"{where}.betas", f"methods {need_beta} need beta: add a betas list to the sweep")
+        if sweep.get("seeds") and not trained:
+            fail(f"{where}.seeds", f"{sweep['seeds']} given, but the sweep trains no method (the base model "
+                                   "is not trained, so it has no training seed)")
         for j, step in enumerate(sweep.get("eval_steps", [])):
             if step != FINAL and steps_total is not None and int(step) > steps_total:
                 fail(f"{where}.eval_steps[{j}]", f"step {step} is beyond training.steps = {steps_total}")
@@ -147,17 +160,23 @@ def expand(config: dict, source: str = "config") -> list[Cell]:
                 else:
                     betas = sweep["betas"] if method_takes_beta(methods[method]) else [None]
                     combos = [(ts, None if b is None else float(b)) for ts in train_sets for b in betas]
-                for train_set, beta in combos:
-                    key = (model, train_set, method, beta)
+                seeds = [None] if method == "base" else sweep.get("seeds") or [None]
+                for (train_set, beta), seed in ((combo, seed) for combo in combos for seed in seeds):
+                    key = (model, train_set, method, beta, seed)
                     entry = cells.setdefault(key, {"steps": []})
                     for s in ([FINAL] if method == "base" else steps):
                         if s not in entry["steps"]:
                             entry["steps"].append(s)
     out = []
-    for (model, train_set, method, beta), entry in cells.items():
-        run = run_segment(models[model], train_set, method, beta)
+    for (model, train_set, method, beta, seed), entry in cells.items():
+        run = run_segment(models[model], train_set, method, beta, seed=seed)
         steps = sorted(entry["steps"], key=lambda s: (s == FINAL, int(s) if s != FINAL else 0))
-        out.append(Cell(model, train_set, method, beta, run, tuple(steps)))
+        out.append(Cell(model, train_set, method, beta, run, tuple(steps), seed))
+    seeded = {c.group for c in out if c.seed is not None}
+    mixed = [c.id for c in out if c.seed is None and c.group in seeded]
+    if mixed:
+        raise ConfigError(f"{source}: sweeps: {mixed[0]!r} is trained without a seeds list by one sweep and with "
+                          "one by another, so its replicates would mix; give every sweep of it the same seeds")
     ids = [c.id for c in out]
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:
@@ -170,7 +189,8 @@ def cell_from_path(config: dict, model: str, run: str, cells: Iterable[Cell] = (
     """The cell behind ``results/<model>/<run>/``, also for cells no sweep lists.
 
     ``run`` is ``[<train_set>/]<leaf>`` with leaf ``base``, ``<method>``, ``<method>-beta<b>`` or
-    ``beta<b>`` (the short form of :attr:`Layout.BARE_BETA_METHOD`, see :meth:`Layout.run_leaf`); a
+    ``beta<b>`` (the short form of :attr:`Layout.BARE_BETA_METHOD`, see :meth:`Layout.run_leaf`), each
+    but ``base`` optionally with ``-seed<s>`` (training seed ``s``); a
     cell of the grid keeps its sweeps' evaluation steps, any other cell gets ``evaluation.steps``.
     Raises ConfigError for names the config does not define.
     """
@@ -185,10 +205,13 @@ def cell_from_path(config: dict, model: str, run: str, cells: Iterable[Cell] = (
     if len(parts) > 2:
         raise ConfigError(f"{where}: expected {layout.cell_dir('<model>')}/[<train_set>/]<method>")
     train_set = parts[0] if len(parts) == 2 else models[model]["train_set"]
-    leaf = parts[-1]
+    leaf, seed = layout.split_seed(parts[-1])
     if train_set not in train_sets:
         raise ConfigError(f"{where}: unknown train set {train_set!r} (known: {_known(train_sets)})")
     if leaf == layout.BASE_RUN:
+        if seed is not None:
+            raise ConfigError(f"{where}: the base model is not trained, so it has no training seed: use "
+                              f"{layout.cell_dir(f'{model}/{layout.BASE_RUN}')}")
         if len(parts) == 2:
             raise ConfigError(f"{where}: the base model has no train set: use "
                               f"{layout.cell_dir(f'{model}/{layout.BASE_RUN}')}")
@@ -208,7 +231,8 @@ def cell_from_path(config: dict, model: str, run: str, cells: Iterable[Cell] = (
         need = "needs a beta (e.g. beta2)" if beta is None else "takes no beta"
         raise ConfigError(f"{where}: method {method!r} {need}")
     steps = tuple(str(s) for s in config.get("evaluation", {}).get("steps", [FINAL]))
-    return Cell(model, train_set, method, beta, run_segment(models[model], train_set, method, beta, layout), steps)
+    return Cell(model, train_set, method, beta, run_segment(models[model], train_set, method, beta, layout, seed),
+                steps, seed)
 
 
 def final_step(config: dict, cell: Cell | None = None) -> int:
@@ -232,6 +256,8 @@ def train_settings(config: dict, cell: Cell, layout: Layout = LAYOUT) -> dict:
     params = dict(method.get("params", {}))
     if cell.beta is not None:
         params["beta"] = cell.beta
+    if cell.seed is not None:
+        settings["seed"] = cell.seed
     train_data: str | dict = layout.train_data(cell.train_set)
     extras = config["train_sets"][cell.train_set].get("extra_fields")
     if extras:  # the prepared JSONL holds them under their record names: keep them for the rewards

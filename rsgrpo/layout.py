@@ -25,9 +25,11 @@ The tree, relative to the working directory (defaults of :class:`Layout`)::
 
 ``<run>`` is ``base`` for the untrained model, else ``[<train_set>/]<leaf>``: the train set is left
 out when it is the model's default, and the leaf is the config's method key, with ``-beta<b>`` for
-an estimator that takes beta. One method key is spelled short: :attr:`Layout.BARE_BETA_METHOD`
-(``rs_grpo``) is just ``beta<b>``, so ``results/qwen7b/beta4/passk.csv`` is the paper's method at
-beta 4 on qwen7b's default train set and ``results/qwen7b/dapo17k/grpo/`` is GRPO on dapo17k.
+an estimator that takes beta, and ``-seed<s>`` for a cell of a sweep with a ``seeds`` axis (its
+training seed; replicates of one configuration differ only there). One method key is spelled
+short: :attr:`Layout.BARE_BETA_METHOD` (``rs_grpo``) is just ``beta<b>``, so
+``results/qwen7b/beta4/passk.csv`` is the paper's method at beta 4 on qwen7b's default train set and
+``results/qwen7b/dapo17k/grpo/`` is GRPO on dapo17k.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class Layout:
     TRAIN_DATA: ClassVar[str] = "train"  # data/<kind>/: the two kinds of prepared data
     BENCHMARK_DATA: ClassVar[str] = "benchmarks"
     EVAL_STEP_REGEX: ClassVar[str] = r"step\d+"  # an intermediate evaluation's folder (for wildcards)
+    SEED_SUFFIX: ClassVar[str] = "-seed"  # leaf suffix of a training seed (method keys hold no "-")
 
     # ------------------------------------------------------------------ inputs: models and data
     def model_dir(self, model: str) -> str:
@@ -134,14 +137,23 @@ class Layout:
         return self.data_file(self.BENCHMARK_DATA, name)
 
     # ------------------------------------------------------------------------- run segments
-    def run_leaf(self, method: str, beta: float | None) -> str:
-        """Last path segment of a trained cell: ``grpo``, ``beta4`` (:attr:`BARE_BETA_METHOD`), ``m-beta2``."""
+    def run_leaf(self, method: str, beta: float | None, seed: int | None = None) -> str:
+        """Last path segment of a trained cell: ``grpo``, ``beta4`` (:attr:`BARE_BETA_METHOD`), ``m-beta2``;
+        a cell of a sweep with ``seeds`` adds ``-seed<s>``: ``beta4-seed1``."""
         if beta is None:
-            return method
-        return f"beta{fmt_beta(beta)}" if method == self.BARE_BETA_METHOD else f"{method}-beta{fmt_beta(beta)}"
+            leaf = method
+        else:
+            leaf = f"beta{fmt_beta(beta)}" if method == self.BARE_BETA_METHOD else f"{method}-beta{fmt_beta(beta)}"
+        return leaf if seed is None else f"{leaf}{self.SEED_SUFFIX}{seed}"
+
+    def split_seed(self, leaf: str) -> tuple[str, int | None]:
+        """``beta4-seed1`` -> (``beta4``, 1); a leaf without a seed -> (leaf, None)."""
+        head, sep, tail = leaf.rpartition(self.SEED_SUFFIX)
+        return (head, int(tail)) if sep and head and tail.isdigit() else (leaf, None)
 
     def parse_run_leaf(self, leaf: str, methods) -> tuple[str, str | None]:
-        """Inverse of :meth:`run_leaf`: (method key, beta text or None); ``methods`` = the config's keys."""
+        """Inverse of :meth:`run_leaf` without its seed (:meth:`split_seed`): (method key, beta text or
+        None); ``methods`` = the config's keys."""
         if leaf.startswith("beta") and self.BARE_BETA_METHOD in methods:
             return self.BARE_BETA_METHOD, leaf[len("beta"):]
         if "-beta" in leaf:
@@ -149,12 +161,13 @@ class Layout:
             return method, beta_text
         return leaf, None
 
-    def run_segment(self, method: str, beta: float | None, train_set: str | None, default_train_set: str) -> str:
+    def run_segment(self, method: str, beta: float | None, train_set: str | None, default_train_set: str,
+                    seed: int | None = None) -> str:
         """Cell path below ``results/<model>/``: ``base`` (``train_set`` None), ``<leaf>`` on the
         model's default train set, else ``<train_set>/<leaf>`` (leaf: :meth:`run_leaf`)."""
         if train_set is None:
             return self.BASE_RUN
-        leaf = self.run_leaf(method, beta)
+        leaf = self.run_leaf(method, beta, seed)
         return leaf if train_set == default_train_set else f"{train_set}/{leaf}"
 
     # ------------------------------------------------------------------------------- results

@@ -94,6 +94,32 @@ def test_run_path_rule_round_trips():
     assert lay.run_segment("grpo", None, None, "deepmath103k") == "base"
 
 
+def test_seeds_axis_gives_one_cell_per_seed_of_every_trained_method():
+    cfg = paper()
+    cfg["sweeps"] = [{"name": "seeded", "models": ["qwen7b"], "methods": ["base", "grpo", "rs_grpo"],
+                      "betas": [2, 4], "seeds": [0, 3]}]
+    cells = G.expand(cfg)
+    assert [c.id for c in cells] == ["qwen7b/base", "qwen7b/grpo-seed0", "qwen7b/grpo-seed3", "qwen7b/beta2-seed0",
+                                     "qwen7b/beta2-seed3", "qwen7b/beta4-seed0", "qwen7b/beta4-seed3"]
+    assert [c.seed for c in cells] == [None, 0, 3, 0, 3, 0, 3]
+    assert [c.group for c in cells] == ["qwen7b/base"] + [f"qwen7b/{g}" for g in ("grpo", "beta2", "beta4")
+                                                          for _ in (0, 3)]
+    assert [G.train_settings(cfg, c)["seed"] for c in cells[1:]] == [0, 3] * 3
+    assert "seed" not in G.train_settings(cfg, G.cell_from_path(cfg, "qwen7b", "grpo"))  # training.seed applies
+    for cell in cells:  # every path parses back to its cell, also outside the grid
+        assert G.cell_from_path(cfg, cell.model, cell.run) == cell
+    other = G.cell_from_path(cfg, "qwen7b", "dapo17k/beta8-seed12")
+    assert (other.method, other.beta, other.seed, other.train_set, other.group) == (
+        "rs_grpo", 8.0, 12, "dapo17k", "qwen7b/dapo17k/beta8")
+    assert G.train_settings(cfg, other)["seed"] == 12
+    with pytest.raises(G.ConfigError, match="the base model is not trained, so it has no training seed"):
+        G.cell_from_path(cfg, "qwen7b", "base-seed1")
+    lay = L.Layout()
+    assert lay.split_seed("beta4-seed1") == ("beta4", 1)
+    assert lay.split_seed("grpo") == ("grpo", None)
+    assert lay.split_seed("-seed1") == ("-seed1", None)  # no leaf before the suffix: not a seed
+
+
 def test_renamed_beta_method_key_gets_the_long_path_form():
     """Only the method key Layout.BARE_BETA_METHOD is spelled beta<b>; renamed, the cells are <key>-beta<b>."""
     cfg = paper()
@@ -183,6 +209,10 @@ BAD = [
     (mutate(("sweeps", 3, "eval_steps"), [150, "final"]),
      "eval_steps\\[0\\]: step 150 is not a multiple of training.checkpoint_every = 100"),
     (mutate(("sweeps", 3, "eval_steps"), [900]), "step 900 is beyond training.steps = 500"),
+    (lambda cfg: {**cfg, "sweeps": cfg["sweeps"] + [{"models": ["qwen7b"], "methods": ["grpo"], "seeds": [1, 2]}]},
+     "'qwen7b/grpo' is trained without a seeds list by one sweep and with one by another"),
+    (lambda cfg: {**cfg, "sweeps": [{"models": ["qwen7b"], "methods": ["base"], "seeds": [1, 2]}]},
+     "sweeps\\[0\\].seeds: \\[1, 2\\] given, but the sweep trains no method"),
 ]
 
 
