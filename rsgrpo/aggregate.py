@@ -5,8 +5,16 @@ Inputs: the results index ``cells.csv`` + ``benchmarks.csv`` (format and reader:
 :mod:`rsgrpo.cell_index`) and, per cell, the final checkpoint's ``graded.parquet`` (``benchmark,
 problem_id, sample_idx, correct``) and ``passk.csv``. Methods are known by their ``estimator``
 (registry name, :data:`rsgrpo.advantages.ESTIMATORS`), never by their config key: rows follow the
-registry order (Base first), and RS-GRPO - GRPO pairs every estimator-``rs_grpo`` cell with every
-estimator-``grpo`` cell of a setting.
+registry order (Base first), and RS-GRPO - GRPO pairs every estimator-``rs_grpo`` group with every
+estimator-``grpo`` group of a setting.
+
+Rows are per *group* (:attr:`rsgrpo.cell_index.CellIndex.groups`): the replicates of one
+configuration trained with different seeds (``seeds`` axis of a sweep) are pooled into one row whose
+``cell`` column is the group id (the cell id when there is no seed) and ``n_seeds`` their number.
+A pooled number is the mean over seeds and problems; its CI resamples problems (one draw shared by
+all seeds) *and* seeds (:mod:`rsgrpo.passk`, "seeds x problems"), so it covers the seed-to-seed
+variation of training as well as the finite benchmark. A group with one seed gives exactly the
+numbers of the problem-only bootstrap.
 
 Every number is recomputed from the per-problem correct counts of ``graded.parquet`` with the
 unbiased estimator (:func:`rsgrpo.passk.pass_at_k`); ``passk.csv`` is only cross-checked (pass@1 must
@@ -14,20 +22,27 @@ agree, else the two files are from different runs and we refuse to mix them).
 
 Outputs in ``--out`` (percent points everywhere, like the paper):
 
-* ``table2.csv`` (tidy) / ``table2.md`` (paper layout): per setting and method, pass@1 and pass@32 per
-  benchmark and their unweighted mean ``AVG`` (the paper's AVG). "pass@32" is pass@k at the largest
-  k <= 32 that both ``benchmarks.csv`` ``ks`` and the samples allow; column ``k`` says which (the
-  Markdown marks any k != 32). CIs: 95% percentile bootstrap over problems
-  (:func:`rsgrpo.passk.bootstrap_ci`); for ``AVG`` a *stratified* bootstrap resamples problems within
-  each benchmark independently in every replicate and averages the benchmark means, so every
-  benchmark keeps its size and weight, as in the point estimate.
-* ``rsgrpo_vs_grpo.csv`` / ``.md``: every (RS-GRPO cell, GRPO cell) pair of a setting, the difference
-  per benchmark and AVG with a *paired* bootstrap CI (:func:`rsgrpo.passk.paired_difference`: the
-  same problems resampled for both methods; stratified the same way for AVG), plus the mean over
-  settings of the AVG difference next to the published one (paper headline: +1.29 pass@1,
-  +3.64 pass@32 over its 7 settings).
+* ``table2.csv`` (tidy) / ``table2.md`` (paper layout): per setting and method (group), pass@1 and
+  pass@32 per benchmark and their unweighted mean ``AVG`` (the paper's AVG). "pass@32" is pass@k at
+  the largest k <= 32 that both ``benchmarks.csv`` ``ks`` and the samples allow; column ``k`` says
+  which (the Markdown marks any k != 32). CIs: 95% percentile bootstrap over problems
+  (:func:`rsgrpo.passk.bootstrap_ci`; over problems and seeds for a group with several:
+  :func:`rsgrpo.passk.seed_bootstrap_ci`); for ``AVG`` a *stratified* bootstrap resamples problems
+  within each benchmark independently in every replicate (and the seeds once per replicate, shared by
+  the benchmarks) and averages the benchmark means, so every benchmark keeps its size and weight, as
+  in the point estimate (:func:`rsgrpo.passk.stratified_bootstrap`). Column ``n_seeds``: the
+  replicates pooled in the row (the Markdown adds "(n seeds)" to the label where n > 1).
+* ``rsgrpo_vs_grpo.csv`` / ``.md``: every (RS-GRPO group, GRPO group) pair of a setting, the difference
+  per benchmark and AVG with a *paired* bootstrap CI (:func:`rsgrpo.passk.paired_seed_difference`:
+  the same problems resampled for both methods, each method's seeds resampled independently;
+  stratified the same way for AVG, :func:`rsgrpo.passk.stratified_paired_difference`), plus the mean
+  over settings of the AVG difference next to the published one (paper headline: +1.29 pass@1,
+  +3.64 pass@32 over its 7 settings). Besides pass@1 and pass@32 the table holds metric
+  ``pass@<K>`` at the largest k the samples allow, K = the largest ``ks`` entry <= the samples per
+  problem, on every benchmark where K > 32 (e.g. ``pass@64`` with 64 samples), and its AVG where every
+  benchmark has the same K. Columns ``rs_n_seeds`` / ``grpo_n_seeds``: the replicates on each side.
 * ``published_comparison.csv`` / ``.md``: ours vs ``rsgrpo/reference/table2_published.csv`` for every
-  cell whose (setting, ``published_method``) is in that table and every benchmark metric present in
+  group whose (setting, ``published_method``) is in that table and every benchmark metric present in
   both (pass@32 only where our k is exactly 32; AVG only where our benchmarks are exactly the
   paper's six).
 """
@@ -37,7 +52,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +63,21 @@ from rsgrpo.cell_index import (
     RS_GRPO_ESTIMATOR,
     CellIndex,
     Counts,
+    SeedCounts,
     load_index,
     read_passk,
 )
 from rsgrpo.io import atomic_path
 from rsgrpo.layout import AGGREGATE_TABLES
-from rsgrpo.passk import Interval, bootstrap_ci, paired_difference
+from rsgrpo.passk import (
+    paired_seed_difference,
+    seed_bootstrap_ci,
+    stratified_bootstrap,
+    stratified_paired_difference,
+)
 
 __all__ = [
-    "TABLE_K", "AVG", "load_published_table", "table_k", "stratified_bootstrap",
+    "TABLE_K", "AVG", "load_published_table", "table_k", "largest_k", "stratified_bootstrap",
     "build_table2", "build_rsgrpo_vs_grpo", "build_published_comparison", "aggregate",
 ]
 
@@ -82,26 +103,12 @@ def table_k(ks: Iterable[int], n: int, target: int = TABLE_K) -> int:
     return max(ok)
 
 
-def stratified_bootstrap(strata: Sequence[np.ndarray], *, n_boot: int = 2000, alpha: float = 0.05,
-                         seed: int = 0) -> Interval:
-    """Unweighted mean over strata of each stratum's mean, with a stratified percentile bootstrap CI.
-
-    Every replicate resamples problems with replacement *within* each stratum (benchmark), keeping its
-    size, so the CI reflects the AVG column's actual estimator (equal weight per benchmark). Strata
-    are ``[problems]`` arrays; per-stratum generators are seeded ``(seed, index)``, so reruns agree.
-    """
-    if not strata or any(len(s) == 0 for s in strata):
-        raise ValueError("need at least one stratum, each with >= 1 problem")
-    boot = np.zeros(n_boot)
-    for i, values in enumerate(strata):
-        v = np.asarray(values, dtype=np.float64)
-        p = len(v)
-        counts = np.random.default_rng([seed, i]).multinomial(p, np.full(p, 1.0 / p), size=n_boot)
-        boot += counts @ v / p
-    boot /= len(strata)
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    mean = np.mean([np.mean(s) for s in strata])
-    return Interval(np.float64(mean), np.float64(low), np.float64(high))
+def largest_k(ks: Iterable[int], n: int) -> int:
+    """The largest k <= n among ``ks``: the pass@k of ``rsgrpo_vs_grpo``'s extra metric when above 32."""
+    ok = [k for k in ks if k <= n]
+    if not ok:
+        raise ValueError(f"no k <= {n} among {list(ks)}")
+    return max(ok)
 
 
 def _pct(x) -> float:
@@ -124,10 +131,12 @@ def _cross_check_passk(index: CellIndex, cell: str, counts: dict[str, Counts]) -
                              f"{str(index.cells.loc[cell, 'graded'])!r} gives {ours:.6f}: stale results?")
 
 
-def _cell_stats(index: CellIndex, cell: str, n_boot: int, seed: int) -> list[dict]:
-    """pass@1 and pass@K (K = :func:`table_k`) per benchmark and AVG for one cell, with CIs."""
-    counts = index.counts(cell)
-    _cross_check_passk(index, cell, counts)
+def _group_stats(index: CellIndex, group: str, n_boot: int, seed: int) -> list[dict]:
+    """pass@1 and pass@K (K = :func:`table_k`) per benchmark and AVG for one group (pooled over its
+    replicates), with CIs over problems and seeds."""
+    for cell in index.replicates(group):
+        _cross_check_passk(index, cell, index.counts(cell))
+    counts = index.group_counts(group)
     rows, per_metric = [], {"pass@1": [], f"pass@{TABLE_K}": []}
     ks_used = []
     for bench in index.benchmarks["benchmark"]:
@@ -136,93 +145,99 @@ def _cell_stats(index: CellIndex, cell: str, n_boot: int, seed: int) -> list[dic
         big_k = table_k(index.ks_for(bench, n_min), n_min)
         ks_used.append(big_k)
         for metric, k in (("pass@1", 1), (f"pass@{TABLE_K}", big_k)):
-            values = cnt.per_problem(k)
+            values = cnt.per_problem(k)  # [seeds, problems]
             per_metric[metric].append(values)
-            ci = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+            ci = seed_bootstrap_ci(values, n_boot=n_boot, seed=seed)
             rows.append({"benchmark": bench, "benchmark_name": index.benchmark_name(bench), "metric": metric,
                          "k": k, "pass_at_k_pct": _pct(ci.mean), "ci_low_pct": _pct(ci.low),
-                         "ci_high_pct": _pct(ci.high), "n_problems": len(values), "n_samples": n_min})
+                         "ci_high_pct": _pct(ci.high), "n_problems": values.shape[1], "n_samples": n_min})
     for metric, strata in per_metric.items():
         ci = stratified_bootstrap(strata, n_boot=n_boot, seed=seed)
         ks = [1] * len(strata) if metric == "pass@1" else ks_used
         rows.append({"benchmark": AVG, "benchmark_name": AVG, "metric": metric,
                      "k": ks[0] if len(set(ks)) == 1 else pd.NA, "pass_at_k_pct": _pct(ci.mean),
                      "ci_low_pct": _pct(ci.low), "ci_high_pct": _pct(ci.high),
-                     "n_problems": int(sum(len(s) for s in strata)), "n_samples": pd.NA})
+                     "n_problems": int(sum(np.shape(s)[-1] for s in strata)), "n_samples": pd.NA})
     return rows
 
 
-TABLE2_COLUMNS = ["setting", "model_name", "train_set", "cell", "method", "label", "beta", "published_method",
-                  "benchmark", "benchmark_name", "metric", "k", "pass_at_k_pct", "ci_low_pct", "ci_high_pct",
-                  "n_problems", "n_samples"]
+TABLE2_COLUMNS = ["setting", "model_name", "train_set", "cell", "n_seeds", "method", "label", "beta",
+                  "published_method", "benchmark", "benchmark_name", "metric", "k", "pass_at_k_pct", "ci_low_pct",
+                  "ci_high_pct", "n_problems", "n_samples"]
 
 
 def build_table2(index: CellIndex, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Tidy Table 2: one row per (setting, cell, benchmark or AVG, metric)."""
+    """Tidy Table 2: one row per (setting, group, benchmark or AVG, metric); ``cell`` is the group id."""
     cache, rows = {}, []
-    for _, m in index.memberships.iterrows():
-        cell = index.cells.loc[m["cell"]]
-        if m["cell"] not in cache:
-            cache[m["cell"]] = _cell_stats(index, m["cell"], n_boot, seed)
-        for stat in cache[m["cell"]]:
-            rows.append({"setting": m["setting"], "model_name": m["model_display"], "train_set": m["train_set"],
-                         "cell": m["cell"], "method": cell["method"], "label": cell["label"],
-                         "beta": cell["beta"], "published_method": cell["published_method"], **stat})
+    for _, g in index.groups.iterrows():
+        if g["group"] not in cache:
+            cache[g["group"]] = _group_stats(index, g["group"], n_boot, seed)
+        for stat in cache[g["group"]]:
+            rows.append({"setting": g["setting"], "model_name": g["model_display"], "train_set": g["train_set"],
+                         "cell": g["group"], "n_seeds": g["n_seeds"], "method": g["method"], "label": g["label"],
+                         "beta": g["beta"], "published_method": g["published_method"], **stat})
     df = pd.DataFrame(rows, columns=TABLE2_COLUMNS)
     df["k"] = df["k"].astype("Int64")
     df["n_samples"] = df["n_samples"].astype("Int64")
     return df
 
 
-RS_VS_GRPO_COLUMNS = ["setting", "model_name", "train_set", "rs_cell", "rs_label", "beta", "rs_published_method",
-                      "grpo_cell",
-                      "grpo_label", "benchmark", "benchmark_name", "metric", "k", "rs_grpo_pct", "grpo_pct",
-                      "diff_pct", "ci_low_pct", "ci_high_pct", "n_problems"]
+RS_VS_GRPO_COLUMNS = ["setting", "model_name", "train_set", "rs_cell", "rs_n_seeds", "rs_label", "beta",
+                      "rs_published_method", "grpo_cell", "grpo_n_seeds", "grpo_label", "benchmark", "benchmark_name",
+                      "metric", "k", "rs_grpo_pct", "grpo_pct", "diff_pct", "ci_low_pct", "ci_high_pct", "n_problems"]
 
 
-def _aligned(a: Counts, b: Counts, where: str) -> tuple[Counts, Counts]:
-    """Restrict two cells' counts to their common problems (a paired comparison needs the same ones)."""
-    common, ia, ib = np.intersect1d(a.problem_ids, b.problem_ids, return_indices=True)
+def _aligned(a: SeedCounts, b: SeedCounts, where: str) -> tuple[SeedCounts, SeedCounts]:
+    """Restrict two groups' counts to their common problems (a paired comparison needs the same ones)."""
+    common = np.intersect1d(a.problem_ids, b.problem_ids)
     if len(common) == 0:
-        raise ValueError(f"{where}: the two cells share no problem ids")
+        raise ValueError(f"{where}: the two groups share no problem ids")
     if len(common) != len(a.problem_ids) or len(common) != len(b.problem_ids):
         print(f"aggregate: warning: {where}: pairing on the {len(common)} common problems "
               f"({len(a.problem_ids)} vs {len(b.problem_ids)})", file=sys.stderr)
-    return (Counts(common, a.n[ia], a.c[ia]), Counts(common, b.n[ib], b.c[ib]))
+    return a.subset(common), b.subset(common)
 
 
 def build_rsgrpo_vs_grpo(index: CellIndex, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """RS-GRPO - GRPO per benchmark and AVG for every (RS-GRPO cell, GRPO cell) pair of a setting, paired
-    CIs; the two methods are the cells of estimator ``rs_grpo`` and of estimator ``grpo``."""
+    """RS-GRPO - GRPO per benchmark and AVG for every (RS-GRPO group, GRPO group) pair of a setting, paired
+    CIs (problems paired, each side's seeds resampled independently); the two methods are the groups of
+    estimator ``rs_grpo`` and of estimator ``grpo``. Metrics pass@1, pass@32 and, where the samples
+    allow a larger k, ``pass@<K>`` at the largest (see the module docstring)."""
     rows = []
-    for setting, g in index.memberships.groupby("setting", sort=False):
-        rs_cells = index.with_estimator(g, RS_GRPO_ESTIMATOR)
-        grpo_cells = index.with_estimator(g, GRPO_ESTIMATOR)
-        for _, rs in rs_cells.iterrows():
-            for _, gr in grpo_cells.iterrows():
-                diffs = {"pass@1": [], f"pass@{TABLE_K}": []}
-                means = {m: ([], []) for m in diffs}  # per-benchmark means of (rs, grpo)
-                ks_used = []
+    n_benches = len(index.benchmarks)
+    for setting, g in index.groups.groupby("setting", sort=False):
+        rs_groups = index.with_estimator(g, RS_GRPO_ESTIMATOR)
+        grpo_groups = index.with_estimator(g, GRPO_ESTIMATOR)
+        for _, rs in rs_groups.iterrows():
+            for _, gr in grpo_groups.iterrows():
+                # per metric: the benchmarks' [seeds, problems] values of (rs, grpo), and each benchmark's k
+                strata: dict[str, tuple[list, list]] = {"pass@1": ([], []), f"pass@{TABLE_K}": ([], [])}
+                ks_used: dict[str, list] = {m: [] for m in strata}
+                rs_counts, gr_counts = index.group_counts(rs["group"]), index.group_counts(gr["group"])
                 for bench in index.benchmarks["benchmark"]:
-                    where = f"setting {setting!r}, {rs['cell']!r} vs {gr['cell']!r}, benchmark {bench!r}"
-                    a, b = _aligned(index.counts(rs["cell"])[bench], index.counts(gr["cell"])[bench], where)
+                    where = f"setting {setting!r}, {rs['group']!r} vs {gr['group']!r}, benchmark {bench!r}"
+                    a, b = _aligned(rs_counts[bench], gr_counts[bench], where)
                     n_min = int(min(a.n.min(), b.n.min()))
-                    big_k = table_k(index.ks_for(bench, n_min), n_min)
-                    ks_used.append(big_k)
-                    for metric, k in (("pass@1", 1), (f"pass@{TABLE_K}", big_k)):
+                    ks = index.ks_for(bench, n_min)
+                    metrics = [("pass@1", 1), (f"pass@{TABLE_K}", table_k(ks, n_min))]
+                    if largest_k(ks, n_min) > TABLE_K:
+                        metrics.append((f"pass@{largest_k(ks, n_min)}", largest_k(ks, n_min)))
+                    for metric, k in metrics:
                         va, vb = a.per_problem(k), b.per_problem(k)
-                        diffs[metric].append(va - vb)
-                        means[metric][0].append(va.mean())
-                        means[metric][1].append(vb.mean())
-                        ci = paired_difference(va, vb, n_boot=n_boot, seed=seed)
+                        strata.setdefault(metric, ([], []))[0].append(va)
+                        strata[metric][1].append(vb)
+                        ks_used.setdefault(metric, []).append(k)
+                        ci = paired_seed_difference(va, vb, n_boot=n_boot, seed=seed)
                         rows.append(_diff_row(setting, rs, gr, bench, index.benchmark_name(bench), metric, k,
-                                              va.mean(), vb.mean(), ci, len(va)))
-                for metric, strata in diffs.items():
-                    ci = stratified_bootstrap(strata, n_boot=n_boot, seed=seed)
-                    ks = [1] * len(strata) if metric == "pass@1" else ks_used
+                                              va.mean(), vb.mean(), ci, va.shape[1]))
+                for metric, (sa, sb) in strata.items():
+                    if len(sa) != n_benches:  # a pass@<K> some benchmark lacks: no AVG over all of them
+                        continue
+                    ci = stratified_paired_difference(sa, sb, n_boot=n_boot, seed=seed)
+                    ks = ks_used[metric]
                     rows.append(_diff_row(setting, rs, gr, AVG, AVG, metric,
-                                          ks[0] if len(set(ks)) == 1 else pd.NA, np.mean(means[metric][0]),
-                                          np.mean(means[metric][1]), ci, int(sum(len(s) for s in strata))))
+                                          ks[0] if len(set(ks)) == 1 else pd.NA, np.mean([v.mean() for v in sa]),
+                                          np.mean([v.mean() for v in sb]), ci, int(sum(v.shape[1] for v in sa))))
     df = pd.DataFrame(rows, columns=RS_VS_GRPO_COLUMNS)
     df["k"] = df["k"].astype("Int64")
     return df
@@ -230,9 +245,10 @@ def build_rsgrpo_vs_grpo(index: CellIndex, *, n_boot: int = 2000, seed: int = 0)
 
 def _diff_row(setting, rs, gr, bench, bench_name, metric, k, rs_mean, grpo_mean, ci, n_problems) -> dict:
     model_display, _, train_set = setting.partition("/")
-    return {"setting": setting, "model_name": model_display, "train_set": train_set, "rs_cell": rs["cell"],
-            "rs_label": rs["label"], "beta": rs["beta"], "rs_published_method": rs["published_method"],
-            "grpo_cell": gr["cell"], "grpo_label": gr["label"],
+    return {"setting": setting, "model_name": model_display, "train_set": train_set, "rs_cell": rs["group"],
+            "rs_n_seeds": rs["n_seeds"], "rs_label": rs["label"], "beta": rs["beta"],
+            "rs_published_method": rs["published_method"],
+            "grpo_cell": gr["group"], "grpo_n_seeds": gr["n_seeds"], "grpo_label": gr["label"],
             "benchmark": bench, "benchmark_name": bench_name, "metric": metric, "k": k,
             "rs_grpo_pct": _pct(rs_mean), "grpo_pct": _pct(grpo_mean), "diff_pct": _pct(ci.mean),
             "ci_low_pct": _pct(ci.low), "ci_high_pct": _pct(ci.high), "n_problems": n_problems}
@@ -293,15 +309,19 @@ def _fmt_ci(mean: float, low: float, high: float, signed: bool = False) -> str:
 
 
 def _column_order(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(benchmark, metric) columns: per benchmark pass@1, pass@32, then any larger-k metric it has."""
     benches = list(dict.fromkeys(df["benchmark"]))
-    return [(b, m) for b in benches for m in ("pass@1", f"pass@{TABLE_K}")]
+    extra = [m for m in dict.fromkeys(df["metric"]) if m not in ("pass@1", f"pass@{TABLE_K}")]
+    present = set(zip(df["benchmark"], df["metric"]))
+    return [(b, m) for b in benches for m in ("pass@1", f"pass@{TABLE_K}", *extra)
+            if m in ("pass@1", f"pass@{TABLE_K}") or (b, m) in present]
 
 
 def _k_header(df: pd.DataFrame, bench: str, metric: str, notes: list[str]) -> str:
     """Column header such as ``AIME24 p@32``; a dagger (and a note) where some k is not 32."""
     name = df.loc[df["benchmark"] == bench, "benchmark_name"].iloc[0]
-    if metric == "pass@1":
-        return f"{name} p@1"
+    if metric != f"pass@{TABLE_K}":  # pass@1 and a largest-k metric name their k exactly
+        return f"{name} p@{metric.removeprefix('pass@')}"
     ks = df.loc[(df["benchmark"] == bench) & (df["metric"] == metric), "k"]
     if ks.isna().any() or set(ks.astype(int)) != {TABLE_K}:
         if bench != AVG:
@@ -310,10 +330,20 @@ def _k_header(df: pd.DataFrame, bench: str, metric: str, notes: list[str]) -> st
     return f"{name} p@{TABLE_K}"
 
 
+def _seeds_label(label: str, n_seeds) -> str:
+    return f"{label} ({int(n_seeds)} seeds)" if int(n_seeds) > 1 else label
+
+
+SEEDS_NOTE = ("Rows with several training seeds: the mean over seeds and problems; the CI resamples problems "
+              "(one draw for all seeds) and seeds.")
+
+
 def table2_markdown(table2: pd.DataFrame) -> str:
     out = ["# Table 2 (reproduction): pass@1 and pass@32 in %, 95% bootstrap CI over problems", "",
            "AVG = unweighted mean over the benchmarks (its CI: problems resampled within each benchmark).",
            f"† pass@k at the largest k <= {TABLE_K} the samples allow, where that is not {TABLE_K}.", ""]
+    if (table2["n_seeds"] > 1).any():
+        out[-1:-1] = [SEEDS_NOTE]
     for setting, g in table2.groupby("setting", sort=False):
         notes: list[str] = []
         cols = _column_order(g)
@@ -321,7 +351,7 @@ def table2_markdown(table2: pd.DataFrame) -> str:
         body = []
         for _cell, c in g.groupby("cell", sort=False):
             idx = c.set_index(["benchmark", "metric"])
-            body.append([c["label"].iloc[0]] + [
+            body.append([_seeds_label(c["label"].iloc[0], c["n_seeds"].iloc[0])] + [
                 _fmt_ci(*idx.loc[(b, m), ["pass_at_k_pct", "ci_low_pct", "ci_high_pct"]]) for b, m in cols])
         out += [f"## {setting}", "", _md_table(header, body), ""]
         if notes:
@@ -333,6 +363,14 @@ def rsgrpo_vs_grpo_markdown(diff: pd.DataFrame, published: pd.DataFrame | None =
     out = ["# RS-GRPO - GRPO (percent points), paired 95% bootstrap CI over the same problems", ""]
     if diff.empty:
         return "\n".join(out + ["No setting of this grid has both an RS-GRPO and a GRPO cell.", ""])
+    if ((diff["rs_n_seeds"] > 1) | (diff["grpo_n_seeds"] > 1)).any():
+        out += ["Methods with several training seeds: the mean over seeds and problems; the CI resamples the "
+                "problems (one draw for both methods) and each method's seeds independently.", ""]
+    large = sorted({m for m in diff["metric"] if m not in ("pass@1", f"pass@{TABLE_K}")},
+                   key=lambda m: int(m.removeprefix("pass@")))
+    if large:
+        out += [f"p@{', p@'.join(m.removeprefix('pass@') for m in large)}: pass@k at the largest k the samples "
+                f"allow, where that exceeds {TABLE_K}.", ""]
     for setting, g in diff.groupby("setting", sort=False):
         notes: list[str] = []
         cols = _column_order(g)
@@ -340,8 +378,11 @@ def rsgrpo_vs_grpo_markdown(diff: pd.DataFrame, published: pd.DataFrame | None =
         body = []
         for (_rs, _gr), c in g.groupby(["rs_cell", "grpo_cell"], sort=False):
             idx = c.set_index(["benchmark", "metric"])
-            body.append([f"{c['rs_label'].iloc[0]} - {c['grpo_label'].iloc[0]}"] + [
-                _fmt_ci(*idx.loc[(b, m), ["diff_pct", "ci_low_pct", "ci_high_pct"]], signed=True) for b, m in cols])
+            rs_label = _seeds_label(c["rs_label"].iloc[0], c["rs_n_seeds"].iloc[0])
+            grpo_label = _seeds_label(c["grpo_label"].iloc[0], c["grpo_n_seeds"].iloc[0])
+            body.append([f"{rs_label} - {grpo_label}"] + [
+                _fmt_ci(*idx.loc[(b, m), ["diff_pct", "ci_low_pct", "ci_high_pct"]], signed=True)
+                if (b, m) in idx.index else "" for b, m in cols])
         out += [f"## {setting}", "", _md_table(header, body), ""]
         if notes:
             out += ["† " + "; ".join(notes), ""]

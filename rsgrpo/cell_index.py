@@ -5,7 +5,7 @@
 Format (both files CSV with a header; an empty field means "none"):
 
 * ``cells.csv`` -- one row per evaluated cell: ``cell, model, model_name, train_set, method, estimator,
-  beta, label, published_method, published_model, passk, graded, metrics, step_evals``.
+  beta, seed, group, label, published_method, published_model, passk, graded, metrics, step_evals``.
 
   - ``cell`` is the cell id ``<model>/<run>`` (unique), ``method`` the config's method key (free
     text, shown nowhere but the tidy tables), ``estimator`` the advantage estimator's registry name
@@ -13,6 +13,16 @@ Format (both files CSV with a header; an empty field means "none"):
     methods only by ``estimator``: rows are ordered base first, then in registry order (the paper's:
     GRPO, the pass@k baselines, RS-GRPO last), then by ``beta`` and ``label``; the RS-GRPO - GRPO
     table pairs estimator ``rs_grpo`` with estimator ``grpo``. Renaming a method key changes nothing.
+  - ``seed`` is the training seed of a cell of a sweep with a ``seeds`` axis (a non-negative integer;
+    empty for the base model and for sweeps without seeds) and ``group`` the cell id without its
+    ``-seed<s>`` suffix (:attr:`rsgrpo.grid.Cell.group`; the cell id itself when there is no seed).
+    The cells of one group are *replicates* of one configuration: they must agree in every column
+    that defines it (``model, model_name, train_set, method, estimator, beta, label,
+    published_method, published_model``), hold distinct seeds and evaluate the same problems. The
+    analysis shows one row / line per group, pooled over its replicates (:attr:`CellIndex.groups`).
+    A cell without a seed that shares its group with seeded ones counts as one more replicate, ordered
+    first (only a hand-written index has one: :func:`rsgrpo.grid.expand` refuses such a grid). Both
+    columns are required: the index is always written by the ``cell-index`` verb.
   - A *setting* is ``<display model>/<train_set>``, the display model being the first non-empty
     ``published_model`` among the model's cells, else its ``model_name`` (so it matches the
     published Table 2). A cell with an empty ``train_set`` (the base model) belongs to every setting
@@ -26,8 +36,8 @@ Format (both files CSV with a header; an empty field means "none"):
   of two up to the samples per problem).
 
 The cells' own files: ``graded.parquet`` (``benchmark, problem_id, sample_idx, correct``, read as
-per-problem :class:`Counts`), ``passk.csv`` and ``metrics.csv`` (:func:`read_passk`,
-:func:`read_metrics`).
+per-problem :class:`Counts`; a group's replicates stacked as :class:`SeedCounts`), ``passk.csv`` and
+``metrics.csv`` (:func:`read_passk`, :func:`read_metrics`).
 """
 
 from __future__ import annotations
@@ -52,12 +62,15 @@ __all__ = [
     "CELL_COLUMNS", "BENCHMARK_COLUMNS", "GRADED_COLUMNS", "PASSK_COLUMNS", "METRICS_COLUMNS",
     "BASE_ESTIMATOR", "GRPO_ESTIMATOR", "RS_GRPO_ESTIMATOR", "estimator_rank",
     "cells_table", "benchmarks_table", "write_index",
-    "Counts", "CellIndex", "read_table", "load_index", "load_counts", "read_passk", "read_metrics",
-    "parse_step_evals",
+    "Counts", "SeedCounts", "CellIndex", "read_table", "load_index", "load_counts", "read_passk", "read_metrics",
+    "parse_step_evals", "GROUP_COLUMNS",
 ]
 
-CELL_COLUMNS = ["cell", "model", "model_name", "train_set", "method", "estimator", "beta", "label",
+CELL_COLUMNS = ["cell", "model", "model_name", "train_set", "method", "estimator", "beta", "seed", "group", "label",
                 "published_method", "published_model", "passk", "graded", "metrics", "step_evals"]
+# the columns that define a configuration: every replicate (cell) of a group has the same values
+GROUP_COLUMNS = ["model", "model_name", "train_set", "method", "estimator", "beta", "label", "published_method",
+                 "published_model"]
 BENCHMARK_COLUMNS = ["benchmark", "published_name", "n", "ks"]
 GRADED_COLUMNS = ["benchmark", "problem_id", "sample_idx", "correct"]
 PASSK_COLUMNS = ["benchmark", "k", "pass_at_k", "ci_low", "ci_high", "n_problems", "n_samples"]
@@ -106,6 +119,8 @@ def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = LAYOUT) ->
                 "method": cell.method,
                 "estimator": method.get("estimator") or BASE_ESTIMATOR,
                 "beta": "" if cell.beta is None else cell.beta,
+                "seed": "" if cell.seed is None else cell.seed,
+                "group": cell.group,
                 "label": label,
                 "published_method": published,
                 "published_model": model.get("published_name", ""),
@@ -199,6 +214,34 @@ class Counts:
         return self.c / self.n
 
 
+@dataclass(frozen=True)
+class SeedCounts:
+    """Per-problem counts of a group's replicates on one benchmark: ``n`` and ``c`` are ``[seeds,
+    problems]`` (rows in the order of ``cells``, i.e. by seed), the problems the same for every seed."""
+
+    cells: tuple[str, ...]
+    problem_ids: np.ndarray
+    n: np.ndarray
+    c: np.ndarray
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.cells)
+
+    def per_problem(self, k: int) -> np.ndarray:
+        """Unbiased pass@k of each (seed, problem): ``[seeds, problems]``."""
+        return pass_at_k(self.n, self.c, k)
+
+    def pooled(self) -> Counts:
+        """One :class:`Counts` with ``n`` and ``c`` summed over the seeds (all samples of all replicates)."""
+        return Counts(self.problem_ids, self.n.sum(axis=0), self.c.sum(axis=0))
+
+    def subset(self, problem_ids: np.ndarray) -> SeedCounts:
+        """The same counts restricted to ``problem_ids`` (a sorted subset of :attr:`problem_ids`)."""
+        idx = np.searchsorted(self.problem_ids, problem_ids)
+        return SeedCounts(self.cells, np.asarray(problem_ids), self.n[:, idx], self.c[:, idx])
+
+
 def load_counts(path: str | Path) -> dict[str, Counts]:
     """``graded.parquet`` -> ``{benchmark: Counts}``."""
     df = read_table(path, "graded", GRADED_COLUMNS)
@@ -247,10 +290,16 @@ def _resolve(path: str, base_dir: Path) -> Path:
 class CellIndex:
     """The validated ``cells.csv`` + ``benchmarks.csv``.
 
-    ``cells``: one row per cell, indexed by cell id (paths resolved, ``beta`` float or NaN).
+    ``cells``: one row per cell, indexed by cell id (paths resolved, ``beta`` float or NaN, ``seed``
+    nullable ``Int64``).
     ``memberships``: one row per (setting, cell) -- columns ``setting, model, model_display,
-    train_set, cell, method, estimator, beta, label, published_method, rank`` -- the base model
-    repeated in each setting of its model, in display order (see the module docstring).
+    train_set, cell, group, seed, method, estimator, beta, label, published_method, rank`` -- the base
+    model repeated in each setting of its model, in display order (see the module docstring), a
+    group's replicates next to each other, by seed.
+    ``groups``: one row per (setting, group), in the same order -- the columns of ``memberships``
+    without ``cell`` and ``seed``, plus ``cells`` and ``seeds`` (tuples of the replicates' ids and
+    seeds, by seed; a seed is None where the cell has none) and ``n_seeds``. Iterate over it to show
+    one row / line per configuration; :meth:`group_counts` stacks a group's counts.
     ``benchmarks``: with ``ks`` parsed to a list of ints (empty = powers of two up to n).
     """
 
@@ -259,7 +308,39 @@ class CellIndex:
     benchmarks: pd.DataFrame
     cells_path: Path
     benchmarks_path: Path
+    groups: pd.DataFrame | None = None
     _counts: dict | None = None
+
+    def __post_init__(self):
+        if self.groups is None:
+            self.groups = _groups(self.memberships)
+
+    def replicates(self, group: str) -> list[str]:
+        """The cell ids of a group, by seed."""
+        cells = self.groups.loc[self.groups["group"] == group, "cells"]
+        if cells.empty:
+            raise KeyError(f"cells file {str(self.cells_path)!r}: no group {group!r}")
+        return list(cells.iloc[0])
+
+    def group_counts(self, group: str) -> dict[str, SeedCounts]:
+        """Per benchmark, the replicates' per-problem counts stacked ``[seeds, problems]``; ValueError
+        naming both graded files when two replicates did not evaluate the same problems."""
+        cells = self.replicates(group)
+        out = {}
+        for bench in self.benchmarks["benchmark"]:
+            per_cell = [self.counts(cell)[bench] for cell in cells]
+            first = per_cell[0]
+            for cell, cnt in zip(cells[1:], per_cell[1:]):
+                if not np.array_equal(cnt.problem_ids, first.problem_ids):
+                    only = sorted(str(p) for p in set(cnt.problem_ids) ^ set(first.problem_ids))[:3]
+                    raise ValueError(
+                        f"graded files {str(self.cells.loc[cells[0], 'graded'])!r} and "
+                        f"{str(self.cells.loc[cell, 'graded'])!r} (cells file {str(self.cells_path)!r}, group "
+                        f"{group!r}) hold different problems on benchmark {bench!r} (e.g. {only}): the "
+                        "replicates of a group must evaluate the same problems")
+            out[bench] = SeedCounts(tuple(cells), first.problem_ids, np.stack([c.n for c in per_cell]),
+                                    np.stack([c.c for c in per_cell]))
+        return out
 
     def counts(self, cell: str) -> dict[str, Counts]:
         """Per-problem counts of a cell's final checkpoint (read once, cached)."""
@@ -281,7 +362,8 @@ class CellIndex:
         return parse_step_evals(self.cells.loc[cell, "step_evals"], self.cells_path.parent, where=f"cell {cell!r}")
 
     def with_estimator(self, members: pd.DataFrame, *estimators: str) -> pd.DataFrame:
-        """The rows of ``members`` (a slice of :attr:`memberships`) whose estimator is one of ``estimators``."""
+        """The rows of ``members`` (a slice of :attr:`memberships` or :attr:`groups`) whose estimator is one of
+        ``estimators``."""
         return members[members["estimator"].isin(estimators)]
 
     def benchmark_name(self, bench: str) -> str:
@@ -306,6 +388,34 @@ def _parse_beta(value: str, where: str) -> float:
         raise ValueError(f"{where}: column 'beta' must be a number or empty, got {value!r}") from None
 
 
+def _parse_seed(value: str, where: str) -> int | None:
+    if value == "":
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{where}: column 'seed' must be a non-negative integer or empty, got {value!r}")
+    return int(value)
+
+
+def _check_groups(cells: pd.DataFrame, cells_path: Path) -> None:
+    """The replicates of a group agree on the configuration and hold distinct seeds."""
+    for group, g in cells.groupby("group", sort=False):
+        if len(g) == 1:
+            continue
+        first = g.iloc[0]
+        for col in GROUP_COLUMNS:
+            other = g[g[col] != first[col]]
+            if len(other):
+                raise ValueError(f"cells file {str(cells_path)!r}: cells {first['cell']!r} and "
+                                 f"{other['cell'].iloc[0]!r} share group {group!r} but differ in column "
+                                 f"{col!r} ({first[col]!r} vs {other[col].iloc[0]!r})")
+        seeds = [None if s == "" else int(s) for s in g["seed"]]  # validated by _parse_seed
+        dup = [s for s in seeds if seeds.count(s) > 1]
+        if dup:
+            shown = "empty" if dup[0] is None else repr(dup[0])
+            raise ValueError(f"cells file {str(cells_path)!r}: column 'seed' repeats {shown} in group {group!r}: "
+                             "the replicates of a group need distinct seeds")
+
+
 def _parse_ks(value: str, where: str) -> list[int]:
     parts = [p.strip() for p in value.split(";") if p.strip()]
     if not all(p.isdigit() and int(p) >= 1 for p in parts):
@@ -321,14 +431,15 @@ def load_index(cells_path: str | Path, benchmarks_path: str | Path) -> CellIndex
     dup = cells["cell"][cells["cell"].duplicated()]
     if len(dup):
         raise ValueError(f"cells file {str(cells_path)!r}: column 'cell' repeats {dup.iloc[0]!r}")
-    for col in ("cell", "model", "model_name", "method", "label", "passk", "graded"):
+    for col in ("cell", "group", "model", "model_name", "method", "label", "passk", "graded"):
         empty = cells.index[cells[col] == ""]
         if len(empty):
             raise ValueError(f"cells file {str(cells_path)!r}: column {col!r} is empty in row {int(empty[0]) + 2}")
-    betas, resolved = [], {c: [] for c in ("passk", "graded", "metrics")}
+    betas, seeds, resolved = [], [], {c: [] for c in ("passk", "graded", "metrics")}
     for _, row in cells.iterrows():
         where = f"cells file {str(cells_path)!r}, cell {row['cell']!r}"
         betas.append(_parse_beta(row["beta"], where))
+        seeds.append(_parse_seed(row["seed"], where))
         for col in resolved:
             if row[col] == "":
                 resolved[col].append(None)
@@ -338,7 +449,8 @@ def load_index(cells_path: str | Path, benchmarks_path: str | Path) -> CellIndex
                 raise ValueError(f"{where}: column {col!r} names {row[col]!r}, which does not exist")
             resolved[col].append(p)
         parse_step_evals(row["step_evals"], base_dir, where=where)  # validate the syntax early
-    cells = cells.assign(beta=betas, **resolved).set_index("cell", drop=False)
+    _check_groups(cells, cells_path)
+    cells = cells.assign(beta=betas, seed=pd.array(seeds, dtype="Int64"), **resolved).set_index("cell", drop=False)
 
     benchmarks = _text_table(benchmarks_path, "benchmarks", BENCHMARK_COLUMNS)
     dup = benchmarks["benchmark"][benchmarks["benchmark"].duplicated()]
@@ -370,12 +482,28 @@ def _memberships(cells: pd.DataFrame) -> pd.DataFrame:
             for ts in targets:
                 setting = f"{display[model]}/{ts}" if ts else display[model]
                 rows.append({"setting": setting, "model": model, "model_display": display[model],
-                             "train_set": ts, "cell": row["cell"], "method": row["method"],
+                             "train_set": ts, "cell": row["cell"], "group": row["group"], "seed": row["seed"],
+                             "method": row["method"],
                              "estimator": row["estimator"], "beta": row["beta"], "label": row["label"],
                              "published_method": row["published_method"],
                              "rank": _method_rank(row["estimator"], row["beta"])})
     df = pd.DataFrame(rows)
+    df["seed"] = df["seed"].astype("Int64")
     setting_order = {s: i for i, s in enumerate(dict.fromkeys(df["setting"]))}
+    group_order = {g: i for i, g in enumerate(dict.fromkeys(df["group"]))}
     df["setting_rank"] = df["setting"].map(setting_order)
-    df = df.sort_values(["setting_rank", "rank", "label"], key=None, kind="stable")
-    return df.drop(columns=["setting_rank"]).reset_index(drop=True)
+    df["group_rank"] = df["group"].map(group_order)
+    df["seed_rank"] = df["seed"].fillna(-1).astype(np.int64)  # a replicate without a seed first
+    df = df.sort_values(["setting_rank", "rank", "label", "group_rank", "seed_rank"], key=None, kind="stable")
+    return df.drop(columns=["setting_rank", "group_rank", "seed_rank"]).reset_index(drop=True)
+
+
+def _groups(memberships: pd.DataFrame) -> pd.DataFrame:
+    """(setting, group) rows of :attr:`CellIndex.groups`, in the order of ``memberships``."""
+    rows = []
+    for (_setting, _group), g in memberships.groupby(["setting", "group"], sort=False):
+        first = g.iloc[0].drop(["cell", "seed"]).to_dict()
+        seeds = tuple(None if pd.isna(s) else int(s) for s in g["seed"])
+        rows.append({**first, "cells": tuple(g["cell"]), "seeds": seeds, "n_seeds": len(g)})
+    columns = [c for c in memberships.columns if c not in ("cell", "seed")] + ["cells", "seeds", "n_seeds"]
+    return pd.DataFrame(rows, columns=columns).reset_index(drop=True)

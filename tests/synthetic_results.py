@@ -10,6 +10,11 @@ problems, as paired comparisons need), and a checkpoint at step s of S interpola
 the base and the final probabilities. Samples are Bernoulli draws; :class:`SyntheticTree` keeps the
 probabilities and the drawn correct counts so tests can recompute everything independently.
 
+Seeds: a :class:`CellSpec` with a ``seed`` is one replicate of its configuration (cell id
+``<...>-seed<s>``, :attr:`CellSpec.group` without the suffix); its final probabilities are shifted by
+``seed_offset`` (and its training curves by half that), so replicates of a group disagree by a known
+amount. :func:`replicate` makes the replicates of a spec, :func:`seeded_cells` a small seeded grid.
+
 Usage from a shell (e.g. to look at the figures): ``python tests/synthetic_results.py OUT_DIR``.
 """
 
@@ -81,17 +86,23 @@ class CellSpec:
     transform: Transform = identity
     eval_steps: tuple[int, ...] = ()  # evaluated checkpoints; the last is the final one ((): base)
     diversity: int = 4  # distinct correct solution texts per problem the policy can produce
+    seed: int | None = None  # training seed of a replicate (None: no seeds axis)
+    seed_offset: float = 0.0  # added to this replicate's final probabilities (clipped to [0, 1])
 
     def __post_init__(self):
         if not self.estimator and self.method != "base":
             self.estimator = METHOD_ESTIMATORS.get(self.method, "")
 
     @property
-    def cell(self) -> str:
+    def group(self) -> str:
         if self.method == "base":
             return f"{self.model}/base"
         beta = "" if self.beta is None else f"_beta{self.beta:g}"
         return f"{self.model}/{self.train_set}/{self.method}{beta}"
+
+    @property
+    def cell(self) -> str:
+        return self.group if self.seed is None else f"{self.group}-seed{self.seed}"
 
 
 @dataclass
@@ -137,6 +148,33 @@ def default_cells(steps: tuple[int, ...] = (10, 20, 30)) -> list[CellSpec]:
         CellSpec(**q15, **trained, method="rs_grpo", estimator="rs_grpo", beta=2.0, label="RS-GRPO (β=2)",
                  published_method="RS-GRPO", transform=rs_grpo_like(2.0), diversity=4),
     ]
+
+
+def replicate(spec: CellSpec, seeds: tuple[int, ...] = (0, 1, 2), spread: float = 0.0) -> list[CellSpec]:
+    """Replicates of ``spec`` with seeds ``seeds``, offsets spread evenly over ``[-spread, +spread]``
+    (their mean is 0, so before clipping the seeds' mean probability is the spec's)."""
+    mid = (len(seeds) - 1) / 2
+    return [dataclasses.replace(spec, seed=s, seed_offset=spread * ((i - mid) / mid if mid else 0.0))
+            for i, s in enumerate(seeds)]
+
+
+def seeded_cells(seeds: tuple[int, ...] = (0, 1, 2), spread: float = 0.1, steps: tuple[int, ...] = (2, 4),
+                 rs_betas: tuple[float, ...] = (2.0, 4.0), *, model: str = "demo", model_name: str = "Demo",
+                 train_set: str = "arith", published: bool = False) -> list[CellSpec]:
+    """One setting ``<model_name>/<train_set>``: Base, and GRPO and RS-GRPO at ``rs_betas`` each trained
+    with ``seeds``. ``published``: the model is the paper's ``model_name`` and Base, GRPO and RS-GRPO
+    (beta 2) are its published methods."""
+    pub = dict(published_model=model_name) if published else {}
+    q = dict(model=model, model_name=model_name, **pub)
+    trained = dict(**q, train_set=train_set, eval_steps=steps)
+    cells = [CellSpec(**q, method="base", label="Base", diversity=6, published_method="Base" if published else "")]
+    cells += replicate(CellSpec(**trained, method="grpo", label="GRPO", transform=grpo_like, diversity=2,
+                                published_method="GRPO" if published else ""), seeds, spread)
+    for beta in rs_betas:
+        cells += replicate(CellSpec(**trained, method="rs_grpo", beta=beta, label=f"RS-GRPO (β={beta:g})",
+                                    transform=rs_grpo_like(beta), diversity=4,
+                                    published_method="RS-GRPO" if published and beta == 2 else ""), seeds, spread)
+    return cells
 
 
 def _graded_frame(bench: BenchSpec, ids: np.ndarray, probs: np.ndarray, diversity: int,
@@ -186,7 +224,8 @@ def _metrics_frame(spec: CellSpec, total_steps: int, rng: np.random.Generator) -
     rate = 0.05 * (1.0 + 0.3 * beta)
     cumulative = 0.3 + 0.6 * (1.0 - np.exp(-rate * steps))
     reward = 0.2 + 0.4 * (1.0 - np.exp(-0.1 * steps)) + rng.normal(0, 0.02, len(steps))
-    entropy = 0.2 + 0.8 * np.exp(-steps / (4.0 * spec.diversity + 2.0 * beta))
+    cumulative = cumulative + 0.5 * spec.seed_offset
+    entropy = 0.2 + 0.8 * np.exp(-steps / (4.0 * spec.diversity + 2.0 * beta)) + 0.5 * spec.seed_offset
     return pd.DataFrame({
         "step": steps, "beta": spec.beta if spec.beta is not None else np.nan, "reward_mean": reward,
         "solved_frac": np.clip(reward + 0.1, 0, 1), "cumulative_solve_rate": cumulative, "groups_kept": 8,
@@ -215,7 +254,7 @@ def write_tree(root: str | Path, cells: list[CellSpec] | None = None, benchmarks
             frames = []
             for bi, b in enumerate(benchmarks):
                 base = latent[(spec.model, b.key)]
-                final = np.clip(spec.transform(base), 0.0, 1.0)
+                final = np.clip(spec.transform(base) + spec.seed_offset, 0.0, 1.0)
                 probs = base + (final - base) * (step / total if total else 1.0)
                 rng = np.random.default_rng([seed, 1000 + ci, si, bi])
                 graded = _graded_frame(b, ids[b.key], probs, spec.diversity, rng)
@@ -236,7 +275,8 @@ def write_tree(root: str | Path, cells: list[CellSpec] | None = None, benchmarks
         rows.append({
             "cell": spec.cell, "model": spec.model, "model_name": spec.model_name, "train_set": spec.train_set,
             "method": spec.method, "estimator": spec.estimator,
-            "beta": "" if spec.beta is None else f"{spec.beta:g}", "label": spec.label,
+            "beta": "" if spec.beta is None else f"{spec.beta:g}",
+            "seed": "" if spec.seed is None else spec.seed, "group": spec.group, "label": spec.label,
             "published_method": spec.published_method, "published_model": spec.published_model,
             "passk": str(final_dir / "passk.csv"), "graded": str(final_dir / "graded.parquet"),
             "metrics": metrics,

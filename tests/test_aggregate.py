@@ -25,7 +25,13 @@ from rsgrpo import aggregate as agg
 from rsgrpo import cell_index
 from rsgrpo import grid as G
 from rsgrpo.cli import main as cli_main
-from rsgrpo.passk import bootstrap_ci, pass_at_k
+from rsgrpo.passk import (
+    bootstrap_ci,
+    paired_seed_difference,
+    pass_at_k,
+    seed_bootstrap_ci,
+    stratified_paired_difference,
+)
 
 N_BOOT = 400
 
@@ -439,3 +445,143 @@ def test_relative_paths_resolve_against_the_cells_folder(tree, tmp_path):
     assert grid.cells.loc["qwen7b/base", "graded"] == root / "qwen7b/base/eval/graded.parquet"
     steps = cell_index.parse_step_evals(grid.cells.loc["qwen7b/deepmath103k/grpo", "step_evals"], root, where="x")
     assert [s for s, _ in steps] == [10, 20, 30] and all(d.is_dir() for _, d in steps)
+
+
+# ------------------------------------------------------------------------------------ seed replicates
+SEEDED_BENCHES = [syn.BenchSpec("b64a", "AIME24", 10, 64), syn.BenchSpec("b64b", "MATH500", 8, 64)]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """Qwen2.5-Math-7B/deepmath103k (so the published comparison applies): Base, and GRPO, RS-GRPO
+    beta 2 and beta 4 with three seeds each whose probabilities differ by up to +-0.15; 64 samples."""
+    cells = syn.seeded_cells(spread=0.15, steps=(1,), model="q7", model_name="Qwen2.5-Math-7B",
+                             train_set="deepmath103k", published=True)
+    tree = syn.write_tree(tmp_path_factory.mktemp("seeded"), cells, SEEDED_BENCHES, seed=6)
+    out = tmp_path_factory.mktemp("seeded_out")
+    agg.aggregate(tree.cells_csv, tree.benchmarks_csv, out, n_boot=N_BOOT, seed=0)
+    tables = {name: pd.read_csv(out / f"{name}.csv", keep_default_na=False, na_values=[""])
+              for name in ("table2", "rsgrpo_vs_grpo", "published_comparison")}
+    return tree, tables, out
+
+
+def _stacked(tree, group: str, bench: str, k: int) -> np.ndarray:
+    """[seeds, problems] pass@k of a group from the generated counts, with math.comb."""
+    spec = next(b for b in tree.benchmarks if b.key == bench)
+    cells = sorted((c for c in tree.cells if c.group == group), key=lambda c: -1 if c.seed is None else c.seed)
+    return np.array([[1 - math.comb(spec.n - int(c), k) / math.comb(spec.n, k)
+                      for c in tree.counts[(cell.cell, tree.final_step(cell.cell), bench)]] for cell in cells])
+
+
+def test_seeded_table2_pools_the_replicates(seeded):
+    tree, tables, out = seeded
+    t2 = tables["table2"]
+    assert list(dict.fromkeys(t2["cell"])) == ["q7/base", "q7/deepmath103k/grpo", "q7/deepmath103k/rs_grpo_beta2",
+                                               "q7/deepmath103k/rs_grpo_beta4"]
+    assert t2.groupby("cell", sort=False)["n_seeds"].first().tolist() == [1, 3, 3, 3]
+    assert list(dict.fromkeys(t2["label"])) == ["Base", "GRPO", "RS-GRPO (β=2)", "RS-GRPO (β=4)"]
+    assert set(t2["metric"]) == {"pass@1", "pass@32"}  # Table 2 keeps the paper's two metrics
+    for _, r in t2[t2["benchmark"] != agg.AVG].iterrows():
+        values = _stacked(tree, r["cell"], r["benchmark"], int(r["k"]))
+        assert values.shape[0] == r["n_seeds"]
+        # pooled = mean over seeds and problems (pass@1: the mean of c / n over all replicates' problems)
+        assert r["pass_at_k_pct"] == pytest.approx(100 * values.mean(), abs=1e-4)
+        ci = seed_bootstrap_ci(values, n_boot=N_BOOT, seed=0)
+        assert (r["ci_low_pct"], r["ci_high_pct"]) == pytest.approx((100 * ci.low, 100 * ci.high), abs=1e-3)
+        assert r["n_problems"] == values.shape[1] and r["n_samples"] == 64
+    grpo_p1 = t2[(t2["cell"] == "q7/deepmath103k/grpo") & (t2["benchmark"] == "b64a") & (t2["metric"] == "pass@1")]
+    counts = np.stack([tree.counts[(f"q7/deepmath103k/grpo-seed{s}", 1, "b64a")] for s in (0, 1, 2)])
+    assert grpo_p1["pass_at_k_pct"].iloc[0] == pytest.approx(100 * counts.sum() / counts.size / 64, abs=1e-4)
+    # the seeds disagree (+-0.15): the seed-aware CI is wider than the problem-only CI of the seed mean
+    values = _stacked(tree, "q7/deepmath103k/grpo", "b64a", 1)
+    problems_only = bootstrap_ci(values.mean(axis=0), n_boot=N_BOOT, seed=0)
+    r = grpo_p1.iloc[0]
+    assert r["ci_high_pct"] - r["ci_low_pct"] > 1.1 * 100 * (problems_only.high - problems_only.low)
+    # AVG: unweighted mean over the benchmarks; its CI the stratified seeds x problems bootstrap
+    avg = t2[(t2["cell"] == "q7/deepmath103k/grpo") & (t2["benchmark"] == agg.AVG) & (t2["metric"] == "pass@1")]
+    strata = [_stacked(tree, "q7/deepmath103k/grpo", b.key, 1) for b in SEEDED_BENCHES]
+    ci = agg.stratified_bootstrap(strata, n_boot=N_BOOT, seed=0)
+    assert avg["pass_at_k_pct"].iloc[0] == pytest.approx(100 * np.mean([s.mean() for s in strata]), abs=1e-4)
+    assert (avg["ci_low_pct"].iloc[0], avg["ci_high_pct"].iloc[0]) == pytest.approx(
+        (100 * ci.low, 100 * ci.high), abs=1e-3)
+    md = (out / "table2.md").read_text()
+    assert "| GRPO (3 seeds) |" in md and "| Base |" in md and "training seeds" in md
+
+
+def test_seeded_rsgrpo_vs_grpo_pairs_groups_with_the_largest_k(seeded):
+    tree, tables, out = seeded
+    d = tables["rsgrpo_vs_grpo"]
+    assert d.groupby(["rs_cell", "grpo_cell"], sort=False).size().to_dict() == {
+        ("q7/deepmath103k/rs_grpo_beta2", "q7/deepmath103k/grpo"): 9,  # (2 benchmarks + AVG) x 3 metrics
+        ("q7/deepmath103k/rs_grpo_beta4", "q7/deepmath103k/grpo"): 9}
+    assert set(d["rs_n_seeds"]) == {3} and set(d["grpo_n_seeds"]) == {3}
+    assert list(dict.fromkeys(d["metric"])) == ["pass@1", "pass@32", "pass@64"]
+    assert set(d.loc[d["metric"] == "pass@64", "k"]) == {64}
+    for _, r in d[d["benchmark"] != agg.AVG].iterrows():
+        a = _stacked(tree, r["rs_cell"], r["benchmark"], int(r["k"]))
+        b = _stacked(tree, r["grpo_cell"], r["benchmark"], int(r["k"]))
+        assert r["rs_grpo_pct"] == pytest.approx(100 * a.mean(), abs=1e-4)
+        assert r["diff_pct"] == pytest.approx(100 * (a.mean() - b.mean()), abs=1e-4)
+        ci = paired_seed_difference(a, b, n_boot=N_BOOT, seed=0)
+        assert (r["ci_low_pct"], r["ci_high_pct"]) == pytest.approx((100 * ci.low, 100 * ci.high), abs=1e-3)
+    avg64 = d[(d["benchmark"] == agg.AVG) & (d["metric"] == "pass@64")
+              & (d["rs_cell"] == "q7/deepmath103k/rs_grpo_beta2")].iloc[0]
+    sa = [_stacked(tree, "q7/deepmath103k/rs_grpo_beta2", b.key, 64) for b in SEEDED_BENCHES]
+    sb = [_stacked(tree, "q7/deepmath103k/grpo", b.key, 64) for b in SEEDED_BENCHES]
+    ci = stratified_paired_difference(sa, sb, n_boot=N_BOOT, seed=0)
+    assert avg64["diff_pct"] == pytest.approx(100 * np.mean([x.mean() - y.mean() for x, y in zip(sa, sb)]), abs=1e-4)
+    assert (avg64["ci_low_pct"], avg64["ci_high_pct"]) == pytest.approx((100 * ci.low, 100 * ci.high), abs=1e-3)
+    md = (out / "rsgrpo_vs_grpo.md").read_text()
+    assert "| Comparison | AIME24 p@1 | AIME24 p@32 | AIME24 p@64 | MATH500 p@1 |" in md
+    assert "| RS-GRPO (β=2) (3 seeds) - GRPO (3 seeds) |" in md and "largest k the samples allow" in md
+
+
+def test_seeded_published_comparison_uses_the_pooled_numbers(seeded):
+    _, tables, _ = seeded
+    comp, t2 = tables["published_comparison"], tables["table2"]
+    assert set(comp["cell"]) == {"q7/base", "q7/deepmath103k/grpo", "q7/deepmath103k/rs_grpo_beta2"}
+    merged = comp.merge(t2, on=["setting", "cell", "benchmark", "metric"])
+    assert len(merged) == len(comp) == 3 * 2 * 2  # groups x benchmarks x metrics (no AVG: not the paper's six)
+    np.testing.assert_allclose(merged["ours_pct"], merged["pass_at_k_pct"])
+
+
+def test_largest_k_only_where_the_samples_exceed_32(tmp_path):
+    """pass@64 on the 64-sample benchmark only, and no AVG at 64 (the 8-sample one has no pass@64)."""
+    q = dict(model="m", model_name="M", train_set="t", eval_steps=(1,))
+    cells = [syn.CellSpec(**q, method="grpo", label="GRPO", transform=syn.grpo_like),
+             syn.CellSpec(**q, method="rs_grpo", beta=2.0, label="RS", transform=syn.rs_grpo_like(2.0))]
+    tree = syn.write_tree(tmp_path, cells, [syn.BenchSpec("big", "", 6, 64), syn.BenchSpec("small", "", 5, 8)],
+                          seed=2)
+    grid = cell_index.load_index(tree.cells_csv, tree.benchmarks_csv)
+    d = agg.build_rsgrpo_vs_grpo(grid, n_boot=50)
+    assert d[["benchmark", "metric"]].apply(tuple, axis=1).tolist() == [
+        ("big", "pass@1"), ("big", "pass@32"), ("big", "pass@64"), ("small", "pass@1"), ("small", "pass@32"),
+        (agg.AVG, "pass@1"), (agg.AVG, "pass@32")]
+    assert d["k"].iloc[:6].tolist() == [1, 32, 64, 1, 8, 1] and pd.isna(d["k"].iloc[6])  # AVG: ks 32 and 8
+    assert set(d["rs_n_seeds"]) == {1}
+    big = d[d["metric"] == "pass@64"].iloc[0]
+    rs = tree.counts[("m/t/rs_grpo_beta2", 1, "big")]
+    gr = tree.counts[("m/t/grpo", 1, "big")]
+    assert big["diff_pct"] == pytest.approx(100 * (np.mean(rs > 0) - np.mean(gr > 0)))  # pass@n: any correct
+    md = agg.rsgrpo_vs_grpo_markdown(d)
+    row = next(line for line in md.splitlines() if line.startswith("| RS - GRPO |"))
+    assert "big p@64" in md and "small p@64" not in md and row.count("[") == 7
+    # with ks capped at 32 there is no larger k to report
+    bench = pd.read_csv(tree.benchmarks_csv, dtype=str, keep_default_na=False)
+    bench.loc[bench["benchmark"] == "big", "ks"] = "1;2;4;8;16;32"
+    bench.to_csv(tmp_path / "b32.csv", index=False)
+    d32 = agg.build_rsgrpo_vs_grpo(cell_index.load_index(tree.cells_csv, tmp_path / "b32.csv"), n_boot=50)
+    assert set(d32["metric"]) == {"pass@1", "pass@32"}
+
+
+def test_cross_check_covers_every_replicate(seeded, tmp_path):
+    tree, _, _ = seeded
+    passk = pd.read_csv(tree.root / "q7/deepmath103k/grpo-seed2/eval/step_1/passk.csv")
+    passk.loc[passk["k"] == 1, "pass_at_k"] += 0.01
+    stale = tmp_path / "stale_passk.csv"
+    passk.to_csv(stale, index=False)
+    cells, bench = _edit_cells(tree, tmp_path,
+                               lambda d: _set(d, "passk", str(stale), int(np.flatnonzero(
+                                   d["cell"] == "q7/deepmath103k/grpo-seed2")[0])))
+    with pytest.raises(ValueError, match=r"cell 'q7/deepmath103k/grpo-seed2'\) says pass@1 .* stale"):
+        agg.aggregate(cells, bench, tmp_path / "out", n_boot=10)

@@ -7,6 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from math import comb
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ import synthetic_results as syn
 from rsgrpo import figures as rf
 from rsgrpo.cell_index import load_index
 from rsgrpo.cli import main as cli_main
+from rsgrpo.passk import pass_at_k, seed_bootstrap_ci
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,6 @@ def test_beta_ablation_panels_and_values(rendered):
         assert y == pytest.approx(100 * expected)
     # pass@32 panel: largest k <= 32 per benchmark (16 on toy), averaged
     pass32 = {line.get_label(): line for line in axes[3].get_lines()}["GRPO"]
-    from math import comb
     final = [np.mean([1 - comb(bs.n - int(c), min(32, bs.n)) / comb(bs.n, min(32, bs.n))
                       for c in tree.counts[("qwen7b/deepmath103k/grpo", 30, bs.key)]]) for bs in tree.benchmarks]
     assert pass32.get_ydata()[-1] == pytest.approx(100 * np.mean(final), abs=1e-6)
@@ -228,7 +230,7 @@ def test_ablation_and_heatmap_find_their_cells_after_renaming_the_method_keys(tm
     assert set(renamed.memberships["method"]).isdisjoint(renames)
 
     def ablation(index):
-        return [(s, list(g["cell"])) for s, g in rf._ablation_runs(index)]
+        return [(s, list(g["group"])) for s, g in rf._ablation_runs(index)]
 
     assert ablation(renamed) == [(s, [ids[c] for c in cs]) for s, cs in ablation(plain)]
     assert len(ablation(renamed)) == 1 and len(ablation(renamed)[0][1]) == 3  # GRPO + betas 2 and 4
@@ -242,3 +244,136 @@ def test_ablation_and_heatmap_find_their_cells_after_renaming_the_method_keys(tm
     assert list(written) == list(rf.FIGURES)  # nothing skipped
     tm = pd.read_csv(out / "transition_matrix.csv")
     assert set(tm["from_cell"]) == {ids["qwen7b/deepmath103k/grpo"], ids["qwen15b/deepmath103k/grpo"]}
+
+
+# ------------------------------------------------------------------------------------ seed replicates
+SEEDED_BENCHES = [syn.BenchSpec("b1", "B1", 10, 8), syn.BenchSpec("b2", "B2", 6, 8)]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """Base, GRPO, RS-GRPO beta 2 and beta 4, three seeds each (offsets -0.1, 0, +0.1), rendered as PNG."""
+    tree = syn.write_tree(tmp_path_factory.mktemp("seeded"), syn.seeded_cells(), SEEDED_BENCHES, seed=3)
+    out = tmp_path_factory.mktemp("seeded_figures")
+    seen = {}
+    original = rf.save_figure
+
+    def spy(fig, path, formats=None):
+        seen[path.stem] = list(fig.axes)
+        return original(fig, path, formats)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rf, "save_figure", spy)
+        written = rf.make_figures(tree.cells_csv, tree.benchmarks_csv, out, formats=())
+    return tree, out, written, seen
+
+
+GROUPS = {"Base": "demo/base", "GRPO (3 seeds)": "demo/arith/grpo",
+          "RS-GRPO (β=2) (3 seeds)": "demo/arith/rs_grpo_beta2", "RS-GRPO (β=4) (3 seeds)": "demo/arith/rs_grpo_beta4"}
+
+
+def _replicates(tree, group: str) -> list[str]:
+    return [c.cell for c in tree.cells if c.group == group]
+
+
+def test_seeded_figures_all_written_one_entry_per_group(seeded):
+    _, out, written, seen = seeded
+    assert list(written) == list(rf.FIGURES)
+    for name in ("passk_curves", "entropy"):
+        labels = [t.get_text() for ax in seen[name] if ax.get_legend() for t in ax.get_legend().get_texts()]
+        expected = list(GROUPS) if name == "passk_curves" else list(GROUPS)[1:]  # entropy: trained groups only
+        assert labels == expected, name
+    ablation_labels = [t.get_text() for t in seen["beta_ablation"][0].get_legend().get_texts()]
+    assert ablation_labels == list(GROUPS)[1:]
+
+
+def test_seeded_passk_curves_pool_the_seeds(seeded):
+    tree, _, _, seen = seeded
+    axes = seen["passk_curves"]
+    assert len(axes) == 2 and [len(ax.get_lines()) for ax in axes] == [4, 4]
+    assert [len(ax.collections) for ax in axes] == [4, 4]  # one band per group
+    for line in axes[0].get_lines():
+        group = GROUPS[line.get_label()]
+        cells = _replicates(tree, group)
+        ks = list(line.get_xdata())
+        assert ks == [1, 2, 4, 8]
+        expected = [np.mean([1 - comb(8 - int(c), k) / comb(8, k) for cell in cells
+                             for c in tree.counts[(cell, tree.final_step(cell), "b1")]]) for k in ks]
+        np.testing.assert_allclose(line.get_ydata(), 100 * np.array(expected), atol=1e-9)
+    # the band of a 3-seed group is the seeds x problems bootstrap
+    grpo = next(i for i, line in enumerate(axes[0].get_lines()) if line.get_label() == "GRPO (3 seeds)")
+    values = np.array([pass_at_k(8, tree.counts[(cell, 4, "b1")], [1, 2, 4, 8])
+                       for cell in _replicates(tree, "demo/arith/grpo")])
+    ci = seed_bootstrap_ci(values, n_boot=rf.BAND_BOOT, seed=0)
+    band = axes[0].collections[grpo].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(100 * ci.low.min()) and band[:, 1].max() == pytest.approx(
+        100 * ci.high.max())
+
+
+def test_seeded_beta_ablation_mean_and_min_max_band(seeded):
+    tree, _, _, seen = seeded
+    axes = seen["beta_ablation"]
+    assert len(axes) == 4 and [len(ax.get_lines()) for ax in axes] == [3] * 4
+    assert [len(ax.collections) for ax in axes] == [3] * 4  # a min-max band per group
+    metrics = [pd.read_csv(tree.root / c / "train/metrics.csv") for c in _replicates(tree, "demo/arith/rs_grpo_beta4")]
+    solve = next(line for line in axes[0].get_lines() if line.get_label() == "RS-GRPO (β=4) (3 seeds)")
+    rates = np.stack([m["cumulative_solve_rate"] for m in metrics])
+    np.testing.assert_allclose(solve.get_ydata(), rates.mean(axis=0))
+    band = axes[0].collections[[line.get_label() for line in axes[0].get_lines()].index(solve.get_label())]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(rates.min()) and ys.max() == pytest.approx(rates.max())
+    # test pass@1: mean over seeds of the benchmark-averaged pass@1 at each checkpoint, step 0 = base
+    pass1 = next(line for line in axes[2].get_lines() if line.get_label() == "GRPO (3 seeds)")
+    assert list(pass1.get_xdata()) == [0, 2, 4]
+    for x, y in zip(pass1.get_xdata(), pass1.get_ydata()):
+        cells = ["demo/base"] if x == 0 else _replicates(tree, "demo/arith/grpo")
+        expected = np.mean([np.mean([tree.counts[(c, int(x), b.key)].mean() / b.n for b in SEEDED_BENCHES])
+                            for c in cells])
+        assert y == pytest.approx(100 * expected)
+
+
+def test_seeded_unique_answers_and_transitions_pool_the_seeds(seeded):
+    tree, out, _, seen = seeded
+    table = pd.read_csv(out / "unique_answers.csv")
+    assert len(table) == 4 * 2 and set(table.loc[table["cell"] != "demo/base", "n_seeds"]) == {3}
+    assert [len(ax.patches) for ax in seen["unique_answers"]] == [4 * 2]
+    ratios, with_correct = [], 0
+    for cell in _replicates(tree, "demo/arith/rs_grpo_beta2"):
+        graded = pd.read_parquet(tree.root / cell / "eval/step_4/graded.parquet")
+        for _, p in graded[(graded["benchmark"] == "b2") & graded["correct"]].groupby("problem_id"):
+            texts = [" ".join(t.split()) for t in p["text"]]
+            ratios.append(len(set(texts)) / len(texts))
+            with_correct += 1
+    row = table[(table["cell"] == "demo/arith/rs_grpo_beta2") & (table["benchmark"] == "b2")].iloc[0]
+    assert row["unique_ratio"] == pytest.approx(np.mean(ratios)) and row["n_problems_with_correct"] == with_correct
+
+    tm = pd.read_csv(out / "transition_matrix.csv")
+    assert list(dict.fromkeys(zip(tm["from_cell"], tm["to_cell"]))) == [
+        ("demo/arith/grpo", "demo/arith/rs_grpo_beta2"), ("demo/arith/grpo", "demo/arith/rs_grpo_beta4")]
+    g = tm[tm["to_cell"] == "demo/arith/rs_grpo_beta4"]
+    m = g.pivot(index="from_bin", columns="to_bin", values="count").loc[list(rf.ACCURACY_BINS),
+                                                                       list(rf.ACCURACY_BINS)].to_numpy()
+
+    def pooled(group):  # c and n summed over the seeds, problems of both benchmarks
+        c = np.concatenate([sum(tree.counts[(cell, 4, b.key)] for cell in _replicates(tree, group))
+                            for b in SEEDED_BENCHES])
+        return c, np.full(len(c), 3 * 8)
+
+    np.testing.assert_array_equal(m, rf.transition_matrix(*pooled("demo/arith/grpo"),
+                                                          *pooled("demo/arith/rs_grpo_beta4")))
+    assert m.sum() == 16  # problems, not (seed, problem) pairs
+    entropy = seen["entropy"][0]
+    assert len(entropy.get_lines()) == 3 and len(entropy.collections) == 3
+
+
+def test_one_beta_with_several_seeds_is_no_ablation(tmp_path):
+    """Three seeds of a single RS-GRPO beta are not a beta ablation: that figure is skipped."""
+    tree = syn.write_tree(tmp_path / "tree", syn.seeded_cells(seeds=(0, 1), rs_betas=(2.0,), steps=(1,)),
+                          [syn.BenchSpec("b1", "", 4, 4)], seed=0)
+    index = load_index(tree.cells_csv, tree.benchmarks_csv)
+    assert rf._ablation_runs(index) == []
+    rf.house_style()
+    with pytest.raises(rf.Skip, match="two or more RS-GRPO runs"):
+        rf.plot_beta_ablation(index, tmp_path, ())
+    assert rf.transition_pairs(index, "grpo", "demo/arith/rs_grpo_beta2-seed1") == [
+        ("Demo/arith", "demo/arith/grpo", "demo/arith/rs_grpo_beta2")]  # a replicate's id finds its group

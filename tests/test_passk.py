@@ -1,4 +1,5 @@
-"""pass@k vs exact rational arithmetic; bootstrap intervals and paired differences."""
+"""pass@k vs exact rational arithmetic; bootstrap intervals and paired differences; the seeds x problems
+bootstrap against brute force (an explicit loop over the same draws, and plain index resampling)."""
 
 import math
 from fractions import Fraction
@@ -6,7 +7,18 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from rsgrpo.passk import bootstrap_ci, mean_pass_at_k, paired_difference, pass_at_k, powers_of_two
+from rsgrpo.passk import (
+    SEED_STREAM,
+    bootstrap_ci,
+    mean_pass_at_k,
+    paired_difference,
+    paired_seed_difference,
+    pass_at_k,
+    powers_of_two,
+    seed_bootstrap_ci,
+    stratified_bootstrap,
+    stratified_paired_difference,
+)
 
 
 def exact(n, c, k):
@@ -118,3 +130,130 @@ def test_paired_difference_is_tighter_than_unpaired():
 def test_mean_pass_at_k_dict():
     out = mean_pass_at_k(4, np.array([0, 4]), [1, 4])
     assert out[1].mean == pytest.approx(0.5) and out[4].mean == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------- seeds x problems
+def _values(seeds: int, problems: int, spread: float, rng_seed: int = 0) -> np.ndarray:
+    """[seeds, problems] pass@1-like values: a per-problem difficulty plus a per-seed offset."""
+    rng = np.random.default_rng(rng_seed)
+    difficulty = rng.random(problems)
+    offsets = np.linspace(-spread, spread, seeds) if seeds > 1 else np.zeros(1)
+    return np.clip(difficulty[None, :] + offsets[:, None] + rng.normal(0, 0.03, (seeds, problems)), 0, 1)
+
+
+def test_one_seed_is_exactly_the_problem_bootstrap():
+    """[1, problems] values give bit for bit today's numbers (unseeded results unchanged)."""
+    v = _values(1, 40, 0.0)
+    for got, want in ((seed_bootstrap_ci(v, n_boot=300, seed=3), bootstrap_ci(v[0], n_boot=300, seed=3)),
+                      (seed_bootstrap_ci(np.stack([v, v ** 2], axis=-1), n_boot=300, seed=3),
+                       bootstrap_ci(np.stack([v[0], v[0] ** 2], axis=-1), n_boot=300, seed=3)),
+                      (paired_seed_difference(v, v ** 2, n_boot=300, seed=1),
+                       paired_difference(v[0], v[0] ** 2, n_boot=300, seed=1)),
+                      (stratified_bootstrap([v, v[:, :7]], n_boot=300, seed=2),
+                       stratified_bootstrap([v[0], v[0, :7]], n_boot=300, seed=2)),
+                      (stratified_paired_difference([v, v[:, :7]], [v ** 2, v[:, :7] ** 2], n_boot=300, seed=2),
+                       stratified_bootstrap([v[0] - v[0] ** 2, v[0, :7] - v[0, :7] ** 2], n_boot=300, seed=2))):
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_seed_bootstrap_matches_an_explicit_loop_over_the_same_draws():
+    """Replicate b: sum_s sum_p U[b,s] W[b,p] v[s,p] / (S P), with W the problem draw of bootstrap_ci
+    (one for all seeds) and U the seed draw; recomputed with plain loops."""
+    s_, p_, boot, seed = 3, 7, 60, 5
+    v = _values(s_, p_, 0.2)
+    w = np.random.default_rng(seed).multinomial(p_, np.full(p_, 1 / p_), size=boot)
+    u = np.random.default_rng([seed, SEED_STREAM, 0]).multinomial(s_, np.full(s_, 1 / s_), size=boot)
+    stats = []
+    for b in range(boot):
+        total = 0.0
+        for i in range(s_):
+            for j in range(p_):
+                total += u[b, i] * w[b, j] * v[i, j]
+        stats.append(total / (s_ * p_))
+    got = seed_bootstrap_ci(v, n_boot=boot, seed=seed)
+    assert got.mean == pytest.approx(v.mean())
+    assert (got.low, got.high) == pytest.approx(tuple(np.quantile(stats, [0.025, 0.975])), abs=1e-12)
+
+
+def test_seed_bootstrap_is_resampling_seeds_and_problems_with_replacement():
+    """Same distribution as drawing P problem indices and S seed indices with replacement."""
+    s_, p_, boot = 4, 30, 20000
+    v = _values(s_, p_, 0.15, rng_seed=1)
+    rng = np.random.default_rng(9)
+    pi = rng.integers(0, p_, size=(boot, p_))
+    si = rng.integers(0, s_, size=(boot, s_))
+    brute = v[si[:, :, None], pi[:, None, :]].mean(axis=(1, 2))
+    got = seed_bootstrap_ci(v, n_boot=boot, seed=0)
+    width = got.high - got.low
+    assert got.low == pytest.approx(np.quantile(brute, 0.025), abs=0.03 * width)
+    assert got.high == pytest.approx(np.quantile(brute, 0.975), abs=0.03 * width)
+    # ignoring the seeds (problems only, on the seed-averaged values) is far too narrow here
+    problems_only = bootstrap_ci(v.mean(axis=0), n_boot=2000)
+    assert problems_only.high - problems_only.low < 0.7 * width
+
+
+def test_identical_seeds_give_the_problem_only_ci_and_disagreeing_seeds_widen_it():
+    x = _values(1, 50, 0.0, rng_seed=2)[0]
+    same = seed_bootstrap_ci(np.tile(x, (3, 1)), n_boot=1000, seed=4)
+    ref = bootstrap_ci(x, n_boot=1000, seed=4)
+    assert tuple(same) == pytest.approx(tuple(ref), abs=1e-12)
+    widths = []
+    for spread in (0.0, 0.05, 0.1, 0.2):
+        v = np.clip(x[None, :] + np.array([-spread, 0.0, spread])[:, None], -1, 2)
+        ci = seed_bootstrap_ci(v, n_boot=1000, seed=4)
+        assert ci.mean == pytest.approx(v.mean())  # closed form: mean over seeds and problems
+        widths.append(ci.high - ci.low)
+    assert widths == sorted(widths) and widths[-1] > 1.5 * widths[0]
+    # vector statistics: each column is its own seeds x problems bootstrap
+    vec = seed_bootstrap_ci(np.stack([np.tile(x, (3, 1)), np.tile(x, (3, 1)) * 2], axis=-1), n_boot=1000, seed=4)
+    assert vec.low.shape == (2,) and vec.low[1] == pytest.approx(2 * vec.low[0])
+
+
+def test_paired_seed_difference_matches_an_explicit_loop():
+    """One problem draw for both methods; independent seed draws (Sa = 3, Sb = 2)."""
+    pa, boot, seed = 9, 50, 7
+    a, b = _values(3, pa, 0.1, rng_seed=3), _values(2, pa, 0.3, rng_seed=4)
+    w = np.random.default_rng(seed).multinomial(pa, np.full(pa, 1 / pa), size=boot)
+    ua = np.random.default_rng([seed, SEED_STREAM, 0]).multinomial(3, np.full(3, 1 / 3), size=boot)
+    ub = np.random.default_rng([seed, SEED_STREAM, 1]).multinomial(2, np.full(2, 1 / 2), size=boot)
+    stats = []
+    for r in range(boot):
+        ma = sum(ua[r, i] * w[r, j] * a[i, j] for i in range(3) for j in range(pa)) / (3 * pa)
+        mb = sum(ub[r, i] * w[r, j] * b[i, j] for i in range(2) for j in range(pa)) / (2 * pa)
+        stats.append(ma - mb)
+    got = paired_seed_difference(a, b, n_boot=boot, seed=seed)
+    assert got.mean == pytest.approx(a.mean() - b.mean())
+    assert (got.low, got.high) == pytest.approx(tuple(np.quantile(stats, [0.025, 0.975])), abs=1e-12)
+    # identical seeds on both sides: the plain paired problem bootstrap
+    x, y = a[0], b[0]
+    same = paired_seed_difference(np.tile(x, (3, 1)), np.tile(y, (2, 1)), n_boot=500, seed=1)
+    assert tuple(same) == pytest.approx(tuple(paired_difference(x, y, n_boot=500, seed=1)), abs=1e-12)
+    with pytest.raises(ValueError, match="same problems"):
+        paired_seed_difference(a, b[:, :4])
+    with pytest.raises(ValueError, match=r"\[seeds, problems\]"):
+        seed_bootstrap_ci(np.ones(5))
+
+
+def test_stratified_seed_draw_is_shared_by_the_benchmarks():
+    """Seeds that are uniformly better or worse on every benchmark (no problem variance): with one
+    seed draw per replicate shared by the benchmarks, the AVG moves as much as one benchmark does, so
+    its CI is [-d, +d]; independent draws per benchmark would average that away."""
+    d = 0.1
+    strata = [np.array([[-d] * 5, [d] * 5]) for _ in range(4)]
+    ci = stratified_bootstrap(strata, n_boot=2000, seed=0)
+    assert ci.mean == pytest.approx(0.0, abs=1e-15)
+    assert (ci.low, ci.high) == pytest.approx((-d, d))
+    # problems are resampled within each benchmark as without seeds: identical seeds give that CI
+    rng = np.random.default_rng(3)
+    one = [rng.random(12), rng.random(5)]
+    same = stratified_bootstrap([np.tile(x, (3, 1)) for x in one], n_boot=800, seed=6)
+    assert tuple(same) == pytest.approx(tuple(stratified_bootstrap(one, n_boot=800, seed=6)), abs=1e-12)
+    paired = stratified_paired_difference([np.tile(x, (3, 1)) for x in one], [np.tile(x / 2, (2, 1)) for x in one],
+                                          n_boot=800, seed=6)
+    assert tuple(paired) == pytest.approx(tuple(stratified_bootstrap([x / 2 for x in one], n_boot=800, seed=6)),
+                                          abs=1e-12)
+    with pytest.raises(ValueError, match="same seeds"):
+        stratified_bootstrap([np.ones((3, 4)), np.ones((2, 4))])
+    with pytest.raises(ValueError, match="same problems: stratum 1"):
+        stratified_paired_difference([np.ones((3, 4)), np.ones((3, 4))], [np.ones((2, 4)), np.ones((2, 3))])
