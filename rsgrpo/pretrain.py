@@ -3,11 +3,17 @@
 The base policy of the miniature experiment (:mod:`rsgrpo.synthetic`): a character-level Qwen2 model
 (:func:`rsgrpo.models.build_tiny_model`) trained by next-token cross-entropy on the completions of
 seeded demonstrations, a ``rare_frac`` share of them by the rare strategy. Offline, seeded, CPU-sized
-(the default spec trains in about a minute on two cores). The spec, a model spec with ``source:
+(the default spec trains in a minute or two on two cores). The spec, a model spec with ``source:
 pretrain`` (see :data:`DEFAULTS` for the keys, all optional)::
 
-    {source: pretrain, task: carry_addition, digits: 2, rare_frac: 0.1, steps: 800, batch_size: 64,
-     lr: 3.0e-3, warmup_steps: 100, hidden_size: 128, num_layers: 2, num_heads: 4, seed: 0}
+    {source: pretrain, task: carry_addition, digits: 2, rare_frac: 0.1, rare_slip: 0.5, steps: 1000,
+     batch_size: 128, lr: 2.0e-3, warmup_steps: 100, hidden_size: 128, num_layers: 2, num_heads: 4, seed: 0}
+
+``rare_slip`` is the share of rare demonstrations that slip in one column
+(:func:`rsgrpo.synthetic.demonstration`): the pretrained model executes the rare strategy about as
+unreliably, which gives the base policy the paper's premise -- high pass@1 on problems without a
+carry, low pass@1 but real pass@k on the others. The demonstrations are drawn from the task's
+``train`` split only, so a benchmark on the ``test`` split is held out from pretraining too.
 
 The output is a prepared model directory like ``prepare-model``'s (written atomically, skipped when
 it already holds the same spec), with ``pretrain.json``: the spec and the loss every
@@ -28,11 +34,13 @@ __all__ = ["DEFAULTS", "TASKS", "check_spec", "model_options", "pretrain_into", 
 
 log = logging.getLogger("rsgrpo.pretrain")
 
-DEFAULTS = {"task": "carry_addition", "digits": 2, "rare_frac": 0.1, "steps": 800, "batch_size": 64, "lr": 3.0e-3,
-            "warmup_steps": 100, "hidden_size": 128, "num_layers": 2, "num_heads": 4, "seed": 0}
+DEFAULTS = {"task": "carry_addition", "digits": 2, "rare_frac": 0.1, "rare_slip": 0.5, "steps": 1000,
+            "batch_size": 128, "lr": 2.0e-3, "warmup_steps": 100, "hidden_size": 128, "num_layers": 2,
+            "num_heads": 4, "seed": 0}
 TASKS = ("carry_addition",)
 LOG_EVERY = 100
-_KINDS = {"task": str, "digits": int, "rare_frac": float, "steps": int, "batch_size": int, "lr": float,
+_KINDS = {"task": str, "digits": int, "rare_frac": float, "rare_slip": float,
+          "steps": int, "batch_size": int, "lr": float,
           "warmup_steps": int, "hidden_size": int, "num_layers": int, "num_heads": int, "seed": int}
 
 
@@ -50,6 +58,7 @@ def check_spec(spec: dict) -> dict:
         full[key] = kind(value)
     checks = [("task", full["task"] in TASKS, f"must be one of {list(TASKS)}"),
               ("rare_frac", 0 <= full["rare_frac"] <= 1, "must be in [0, 1]"),
+              ("rare_slip", 0 <= full["rare_slip"] < 1, "must be in [0, 1)"),
               ("lr", full["lr"] > 0, "must be > 0")]
     checks += [(key, full[key] >= 1, "must be >= 1") for key in ("steps", "batch_size", "hidden_size",
                                                                   "num_layers", "num_heads")]
@@ -85,7 +94,7 @@ def _batch(tokenizer, rng: random.Random, full: dict):
     eos = tokenizer.eos_token_id
     rows, losses = [], []
     for _ in range(full["batch_size"]):
-        problem, completion = demonstration(rng, full["rare_frac"], full["digits"])
+        problem, completion = demonstration(rng, full["rare_frac"], full["digits"], full["rare_slip"], split="train")
         prompt_ids = tokenizer(problem, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
         rows.append(prompt_ids + completion_ids)

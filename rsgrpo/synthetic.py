@@ -21,12 +21,15 @@ integer`` (its final ``\\boxed{}`` must be a literal integer), never evaluated. 
 from __future__ import annotations
 
 import random
+import zlib
 
-__all__ = ["KINDS", "STRATEGIES", "has_carry", "dominant_solution", "rare_solution", "solution",
+__all__ = ["KINDS", "STRATEGIES", "SPLITS", "has_carry", "in_split", "dominant_solution", "rare_solution", "solution",
            "carry_addition_problems", "demonstration"]
 
 KINDS = ("no_carry", "carry")
 STRATEGIES = ("dominant", "rare")
+SPLITS = ("all", "train", "test")
+TEST_SHARE = 5  # one operand pair in TEST_SHARE belongs to the test split
 
 
 def _columns(a: int, b: int, digits: int) -> list[tuple[int, int]]:
@@ -44,21 +47,36 @@ def has_carry(a: int, b: int, digits: int = 2) -> bool:
     return False
 
 
+def in_split(a: int, b: int, split: str) -> bool:
+    """Whether the pair ``(a, b)`` belongs to ``split``: ``test`` holds a fixed fifth of all pairs (by
+    a stable hash), ``train`` the rest, ``all`` every pair; so train and test problems never meet."""
+    if split == "all":
+        return True
+    is_test = zlib.crc32(f"{a}+{b}".encode()) % TEST_SHARE == 0
+    return is_test == (split == "test")
+
+
 def dominant_solution(a: int, b: int, digits: int = 2) -> str:
     """The dominant strategy's answer: each column's digit sum modulo 10, carries dropped."""
     value = sum(((x + y) % 10) * 10 ** i for i, (x, y) in enumerate(_columns(a, b, digits)))
     return f"\\boxed{{{value}}}"
 
 
-def rare_solution(a: int, b: int, digits: int = 2) -> str:
+def rare_solution(a: int, b: int, digits: int = 2, slip_column: int | None = None) -> str:
     """The rare strategy's worked column addition: ``x+y+c=s`` per column (``+c`` only after the
-    rightmost), then the boxed sum."""
-    steps, carry = [], 0
+    rightmost), then the boxed sum. With ``slip_column`` that column's sum is off by one (one less,
+    or one more when it is 0) and the rest follows from it consistently: a wrong answer reached by
+    a plausible chain."""
+    steps, carry, value = [], 0, 0
     for i, (x, y) in enumerate(_columns(a, b, digits)):
         total = x + y + carry
+        if i == slip_column:
+            total = total - 1 if total else 1
         steps.append(f"{x}+{y}={total}" if i == 0 else f"{x}+{y}+{carry}={total}")
+        value += (total % 10) * 10 ** i
         carry = total // 10
-    return " ".join(steps) + f" \\boxed{{{a + b}}}"
+    value += carry * 10 ** digits
+    return " ".join(steps) + f" \\boxed{{{value}}}"
 
 
 def solution(a: int, b: int, strategy: str, digits: int = 2) -> str:
@@ -69,35 +87,50 @@ def solution(a: int, b: int, strategy: str, digits: int = 2) -> str:
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
-def _operands(rng: random.Random, kind: str, digits: int) -> tuple[int, int]:
+def _operands(rng: random.Random, kind: str, digits: int, split: str = "all") -> tuple[int, int]:
     low, high = 10 ** (digits - 1), 10 ** digits - 1
-    while True:  # rejection sampling: both kinds are common for 2+ digits
+    while True:  # rejection sampling: both kinds and both splits are common for 2+ digits
         a, b = rng.randint(low, high), rng.randint(low, high)
-        if has_carry(a, b, digits) == (kind == "carry"):
+        if has_carry(a, b, digits) == (kind == "carry") and in_split(a, b, split):
             return a, b
 
 
-def carry_addition_problems(n: int = 200, seed: int = 0, digits: int = 2) -> list[dict]:
-    """``n`` problems ``{id, problem: "a+b=", answer, kind}``, kinds alternating (``no_carry``
-    first), deterministic for ``seed``: problem ``i`` depends only on ``(seed, i)``. Ids are
-    ``carry_addition-<i>``."""
+def carry_addition_problems(n: int = 200, seed: int = 0, digits: int = 2, kind: str = "both",
+                            split: str = "all") -> list[dict]:
+    """``n`` problems ``{id, problem: "a+b=", answer, kind}``, deterministic for ``seed``: problem
+    ``i`` depends only on ``(seed, i)``. Ids are ``carry_addition-<i>``.
+
+    ``kind``: ``both`` alternates the kinds (``no_carry`` first), ``carry`` / ``no_carry`` gives only
+    that kind (a benchmark per kind reports each kind's pass@k). ``split``: draw the operand pairs
+    from the ``train`` or ``test`` split (:func:`in_split`), or from ``all`` pairs.
+    """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"generator 'carry_addition': 'n' must be a positive integer, got {n!r}")
     if not isinstance(digits, int) or not 2 <= digits <= 6:
         raise ValueError(f"generator 'carry_addition': 'digits' must be an integer in [2, 6], got {digits!r}")
+    if kind not in ("both",) + KINDS:
+        raise ValueError(f"generator 'carry_addition': 'kind' must be one of {['both', *KINDS]}, got {kind!r}")
+    if split not in SPLITS:
+        raise ValueError(f"generator 'carry_addition': 'split' must be one of {list(SPLITS)}, got {split!r}")
     width = max(4, len(str(n - 1)))
     records = []
     for i in range(n):
-        kind = KINDS[i % 2]
-        a, b = _operands(random.Random(f"carry_addition/{seed}/{i}"), kind, digits)
+        kind_i = KINDS[i % 2] if kind == "both" else kind
+        a, b = _operands(random.Random(f"carry_addition/{seed}/{i}"), kind_i, digits, split)
         records.append({"id": f"carry_addition-{i:0{width}d}", "problem": f"{a}+{b}=", "answer": str(a + b),
-                        "kind": kind})
+                        "kind": kind_i})
     return records
 
 
-def demonstration(rng: random.Random, rare_frac: float, digits: int = 2) -> tuple[str, str]:
+def demonstration(rng: random.Random, rare_frac: float, digits: int = 2, rare_slip: float = 0.0,
+                  split: str = "all") -> tuple[str, str]:
     """One pretraining example ``(problem, completion)``: a problem of either kind (equally likely)
-    solved by the rare strategy with probability ``rare_frac``, else by the dominant one."""
-    a, b = _operands(rng, KINDS[rng.random() < 0.5], digits)
-    strategy = "rare" if rng.random() < rare_frac else "dominant"
-    return f"{a}+{b}=", solution(a, b, strategy, digits)
+    solved by the rare strategy with probability ``rare_frac``, else by the dominant one. A rare
+    demonstration slips in one column (uniformly chosen) with probability ``rare_slip``: the rare
+    strategy is always right when executed, but the demonstrations execute it unreliably, so a
+    pretrained model does too (on both kinds of problem). ``split``: as in :func:`carry_addition_problems`."""
+    a, b = _operands(rng, KINDS[rng.random() < 0.5], digits, split)
+    if rng.random() >= rare_frac:
+        return f"{a}+{b}=", dominant_solution(a, b, digits)
+    slip = rng.randrange(digits) if rare_slip > 0 and rng.random() < rare_slip else None
+    return f"{a}+{b}=", rare_solution(a, b, digits, slip)

@@ -18,7 +18,7 @@ from rsgrpo.pretrain import check_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"source": "pretrain", "steps": 120, "batch_size": 32, "hidden_size": 64, "num_heads": 2,
-         "warmup_steps": 10, "seed": 1}
+         "warmup_steps": 10, "lr": 3.0e-3, "seed": 1}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,7 @@ def test_the_pretrained_model_answers_in_the_tasks_format(pretrained):
 
 @pytest.mark.parametrize("spec, message", [
     ({"rare_frac": 1.5}, "key 'rare_frac' must be in \\[0, 1\\], got 1.5"),
+    ({"rare_slip": 1}, "key 'rare_slip' must be in \\[0, 1\\), got 1.0"),
     ({"task": "sorting"}, "key 'task' must be one of \\['carry_addition'\\]"),
     ({"steps": "many"}, "key 'steps' must be a int, got 'many'"),
     ({"hidden_size": 100, "num_heads": 3}, "key 'hidden_size' must be a multiple of num_heads"),

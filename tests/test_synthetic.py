@@ -12,6 +12,7 @@ from rsgrpo.synthetic import (
     demonstration,
     dominant_solution,
     has_carry,
+    in_split,
     rare_solution,
     solution,
 )
@@ -72,3 +73,43 @@ def test_demonstrations_use_the_rare_strategy_at_its_rate():
     assert abs(len(rare) / len(demos) - 0.1) < 0.015
     kinds = [has_carry(*map(int, problem.rstrip("=").split("+"))) for problem, _ in demos]
     assert abs(sum(kinds) / len(kinds) - 0.5) < 0.03
+
+
+def test_a_slipped_rare_demonstration_is_a_consistent_chain_to_a_wrong_answer():
+    assert rare_solution(37, 45, slip_column=0) == "7+5=11 3+4+1=8 \\boxed{81}"
+    assert rare_solution(37, 45, slip_column=1) == "7+5=12 3+4+1=7 \\boxed{72}"
+    assert rare_solution(50, 50, slip_column=0) == "0+0=1 5+5+0=10 \\boxed{101}"  # a 0 sum slips up
+    for a in range(10, 100):
+        for b in range(10, 100):
+            for column in (0, 1):
+                text = rare_solution(a, b, slip_column=column)
+                sums = [int(s) for s in re.findall(r"=(\d+)", text)]
+                # the boxed value follows from the written column sums: units digit, tens digit, final carry
+                assert _boxed(text) == sums[0] % 10 + (sums[1] % 10) * 10 + (sums[1] // 10) * 100, text
+                assert _boxed(text) != a + b, text
+    rng = random.Random(1)
+    demos = [demonstration(rng, 1.0, rare_slip=0.5) for _ in range(4000)]
+    wrong = sum(_boxed(c) != sum(_pair(p)) for p, c in demos)
+    assert abs(wrong / len(demos) - 0.5) < 0.03
+
+
+def _pair(problem):
+    return tuple(int(x) for x in problem.rstrip("=").split("+"))
+
+
+def test_train_and_test_splits_are_disjoint_and_kinds_can_be_chosen():
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    test = {p for p in pairs if in_split(*p, "test")}
+    assert all(in_split(*p, "train") != (p in test) and in_split(*p, "all") for p in pairs)
+    assert 0.18 < len(test) / len(pairs) < 0.22
+    held_out = carry_addition_problems(n=200, seed=5, kind="carry", split="test")
+    assert {r["kind"] for r in held_out} == {"carry"}
+    assert all(_pair(r["problem"]) in test and has_carry(*_pair(r["problem"])) for r in held_out)
+    train = carry_addition_problems(n=500, seed=5, split="train")
+    assert not {_pair(r["problem"]) for r in train} & test
+    rng = random.Random(2)
+    assert not {_pair(demonstration(rng, 0.1, split="train")[0]) for _ in range(2000)} & test
+    with pytest.raises(ValueError, match="'kind' must be one of \\['both', 'no_carry', 'carry'\\], got 'odd'"):
+        carry_addition_problems(n=2, kind="odd")
+    with pytest.raises(ValueError, match="'split' must be one of \\['all', 'train', 'test'\\], got 'dev'"):
+        carry_addition_problems(n=2, split="dev")
