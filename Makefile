@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 # rules call `python -m rsgrpo`: make that the project's interpreter
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-vllm bench lint clean
+.PHONY: demo demo-llm test test-vllm bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,11 +49,17 @@ test-vllm: $(VLLM_STAMP)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_rollout_vllm.py tests/test_rollout_vllm_bf16.py
 
 DEMO := --configfile config/demo.yaml
+DEMO_LLM := --configfile config/demo-llm.yaml
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake all --profile profiles/local --cores $(CORES) $(DEMO)
+	$(VENV)/bin/snakemake all --profile profiles/demo --cores $(CORES) $(DEMO)
 	$(VENV)/bin/snakemake $(DEMO) --report report.html
 	@echo "demo done: results/, report.html"
+
+# The real-model check: SmolLM2-135M through the same DAG, in its own tree (demo-llm/results, ...).
+demo-llm: $(STAMP)
+	$(VENV)/bin/snakemake all --profile profiles/local --cores $(CORES) $(DEMO_LLM) --directory demo-llm
+	@echo "demo-llm done: demo-llm/results/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -67,6 +73,7 @@ lint: $(STAMP)
 	$(VENV)/bin/snakefmt --check Snakefile workflow/
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakemake --lint $(DEMO)
+	$(VENV)/bin/snakemake --lint $(DEMO_LLM)
 
 clean:
 	rm -rf results .snakemake

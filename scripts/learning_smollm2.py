@@ -18,7 +18,7 @@ and prints
 
 * the training reward of every step, and the mean of the first vs the last ``--window`` steps;
 * held-out accuracy before and after under three graders: the guarded reward (``binary`` on records
-  with ``answer_format: integer``, exactly the training reward and the demo's, config/demo.yaml),
+  with ``answer_format: integer``, exactly the training reward of the real-model demo, config/demo-llm.yaml),
   a strict check independent of ``rsgrpo.grading`` (the last integer written in the completion
   equals the answer), and plain math-verify (``binary`` without the format); each as mean
   per-problem pass@1 (= correct / samples, ``rsgrpo.passk.pass_at_k``) and pass@k for k = samples,
@@ -73,7 +73,7 @@ sys.path.insert(0, str(ROOT))
 
 from rsgrpo import rewards  # noqa: E402
 
-# The demo's guard (config/demo.yaml, train set and benchmark): only a literal integer is graded.
+# The real-model demo's guard (config/demo-llm.yaml, train set and benchmark): only a literal integer is graded.
 ANSWER_FORMAT = "integer"
 
 

@@ -358,7 +358,7 @@ def test_shipped_configs_set_integer_formats_where_answers_are_integers():
     assert formats == {"math500": "any", "aime24": "integer", "aime25": "integer", "hmmt24": "any",
                        "hmmt25": "any", "cmimc25": "any"}
     assert all("answer_format" not in spec for spec in grid["train_sets"].values())
-    demo = load_workflow_config([str(REPO / "config" / "demo.yaml")])
+    demo = load_workflow_config([str(REPO / "config" / "demo-llm.yaml")])
     for spec in (demo["train_sets"]["arithmetic"], demo["benchmarks"]["arithmetic_test"]["spec"]):
         assert spec["answer_format"] == "integer"
         assert {r["answer_format"] for r in load_records(spec)} == {"integer"}
@@ -367,7 +367,7 @@ def test_shipped_configs_set_integer_formats_where_answers_are_integers():
 def test_schema_refuses_an_unknown_answer_format(tmp_path):
     from rsgrpo.plan import load_workflow_config
 
-    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((REPO / "config" / "demo-llm.yaml").read_text(encoding="utf-8"))
     config["benchmarks"]["arithmetic_test"]["spec"]["answer_format"] = "number"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -70,7 +70,7 @@ def test_adding_a_sweep_adds_exactly_the_expected_jobs(tmp_path):
 
 def test_a_pretrain_model_is_built_by_the_pretrain_rule(tmp_path):
     wf = copy_workflow(tmp_path)
-    cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "config/demo-llm.yaml").read_text())
     cfg["models"]["synth"] = {"spec": {"source": "pretrain", "rare_frac": 0.1, "seed": 0}, "gpus": 0,
                               "train_set": "arithmetic", "template": "raw", "context_length": 512}
     config = str(write_config(tmp_path / "synth.yaml", cfg))
@@ -84,7 +84,16 @@ def test_a_pretrain_model_is_built_by_the_pretrain_rule(tmp_path):
 
 
 def test_demo_config_dry_run(tmp_path):
-    out = snakemake(copy_workflow(tmp_path), "-n", "--configfile", "config/demo.yaml")
+    """The demo: one pretrained model, base + GRPO + RS-GRPO at 3 betas, 3 seeds each, 3 evaluated
+    checkpoints per trained cell, 2 benchmarks (one per kind of problem); the real-LLM check as well."""
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "-n", "--configfile", "config/demo.yaml")
+    assert out.returncode == 0, out.stderr
+    trained, evaluations = 4 * 3, 1 + 4 * 3 * 3
+    assert job_counts(out.stdout + out.stderr) == {
+        "pretrain": 1, "prepare_data": 3, "train": trained, "sample": 2 * evaluations, "score": evaluations,
+        "cell_index": 1, "aggregate": 1, "figures": 1, "plot_advantages": 1, "bandit": 1, "plan": 1, "all": 1}
+    out = snakemake(wf, "-n", "--configfile", "config/demo-llm.yaml")
     assert out.returncode == 0, out.stderr
 
 
