@@ -15,7 +15,8 @@ group once, with "(n seeds)" where it has several. Figures, each written as PNG 
   band: from the cell's final ``passk.csv`` for a group with one seed; for a group with several,
   recomputed from the replicates' graded counts: the mean over seeds and problems, the band the
   bootstrap over problems and seeds (:func:`rsgrpo.passk.seed_bootstrap_ci`, :data:`BAND_BOOT`
-  resamples), at the benchmark's ``ks``.
+  resamples), at the benchmark's ``ks``. The numbers of every line and band in ``passk_curves.csv``
+  (``setting, group, label, n_seeds, benchmark, k, pass_at_k, ci_low, ci_high``; fractions).
 * ``beta_ablation`` (Fig. 5): for every setting with at least two RS-GRPO groups (betas): cumulative
   solve rate and training reward over steps (``metrics.csv``; the reward as a moving average), and
   test pass@1 and pass@32 (largest k <= 32) averaged over the benchmarks at every evaluated
@@ -219,6 +220,12 @@ def plot_passk_curves(index: CellIndex, out: Path, formats: Sequence[str]) -> li
     for _, g in index.groups.drop_duplicates("group").iterrows():
         curves[g["group"]] = (read_passk(index.cells.loc[g["cells"][0], "passk"]) if g["n_seeds"] == 1
                               else _pooled_passk(index, g["group"]))
+    table = pd.concat([curves[g["group"]][["benchmark", "k", "pass_at_k", "ci_low", "ci_high"]].assign(
+        setting=g["setting"], group=g["group"], label=g["label"], n_seeds=g["n_seeds"])
+        for _, g in index.groups.iterrows()], ignore_index=True)
+    with atomic_path(out / "passk_curves.csv") as tmp:
+        table[["setting", "group", "label", "n_seeds", "benchmark", "k", "pass_at_k", "ci_low", "ci_high"]].to_csv(
+            tmp, index=False, float_format="%.6g")
     fig, axes = _grid_axes(len(settings), len(benches), 3.3, 2.9)
     for r, setting in enumerate(settings):
         members = index.groups[index.groups["setting"] == setting]

@@ -178,8 +178,8 @@ def test_skips_figures_without_inputs(tmp_path):
         "# skipped beta_ablation: no setting has two or more RS-GRPO runs (betas)",
         "# skipped entropy: no cell has a metrics.csv",
         "# skipped transition_heatmap: no setting has both a 'grpo' and a 'rs_grpo' cell"]
-    assert sorted(p.name for p in out.iterdir()) == ["figures.txt", "passk_curves.png", "unique_answers.csv",
-                                                     "unique_answers.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures.txt", "passk_curves.csv", "passk_curves.png",
+                                                     "unique_answers.csv", "unique_answers.png"]
 
 
 def test_transition_source_and_target_by_label(tmp_path):
@@ -308,6 +308,13 @@ def test_seeded_passk_curves_pool_the_seeds(seeded):
     band = axes[0].collections[grpo].get_paths()[0].vertices
     assert band[:, 1].min() == pytest.approx(100 * ci.low.min()) and band[:, 1].max() == pytest.approx(
         100 * ci.high.max())
+    # the numbers behind the lines and bands
+    table = pd.read_csv(seeded[1] / "passk_curves.csv")
+    rows = table[(table["group"] == "demo/arith/grpo") & (table["benchmark"] == "b1")].sort_values("k")
+    assert list(rows["k"]) == [1, 2, 4, 8] and set(rows["n_seeds"]) == {3} and set(rows["label"]) == {"GRPO"}
+    np.testing.assert_allclose(rows[["pass_at_k", "ci_low", "ci_high"]].to_numpy().T, [ci.mean, ci.low, ci.high],
+                               rtol=1e-5)
+    assert len(table[table["benchmark"] == "b1"]) == 4 * 4  # 4 groups x 4 ks
 
 
 def test_seeded_beta_ablation_mean_and_min_max_band(seeded):
