@@ -24,7 +24,7 @@ import random
 import zlib
 
 __all__ = ["KINDS", "STRATEGIES", "SPLITS", "has_carry", "in_split", "dominant_solution", "rare_solution", "solution",
-           "carry_addition_problems", "demonstration"]
+           "strategy_of", "carry_addition_problems", "demonstration"]
 
 KINDS = ("no_carry", "carry")
 STRATEGIES = ("dominant", "rare")
@@ -85,6 +85,12 @@ def solution(a: int, b: int, strategy: str, digits: int = 2) -> str:
     if strategy == "rare":
         return rare_solution(a, b, digits)
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+def strategy_of(completion: str) -> str:
+    """Which strategy a completion follows: ``dominant`` when it boxes an answer at once, else ``rare``
+    (it writes column sums first, right or wrong)."""
+    return "dominant" if completion.lstrip().startswith("\\boxed") else "rare"
 
 
 def _operands(rng: random.Random, kind: str, digits: int, split: str = "all") -> tuple[int, int]:

@@ -15,6 +15,7 @@ from rsgrpo.synthetic import (
     in_split,
     rare_solution,
     solution,
+    strategy_of,
 )
 
 
@@ -47,6 +48,11 @@ def test_the_rare_strategy_writes_each_column_with_its_carry():
     assert dominant_solution(55, 55) == "\\boxed{0}"
     with pytest.raises(ValueError, match="strategy must be one of"):
         solution(1, 2, "guess")
+
+
+def test_strategy_of_a_completion():
+    assert [strategy_of(solution(37, 45, s)) for s in ("dominant", "rare")] == ["dominant", "rare"]
+    assert strategy_of(" \\boxed{7}") == "dominant" and strategy_of("7+5=13 \\boxed{13}") == "rare"
 
 
 def test_problems_alternate_kinds_are_seeded_and_prefix_stable():
