@@ -475,7 +475,68 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     log.info("launching %d rank(s) per node: %s", nproc, " ".join(shlex.quote(c) for c in cmd))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env, preexec_fn=die_with_parent)
+    return _run_forwarding_stop_signals(cmd, env)
+
+
+def _launcher_preexec() -> None:
+    die_with_parent()
+    # torch.distributed.run has no handler for SIGUSR1, whose default action kills it (and so the
+    # launch) before the ranks can checkpoint; ignored, it stays ignored across exec
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The process ids below ``pid`` (Linux ``/proc/<pid>/task/<tid>/children``; [] where unreadable)."""
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as fh:
+                    children = [int(c) for c in fh.read().split()]
+            except OSError:
+                continue
+            out.extend(children)
+            todo.extend(children)
+    return out
+
+
+def _run_forwarding_stop_signals(cmd: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run the launcher and pass the stop signals (:data:`rsgrpo.preemption.STOP_SIGNALS`) this
+    process receives on to it and its ranks; return its exit status, or
+    :data:`rsgrpo.preemption.EXIT_PREEMPTED` when a stop signal came and the launch ended in failure
+    (torch.distributed.run does not pass the ranks' own status through).
+
+    One node only: in a job of several nodes the launcher is ``srun``, which passes the signals on
+    to the launchers of the other nodes, where SIGUSR1 is not ignored (not yet run on a cluster)."""
+    from .preemption import EXIT_PREEMPTED, STOP_SIGNALS
+
+    proc = subprocess.Popen(cmd, env=dict(env), preexec_fn=_launcher_preexec)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        # to the launcher and its ranks (each in a session of its own, so no process group holds them)
+        received.append(signum)
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        status = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if status != 0 and any(sig in STOP_SIGNALS for sig in received):
+        log.warning("launch stopped on %s with status %d", signal.Signals(received[0]).name, status)
+        return EXIT_PREEMPTED
+    return status
 
 
 def needs_relaunch(nproc: int, env: Mapping[str, str] | None = None) -> bool:

@@ -30,6 +30,9 @@ One step is a pipeline of named stages passing one :class:`Rollout`:
 Checkpoints (``rsgrpo.checkpoint``) are atomic and carry everything exact resume needs; a run killed
 at any moment and restarted with the same command continues from the last complete checkpoint and,
 on CPU in float32, ends with bit-identical weights and metrics (apart from wall-clock columns).
+SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) is a stop request
+(:mod:`rsgrpo.preemption`): the step in progress finishes, is checkpointed, and the verb exits with
+status 75, so the restarted command loses no finished step.
 
 The loop is injectable for tests: :class:`Trainer` accepts ``records``, an ``engine_factory`` and a
 ``prompt_fn`` instead of the data / rollout / prompt-template modules (rewards are injected by
@@ -54,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import advantages, data_order, rewards
+from . import advantages, data_order, preemption, rewards
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .actor import Actor
@@ -548,6 +551,7 @@ class Trainer:
         """Train from the last checkpoint (or the start) to ``cfg.steps``; return the manifest."""
         self.setup()
         cfg = self.cfg
+        stop = preemption.StopRequest().install()
         try:
             for step in range(self.start_step, cfg.steps):
                 row = self.train_step(step)
@@ -555,15 +559,28 @@ class Trainer:
                 if self.metrics_log is not None:
                     self.metrics_log.append(row)
                 done = step + 1
-                if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                # every rank takes part, so all of them stop after the same step (a collective per step)
+                stopping = dist_utils.all_reduce([float(stop.requested)], op="max")[0] > 0
+                if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or stopping:
                     self.save(done)
+                if stopping and done < cfg.steps:
+                    raise preemption.Preempted(done, stop.signal_name)
+        except preemption.Preempted:
+            self._release_lock()
+            raise
         finally:
+            stop.restore()
             if self.metrics_log is not None:
                 self.metrics_log.close()
             close = getattr(getattr(self, "engine", None), "close", None)
             if close is not None:
                 close()
         return self._finish()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _finish(self) -> dict | None:
         """Write the manifest (rank 0), then release the run-dir lock; every rank returns together."""
@@ -572,9 +589,7 @@ class Trainer:
             if self.dist.is_main:
                 manifest = self.write_manifest()
         finally:
-            if self._lock is not None:  # held until the manifest is written
-                self._lock.close()
-                self._lock = None
+            self._release_lock()  # held until the manifest is written
         dist_utils.barrier()
         return manifest
 
@@ -624,7 +639,13 @@ def main(args) -> int:
         trainer = Trainer(load_config(args.config, overrides))
     except ValueError as exc:  # a user error in the config: the message says what and where
         return _error(exc)
-    trainer.run()
+    try:
+        trainer.run()
+    except preemption.Preempted as stopped:
+        if trainer.dist.is_main:
+            print(f"rsgrpo train: {stopped} (run dir {trainer.run_dir}); exit status "
+                  f"{preemption.EXIT_PREEMPTED}", file=sys.stderr)
+        return preemption.EXIT_PREEMPTED
     if trainer.dist.is_main:
         if args.out_manifest:
             _copy(trainer.run_dir / MANIFEST, args.out_manifest)

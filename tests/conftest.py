@@ -31,3 +31,15 @@ def tiny_model_dir(tmp_path_factory):
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny", seed=0)
 
+
+
+@pytest.fixture(scope="session")
+def one_rank_reference(tiny_model_dir, tmp_path_factory):
+    """A 1-process run (ZeRO 0) of the shared 6-step config of ``train_helpers.write_run_inputs``: the
+    trajectory every N-rank, resumed or preempted run must follow."""
+    from train_helpers import run_checked, train_cmd, write_run_inputs
+
+    tmp = tmp_path_factory.mktemp("one-rank")
+    cfg, runner = write_run_inputs(tmp, tiny_model_dir)
+    run_checked(train_cmd(runner, cfg, tmp / "run"))
+    return tmp / "run"

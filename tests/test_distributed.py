@@ -18,42 +18,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from train_helpers import ROOT, kill_after_first_checkpoint, metrics, run_env, train_cmd, write_run_inputs  # noqa: E402
+from train_helpers import assert_rows_close as _assert_rows_close  # noqa: E402
+from train_helpers import run_checked as _run  # noqa: E402
+from train_helpers import weights as _weights  # noqa: E402
 
 from rsgrpo import checkpoint as ckpt  # noqa: E402
 from rsgrpo.distributed import RENDEZVOUS_PORT, launch_command, under_launcher  # noqa: E402
-
-
-def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / ckpt.checkpoint_name(step) / "model.safetensors")
-
-
-def _assert_rows_close(rows_a: list[dict], rows_b: list[dict], rel: float) -> None:
-    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
-    for a, b in zip(rows_a, rows_b):
-        for key in a:
-            x, y = float(a[key]), float(b[key])
-            if x != x:  # nan (no update this step) must be nan on both sides
-                assert y != y, (a["step"], key)
-            else:
-                assert y == pytest.approx(x, rel=rel, abs=1e-7), (a["step"], key, x, y)
-
-
-def _run(cmd, env=None, timeout=600):
-    out = subprocess.run(cmd, cwd=ROOT, env=env or run_env(), capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:  # keep what explains the failure: tracebacks and torchrun's summary, not warnings
-        lines = [line for line in out.stderr.splitlines()
-                 if "Warning" not in line and "return func(" not in line and "it/s]" not in line]
-        raise AssertionError(f"exit {out.returncode}:\n" + "\n".join(lines)[-8000:])
-    return out
-
-
-@pytest.fixture(scope="module")
-def one_rank_reference(tiny_model_dir, tmp_path_factory):
-    """A 1-process run (ZeRO 0) of the shared 6-step config: the trajectory every N-rank run must follow."""
-    tmp = tmp_path_factory.mktemp("one-rank")
-    cfg, runner = write_run_inputs(tmp, tiny_model_dir)
-    _run(train_cmd(runner, cfg, tmp / "run"))
-    return tmp / "run"
 
 
 @pytest.mark.parametrize("stage,offload", [(0, False), (2, True)])

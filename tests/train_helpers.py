@@ -91,6 +91,39 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
 
 
+def weights(run_dir: Path, step: int) -> dict:
+    """The model weights of a run's checkpoint at ``step``."""
+    from safetensors.torch import load_file
+
+    from rsgrpo import checkpoint as ckpt
+
+    return load_file(run_dir / "checkpoints" / ckpt.checkpoint_name(step) / "model.safetensors")
+
+
+def assert_rows_close(rows_a: list[dict], rows_b: list[dict], rel: float) -> None:
+    """Two runs' metrics rows agree step by step to ``rel`` (a nan only where the other has one)."""
+    import pytest
+
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    for a, b in zip(rows_a, rows_b):
+        for key in a:
+            x, y = float(a[key]), float(b[key])
+            if x != x:  # nan (no update this step) must be nan on both sides
+                assert y != y, (a["step"], key)
+            else:
+                assert y == pytest.approx(x, rel=rel, abs=1e-7), (a["step"], key, x, y)
+
+
+def run_checked(cmd: list[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in the repository; AssertionError with the telling part of stderr unless it succeeds."""
+    out = subprocess.run(cmd, cwd=ROOT, env=env or run_env(), capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:  # keep what explains the failure: tracebacks and torchrun's summary, not warnings
+        lines = [line for line in out.stderr.splitlines()
+                 if "Warning" not in line and "return func(" not in line and "it/s]" not in line]
+        raise AssertionError(f"exit {out.returncode}:\n" + "\n".join(lines)[-8000:])
+    return out
+
+
 def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict) -> int:
     """Start ``cmd``, SIGKILL its whole process group (launcher and ranks) as soon as ``run_dir``
     holds a complete checkpoint; return the step of that checkpoint."""
