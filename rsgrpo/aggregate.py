@@ -105,10 +105,7 @@ def table_k(ks: Iterable[int], n: int, target: int = TABLE_K) -> int:
 
 def largest_k(ks: Iterable[int], n: int) -> int:
     """The largest k <= n among ``ks``: the pass@k of ``rsgrpo_vs_grpo``'s extra metric when above 32."""
-    ok = [k for k in ks if k <= n]
-    if not ok:
-        raise ValueError(f"no k <= {n} among {list(ks)}")
-    return max(ok)
+    return table_k(ks, n, target=n)
 
 
 def _pct(x) -> float:

@@ -79,8 +79,8 @@ MODELS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny", "smollm2"])
 def test_predicted_update_peak_within_25_percent_of_the_measured_one(name):
-    """One micro-batch's forward and backward through the trainer's log-probs (2 sequences, two
-    lengths, with and without checkpointing, fp32): measured peak above the built model vs
+    """One micro-batch's forward and backward through the trainer's log-probs (2 sequences, with and
+    without checkpointing, fp32): measured peak above the built model vs
     prediction. At that moment the gradients exist only as far as the backward has come: the output
     layer's (chunk phase) or all of them (rebuilt-layer phase)."""
     from rsgrpo.models import shipped_config_path
@@ -90,7 +90,9 @@ def test_predicted_update_peak_within_25_percent_of_the_measured_one(name):
     if isinstance(config, str):
         config = json.loads(shipped_config_path(config).read_text())
     shape = model_shape(config)
-    for prompt, completion in ((64, 448), (64, 960)):
+    # two lengths on the tiny model (the prediction's length dependence); SmolLM2 (its real shape) at one
+    lengths = ((64, 448), (64, 960)) if name == "tiny" else ((64, 448),)
+    for prompt, completion in lengths:
         for ckpt in (False, True):
             setup = f"""
 import json

@@ -24,7 +24,12 @@ from rsgrpo.passk import pass_at_k, seed_bootstrap_ci
 def rendered(tmp_path_factory):
     """The default synthetic grid rendered once (PNG + PDF); each figure's axes recorded before close."""
     tree = syn.write_tree(tmp_path_factory.mktemp("synthetic"), seed=2)
-    out = tmp_path_factory.mktemp("figures")
+    return (tree, *_render(tree, tmp_path_factory.mktemp("figures"), formats=("pdf",)))
+
+
+def _render(tree, out, formats):
+    """(out, written, seen): the figures of ``tree`` rendered into ``out``, each one's axes recorded
+    before the figure is closed."""
     seen = {}
     original = rf.save_figure
 
@@ -34,8 +39,8 @@ def rendered(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rf, "save_figure", spy)
-        written = rf.make_figures(tree.cells_csv, tree.benchmarks_csv, out, formats=("pdf",))
-    return tree, out, written, seen
+        written = rf.make_figures(tree.cells_csv, tree.benchmarks_csv, out, formats=formats)
+    return out, written, seen
 
 
 def test_every_figure_written_as_png_and_pdf_and_indexed(rendered):
@@ -254,18 +259,7 @@ SEEDED_BENCHES = [syn.BenchSpec("b1", "B1", 10, 8), syn.BenchSpec("b2", "B2", 6,
 def seeded(tmp_path_factory):
     """Base, GRPO, RS-GRPO beta 2 and beta 4, three seeds each (offsets -0.1, 0, +0.1), rendered as PNG."""
     tree = syn.write_tree(tmp_path_factory.mktemp("seeded"), syn.seeded_cells(), SEEDED_BENCHES, seed=3)
-    out = tmp_path_factory.mktemp("seeded_figures")
-    seen = {}
-    original = rf.save_figure
-
-    def spy(fig, path, formats=None):
-        seen[path.stem] = list(fig.axes)
-        return original(fig, path, formats)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rf, "save_figure", spy)
-        written = rf.make_figures(tree.cells_csv, tree.benchmarks_csv, out, formats=())
-    return tree, out, written, seen
+    return (tree, *_render(tree, tmp_path_factory.mktemp("seeded_figures"), formats=()))
 
 
 GROUPS = {"Base": "demo/base", "GRPO (3 seeds)": "demo/arith/grpo",

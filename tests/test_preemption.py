@@ -74,7 +74,7 @@ def test_a_signal_mid_run_checkpoints_the_step_and_the_retry_loses_nothing(tiny_
     cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, checkpoint_every=0)
     run = tmp_path / "run"
     cmd = train_cmd(runner, cfg, run, "--nproc", str(nproc))
-    status, done, took, stderr = _stop_mid_run(cmd, run, sig, run_env(RSGRPO_TEST_STEP_SLEEP="0.7"))
+    status, done, took, stderr = _stop_mid_run(cmd, run, sig, run_env(RSGRPO_TEST_STEP_SLEEP="0.4"))
     assert status == EXIT_PREEMPTED, stderr[-3000:]
     assert 1 <= done < 6, done
     assert took < 60  # the step in progress plus a checkpoint, no hang

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -121,14 +122,27 @@ CROSS_CHECK_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("config, message", SCHEMA_ERRORS + CROSS_CHECK_ERRORS)
-def test_bad_config_rejected_before_any_job(tmp_path, config, message):
-    wf = copy_workflow(tmp_path)
+def _bad_config(tmp_path, config: dict) -> Path:
     base = yaml.safe_load((REPO / "config/grid.yaml").read_text())
     for key, value in config.items():  # replace whole sections, as a user editing a copy would
         base[key] = value
-    cfg = write_config(tmp_path / "bad.yaml", base)
-    out = snakemake(wf, "-n", "--configfile", str(cfg))
+    return write_config(tmp_path / "bad.yaml", base)
+
+
+@pytest.mark.parametrize("config, message", SCHEMA_ERRORS + CROSS_CHECK_ERRORS)
+def test_bad_config_rejected_with_its_message(tmp_path, config, message):
+    """What workflow/rules/common.smk runs on a config (the schema's validate, then grid.expand), in
+    process; the next test shows through Snakemake itself that it stops the run before any job."""
+    from rsgrpo.plan import load_workflow_config
+
+    with pytest.raises(Exception, match=message):
+        load_workflow_config([str(_bad_config(tmp_path, config))])
+
+
+@pytest.mark.parametrize("config, message", [SCHEMA_ERRORS[5], CROSS_CHECK_ERRORS[0]])
+def test_bad_config_rejected_before_any_job(tmp_path, config, message):
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "-n", "--configfile", str(_bad_config(tmp_path, config)))
     assert out.returncode != 0
     assert re.search(message, out.stdout + out.stderr), out.stdout + out.stderr
     assert "Job stats" not in out.stdout + out.stderr  # rejected before scheduling anything
