@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -416,21 +417,39 @@ def load_full_optimizer_state(ds_engine, model: torch.nn.Module, state: Mapping[
 # ------------------------------------------------------------------------------------------------
 # launcher
 # ------------------------------------------------------------------------------------------------
+def _scontrol_job(env: Mapping[str, str]) -> dict[str, str]:
+    """``scontrol show job $SLURM_JOB_ID`` as ``{key: value}`` ({} outside a job or without scontrol)."""
+    job = env.get("SLURM_JOB_ID")
+    if not job or not shutil.which("scontrol"):
+        return {}
+    out = subprocess.run(["scontrol", "show", "job", job, "--oneliner"], capture_output=True, text=True, timeout=60)
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
 def slurm_job_nodes(env: Mapping[str, str] | None = None) -> int:
     """Nodes of the surrounding SLURM job (1 outside SLURM). The job's count, not the step's: the
-    train command usually runs inside a one-node step of a larger job."""
+    train command usually runs inside a one-node step of a larger job, whose variables describe the
+    step (and Snakemake's jobstep executor strips the job's but ``SLURM_JOB_ID``), so ``scontrol``
+    tells first; the variables are the fallback without it."""
     env = os.environ if env is None else env
-    return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+    count = _scontrol_job(env).get("NumNodes", "").split("-")[0]  # a step's own variables say 1
+    return int(count or env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
 
 
 def _slurm_head_node(env: Mapping[str, str]) -> str:
-    """First host name of the job's node list (``scontrol show hostnames`` expands ``n[01-04]``)."""
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    """Address of the job's first node: its ``NodeAddr`` (``scontrol show node``; SLURM defaults it to
+    the node name, and a cluster whose node names do not resolve sets it), from the first name of the
+    job's node list (``scontrol show hostnames`` expands ``n[01-04]``)."""
+    nodelist = _scontrol_job(env).get("NodeList") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
         raise RuntimeError("a SLURM job of several nodes, but SLURM_JOB_NODELIST is not set")
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                          check=True)
-    return out.stdout.split()[0]
+    first = out.stdout.split()[0]
+    node = subprocess.run(["scontrol", "show", "node", first, "--oneliner"], capture_output=True, text=True,
+                          timeout=60)
+    addr = next((field.split("=", 1)[1] for field in node.stdout.split() if field.startswith("NodeAddr=")), "")
+    return addr or first
 
 
 def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | None = None, *,
@@ -542,7 +561,7 @@ def _run_forwarding_stop_signals(cmd: Sequence[str], env: Mapping[str, str]) -> 
 def needs_relaunch(nproc: int, env: Mapping[str, str] | None = None) -> bool:
     """True when a verb asked for ``nproc`` ranks per node (or running in a SLURM job of several
     nodes) is not yet one of those ranks, i.e. must start them."""
-    return (nproc > 1 or slurm_job_nodes(env) > 1) and not under_launcher(env)
+    return not under_launcher(env) and (nproc > 1 or slurm_job_nodes(env) > 1)
 
 
 def check_rank_split(prompts_per_step: int, ranks: int) -> None:

@@ -219,6 +219,32 @@ def test_launch_command_slurm_multi_node():
     assert tail[-5:] == ["-m", "rsgrpo", "train", "--run-dir", "runs/x"]
 
 
+def test_inside_a_job_step_scontrol_gives_the_jobs_nodes_and_the_head_nodes_address(tmp_path, monkeypatch):
+    """Inside the one-node step that runs the train command (Snakemake's jobstep srun) the SLURM
+    variables describe the step (1 node) and the job's own are stripped: the node count and list
+    come from `scontrol show job`, the rendezvous address from the first node's NodeAddr."""
+    from rsgrpo.distributed import slurm_job_nodes
+
+    fake = tmp_path / "scontrol"
+    fake.write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        case "$1 $2" in
+          "show job") [ "$3" = 7 ] && echo "JobId=7 JobName=train NumNodes=2 NumCPUs=4 NodeList=n[1-2] BatchHost=n1" ;;
+          "show hostnames") [ "$3" = "n[1-2]" ] && printf 'n1\\nn2\\n' ;;
+          "show node") [ "$3" = n1 ] && echo "NodeName=n1 Arch=x86_64 NodeAddr=10.1.2.3 NodeHostName=vm" ;;
+        esac
+        """))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    step = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODELIST": "n1"}
+    assert slurm_job_nodes(step) == 2
+    cmd = launch_command(1, ["train"], env=step, python="py")
+    assert cmd[:4] == ["srun", "--overlap", "--nodes=2", "--ntasks=2"]
+    assert cmd[cmd.index("--rdzv-endpoint") + 1] == f"10.1.2.3:{RENDEZVOUS_PORT}"
+    assert slurm_job_nodes({"SLURM_JOB_ID": "8", "SLURM_JOB_NUM_NODES": "3"}) == 3  # scontrol knows no job 8
+    assert slurm_job_nodes({}) == 1
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
 def test_launch_command_rejects_bad_process_counts(bad):
     with pytest.raises(ValueError, match="--nproc"):
