@@ -217,8 +217,9 @@ def build_rsgrpo_vs_grpo(index: CellIndex, *, n_boot: int = 2000, seed: int = 0)
                     n_min = int(min(a.n.min(), b.n.min()))
                     ks = index.ks_for(bench, n_min)
                     metrics = [("pass@1", 1), (f"pass@{TABLE_K}", table_k(ks, n_min))]
-                    if largest_k(ks, n_min) > TABLE_K:
-                        metrics.append((f"pass@{largest_k(ks, n_min)}", largest_k(ks, n_min)))
+                    top = largest_k(ks, n_min)
+                    if top > TABLE_K:
+                        metrics.append((f"pass@{top}", top))
                     for metric, k in metrics:
                         va, vb = a.per_problem(k), b.per_problem(k)
                         strata.setdefault(metric, ([], []))[0].append(va)

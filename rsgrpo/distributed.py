@@ -24,6 +24,7 @@ get the full weights out of a ZeRO-3 partition) lives here.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -417,13 +418,20 @@ def load_full_optimizer_state(ds_engine, model: torch.nn.Module, state: Mapping[
 # ------------------------------------------------------------------------------------------------
 # launcher
 # ------------------------------------------------------------------------------------------------
-def _scontrol_job(env: Mapping[str, str]) -> dict[str, str]:
-    """``scontrol show job $SLURM_JOB_ID`` as ``{key: value}`` ({} outside a job or without scontrol)."""
-    job = env.get("SLURM_JOB_ID")
-    if not job or not shutil.which("scontrol"):
+@functools.cache
+def _scontrol_show(kind: str, name: str) -> dict[str, str]:
+    """``scontrol show <kind> <name> --oneliner`` as ``{key: value}`` ({} without scontrol, or for an
+    entity it does not know). Cached: a launch asks for the same job several times."""
+    if not shutil.which("scontrol"):
         return {}
-    out = subprocess.run(["scontrol", "show", "job", job, "--oneliner"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["scontrol", "show", kind, name, "--oneliner"], capture_output=True, text=True, timeout=60)
     return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+def _scontrol_job(env: Mapping[str, str]) -> dict[str, str]:
+    """``scontrol show job $SLURM_JOB_ID`` ({} outside a job)."""
+    job = env.get("SLURM_JOB_ID")
+    return _scontrol_show("job", job) if job else {}
 
 
 def slurm_job_nodes(env: Mapping[str, str] | None = None) -> int:
@@ -446,10 +454,7 @@ def _slurm_head_node(env: Mapping[str, str]) -> str:
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                          check=True)
     first = out.stdout.split()[0]
-    node = subprocess.run(["scontrol", "show", "node", first, "--oneliner"], capture_output=True, text=True,
-                          timeout=60)
-    addr = next((field.split("=", 1)[1] for field in node.stdout.split() if field.startswith("NodeAddr=")), "")
-    return addr or first
+    return _scontrol_show("node", first).get("NodeAddr") or first
 
 
 def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | None = None, *,

@@ -223,7 +223,9 @@ def test_inside_a_job_step_scontrol_gives_the_jobs_nodes_and_the_head_nodes_addr
     """Inside the one-node step that runs the train command (Snakemake's jobstep srun) the SLURM
     variables describe the step (1 node) and the job's own are stripped: the node count and list
     come from `scontrol show job`, the rendezvous address from the first node's NodeAddr."""
-    from rsgrpo.distributed import slurm_job_nodes
+    from rsgrpo.distributed import _scontrol_show, slurm_job_nodes
+
+    _scontrol_show.cache_clear()  # answers of the real scontrol (if any) must not stand in for the fake's
 
     fake = tmp_path / "scontrol"
     fake.write_text(textwrap.dedent("""\
