@@ -44,7 +44,7 @@ __all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduc
            "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state", "owned_state_tensors",
            "optimizer_step_count", "load_master_weights",
            "launch_command", "relaunch", "relaunch_verb", "needs_relaunch", "check_rank_split",
-           "slurm_job_nodes", "under_launcher", "RENDEZVOUS_PORT"]
+           "slurm_job_nodes", "srun_environment", "node_name", "under_launcher", "RENDEZVOUS_PORT", "IGNORING_USR1"]
 
 log = logging.getLogger("rsgrpo.distributed")
 
@@ -70,6 +70,13 @@ def info() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo()
+
+
+def node_name(env: Mapping[str, str] | None = None) -> str:
+    """This machine's name: SLURM's node name inside a job step (``SLURMD_NODENAME``; several nodes
+    of a test cluster can share a host), its host name elsewhere."""
+    env = os.environ if env is None else env
+    return env.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def _free_port() -> int:
@@ -484,9 +491,16 @@ def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | Non
     # --overlap: the train command itself may run inside a one-task step (Snakemake's jobstep
     # executor wraps it in `srun -n1`), whose CPUs the launchers' step shares.
     return (["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1",
-             "--kill-on-bad-exit=1"] + run
+             "--kill-on-bad-exit=1", *IGNORING_USR1] + run
             + ["--nnodes", str(nnodes), "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"{head}:{RENDEZVOUS_PORT}", "--rdzv-id", str(job)] + tail)
+
+
+# Runs its arguments with SIGUSR1 ignored: the launchers that srun starts on every node are signalled
+# by SLURM directly (every process of a step gets a job's --signal), and torch.distributed.run has no
+# handler for SIGUSR1, whose default action would end the launch before the ranks checkpoint. The
+# ranks install their own handler; the ignored disposition survives only up to that.
+IGNORING_USR1 = ("bash", "-c", 'trap "" USR1; exec "$@"', "rsgrpo-launcher")
 
 
 def relaunch(nproc: int, argv: Sequence[str]) -> int:
@@ -497,9 +511,27 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     script = sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else None
     cmd = launch_command(nproc, argv, entry=[script] if script else ("-m", "rsgrpo"))
     log.info("launching %d rank(s) per node: %s", nproc, " ".join(shlex.quote(c) for c in cmd))
-    env = dict(os.environ)
+    env = srun_environment(os.environ) if cmd[0] == "srun" else dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return _run_forwarding_stop_signals(cmd, env)
+
+
+# What srun needs to find the job's allocation; kept when the rest of SLURM_* is dropped.
+_SLURM_IDENTITY = frozenset({"SLURM_JOB_ID", "SLURM_JOBID", "SLURM_CLUSTER_NAME", "SLURM_CONF",
+                             "SLURM_SUBMIT_DIR", "SLURM_SUBMIT_HOST"})
+
+
+def srun_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for the launchers' ``srun``: without the variables of the step this command runs in.
+
+    Inside a step (Snakemake's jobstep executor runs the train command under ``srun -n1``) the
+    ``SLURM_*`` variables describe that step, one node and one task, and srun takes them as its own
+    limits ("Only allocated 1 nodes asked for 2"). With only the job's identity left, srun asks the
+    controller for the job's allocation, as the jobstep executor's own srun does; ``SRUN_*`` and
+    ``SBATCH_*`` defaults go too.
+    """
+    return {k: v for k, v in env.items()
+            if not (k.startswith(("SRUN_", "SBATCH_")) or (k.startswith("SLURM_") and k not in _SLURM_IDENTITY))}
 
 
 def _launcher_preexec() -> None:
@@ -535,8 +567,8 @@ def _run_forwarding_stop_signals(cmd: Sequence[str], env: Mapping[str, str]) -> 
     :data:`rsgrpo.preemption.EXIT_PREEMPTED` when a stop signal came and the launch ended in failure
     (torch.distributed.run does not pass the ranks' own status through).
 
-    One node only: in a job of several nodes the launcher is ``srun``, which passes the signals on
-    to the launchers of the other nodes, where SIGUSR1 is not ignored (not yet run on a cluster)."""
+    In a job of several nodes the launcher is ``srun``, which passes the signals on to the tasks of
+    its step on every node: each a torch.distributed.run started under :data:`IGNORING_USR1`."""
     from .preemption import EXIT_PREEMPTED, STOP_SIGNALS
 
     proc = subprocess.Popen(cmd, env=dict(env), preexec_fn=_launcher_preexec)

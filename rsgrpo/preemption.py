@@ -1,21 +1,27 @@
 """Stop requests of ``python -m rsgrpo train``: a preempted or timed-out job loses no finished step.
 
-SLURM warns a job before its time limit or its preemption with a signal of the user's choice
-(``sbatch --signal=USR1@300``: SIGUSR1 300 s ahead, set in ``profiles/slurm``) and ends it with
-SIGTERM (SIGKILL follows after the cluster's ``KillWait``). Either signal is a *stop request*: the
+SLURM warns a job before its time limit with a signal of the user's choice (``sbatch
+--signal=URG@300``: SIGURG 300 s ahead, set in ``profiles/slurm``) and ends it with SIGTERM (SIGKILL
+follows after the cluster's ``KillWait``). Each of :data:`STOP_SIGNALS` is a *stop request*: the
 trainer finishes the step in progress, the ranks agree to stop at the same step (a request seen by
 any rank stops all of them), rank 0 writes a complete checkpoint of that step, and the process exits
 with :data:`EXIT_PREEMPTED`. The manifest is not written, so Snakemake counts the job as failed and
 its retry (profile key ``retries``) runs it again, which resumes from that checkpoint.
 
+Why SIGURG in the profile: SLURM sends the warning to every process of the job's steps, and under
+Snakemake's SLURM executor one of them is the jobstep's own ``snakemake``, which SIGUSR1 (default
+action: terminate) would end at once, and the job with it, before the ranks have checkpointed.
+SIGURG's default action is to ignore it, so only the ranks, which install a handler, act on it.
+SIGUSR1 stays a stop request for jobs that run the train verb under ``srun`` themselves.
+
 Without a launcher the trainer is the signalled process. With several ranks
-(:func:`rsgrpo.distributed.relaunch`) SLURM signals every process of the job step; the launcher
-also forwards the signals it receives to ``torch.distributed.run``, which it starts with SIGUSR1
-ignored (an ignored signal stays ignored across ``exec``; the ranks install their own handler), so the
-warning never kills the launch before the ranks have checkpointed. ``torch.distributed.run`` passes
+(:func:`rsgrpo.distributed.relaunch`) SLURM signals the ranks directly; the launcher also forwards
+the signals it receives to ``torch.distributed.run`` and its ranks, and starts it with SIGUSR1 ignored
+(an ignored signal stays ignored across ``exec``; the ranks install their own handler), so that
+signal never kills the launch before the ranks have checkpointed. ``torch.distributed.run`` passes
 SIGTERM on to the ranks and kills them after its own grace period: a step that cannot finish within
 it is lost, and training resumes from the last checkpoint. Give the warning signal a lead time longer
-than one training step.
+than one training step plus a checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ __all__ = ["STOP_SIGNALS", "EXIT_PREEMPTED", "StopRequest", "Preempted"]
 
 log = logging.getLogger("rsgrpo.preemption")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped on request with a checkpoint; run it again
 
 

@@ -30,7 +30,7 @@ One step is a pipeline of named stages passing one :class:`Rollout`:
 Checkpoints (``rsgrpo.checkpoint``) are atomic and carry everything exact resume needs; a run killed
 at any moment and restarted with the same command continues from the last complete checkpoint and,
 on CPU in float32, ends with bit-identical weights and metrics (apart from wall-clock columns).
-SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) is a stop request
+SIGTERM, SIGUSR1 or SIGURG (a cluster's preemption or time-limit warning) is a stop request
 (:mod:`rsgrpo.preemption`): the step in progress finishes, is checkpointed, and the verb exits with
 status 75, so the restarted command loses no finished step.
 
@@ -161,6 +161,9 @@ class Trainer:
         cfg = self.cfg
         # The process group comes first: every rank must agree on what it resumes from.
         self.dist = init_distributed()
+        if self.dist.world_size > 1:  # which node each rank runs on: the log shows who joined the launch
+            log.info("rank %d of %d on node %s (local rank %d)", self.dist.rank, self.dist.world_size,
+                     dist_utils.node_name(), self.dist.local_rank)
         dist_utils.check_rank_split(cfg.prompts_per_step, self.dist.world_size)
         resume_from, state = self._resume_state()
         torch.manual_seed(cfg.seed)

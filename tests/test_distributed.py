@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,13 @@ from train_helpers import run_checked as _run  # noqa: E402
 from train_helpers import weights as _weights  # noqa: E402
 
 from rsgrpo import checkpoint as ckpt  # noqa: E402
-from rsgrpo.distributed import RENDEZVOUS_PORT, launch_command, under_launcher  # noqa: E402
+from rsgrpo.distributed import (  # noqa: E402
+    IGNORING_USR1,
+    RENDEZVOUS_PORT,
+    launch_command,
+    srun_environment,
+    under_launcher,
+)
 
 
 @pytest.mark.parametrize("stage,offload", [(0, False), (2, True)])
@@ -210,13 +217,41 @@ def test_launch_command_slurm_multi_node():
     assert cmd[:6] == ["srun", "--overlap", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1",
                        "--kill-on-bad-exit=1"]
     assert "--standalone" not in cmd
-    tail = cmd[6:]
+    assert tuple(cmd[6:10]) == IGNORING_USR1  # SLURM signals the launchers directly
+    tail = cmd[10:]
     assert tail[:3] == ["py", "-m", "torch.distributed.run"]
     for flag, value in [("--nproc-per-node", "8"), ("--nnodes", "3"), ("--rdzv-backend", "c10d"),
                         ("--rdzv-endpoint", f"gpu07:{RENDEZVOUS_PORT}"), ("--rdzv-id", "4242"),
                         ("--max-restarts", "0")]:
         assert tail[tail.index(flag) + 1] == value
     assert tail[-5:] == ["-m", "rsgrpo", "train", "--run-dir", "runs/x"]
+
+
+def test_the_launcher_wrapper_ignores_usr1_and_passes_the_command_through():
+    """What srun starts on each node: SIGUSR1 (SLURM's warning, sent to every process of the step)
+    must not end torch.distributed.run, whose arguments arrive unchanged (spaces, quotes)."""
+    probe = ("import signal, sys, time; "
+             "print(signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN, sys.argv[1:], flush=True); time.sleep(30)")
+    proc = subprocess.Popen([*IGNORING_USR1, sys.executable, "-c", probe, "a b", "'c'"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "True ['a b', \"'c'\"]"
+        proc.send_signal(signal.SIGUSR1)  # the exec'd process itself (no bash left in between)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_the_launchers_srun_sees_the_job_not_the_step_it_runs_in():
+    step = {"SLURM_JOB_ID": "7", "SLURM_CONF": "/etc/slurm/slurm.conf", "SLURM_NNODES": "1", "SLURM_STEP_ID": "0",
+            "SLURM_NTASKS": "1", "SLURM_NODELIST": "n1", "SRUN_CPUS_PER_TASK": "32", "SBATCH_PARTITION": "gpu",
+            "PATH": "/bin", "OMP_NUM_THREADS": "4"}
+    assert srun_environment(step) == {"SLURM_JOB_ID": "7", "SLURM_CONF": "/etc/slurm/slurm.conf", "PATH": "/bin",
+                                      "OMP_NUM_THREADS": "4"}
 
 
 def test_inside_a_job_step_scontrol_gives_the_jobs_nodes_and_the_head_nodes_address(tmp_path, monkeypatch):

@@ -44,6 +44,17 @@ def test_a_stop_request_records_the_first_signal_and_restores_the_handlers():
     assert StopRequest().signal_name == "a stop request on another rank"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGURG], ids=lambda s: s.name)
+def test_each_stop_signal_is_a_stop_request(sig):
+    """SIGURG is the SLURM profile's warning (every other process of a job ignores it by default)."""
+    stop = StopRequest().install()
+    try:
+        os.kill(os.getpid(), sig)
+        assert stop.requested and stop.signal_name == sig.name
+    finally:
+        stop.restore()
+
+
 def _stop_mid_run(cmd: list[str], run_dir: Path, sig: int, env: dict) -> tuple[int, int, float, str]:
     """Start ``cmd``, send ``sig`` to its first process once a step is done; return (exit status,
     steps in metrics.csv at exit, seconds from the signal to the exit, stderr)."""

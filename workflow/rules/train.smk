@@ -18,6 +18,11 @@ rule train:
     resources:
         gpu=lambda wc: model_gpus(wc) * model_nodes(wc),  # the job's total: --gpus=N
         nodes=model_nodes,
+        # one SLURM task per node: the slurm plugin submits a job without GPUs with --ntasks=<tasks>
+        # (1 by default, which shrinks a job of several nodes to one); for a GPU job it would read
+        # `tasks` as --ntasks-per-gpu unless tasks_per_gpu is set, and 0 adds no such flag
+        tasks=model_nodes,
+        tasks_per_gpu=0,
         runtime=planned("train", "runtime"),
         mem_mb=planned("train", "mem_mb"),
     params:
@@ -25,5 +30,10 @@ rule train:
         settings=lambda wc: set_flags(train_settings(cell_of(wc))),
         nproc=train_ranks_per_node,
     shell:
-        "python -m rsgrpo train --nproc {params.nproc} --run-dir {params.run_dir} {params.settings}"
-        " --out-manifest {output.manifest} --out-metrics {output.metrics} >> {log} 2>&1"
+        # the log goes to {params.run_dir}/train.log as well: Snakemake empties the rule's log before
+        # a retry, the run directory keeps every attempt's. tee ignores SIGTERM (SLURM's end-of-job
+        # signal reaches every process): the trainer still writes while it checkpoints.
+        'mkdir -p {params.run_dir} && echo "== $(date -Is) train job on $(hostname)" >> {params.run_dir}/train.log &&'
+        " python -m rsgrpo train --nproc {params.nproc} --run-dir {params.run_dir} {params.settings}"
+        " --out-manifest {output.manifest} --out-metrics {output.metrics} 2>&1"
+        " | (trap '' TERM INT; exec tee -a {params.run_dir}/train.log) >> {log}"
