@@ -43,3 +43,36 @@ def one_rank_reference(tiny_model_dir, tmp_path_factory):
     cfg, runner = write_run_inputs(tmp, tiny_model_dir)
     run_checked(train_cmd(runner, cfg, tmp / "run"))
     return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def test_rewards(tmp_path_factory):
+    """A folder for PYTHONPATH whose sitecustomize registers ``has_digit`` (1 for a completion with a
+    digit) in every Python process of a workflow run: Snakemake checks `reward_kind` when it plans,
+    the ranks score with it. A random tiny model earns it, so training moves the weights; with the
+    real grader it earns nothing, no update happens, and equal weights would prove nothing."""
+    folder = tmp_path_factory.mktemp("rewards")
+    (folder / "sitecustomize.py").write_text(
+        "from rsgrpo.rewards import register\n\n\n"
+        "@register('has_digit')\n"
+        "def has_digit(*, completions, answers, problems, records):\n"
+        "    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory, test_rewards):
+    """The tiny config's whole DAG on this machine (`--profile profiles/local`, two ranks on one node),
+    trained on ``has_digit``: ``(workflow dir, config path, env)``. Shared by the local workflow test
+    and, as the one-node reference, by the two-node SLURM test."""
+    import yaml
+    from snakemake_helpers import copy_workflow, snakemake, write_config
+    from test_workflow import TINY
+
+    wf = copy_workflow(tmp_path_factory.mktemp("tiny-local") / "wf")
+    config = write_config(wf / "tiny.yaml", dict(TINY, training=dict(TINY["training"], reward_kind="has_digit")))
+    env = {"PYTHONPATH": str(test_rewards)}
+    out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(config), env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert yaml.safe_load(config.read_text())["training"]["reward_kind"] == "has_digit"
+    return wf, config, env

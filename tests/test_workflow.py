@@ -180,11 +180,9 @@ def check_results(wf):
     return cells
 
 
-def test_real_run_on_tiny_config(tmp_path):
+def test_real_run_on_tiny_config(tiny_local_run):
     """The whole DAG on CPU: prepare, train (2 steps), sample, score, aggregate, figures, report."""
-    wf = copy_workflow(tmp_path)
-    out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(TINY_CONFIG))
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    wf, config, env = tiny_local_run
     check_results(wf)
     df = pd.read_csv(wf / "results/bandit/bandit.csv")
     assert sorted(df.beta.unique()) == [0.0, 8.0] and len(df) == 2 * 2 * 10
@@ -203,10 +201,10 @@ def test_real_run_on_tiny_config(tmp_path):
     # the run directory outlives the declared outputs: checkpoints of both steps are there
     assert sorted(p.name for p in (wf / "runs/tiny/beta2/checkpoints").iterdir()) == ["step-000001", "step-000002"]
     # nothing left to do afterwards
-    again = snakemake(wf, "-n", "--configfile", str(TINY_CONFIG))
+    again = snakemake(wf, "-n", "--configfile", str(config), env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
     # the HTML report holds every figure and table, each with its caption
-    report = snakemake(wf, "--configfile", str(TINY_CONFIG), "--report", "report.html")
+    report = snakemake(wf, "--configfile", str(config), "--report", "report.html", env=env)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "ERROR/" not in report.stderr  # caption RST problems
     html = (wf / "report.html").read_text()
