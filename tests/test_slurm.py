@@ -229,15 +229,36 @@ class FaultRun:
                 self.proc.kill()
         assert self.proc.returncode == 0, self.explain()
 
+    def stop(self) -> None:
+        """After a failed test: end Snakemake and cancel its jobs, so the next test finds the cluster idle."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for job in _squeue("-o", "%i"):
+            subprocess.run(["scancel", job], check=False)
+
     def train_jobs(self) -> int:
         """SLURM jobs submitted for the train rule (one log each)."""
         return len(list((self.wf / "logs/slurm/rule_train").rglob("*.log")))
 
 
+@pytest.fixture
+def start_fault_run(slurm_cluster, test_rewards, tmp_path):
+    """Starts the fault run (call it when the test is ready); stops whatever is left at the end."""
+    runs: list[FaultRun] = []
+
+    def start() -> FaultRun:
+        runs.append(FaultRun(tmp_path, test_rewards, slurm_cluster))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.stop()
+
+
 @pytest.mark.slow
-def test_a_rank_killed_on_the_second_node_fails_the_launch_and_the_retry_resumes(
-        slurm_cluster, test_rewards, fault_reference, tmp_path):
-    run = FaultRun(tmp_path, test_rewards, slurm_cluster)
+def test_a_rank_killed_on_the_second_node_fails_the_launch_and_the_retry_resumes(start_fault_run, fault_reference):
+    run = start_fault_run()
     run.wait_for_steps(4)
     job, pid = run.running_job(), _rank_pid("n2")
     done = run.steps_done()
@@ -257,11 +278,10 @@ def test_a_rank_killed_on_the_second_node_fails_the_launch_and_the_retry_resumes
 
 
 @pytest.mark.slow
-def test_the_warning_signal_checkpoints_mid_run_and_the_retry_loses_no_step(
-        slurm_cluster, test_rewards, fault_reference, tmp_path):
+def test_the_warning_signal_checkpoints_mid_run_and_the_retry_loses_no_step(start_fault_run, fault_reference):
     """What SLURM does at `--signal=<sig>@<lead>` (or on `scancel --signal`): every process of the
     job's steps gets the profile's signal; only the ranks act on it."""
-    run = FaultRun(tmp_path, test_rewards, slurm_cluster)
+    run = start_fault_run()
     run.wait_for_steps(4)
     job = run.running_job()
     done = run.steps_done()
@@ -282,11 +302,10 @@ def test_the_warning_signal_checkpoints_mid_run_and_the_retry_loses_no_step(
 
 
 @pytest.mark.slow
-def test_a_drained_second_node_makes_the_job_wait_and_a_running_job_finish(
-        slurm_cluster, test_rewards, fault_reference, tmp_path):
+def test_a_drained_second_node_makes_the_job_wait_and_a_running_job_finish(start_fault_run, fault_reference):
     _scontrol("update", "nodename=n2", "state=drain", "reason=rsgrpo-test")
     try:
-        run = FaultRun(tmp_path, test_rewards, slurm_cluster)
+        run = start_fault_run()
         first = run._until(lambda: _squeue("-t", "PENDING", "-o", "%i|%r") or None, "the job to be pending")
         time.sleep(3)  # a few scheduling passes: still waiting, and SLURM says why
         job, reason = _squeue("-t", "PENDING", "-o", "%i|%r")[0].split("|", 1)
