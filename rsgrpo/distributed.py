@@ -482,24 +482,25 @@ def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | Non
         raise ValueError(f"--nproc must be an integer >= 1, got {nproc!r}")
     python = python or sys.executable
     nnodes = slurm_job_nodes(env)
-    run = [python, "-m", "torch.distributed.run", "--max-restarts", "0", "--nproc-per-node", str(nproc)]
+    torchrun = [*IGNORING_USR1, python, "-m", "torch.distributed.run"]
+    limits = ["--max-restarts", "0", "--nproc-per-node", str(nproc)]
     tail = [*entry, *argv]
     if nnodes <= 1:
-        return run[:3] + ["--standalone"] + run[3:] + tail
+        return [*torchrun, "--standalone", *limits, *tail]
     head = head_node or _slurm_head_node(env)
     job = env.get("SLURM_JOB_ID", "rsgrpo")
     # --overlap: the train command itself may run inside a one-task step (Snakemake's jobstep
     # executor wraps it in `srun -n1`), whose CPUs the launchers' step shares.
-    return (["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1",
-             "--kill-on-bad-exit=1", *IGNORING_USR1] + run
-            + ["--nnodes", str(nnodes), "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"{head}:{RENDEZVOUS_PORT}", "--rdzv-id", str(job)] + tail)
+    return ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1",
+            "--kill-on-bad-exit=1", *torchrun, *limits, "--nnodes", str(nnodes), "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"{head}:{RENDEZVOUS_PORT}", "--rdzv-id", str(job), *tail]
 
 
-# Runs its arguments with SIGUSR1 ignored: the launchers that srun starts on every node are signalled
-# by SLURM directly (every process of a step gets a job's --signal), and torch.distributed.run has no
-# handler for SIGUSR1, whose default action would end the launch before the ranks checkpoint. The
-# ranks install their own handler; the ignored disposition survives only up to that.
+# Every torch.distributed.run starts through this: it runs its arguments with SIGUSR1 ignored (an
+# ignored signal stays ignored across exec). torch.distributed.run has no handler for SIGUSR1, whose
+# default action would end the launch before the ranks checkpoint, and it gets the signal from the
+# launcher's forwarding or, on every node, from SLURM itself (every process of a step gets a job's
+# --signal). The ranks install their own handler.
 IGNORING_USR1 = ("bash", "-c", 'trap "" USR1; exec "$@"', "rsgrpo-launcher")
 
 
@@ -534,13 +535,6 @@ def srun_environment(env: Mapping[str, str]) -> dict[str, str]:
             if not (k.startswith(("SRUN_", "SBATCH_")) or (k.startswith("SLURM_") and k not in _SLURM_IDENTITY))}
 
 
-def _launcher_preexec() -> None:
-    die_with_parent()
-    # torch.distributed.run has no handler for SIGUSR1, whose default action kills it (and so the
-    # launch) before the ranks can checkpoint; ignored, it stays ignored across exec
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-
 def _descendants(pid: int) -> list[int]:
     """The process ids below ``pid`` (Linux ``/proc/<pid>/task/<tid>/children``; [] where unreadable)."""
     out, todo = [], [pid]
@@ -568,10 +562,10 @@ def _run_forwarding_stop_signals(cmd: Sequence[str], env: Mapping[str, str]) -> 
     (torch.distributed.run does not pass the ranks' own status through).
 
     In a job of several nodes the launcher is ``srun``, which passes the signals on to the tasks of
-    its step on every node: each a torch.distributed.run started under :data:`IGNORING_USR1`."""
+    its step on every node. Every torch.distributed.run runs under :data:`IGNORING_USR1`."""
     from .preemption import EXIT_PREEMPTED, STOP_SIGNALS
 
-    proc = subprocess.Popen(cmd, env=dict(env), preexec_fn=_launcher_preexec)
+    proc = subprocess.Popen(cmd, env=dict(env), preexec_fn=die_with_parent)
     received: list[int] = []
 
     def forward(signum, _frame):
