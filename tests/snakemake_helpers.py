@@ -49,3 +49,12 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[m.group(1)] = int(m.group(2))
     return counts
+
+
+def dry_run_resources(output: str) -> dict[str, dict[str, int | str]]:
+    """``{rule: {resource: value}}`` from the job blocks of a dry run's output (the last
+    job of each rule); whole numbers as ints."""
+    blocks = re.split(r"^rule (\w+):$", output, flags=re.M)[1:]
+    return {rule: {k: int(v) if v.isdigit() else v
+                   for k, v in re.findall(r"(\w+)=([^,\s]+)", block.split("resources:")[1].splitlines()[0])}
+            for rule, block in zip(blocks[::2], blocks[1::2]) if "resources:" in block}

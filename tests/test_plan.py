@@ -6,11 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 
 import pytest
 import yaml
-from snakemake_helpers import REPO, copy_workflow, snakemake
+from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake
 
 from rsgrpo import capacity, cli
 from rsgrpo.models import MODEL_CONFIGS, shipped_config_path, tiny_config
@@ -122,12 +121,10 @@ def test_train_and_sample_jobs_ask_slurm_for_what_the_plan_says(tmp_path, grid):
     planned = {(r["job"], r["model"], r["run"]): r for r in rows}
     proc = snakemake(copy_workflow(tmp_path / "wf"), "-n", "results/qwen1p5b/beta2/samples/aime24.parquet")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    blocks = re.split(r"^rule (\w+):$", proc.stdout, flags=re.M)[1:]
-    asked = {rule: dict(re.findall(r"\b(runtime|mem_mb)=(\d+)", block.split("resources:")[1].splitlines()[0]))
-             for rule, block in zip(blocks[::2], blocks[1::2]) if rule in ("train", "sample")}
+    asked = dry_run_resources(proc.stdout)
     for rule, key in (("train", ("train", "qwen1p5b", "beta2")), ("sample", ("sample", "qwen1p5b", "aime24"))):
         row = planned[key]
-        assert asked[rule] == {"runtime": str(row["runtime_min"]), "mem_mb": str(row["mem_mb"])}, rule
+        assert (asked[rule]["runtime"], asked[rule]["mem_mb"]) == (row["runtime_min"], row["mem_mb"]), rule
     # the plan's numbers: safety factor x estimate, within the config's bounds
     sample = planned[("sample", "qwen1p5b", "aime24")]
     expected = math.ceil(sample["hours"] * 60 / sample["jobs"] * config["plan"]["safety_factor"])

@@ -31,7 +31,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from snakemake_helpers import REPO, copy_workflow, snakemake, write_config
+from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake, write_config
 from test_workflow import TINY, check_results
 from train_helpers import assert_rows_close, metrics
 
@@ -200,7 +200,7 @@ class FaultRun:
             return 0
 
     def wait_for_steps(self, n: int) -> int:
-        return self._until(lambda: self.steps_done() if self.steps_done() >= n else None, f"{n} steps")
+        return self._until(lambda: done if (done := self.steps_done()) >= n else None, f"{n} steps")
 
     def running_job(self) -> str:
         jobs = _squeue("-t", "RUNNING", "-o", "%i")
@@ -350,9 +350,7 @@ def _sbatch_of_train_job(tmp_path, model: dict) -> str:
     config = write_config(tmp_path / "c.yaml", cfg)
     out = snakemake(wf, "-n", "results/tiny/grpo/manifest.json", "--configfile", str(config))
     assert out.returncode == 0, out.stderr[-3000:]
-    block = out.stdout.split("rule train:")[1]
-    resources = {k: int(v) if v.isdigit() else v
-                 for k, v in re.findall(r"(\w+)=([^,\s]+)", block.split("resources:")[1].splitlines()[0])}
+    resources = dry_run_resources(out.stdout)["train"]
     resources.update(yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]["train"])
     params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account="", partition="-p debug", workdir="")
     job = _Job(resources, threads=2)
