@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,12 +45,14 @@ __all__ = ["DistInfo", "info", "init_distributed", "die_with_parent", "all_reduc
            "gathered_parameters", "full_optimizer_state", "load_full_optimizer_state", "owned_state_tensors",
            "optimizer_step_count", "load_master_weights",
            "launch_command", "relaunch", "relaunch_verb", "needs_relaunch", "check_rank_split",
-           "slurm_job_nodes", "srun_environment", "node_name", "under_launcher", "RENDEZVOUS_PORT", "IGNORING_USR1"]
+           "slurm_job_nodes", "srun_environment", "node_name", "under_launcher", "rendezvous_port", "IGNORING_USR1"]
 
 log = logging.getLogger("rsgrpo.distributed")
 
-# Port of the c10d rendezvous on a multi-node job's first node (any free port of that node works).
-RENDEZVOUS_PORT = 29500
+# Ports of the c10d rendezvous on a multi-node job's first node: one per job id in
+# [BASE, BASE + SPAN), below Linux's ephemeral range (32768+) so no outgoing connection holds it.
+RENDEZVOUS_PORT_BASE = 20000
+RENDEZVOUS_PORT_SPAN = 10000
 
 
 @dataclass(frozen=True)
@@ -493,7 +496,21 @@ def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | Non
     # executor wraps it in `srun -n1`), whose CPUs the launchers' step shares.
     return ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1",
             "--kill-on-bad-exit=1", *torchrun, *limits, "--nnodes", str(nnodes), "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"{head}:{RENDEZVOUS_PORT}", "--rdzv-id", str(job), *tail]
+            "--rdzv-endpoint", f"{head}:{rendezvous_port(job)}", "--rdzv-id", str(job), *tail]
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The c10d rendezvous port of SLURM job ``job_id``, the same on every node of the job.
+
+    A fixed port is not enough: two jobs whose first node is the same node (partial nodes, or test
+    clusters whose nodes share one host) would meet at one port. torch.distributed.run then does not
+    fail; the second job's launchers fall back to being clients of the first job's store (keyed by
+    job id, so the ranks still pair up), and the second job dies when the first one ends and takes
+    its store along. Consecutive job ids get distinct ports, so two jobs share one only when their
+    ids differ by a multiple of the span while both run on one head node.
+    """
+    key = int(job_id) if str(job_id).isdigit() else zlib.crc32(str(job_id).encode())
+    return RENDEZVOUS_PORT_BASE + key % RENDEZVOUS_PORT_SPAN
 
 
 # Every torch.distributed.run starts through this: it runs its arguments with SIGUSR1 ignored (an

@@ -26,8 +26,8 @@ from train_helpers import weights as _weights  # noqa: E402
 from rsgrpo import checkpoint as ckpt  # noqa: E402
 from rsgrpo.distributed import (  # noqa: E402
     IGNORING_USR1,
-    RENDEZVOUS_PORT,
     launch_command,
+    rendezvous_port,
     srun_environment,
     under_launcher,
 )
@@ -221,10 +221,22 @@ def test_launch_command_slurm_multi_node():
     tail = cmd[10:]
     assert tail[:3] == ["py", "-m", "torch.distributed.run"]
     for flag, value in [("--nproc-per-node", "8"), ("--nnodes", "3"), ("--rdzv-backend", "c10d"),
-                        ("--rdzv-endpoint", f"gpu07:{RENDEZVOUS_PORT}"), ("--rdzv-id", "4242"),
+                        ("--rdzv-endpoint", "gpu07:24242"), ("--rdzv-id", "4242"),
                         ("--max-restarts", "0")]:
         assert tail[tail.index(flag) + 1] == value
     assert tail[-5:] == ["-m", "rsgrpo", "train", "--run-dir", "runs/x"]
+
+
+def test_jobs_that_run_at_the_same_time_meet_at_different_ports():
+    """Two multi-node jobs with the same first node must not share a rendezvous store: the second
+    would join the first's store and die when the first job ends (this happened to the two-node
+    test cluster, whose nodes share a host). Each job id names its own port, on every node alike."""
+    ports = [rendezvous_port(str(job)) for job in range(123_400, 123_400 + 10_000)]
+    assert len(set(ports)) == 10_000  # any 10,000 consecutive job ids
+    assert min(ports) == 20_000 and max(ports) == 29_999  # below the ephemeral range (32768+)
+    assert rendezvous_port("4242") == 24242 == rendezvous_port("14242")
+    assert rendezvous_port("rsgrpo") == rendezvous_port("rsgrpo")  # not a SLURM id: still one port
+    assert 20_000 <= rendezvous_port("rsgrpo") < 30_000
 
 
 def test_the_launcher_wrapper_ignores_usr1_and_passes_the_command_through():
@@ -277,7 +289,7 @@ def test_inside_a_job_step_scontrol_gives_the_jobs_nodes_and_the_head_nodes_addr
     assert slurm_job_nodes(step) == 2
     cmd = launch_command(1, ["train"], env=step, python="py")
     assert cmd[:4] == ["srun", "--overlap", "--nodes=2", "--ntasks=2"]
-    assert cmd[cmd.index("--rdzv-endpoint") + 1] == f"10.1.2.3:{RENDEZVOUS_PORT}"
+    assert cmd[cmd.index("--rdzv-endpoint") + 1] == "10.1.2.3:20007"
     assert slurm_job_nodes({"SLURM_JOB_ID": "8", "SLURM_JOB_NUM_NODES": "3"}) == 3  # scontrol knows no job 8
     assert slurm_job_nodes({}) == 1
 
