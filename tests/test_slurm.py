@@ -9,7 +9,7 @@ earns, so training moves the weights.
 
 - The tiny grid with its model set to `nodes: 2` and one rank per node: one launcher per node joins
   the rendezvous, and every trained cell ends on the weights of a one-node two-rank run.
-- Faults on a longer run of one cell (8 steps, periodic checkpoints every 3), each ending on the
+- Faults on a longer run of one cell (12 steps, periodic checkpoints every 3), each ending on the
   uninterrupted run's weights and metrics: SIGKILL of the rank on n2 (the launch fails, the
   profile's retry resumes from the last checkpoint); the profile's warning signal mid-run (a stop
   checkpoint newer than the periodic one, no step lost); n2 drained before and during the job (it
@@ -36,7 +36,7 @@ from test_workflow import TINY, check_results
 from train_helpers import assert_rows_close, metrics
 
 CLUSTER = REPO / "tests/slurm/cluster.sh"
-STEPS, CHECKPOINT_EVERY = 8, 3  # the fault runs
+STEPS, CHECKPOINT_EVERY = 12, 3  # the fault runs; the faults come after step 4, well before the end
 SIGNAL = re.search(r"--signal=(\w+)@", yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
                    ["set-resources"]["train"]["slurm_extra"]).group(1)  # the profile's warning signal
 
@@ -146,6 +146,12 @@ def fault_reference(tmp_path_factory, test_rewards):
 def _squeue(*args: str) -> list[str]:
     out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True)
     return out.stdout.split("\n")[:-1]
+
+
+def _node_state(node: str) -> str:
+    """sinfo's short state of ``node`` (``mix``, ``drng`` while draining with jobs, ``drain`` after)."""
+    return subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def _scontrol(*args: str) -> None:
@@ -319,8 +325,8 @@ def test_a_drained_second_node_makes_the_job_wait_and_a_running_job_finish(start
         resumed = time.monotonic()
         run.wait_for_steps(4)
         _scontrol("update", "nodename=n2", "state=drain", "reason=rsgrpo-test")  # while the job runs
-        time.sleep(2)
-        state = subprocess.run(["sinfo", "-h", "-n", "n2", "-o", "%t"], capture_output=True, text=True).stdout.strip()
+        # polled, not slept on: the job's last steps take a second or two
+        state = run._until(lambda: t if (t := _node_state("n2")).startswith("dr") else None, "n2 to drain")
         assert state == "drng" and run.running_job() == job  # draining: the running job keeps its node
         run.finish()
     finally:
