@@ -509,7 +509,7 @@ def rendezvous_port(job_id: str) -> int:
     its store along. Consecutive job ids get distinct ports, so two jobs share one only when their
     ids differ by a multiple of the span while both run on one head node.
     """
-    key = int(job_id) if str(job_id).isdigit() else zlib.crc32(str(job_id).encode())
+    key = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
     return RENDEZVOUS_PORT_BASE + key % RENDEZVOUS_PORT_SPAN
 
 

@@ -37,8 +37,8 @@ from train_helpers import assert_rows_close, metrics
 
 CLUSTER = REPO / "tests/slurm/cluster.sh"
 STEPS, CHECKPOINT_EVERY = 12, 3  # the fault runs; the faults come after step 4, well before the end
-SIGNAL = re.search(r"--signal=(\w+)@", yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-                   ["set-resources"]["train"]["slurm_extra"]).group(1)  # the profile's warning signal
+PROFILE_TRAIN = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]["train"]
+SIGNAL = re.search(r"--signal=(\w+)@", PROFILE_TRAIN["slurm_extra"]).group(1)  # the profile's warning signal
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +191,7 @@ class FaultRun:
                  "--configfile", str(config)], cwd=self.wf, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
     def explain(self) -> str:
-        log = self.run_dir / "train.log"
-        return (self.output.read_text()[-3000:] + "\n--- train.log ---\n"
-                + (log.read_text()[-5000:] if log.exists() else "(none)"))
+        return self.output.read_text()[-3000:] + "\n--- train.log ---\n" + (self.log()[-5000:] or "(none)")
 
     def _until(self, probe, what: str, timeout: float = 300):
         deadline = time.monotonic() + timeout
@@ -360,7 +358,7 @@ def _sbatch_of_train_job(tmp_path, model: dict) -> str:
     out = snakemake(wf, "-n", "results/tiny/grpo/manifest.json", "--configfile", str(config))
     assert out.returncode == 0, out.stderr[-3000:]
     resources = dry_run_resources(out.stdout)["train"]
-    resources.update(yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]["train"])
+    resources.update(PROFILE_TRAIN)
     params = dict(run_uuid="u", slurm_logfile="log", comment_str="c", account="", partition="-p debug", workdir="")
     job = _Job(resources, threads=2)
     return get_submit_command(job, params) + set_gres_string(job)  # as the plugin's executor does
