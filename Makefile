@@ -46,7 +46,7 @@ $(VLLM_STAMP): pyproject.toml
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_rollout_vllm.py tests/test_rollout_vllm_bf16.py
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_engines_vllm.py tests/test_engines_vllm_bf16.py
 
 DEMO := --configfile config/demo.yaml
 DEMO_LLM := --configfile config/demo-llm.yaml

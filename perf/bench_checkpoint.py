@@ -30,10 +30,10 @@ def folder_bytes(folder: Path) -> int:
 
 
 def measure(name: str, model_dir: Path, work: Path, precision: str, stage: int) -> dict:
-    from rsgrpo import checkpoint as ckpt
-    from rsgrpo.data import load_records, write_records
-    from rsgrpo.train import Trainer
-    from rsgrpo.trainconfig import from_dict
+    from rsgrpo.prepare.data import load_records, write_records
+    from rsgrpo.train import checkpoint as ckpt
+    from rsgrpo.train.config import from_dict
+    from rsgrpo.train.train import Trainer
 
     prompts, samples, max_new, micro = SETTINGS[name]
     data = write_records(load_records({"source": "generator", "name": "arithmetic", "n": 16, "seed": 0}),

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from rsgrpo.bandit import BanditSpec, simulate, simulate_reference
-from rsgrpo.passk import pass_at_k, powers_of_two
+from rsgrpo.bandit.simulation import BanditSpec, simulate, simulate_reference
+from rsgrpo.evaluate.passk import pass_at_k, powers_of_two
 
 BETAS = [0, 2, 4, 8, 16, 32, 64]
 SEEDS = 10

@@ -45,8 +45,8 @@ from peak_memory import logprob_peaks_mb  # noqa: E402  (tests/peak_memory.py: t
 
 TRAIN = """
 import csv, json, resource, sys, time
-from rsgrpo.train import Trainer
-from rsgrpo.trainconfig import from_dict
+from rsgrpo.train.train import Trainer
+from rsgrpo.train.config import from_dict
 cfg = from_dict(json.loads(sys.argv[1]), "bench_memory")
 Trainer(cfg).run()
 rows = list(csv.DictReader(open(cfg.run_dir + "/metrics.csv")))
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     lp = logprob_memory()
     print(f"\nlog-probs of one micro-batch (B 4, L 2048, V 32k), forward + backward: naive {lp['naive_mb']:.0f} MB, "
           f"chunked {lp['chunked_mb']:.0f} MB, naive / chunked = {lp['ratio']:.1f}")
-    from rsgrpo.data import load_records, write_records
+    from rsgrpo.prepare.data import load_records, write_records
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:

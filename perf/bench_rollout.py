@@ -28,14 +28,14 @@ sys.path.insert(0, str(ROOT.parent))
 
 
 def _prompts(tokenizer, count: int) -> list[str]:
-    from rsgrpo.data import build_prompt, generate_arithmetic
+    from rsgrpo.prepare.data import build_prompt, generate_arithmetic
 
     return [build_prompt(r["problem"], template="chat", tokenizer=tokenizer)
             for r in generate_arithmetic(n=count, seed=0)]
 
 
 def _measure(engine, prompts, params) -> tuple[int, float, int]:
-    from rsgrpo.rollout import SamplingParams
+    from rsgrpo.train.engines import SamplingParams
 
     engine.generate(prompts[:2], SamplingParams(n=1, max_tokens=4, seed=99))  # warm-up
     t0 = time.perf_counter()
@@ -48,8 +48,8 @@ def _measure(engine, prompts, params) -> tuple[int, float, int]:
 def main(argv=None) -> int:
     import torch
 
-    from rsgrpo.models import prepare_model
-    from rsgrpo.rollout import HFEngine, SamplingParams, vllm_available
+    from rsgrpo.prepare.models import prepare_model
+    from rsgrpo.train.engines import HFEngine, SamplingParams, vllm_available
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,smollm2")
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                 if engine_kind == "hf":
                     engine = HFEngine(model_dir, dtype=dtype, batch_size=args.prompts * args.n)
                 else:
-                    from rsgrpo.rollout import VLLMEngine
+                    from rsgrpo.train.engines import VLLMEngine
 
                     # vLLM schedules its own batches; max_model_len as the trainer sizes it
                     engine = VLLMEngine(model_dir, dtype=dtype, kv_cache_memory_bytes=args.kv_cache_bytes,

@@ -36,7 +36,7 @@ SETTINGS = {
 def bench_model(name: str, work: Path, smollm2_dir: str | Path = ROOT / "models" / "smollm2") -> Path:
     """A benchmark's model: a fresh tiny random one under ``work``, or SmolLM2-135M-Instruct prepared
     once into ``smollm2_dir`` (the workflow's models/ folder by default) and reused."""
-    from rsgrpo.models import build_tiny_model, prepare_model
+    from rsgrpo.prepare.models import build_tiny_model, prepare_model
 
     if name == "tiny":
         return build_tiny_model(work / "tiny", seed=0)
@@ -49,9 +49,9 @@ def bench_model(name: str, work: Path, smollm2_dir: str | Path = ROOT / "models"
 
 
 def bench(name: str, model_dir: Path, steps: int, work: Path) -> dict:
-    from rsgrpo.data import load_records, write_records
-    from rsgrpo.train import Trainer
-    from rsgrpo.trainconfig import from_dict
+    from rsgrpo.prepare.data import load_records, write_records
+    from rsgrpo.train.config import from_dict
+    from rsgrpo.train.train import Trainer
 
     prompts, samples, max_new, micro = SETTINGS[name]
     data = write_records(load_records({"source": "generator", "name": "arithmetic", "n": 64, "seed": 0}),

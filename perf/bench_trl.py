@@ -89,9 +89,9 @@ def worker_ours(spec: dict) -> dict:
 
     import torch
 
-    from rsgrpo.rollout import HFEngine
-    from rsgrpo.train import Trainer
-    from rsgrpo.trainconfig import from_dict
+    from rsgrpo.train.config import from_dict
+    from rsgrpo.train.engines import HFEngine
+    from rsgrpo.train.train import Trainer
 
     class ForcedLengthEngine(HFEngine):
         """HFEngine that suppresses EOS until ``max_tokens`` (``min_tokens``), like TRL's run."""
@@ -151,10 +151,10 @@ def worker_trl(spec: dict) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rsgrpo import rewards
-    from rsgrpo.data import build_prompt, load_records
-    from rsgrpo.models import load_policy
-    from rsgrpo.rollout import encode_prompts
+    from rsgrpo.prepare.data import build_prompt, load_records
+    from rsgrpo.prepare.models import load_policy
+    from rsgrpo.train import rewards
+    from rsgrpo.train.engines import encode_prompts
 
     model, tok = load_policy(spec["model_dir"], dtype="float32")
     records = load_records({"source": "local", "path": spec["data"]})
@@ -163,7 +163,7 @@ def worker_trl(spec: dict) -> dict:
     trl_ids = tok(text=prompts)["input_ids"]
     ours_ids = encode_prompts(tok, prompts)
     if [list(x) for x in trl_ids] != ours_ids:
-        raise SystemExit("TRL's prompt token ids differ from rsgrpo.rollout.encode_prompts; not the same prompts")
+        raise SystemExit("TRL's prompt token ids differ from rsgrpo.train.engines.encode_prompts; not the same prompts")
     ds = Dataset.from_list([{"prompt": p, "answer": str(r["answer"])} for p, r in zip(prompts, records)])
 
     timers = {"generate": 0.0, "reward": 0.0}
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
         if not Path(py).is_file():
             raise SystemExit(f"{py} not found (TRL side: bash perf/setup_trl_venv.sh)")
 
-    from rsgrpo.data import load_records, write_records
+    from rsgrpo.prepare.data import load_records, write_records
 
     t_start = time.perf_counter()
     rows, raw = [], []

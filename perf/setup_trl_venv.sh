@@ -11,7 +11,7 @@
 # huggingface_hub and numpy are pinned to the same versions as the main .venv so that the model
 # code, tokenizer and sampling behave identically on both sides of the comparison. math-verify is
 # there because both sides reward with rsgrpo.grading; our package goes in --no-deps (editable)
-# only so that the TRL side can import rsgrpo.data / rsgrpo.grading / rsgrpo.rollout.
+# only so that the TRL side can import rsgrpo.prepare / rsgrpo.grading / rsgrpo.train.engines.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

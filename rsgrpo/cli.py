@@ -1,12 +1,10 @@
 """``python -m rsgrpo <verb> ...``: one command-line verb per workflow rule.
 
-Naming convention: a workflow rule, its verb and the module holding that verb share one name, the
-verb spelled with ``-`` where the rule and the module use ``_`` (rule ``plot_advantages`` runs
-``python -m rsgrpo plot-advantages``, which lives in ``rsgrpo/plot_advantages.py``). Where a module
-does more than its verb the verb keeps the rule's name and the module says what it holds:
-``bandit`` lives in ``rsgrpo/bandit_cli.py`` (``rsgrpo/bandit.py`` is the pure simulation),
-``prepare-model`` in ``rsgrpo/models.py``, ``prepare-data`` in ``rsgrpo/data.py``.
-tests/test_cli.py checks that the rules of ``workflow/rules/*.smk`` and these verbs match.
+Naming convention: a workflow rule and its verb share one name (the verb spelled with ``-`` where the
+rule uses ``_``), and the verb lives in ``rsgrpo/<stage>/<rule>.py``, where ``<stage>`` is the
+subpackage of the workflow stage whose rule file ``workflow/rules/<stage>.smk`` holds the rule: rule
+``plot_advantages`` of ``analysis.smk`` runs ``python -m rsgrpo plot-advantages``, which lives in
+``rsgrpo/analysis/plot_advantages.py``. tests/test_cli.py checks that rules, verbs and modules match.
 
 Each verb is imported only when that verb runs, so ``python -m rsgrpo bandit`` never pays for
 importing transformers. A verb module exposes ``add_arguments(parser)`` and ``main(args) -> int | None``.
@@ -19,24 +17,30 @@ import importlib
 import logging
 import sys
 
-# verb -> (module, one-line description), in the workflow's order. Keep in sync with workflow/rules/*.smk.
+# verb -> (stage, one-line description), in the workflow's order. Keep in sync with workflow/rules/*.smk.
 VERBS: dict[str, tuple[str, str]] = {
-    "prepare-model": ("rsgrpo.models", "model spec -> local HF checkpoint dir (hub, local, smollm2, tiny)"),
-    "pretrain": ("rsgrpo.pretrain", "synthetic task -> a tiny transformer pretrained on its demonstrations "
-                                    "(the miniature experiment's base model)"),
-    "prepare-data": ("rsgrpo.data", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
-    "plan": ("rsgrpo.plan", "workflow config -> memory per GPU and GPU-hours of every train and sample job (plan.csv)"),
-    "train": ("rsgrpo.train", "RL training (RS-GRPO and baselines): checkpoints with exact resume, metrics.csv"),
-    "sample": ("rsgrpo.sample", "checkpoint x benchmark -> parquet of n samples per problem"),
-    "score": ("rsgrpo.score", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
-    "cell-index": ("rsgrpo.cell_index", "workflow config -> cells.csv and benchmarks.csv (the results index)"),
-    "aggregate": ("rsgrpo.aggregate", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published "
-                                      "(CSV + Markdown, bootstrap CIs)"),
-    "figures": ("rsgrpo.figures", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, "
-                                  "transition heatmap, entropy"),
-    "bandit": ("rsgrpo.bandit_cli", "the paper's 100-armed bandit (Fig. 3): CSV and figure"),
-    "plot-advantages": ("rsgrpo.plot_advantages", "advantage vs reward and vs prompt accuracy (Fig. 2)"),
+    "prepare-model": ("prepare", "model spec -> local HF checkpoint dir (hub, local, smollm2, tiny, random)"),
+    "pretrain": ("prepare", "synthetic task -> a tiny transformer pretrained on its demonstrations "
+                            "(the miniature experiment's base model)"),
+    "prepare-data": ("prepare", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
+    "train": ("train", "RL training (RS-GRPO and baselines): checkpoints with exact resume, metrics.csv"),
+    "sample": ("evaluate", "checkpoint x benchmark -> parquet of n samples per problem"),
+    "score": ("evaluate", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
+    "cell-index": ("analysis", "workflow config -> cells.csv and benchmarks.csv (the results index)"),
+    "aggregate": ("analysis", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published "
+                              "(CSV + Markdown, bootstrap CIs)"),
+    "figures": ("analysis", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, "
+                            "transition heatmap, entropy"),
+    "plot-advantages": ("analysis", "advantage vs reward and vs prompt accuracy (Fig. 2)"),
+    "plan": ("plan", "workflow config -> memory per GPU and GPU-hours of every train and sample job (plan.csv)"),
+    "bandit": ("bandit", "the paper's 100-armed bandit (Fig. 3): CSV and figure"),
 }
+
+
+def verb_module(verb: str) -> str:
+    """The module holding ``verb``: ``rsgrpo.<stage>.<verb with _ for ->``."""
+    stage, _ = VERBS[verb]
+    return f"rsgrpo.{stage}.{verb.replace('-', '_')}"
 
 
 def _usage() -> str:
@@ -56,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"rsgrpo: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, desc = VERBS[verb]
+    _, desc = VERBS[verb]
     # Every verb logs INFO to stderr, which each workflow rule sends to its log file.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(verb_module(verb))
     parser = argparse.ArgumentParser(prog=f"python -m rsgrpo {verb}", description=desc)
     module.add_arguments(parser)
     args = parser.parse_args(rest)

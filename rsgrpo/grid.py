@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from rsgrpo.advantages import ESTIMATORS, default_params, estimator_params, takes_beta
+from rsgrpo.estimators import ESTIMATORS, default_params, estimator_params, takes_beta
 from rsgrpo.layout import FINAL, LAYOUT, Layout
 
 __all__ = ["FINAL", "ConfigError", "Cell", "method_takes_beta", "run_segment", "check_config", "expand",

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rsgrpo.cell_index import read_table
+from rsgrpo.analysis.cell_index import read_table
 from rsgrpo.layout import GRADED, Layout
-from rsgrpo.synthetic import strategy_of
+from rsgrpo.prepare.synthetic import strategy_of
 
 
 def strategy_table(results: Path, model: str) -> pd.DataFrame:

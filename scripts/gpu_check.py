@@ -45,7 +45,7 @@ PEAK_TFLOPS = 989.0  # the plan's default GPU (H100 SXM dense BF16); --tflops fo
 
 
 def _prompts(tokenizer, count: int) -> list[str]:
-    from rsgrpo.data import build_prompt, generate_arithmetic
+    from rsgrpo.prepare.data import build_prompt, generate_arithmetic
 
     return [build_prompt(r["problem"], template="plain", tokenizer=tokenizer)
             for r in generate_arithmetic(n=count, seed=0, difficulty=[1, 2, 3])]
@@ -66,8 +66,8 @@ def _gpu_used() -> float:
 def worker_rollout(spec: dict) -> dict:
     import torch
 
-    from rsgrpo.models import load_tokenizer
-    from rsgrpo.rollout import SamplingParams, encode_prompts, generation_length, make_engine
+    from rsgrpo.prepare.models import load_tokenizer
+    from rsgrpo.train.engines import SamplingParams, encode_prompts, generation_length, make_engine
 
     tok = load_tokenizer(spec["model"])
     prompts = _prompts(tok, spec["prompts"])
@@ -79,7 +79,7 @@ def worker_rollout(spec: dict) -> dict:
         from vllm import LLM
         from vllm import SamplingParams as VParams
 
-        from rsgrpo.rollout import vllm_llm_kwargs
+        from rsgrpo.train.engines import vllm_llm_kwargs
 
         llm = LLM(**vllm_llm_kwargs(spec["model"], dtype=dtype, max_model_len=max_len, **options))
         sampling = VParams(n=spec["samples"], temperature=1.0, max_tokens=spec["max_new"], seed=0)
@@ -107,8 +107,8 @@ def worker_train(spec: dict) -> dict:
 
     import torch
 
-    from rsgrpo.train import Trainer
-    from rsgrpo.trainconfig import from_dict
+    from rsgrpo.train.config import from_dict
+    from rsgrpo.train.train import Trainer
 
     gpu = torch.cuda.is_available()
     cfg = from_dict({
@@ -169,9 +169,9 @@ def run_worker(kind: str, spec: dict, work: Path, ranks: int = 1) -> dict:
 
 def prompt_lengths(model_dir: str, records: list[dict]) -> list[int]:
     """Token counts of the training prompts (the plain template the training run uses)."""
-    from rsgrpo.data import build_prompt
-    from rsgrpo.models import load_tokenizer
-    from rsgrpo.rollout import encode_prompts
+    from rsgrpo.prepare.data import build_prompt
+    from rsgrpo.prepare.models import load_tokenizer
+    from rsgrpo.train.engines import encode_prompts
 
     tok = load_tokenizer(model_dir)
     return [len(ids) for ids in encode_prompts(tok, [build_prompt(r["problem"], template="plain", tokenizer=tok)
@@ -182,8 +182,8 @@ def predicted_train_gb(shape, spec: dict, ranks: int, gpu_gb: float, prompt: int
     """The plan's peak GPU memory of one rank of this training run (``prompt``: the longest prompt)."""
     import torch
 
-    from rsgrpo import capacity
-    from rsgrpo.plan import COLOCATED_ENGINE_SHARE
+    from rsgrpo.plan import capacity
+    from rsgrpo.plan.plan import COLOCATED_ENGINE_SHARE
 
     gpu = torch.cuda.is_available()
     job = capacity.TrainJob(precision="bf16-mixed" if gpu else "fp32", zero_stage=spec["zero_stage"] if gpu else 0,
@@ -220,9 +220,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rsgrpo.data import generate_arithmetic, write_records
-    from rsgrpo.models import prepare_model
-    from rsgrpo.plan import model_shape
+    from rsgrpo.plan.plan import model_shape
+    from rsgrpo.prepare.data import generate_arithmetic, write_records
+    from rsgrpo.prepare.models import prepare_model
 
     gpus = torch.cuda.device_count()
     engine = args.engine or ("vllm" if gpus else "hf")

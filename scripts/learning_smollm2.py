@@ -71,7 +71,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rsgrpo import rewards  # noqa: E402
+from rsgrpo.train import rewards  # noqa: E402
 
 # The real-model demo's guard (config/demo-llm.yaml, train set and benchmark): only a literal integer is graded.
 ANSWER_FORMAT = "integer"
@@ -84,7 +84,7 @@ def split_problems(levels: list[int], eval_n: int, train_n: int, seed: int) -> t
     draw (seed ``seed``), sorted, shuffled with ``seed`` and cut: the first ``eval_n`` are held out,
     the next (at most ``train_n``) are the training set.
     """
-    from rsgrpo.data import load_records
+    from rsgrpo.prepare.data import load_records
 
     pool = load_records({"source": "generator", "name": "arithmetic", "n": 20000, "seed": seed,
                          "difficulty": levels, "answer_format": ANSWER_FORMAT})
@@ -133,10 +133,10 @@ def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: 
 
     Problem ``i`` samples with the per-problem seed ``(seed, i)``, so two evaluations of different
     checkpoints draw the same random numbers for the same problem."""
-    from rsgrpo.data import build_prompt
     from rsgrpo.grading import extract_answer, is_integer_literal
-    from rsgrpo.models import load_policy
-    from rsgrpo.rollout import SamplingParams, make_engine, row_seed
+    from rsgrpo.prepare.data import build_prompt
+    from rsgrpo.prepare.models import load_policy
+    from rsgrpo.train.engines import SamplingParams, make_engine, row_seed
 
     model, tok = load_policy(model_dir)
     engine = make_engine("hf", model_dir=model_dir, model=model, tokenizer=tok, batch_size=batch_size)
@@ -203,11 +203,11 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from rsgrpo.data import write_records
-    from rsgrpo.models import prepare_model
-    from rsgrpo.passk import bootstrap_ci, paired_difference, pass_at_k
-    from rsgrpo.train import Trainer
-    from rsgrpo.trainconfig import from_dict
+    from rsgrpo.evaluate.passk import bootstrap_ci, paired_difference, pass_at_k
+    from rsgrpo.prepare.data import write_records
+    from rsgrpo.prepare.models import prepare_model
+    from rsgrpo.train.config import from_dict
+    from rsgrpo.train.train import Trainer
 
     t_start = time.time()
     out = Path(args.out)
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
 
 
 def _ci(d: dict):
-    from rsgrpo.passk import Interval
+    from rsgrpo.evaluate.passk import Interval
 
     return Interval(d["mean"], d["low"], d["high"])
 

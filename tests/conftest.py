@@ -27,7 +27,7 @@ def tiny_model_dir(tmp_path_factory):
     Treat it as read-only: it is shared by every test of the session. Tests that need to change
     weights must copy the model (or load it and modify the in-memory module).
     """
-    from rsgrpo.models import build_tiny_model
+    from rsgrpo.prepare.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny", seed=0)
 
@@ -53,7 +53,7 @@ def test_rewards(tmp_path_factory):
     real grader it earns nothing, no update happens, and equal weights would prove nothing."""
     folder = tmp_path_factory.mktemp("rewards")
     (folder / "sitecustomize.py").write_text(
-        "from rsgrpo.rewards import register\n\n\n"
+        "from rsgrpo.train.rewards import register\n\n\n"
         "@register('has_digit')\n"
         "def has_digit(*, completions, answers, problems, records):\n"
         "    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]\n")

@@ -53,7 +53,7 @@ def peak_mb(setup: str, work: str, timeout: int = 600) -> float:
 # so the logits dominate): forward and backward of the naive log-probs and of the trainer's chunked ones.
 LOGPROB_WORKLOAD = """
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from rsgrpo.loss import build_batch, naive_token_logprobs, token_logprobs
+from rsgrpo.train.loss import build_batch, naive_token_logprobs, token_logprobs
 torch.manual_seed(0)
 config = Qwen2Config(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rsgrpo.passk import bootstrap_ci, pass_at_k, powers_of_two
+from rsgrpo.evaluate.passk import bootstrap_ci, pass_at_k, powers_of_two
 
 Transform = Callable[[np.ndarray], np.ndarray]
 

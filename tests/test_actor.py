@@ -12,10 +12,10 @@ from peak_memory import peak_mb
 from safetensors.torch import load_file
 from train_helpers import FixedEngine, kill_after_first_checkpoint, metrics, run_env, train_cmd, write_run_inputs
 
-from rsgrpo import checkpoint as ckpt
-from rsgrpo.rewards import register
-from rsgrpo.train import Trainer
-from rsgrpo.trainconfig import from_dict
+from rsgrpo.train import checkpoint as ckpt
+from rsgrpo.train.config import from_dict
+from rsgrpo.train.rewards import register
+from rsgrpo.train.train import Trainer
 
 RECORDS = [{"id": "a", "problem": "6*7", "answer": "42"}, {"id": "b", "problem": "40+2", "answer": "42"}]
 # completions of different lengths, so the token-mean loss is far from 0 (GRPO advantages sum to 0)
@@ -100,7 +100,7 @@ def test_bf16_mixed_killed_and_resumed_equals_the_uninterrupted_run(tiny_model_d
 def test_gradient_checkpointing_gives_the_same_gradients():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rsgrpo.loss import build_batch, token_logprobs
+    from rsgrpo.train.loss import build_batch, token_logprobs
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
@@ -126,7 +126,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_gradient_checkpointing_lowers_peak_memory():
     setup = """
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from rsgrpo.loss import build_batch, token_logprobs
+from rsgrpo.train.loss import build_batch, token_logprobs
 torch.manual_seed(0)
 config = Qwen2Config(vocab_size=1000, hidden_size=256, intermediate_size=1024, num_hidden_layers=12,
                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)

@@ -21,11 +21,11 @@ import pytest
 import synthetic_results as syn
 import yaml
 
-from rsgrpo import aggregate as agg
-from rsgrpo import cell_index
 from rsgrpo import grid as G
+from rsgrpo.analysis import aggregate as agg
+from rsgrpo.analysis import cell_index
 from rsgrpo.cli import main as cli_main
-from rsgrpo.passk import (
+from rsgrpo.evaluate.passk import (
     bootstrap_ci,
     paired_seed_difference,
     pass_at_k,
@@ -267,7 +267,7 @@ def test_row_order_follows_the_estimator_registry_not_the_method_keys(tmp_path):
 
 
 def test_estimator_rank_is_the_registry_order():
-    from rsgrpo.advantages import ESTIMATORS
+    from rsgrpo.estimators import ESTIMATORS
 
     ranks = [cell_index.estimator_rank(e) for e in ["", *ESTIMATORS, "not_registered"]]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsgrpo.bandit import BanditSpec, arm_rewards, initial_logits, sample_arms, simulate, simulate_reference
+from rsgrpo.bandit.simulation import BanditSpec, arm_rewards, initial_logits, sample_arms, simulate, simulate_reference
 
 
 def test_reward_landscape_and_initial_policy():
@@ -85,8 +85,8 @@ def test_bad_betas():
 
 
 def test_numpy_rs_grpo_twin_equals_the_estimator():
-    from rsgrpo.advantages import compute
-    from rsgrpo.bandit import _rs_grpo_np
+    from rsgrpo.bandit.simulation import _rs_grpo_np
+    from rsgrpo.estimators import compute
 
     rng = np.random.default_rng(0)
     r = rng.random((40, 16))

@@ -8,8 +8,8 @@ import json
 import pytest
 from peak_memory import peak_mb
 
-from rsgrpo import capacity
-from rsgrpo.capacity import Shape, TrainJob
+from rsgrpo.plan import capacity
+from rsgrpo.plan.capacity import Shape, TrainJob
 
 SHAPE = Shape(params=7_615_616_512, largest_layer=545_001_472, layers=28, hidden=3584, intermediate=18944, heads=28,
               kv_heads=4, head_dim=128, vocab=152064)
@@ -83,8 +83,8 @@ def test_predicted_update_peak_within_25_percent_of_the_measured_one(name):
     without checkpointing, fp32): measured peak above the built model vs
     prediction. At that moment the gradients exist only as far as the backward has come: the output
     layer's (chunk phase) or all of them (rebuilt-layer phase)."""
-    from rsgrpo.models import shipped_config_path
-    from rsgrpo.plan import model_shape
+    from rsgrpo.plan.plan import model_shape
+    from rsgrpo.prepare.models import shipped_config_path
 
     config = MODELS[name]
     if isinstance(config, str):
@@ -97,7 +97,7 @@ def test_predicted_update_peak_within_25_percent_of_the_measured_one(name):
             setup = f"""
 import json
 from transformers import AutoConfig, AutoModelForCausalLM
-from rsgrpo.loss import build_batch, token_logprobs
+from rsgrpo.train.loss import build_batch, token_logprobs
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**json.loads({json.dumps(json.dumps(config))})))
 if {ckpt}:

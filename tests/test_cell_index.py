@@ -13,8 +13,8 @@ import pytest
 import synthetic_results as syn
 import yaml
 
-from rsgrpo import cell_index
 from rsgrpo import grid as G
+from rsgrpo.analysis import cell_index
 
 REPO = Path(__file__).resolve().parents[1]
 

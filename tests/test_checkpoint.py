@@ -18,10 +18,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from rsgrpo import checkpoint as ckpt  # noqa: E402
-from rsgrpo.rewards import register  # noqa: E402
-from rsgrpo.train import Trainer  # noqa: E402
-from rsgrpo.trainconfig import from_dict  # noqa: E402
+from rsgrpo.train import checkpoint as ckpt  # noqa: E402
+from rsgrpo.train.config import from_dict  # noqa: E402
+from rsgrpo.train.rewards import register  # noqa: E402
+from rsgrpo.train.train import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ from train_helpers import write_run_inputs as _write_run_inputs  # noqa: E402
 
 
 def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):
-    pytest.importorskip("rsgrpo.data")
+    pytest.importorskip("rsgrpo.prepare.data")
     cfg, runner = _write_run_inputs(tmp_path, tiny_model_dir, logging=["tensorboard"])
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
 
@@ -167,7 +167,7 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
 
 def test_save_is_atomic_under_a_failing_writer(tiny_model_dir, tmp_path):
     """A writer that dies mid-save leaves only a temp dir, never a step dir."""
-    from rsgrpo.models import load_policy
+    from rsgrpo.prepare.models import load_policy
 
     model, tok = load_policy(tiny_model_dir)
 
@@ -219,7 +219,7 @@ def test_run_dir_lock_refuses_a_second_trainer_and_dies_with_its_holder(tmp_path
     """Another process holding the run-dir lock makes setup fail fast, naming its pid; once that
     process is SIGKILLed the kernel releases the lock and the next trainer gets it."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from rsgrpo import checkpoint as c; "
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from rsgrpo.train import checkpoint as c; "
         "fh = c.lock_run_dir(sys.argv[2]); print('locked', flush=True); time.sleep(60)"),
         str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -261,7 +261,7 @@ def test_only_the_newest_checkpoints_keep_the_optimizer_state(tiny_model_dir, tm
 def test_weights_written_in_shards_load_as_one_checkpoint(tiny_model_dir, tmp_path):
     """The ZeRO-3 path: (name, tensor) pairs written in several safetensors shards plus their index
     (here 64 KiB shards) load back as the same model, in transformers as in the resume reader."""
-    from rsgrpo.models import load_policy
+    from rsgrpo.prepare.models import load_policy
 
     model, tok = load_policy(tiny_model_dir)
     writer = ckpt.CheckpointWriter(tmp_path, 5, rank=0, shard_bytes=64 << 10)

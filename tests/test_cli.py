@@ -15,14 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from rsgrpo import bandit_cli  # noqa: E402
-from rsgrpo.bandit import BanditSpec, simulate  # noqa: E402
-from rsgrpo.cli import VERBS, main  # noqa: E402
+from rsgrpo.bandit import bandit as bandit_cli  # noqa: E402
+from rsgrpo.bandit.simulation import BanditSpec, simulate  # noqa: E402
+from rsgrpo.cli import VERBS, main, verb_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# verbs whose module holds more than the verb (see rsgrpo/cli.py): the module name says what it holds
-MODULE_NOT_NAMED_AFTER_VERB = {"bandit": "rsgrpo.bandit_cli", "prepare-model": "rsgrpo.models",
-                               "prepare-data": "rsgrpo.data"}
 
 
 def run_cli(*args):
@@ -42,8 +39,8 @@ def test_unknown_verb_fails_with_usage():
 
 
 def test_every_verb_module_has_the_interface():
-    for verb, (module, _) in VERBS.items():
-        mod = importlib.import_module(module)
+    for verb in VERBS:
+        mod = importlib.import_module(verb_module(verb))
         assert callable(mod.add_arguments) and callable(mod.main), verb
 
 
@@ -64,28 +61,31 @@ def test_plot_advantages_rejects_negative_beta(tmp_path):
         main(["plot-advantages", "--betas", "-1", "--out", str(tmp_path)])
 
 
-def _workflow_rules() -> dict[str, str]:
-    """Rule name -> its text, for every rule of the Snakefile and workflow/rules/*.smk."""
+def _workflow_rules() -> dict[str, tuple[str, str]]:
+    """Rule name -> (its rule file's stem, its text), for every rule of the Snakefile and workflow/rules/*.smk."""
     rules = {}
     for path in [REPO / "Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]:
         parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
         for name, body in zip(parts[1::2], parts[2::2]):
             assert name not in rules, f"rule {name} defined twice"
-            rules[name] = re.split(r"^\S", body, maxsplit=1, flags=re.M)[0]  # up to the next top-level line
+            rules[name] = (path.stem, re.split(r"^\S", body, maxsplit=1, flags=re.M)[0])  # up to the next top-level line
     return rules
 
 
 def test_rule_names_are_the_verbs():
-    """Rule name == verb with '-' -> '_' == the verb's module (where the module is only the verb), and
-    every rule runs its own verb."""
+    """Rule name == verb with '-' -> '_'; every rule runs its own verb; a rule of workflow/rules/<stage>.smk
+    runs a verb of stage <stage>, which lives in rsgrpo/<stage>/<rule>.py."""
     rules = _workflow_rules()
     assert "all" in rules
     assert sorted(r for r in rules if r != "all") == sorted(v.replace("-", "_") for v in VERBS)
-    for rule, text in rules.items():
-        if rule != "all":
-            assert re.findall(r"python -m rsgrpo ([\w-]+)", text) == [rule.replace("_", "-")], rule
-    for verb, (module, _) in VERBS.items():
-        assert module == MODULE_NOT_NAMED_AFTER_VERB.get(verb, "rsgrpo." + verb.replace("-", "_")), verb
+    for rule, (stage, text) in rules.items():
+        if rule == "all":
+            continue
+        verb = rule.replace("_", "-")
+        assert re.findall(r"python -m rsgrpo ([\w-]+)", text) == [verb], rule
+        assert VERBS[verb][0] == stage, f"rule {rule} is in {stage}.smk but its verb is of stage {VERBS[verb][0]}"
+        assert (REPO / "rsgrpo" / stage / f"{rule}.py").is_file(), rule
+        assert verb_module(verb) == f"rsgrpo.{stage}.{rule}"
 
 
 def test_bandit_figure(tmp_path, monkeypatch):

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rsgrpo import data
 from rsgrpo.cli import main as cli_main
-from rsgrpo.data import build_prompt, generate_arithmetic, load_records, write_records
+from rsgrpo.prepare import data
+from rsgrpo.prepare.data import build_prompt, generate_arithmetic, load_records, write_records
 
 # ---------------------------------------------------------------------------------------------
 # generator
@@ -351,7 +351,7 @@ def test_answer_format_errors_name_dataset_and_value(tmp_path):
 
 
 def test_shipped_configs_set_integer_formats_where_answers_are_integers():
-    from rsgrpo.plan import load_workflow_config
+    from rsgrpo.plan.plan import load_workflow_config
 
     grid = load_workflow_config([str(REPO / "config" / "grid.yaml")])
     formats = {key: bench["spec"].get("answer_format", "any") for key, bench in grid["benchmarks"].items()}
@@ -365,7 +365,7 @@ def test_shipped_configs_set_integer_formats_where_answers_are_integers():
 
 
 def test_schema_refuses_an_unknown_answer_format(tmp_path):
-    from rsgrpo.plan import load_workflow_config
+    from rsgrpo.plan.plan import load_workflow_config
 
     config = yaml.safe_load((REPO / "config" / "demo-llm.yaml").read_text(encoding="utf-8"))
     config["benchmarks"]["arithmetic_test"]["spec"]["answer_format"] = "number"
@@ -621,8 +621,8 @@ def test_datasets_is_imported_only_for_hf_specs(tmp_path):
 
 
 def test_raw_template_is_the_problem_text_itself():
-    from rsgrpo.data import PROMPT_TEMPLATES
-    from rsgrpo.trainconfig import from_dict
+    from rsgrpo.prepare.data import PROMPT_TEMPLATES
+    from rsgrpo.train.config import from_dict
 
     assert build_prompt("37+45=", template="raw") == "37+45="
     with pytest.raises(ValueError, match="takes no system prompt"):

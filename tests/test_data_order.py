@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rsgrpo.data_order import epoch_permutation, rank_slice, stream_indices
+from rsgrpo.train.data_order import epoch_permutation, rank_slice, stream_indices
 
 
 def test_data_order_is_epochwise_and_seeded():

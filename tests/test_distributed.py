@@ -23,8 +23,8 @@ from train_helpers import assert_rows_close as _assert_rows_close  # noqa: E402
 from train_helpers import run_checked as _run  # noqa: E402
 from train_helpers import weights as _weights  # noqa: E402
 
-from rsgrpo import checkpoint as ckpt  # noqa: E402
-from rsgrpo.distributed import (  # noqa: E402
+from rsgrpo.train import checkpoint as ckpt  # noqa: E402
+from rsgrpo.train.distributed import (  # noqa: E402
     IGNORING_USR1,
     launch_command,
     rendezvous_port,
@@ -121,8 +121,8 @@ ZERO3_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     from safetensors.torch import load_file
-    from rsgrpo import distributed as D
-    from rsgrpo.models import load_policy
+    from rsgrpo.train import distributed as D
+    from rsgrpo.prepare.models import load_policy
     import deepspeed
 
     model_dir, out = sys.argv[1], sys.argv[2]
@@ -270,7 +270,7 @@ def test_inside_a_job_step_scontrol_gives_the_jobs_nodes_and_the_head_nodes_addr
     """Inside the one-node step that runs the train command (Snakemake's jobstep srun) the SLURM
     variables describe the step (1 node) and the job's own are stripped: the node count and list
     come from `scontrol show job`, the rendezvous address from the first node's NodeAddr."""
-    from rsgrpo.distributed import _scontrol_show, slurm_job_nodes
+    from rsgrpo.train.distributed import _scontrol_show, slurm_job_nodes
 
     _scontrol_show.cache_clear()  # answers of the real scontrol (if any) must not stand in for the fake's
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import synthetic_results as syn
 
-from rsgrpo import figures as rf
-from rsgrpo.cell_index import load_index
+from rsgrpo.analysis import figures as rf
+from rsgrpo.analysis.cell_index import load_index
 from rsgrpo.cli import main as cli_main
-from rsgrpo.passk import pass_at_k, seed_bootstrap_ci
+from rsgrpo.evaluate.passk import pass_at_k, seed_bootstrap_ci
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rsgrpo import cell_index, checkpoint
 from rsgrpo import grid as G
 from rsgrpo import layout as L
+from rsgrpo.analysis import cell_index
+from rsgrpo.train import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "config/grid.yaml").read_text())

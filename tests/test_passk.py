@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from rsgrpo.passk import (
+from rsgrpo.evaluate.passk import (
     SEED_STREAM,
     bootstrap_ci,
     mean_pass_at_k,

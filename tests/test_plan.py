@@ -11,9 +11,10 @@ import pytest
 import yaml
 from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake
 
-from rsgrpo import capacity, cli
-from rsgrpo.models import MODEL_CONFIGS, shipped_config_path, tiny_config
-from rsgrpo.plan import load_workflow_config, meta_shape, model_shape, plan
+from rsgrpo import cli
+from rsgrpo.plan import capacity
+from rsgrpo.plan.plan import load_workflow_config, meta_shape, model_shape, plan
+from rsgrpo.prepare.models import MODEL_CONFIGS, shipped_config_path, tiny_config
 
 PUBLISHED_B = {"Qwen/Qwen2.5-Math-1.5B": 1.54, "Qwen/Qwen2.5-Math-7B": 7.62, "Qwen/Qwen2.5-7B": 7.62,
                "Qwen/Qwen3-4B-Base": 4.02, "meta-llama/Llama-3.1-8B-Instruct": 8.03}
@@ -98,8 +99,8 @@ def test_workflow_refuses_a_job_that_does_not_fit_at_parse_time(tmp_path):
 
 
 def test_the_plans_engine_share_is_the_trainers():
-    from rsgrpo.plan import COLOCATED_ENGINE_SHARE
-    from rsgrpo.rollout import COLOCATED_VLLM_DEFAULTS
+    from rsgrpo.plan.plan import COLOCATED_ENGINE_SHARE
+    from rsgrpo.train.engines import COLOCATED_VLLM_DEFAULTS
 
     assert COLOCATED_ENGINE_SHARE == COLOCATED_VLLM_DEFAULTS["gpu_memory_utilization"]
 
@@ -135,7 +136,7 @@ def test_train_and_sample_jobs_ask_slurm_for_what_the_plan_says(tmp_path, grid):
 def test_a_hub_model_the_package_does_not_know_is_planned_once_prepared(tmp_path, capsys):
     """No shipped config.json and no prepared checkpoint: the workflow still parses (prepare-model
     must be able to run) and says the model is not planned yet; the plan verb names it."""
-    from rsgrpo.plan import MissingModelConfig, model_config
+    from rsgrpo.plan.plan import MissingModelConfig, model_config
 
     extra = {"models": {"other": {"spec": {"source": "hub", "id": "someone/unknown-7b"}, "train_set": "math12k",
                                   "gpus": 1}},

@@ -7,8 +7,8 @@ matplotlib.use("Agg")
 
 import pytest
 
-from rsgrpo import plot_advantages
-from rsgrpo.advantages import binary_closed_form
+from rsgrpo.analysis import plot_advantages
+from rsgrpo.estimators import binary_closed_form
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from train_helpers import (  # noqa: E402
     write_run_inputs,  # noqa: E402
 )
 
-from rsgrpo import checkpoint as ckpt  # noqa: E402
-from rsgrpo.preemption import EXIT_PREEMPTED, StopRequest  # noqa: E402
+from rsgrpo.train import checkpoint as ckpt  # noqa: E402
+from rsgrpo.train.preemption import EXIT_PREEMPTED, StopRequest  # noqa: E402
 
 
 def test_a_stop_request_records_the_first_signal_and_restores_the_handlers():

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rsgrpo.models import prepare_model
-from rsgrpo.pretrain import check_spec
+from rsgrpo.prepare.models import prepare_model
+from rsgrpo.prepare.pretrain import check_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"source": "pretrain", "steps": 120, "batch_size": 32, "hidden_size": 64, "num_heads": 2,
@@ -38,7 +38,7 @@ def test_pretraining_learns_the_demonstrations_and_is_seeded(pretrained, tmp_pat
 
 
 def test_the_pretrained_model_answers_in_the_tasks_format(pretrained):
-    from rsgrpo.models import load_policy
+    from rsgrpo.prepare.models import load_policy
 
     model, tokenizer = load_policy(pretrained)
     ids = tokenizer("21+22=", add_special_tokens=False, return_tensors="pt")["input_ids"]

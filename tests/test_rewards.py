@@ -2,8 +2,8 @@
 
 import pytest
 
-from rsgrpo import rewards
-from rsgrpo.rewards import PARTIAL_FORMAT_CREDIT, REWARDS, compute, register, reward_settings
+from rsgrpo.train import rewards
+from rsgrpo.train.rewards import PARTIAL_FORMAT_CREDIT, REWARDS, compute, register, reward_settings
 
 GOLDS = ["5", "5", "5", "5"]
 COMPLETIONS = ["\\boxed{5}", "\\boxed{6}", "the answer is 6", "no idea"]
@@ -85,7 +85,7 @@ def test_compute_checks_what_a_reward_returns():
 
 
 def test_overlong_penalty_is_dapos_linear_ramp_over_the_buffer():
-    from rsgrpo.rewards import overlong_penalty
+    from rsgrpo.train.rewards import overlong_penalty
 
     # max 10 tokens, buffer 4: free up to 6 tokens, then -1/4 per token, -1 at the limit
     assert overlong_penalty([0, 5, 6, 7, 8, 9, 10], max_tokens=10, buffer=4) == [0.0, 0.0, 0.0, -0.25, -0.5, -0.75,

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from rsgrpo.data import load_records
-from rsgrpo.synthetic import (
+from rsgrpo.prepare.data import load_records
+from rsgrpo.prepare.synthetic import (
     carry_addition_problems,
     demonstration,
     dominant_solution,

@@ -18,11 +18,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from train_helpers import FixedEngine  # noqa: E402
 
-from rsgrpo import advantages  # noqa: E402
-from rsgrpo.loss import build_batch, policy_loss, token_logprobs  # noqa: E402
-from rsgrpo.rewards import register  # noqa: E402
-from rsgrpo.train import METRIC_COLUMNS, Trainer  # noqa: E402
-from rsgrpo.trainconfig import TrainConfig, beta_at, from_dict, load_config, lr_at  # noqa: E402
+from rsgrpo import estimators  # noqa: E402
+from rsgrpo.train.config import TrainConfig, beta_at, from_dict, load_config, lr_at  # noqa: E402
+from rsgrpo.train.loss import build_batch, policy_loss, token_logprobs  # noqa: E402
+from rsgrpo.train.rewards import register  # noqa: E402
+from rsgrpo.train.train import METRIC_COLUMNS, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -198,7 +198,7 @@ def test_runs_that_train_as_earlier_versions_keep_their_config_hash():
     """Checkpoints written by earlier versions keep resuming when the config trains exactly as they
     did: fp32 (before `precision` replaced `dtype`), no refill (max_gen_rounds 1 or no dynamic
     sampling), no overlong handling. The values were recorded from those versions."""
-    from rsgrpo.trainconfig import config_hash
+    from rsgrpo.train.config import config_hash
 
     old_default = "1a7226d3f45c60a44ac04c830d5151026a925d713dbdbbfa7de081bacf3492b1"
     assert config_hash(from_dict({"max_gen_rounds": 1})) == old_default
@@ -265,16 +265,16 @@ def _tiny_trainer(model_dir, run_dir, **overrides):
     return trainer
 
 
-@pytest.mark.parametrize("method", list(advantages.ESTIMATORS))
+@pytest.mark.parametrize("method", list(estimators.ESTIMATORS))
 def test_one_step_moves_logprobs_along_the_advantages(tiny_model_dir, tmp_path, method):
-    params = advantages.EXAMPLE_PARAMS[method]
+    params = estimators.EXAMPLE_PARAMS[method]
     trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", method=method, method_params=params)
     model = trainer.model
     prompts = [f"Q: {r['problem']}\nA:" for r in RECORDS]
     comps = trainer.engine.generate(prompts, type("P", (), {"n": 4})())
     flat = [c for g in comps for c in g]
     rewards = torch.tensor(_reward_fn(None, [c.text for c in flat])).view(3, 4)
-    adv = advantages.compute(method, rewards, **(trainer.cfg.method_params)).reshape(-1)
+    adv = estimators.compute(method, rewards, **(trainer.cfg.method_params)).reshape(-1)
     pairs = [(c.prompt_token_ids, c.token_ids) for c in flat]
     batch = build_batch(pairs, trainer.pad_id)
     mask = batch.completion_mask[:, 1:]
@@ -340,7 +340,7 @@ def test_a_registered_estimator_trains_with_no_other_change(tiny_model_dir, tmp_
     def sign(rewards):
         return torch.sign(rewards - rewards.mean(dim=1, keepdim=True))
 
-    advantages.register("test_train_sign")(sign)
+    estimators.register("test_train_sign")(sign)
     try:
         trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", method="test_train_sign", method_params=None)
         before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -351,8 +351,8 @@ def test_a_registered_estimator_trains_with_no_other_change(tiny_model_dir, tmp_
         with pytest.raises(ValueError, match="'beta_schedule'"):  # it has no beta to schedule
             from_dict({"method": "test_train_sign", "beta_schedule": "linear", "beta_start": 0, "beta_end": 1})
     finally:
-        advantages.ESTIMATORS.pop("test_train_sign")
-        advantages.EXAMPLE_PARAMS.pop("test_train_sign")
+        estimators.ESTIMATORS.pop("test_train_sign")
+        estimators.EXAMPLE_PARAMS.pop("test_train_sign")
 
 
 @register("test_train_record_target")
@@ -362,7 +362,7 @@ def record_target(*, completions, answers, problems, records):
 
 
 def test_rewards_see_the_records_extra_fields(tiny_model_dir, tmp_path):
-    from rsgrpo.train import records_hash
+    from rsgrpo.train.train import records_hash
 
     records = [dict(r, target=t) for r, t in zip(RECORDS, ["17", "9x", "xy"])]
     cfg = from_dict(dict(model_dir=str(tiny_model_dir), steps=1, prompts_per_step=3, samples_per_prompt=4,
@@ -401,7 +401,7 @@ def test_generation_beyond_the_model_context_fails_before_the_model_loads(tiny_m
 
 def test_auto_engine_on_a_gpu_machine_without_vllm_fails_before_the_model_loads(tiny_model_dir, tmp_path,
                                                                                   monkeypatch):
-    import rsgrpo.train as train_mod
+    import rsgrpo.train.train as train_mod
 
     dist = train_mod.init_distributed()  # the CPU process group, set up before the GPU is faked
     monkeypatch.setattr(train_mod, "init_distributed", lambda: dist)
@@ -462,7 +462,7 @@ def test_ppo_epochs_clip_and_kl(tiny_model_dir, tmp_path):
 def test_train_cli_with_real_modules(tiny_model_dir, tmp_path):
     """``python -m rsgrpo train`` with the real data, rollout and grading modules: writes metrics.csv
     (one row per step), a manifest listing the checkpoints, and the declared output copies."""
-    pytest.importorskip("rsgrpo.data")
+    pytest.importorskip("rsgrpo.prepare.data")
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)})
                             + "\n" for i in range(5)))
@@ -534,7 +534,7 @@ def _spy_update(trainer):
 
 def _expected_refill(seed, steps, per_step, max_rounds, signal_ids=("a", "b")):
     """Brute force: walk the data stream round by round, as the recipe says."""
-    from rsgrpo.data_order import stream_indices
+    from rsgrpo.train.data_order import stream_indices
 
     position, out = 0, []
     for _ in range(steps):
@@ -550,7 +550,7 @@ def _expected_refill(seed, steps, per_step, max_rounds, signal_ids=("a", "b")):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_refill_trains_on_prompts_per_step_groups_when_half_carry_no_signal(tiny_model_dir, tmp_path, seed):
-    from rsgrpo.data_order import stream_indices
+    from rsgrpo.train.data_order import stream_indices
 
     trainer = _refill_trainer(tiny_model_dir, tmp_path / "run", seed=seed)
     seen = _spy_update(trainer)
@@ -566,7 +566,7 @@ def test_refill_trains_on_prompts_per_step_groups_when_half_carry_no_signal(tiny
         prompts = [trainer.tokenizer.decode(p) for p, _ in pairs[::4]]
         assert prompts == [f"Q: {next(r['problem'] for r in REFILL_RECORDS if r['id'] == i)}\nA:" for i in ids]
         rewards = torch.tensor([[1.0 if t == "42" else 0.0 for t in REFILL_TABLE[p]] for p in prompts])
-        torch.testing.assert_close(adv, advantages.compute("rs_grpo", rewards, beta=2.0).reshape(-1).float())
+        torch.testing.assert_close(adv, estimators.compute("rs_grpo", rewards, beta=2.0).reshape(-1).float())
         drawn = [REFILL_RECORDS[i]["id"] for i in stream_indices(4, seed, start, position - start)]
         assert row["solved_frac"] == pytest.approx(sum(i in ("a", "b") for i in drawn) / len(drawn))
         start = position
@@ -603,7 +603,7 @@ CUT = {"one two three four five six", "seven eight nine ten eleven twelve"}
 
 @pytest.mark.parametrize("overlong", ["none", "mask", "penalty"])
 def test_overlong_none_mask_and_penalty_on_hand_made_completions(tiny_model_dir, tmp_path, overlong):
-    from rsgrpo.rewards import overlong_penalty
+    from rsgrpo.train.rewards import overlong_penalty
 
     extra = {"overlong_buffer": 2} if overlong == "penalty" else {}
     trainer = _refill_trainer(tiny_model_dir, tmp_path / "run", table=CUT_TABLE, cut=CUT, overlong=overlong,
@@ -633,7 +633,7 @@ def test_overlong_none_mask_and_penalty_on_hand_made_completions(tiny_model_dir,
     else:
         assert len(pairs) == len(flat)
     # advantages come from the (shaped) rewards of the whole group, cut completions included
-    expected = advantages.compute("rs_grpo", rollout.rewards, beta=2.0).float()
+    expected = estimators.compute("rs_grpo", rollout.rewards, beta=2.0).float()
     keep = [i for i, is_cut in enumerate(cut) if not (overlong == "mask" and is_cut)]
     torch.testing.assert_close(adv, expected.reshape(-1)[keep])
 
@@ -788,7 +788,7 @@ def test_wandb_and_mlflow_sinks_get_every_metric_and_the_rollouts(tiny_model_dir
 
 
 def test_a_sink_whose_package_is_missing_fails_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
-    import rsgrpo.train as train_mod
+    import rsgrpo.train.train as train_mod
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     monkeypatch.setattr(train_mod, "Actor", lambda *a, **k: pytest.fail("the model was loaded"))

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
 
-from rsgrpo import checkpoint as ckpt
 from rsgrpo.grading import extract_answer
+from rsgrpo.train import checkpoint as ckpt
 
 TINY_CONFIG = REPO / "tests/fixtures/workflow/tiny.yaml"
 TINY = yaml.safe_load(TINY_CONFIG.read_text())
@@ -133,7 +133,7 @@ def _bad_config(tmp_path, config: dict) -> Path:
 def test_bad_config_rejected_with_its_message(tmp_path, config, message):
     """What workflow/rules/common.smk runs on a config (the schema's validate, then grid.expand), in
     process; the next test shows through Snakemake itself that it stops the run before any job."""
-    from rsgrpo.plan import load_workflow_config
+    from rsgrpo.plan.plan import load_workflow_config
 
     with pytest.raises(Exception, match=message):
         load_workflow_config([str(_bad_config(tmp_path, config))])

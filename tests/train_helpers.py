@@ -27,8 +27,8 @@ import os
 import sys
 import time
 
-import rsgrpo.train as train
-from rsgrpo.rewards import register
+import rsgrpo.train.train as train
+from rsgrpo.train.rewards import register
 
 @register("has_digit")
 def has_digit(*, completions, answers, problems, records):
@@ -95,7 +95,7 @@ def weights(run_dir: Path, step: int) -> dict:
     """The model weights of a run's checkpoint at ``step``."""
     from safetensors.torch import load_file
 
-    from rsgrpo import checkpoint as ckpt
+    from rsgrpo.train import checkpoint as ckpt
 
     return load_file(run_dir / "checkpoints" / ckpt.checkpoint_name(step) / "model.safetensors")
 
@@ -127,7 +127,7 @@ def run_checked(cmd: list[str], env: dict | None = None, timeout: float = 600) -
 def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, env: dict) -> int:
     """Start ``cmd``, SIGKILL its whole process group (launcher and ranks) as soon as ``run_dir``
     holds a complete checkpoint; return the step of that checkpoint."""
-    from rsgrpo import checkpoint as ckpt
+    from rsgrpo.train import checkpoint as ckpt
 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -150,14 +150,14 @@ class FixedEngine:
     engine cuts a completion that reaches the length limit; every other text ends with EOS."""
 
     def __init__(self, tokenizer, table, cut=()):
-        from rsgrpo.rollout import encode_prompts
+        from rsgrpo.train.engines import encode_prompts
 
         self.tok, self.table, self.encode, self.cut = tokenizer, table, encode_prompts, set(cut)
         self.loads = 0
         self.prompts = []  # every prompt generated for, in order
 
     def generate(self, prompts, params, *, seeds=None):
-        from rsgrpo.rollout import Completion
+        from rsgrpo.train.engines import Completion
 
         out = []
         self.prompts += list(prompts)

@@ -10,7 +10,7 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from rsgrpo import grid as G
-from rsgrpo import plan as plan_jobs
+from rsgrpo.plan import plan as plan_jobs
 from rsgrpo.layout import FINAL, Layout, split_eval
 
 validate(config, schema="../schemas/config.schema.yaml")

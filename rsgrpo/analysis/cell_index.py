@@ -1,0 +1,509 @@
+"""The results index: ``cells.csv`` + ``benchmarks.csv``, written by the ``cell-index`` verb (rule
+``cell_index``) from the workflow config and read by the analysis (:mod:`rsgrpo.aggregate`,
+:mod:`rsgrpo.figures`) as a :class:`CellIndex`.
+
+Format (both files CSV with a header; an empty field means "none"):
+
+* ``cells.csv`` -- one row per evaluated cell: ``cell, model, model_name, train_set, method, estimator,
+  beta, seed, group, label, published_method, published_model, passk, graded, metrics, step_evals``.
+
+  - ``cell`` is the cell id ``<model>/<run>`` (unique), ``method`` the config's method key (free
+    text, shown nowhere but the tidy tables), ``estimator`` the advantage estimator's registry name
+    (:data:`rsgrpo.advantages.ESTIMATORS`; empty for the untrained base model). The analysis knows
+    methods only by ``estimator``: rows are ordered base first, then in registry order (the paper's:
+    GRPO, the pass@k baselines, RS-GRPO last), then by ``beta`` and ``label``; the RS-GRPO - GRPO
+    table pairs estimator ``rs_grpo`` with estimator ``grpo``. Renaming a method key changes nothing.
+  - ``seed`` is the training seed of a cell of a sweep with a ``seeds`` axis (a non-negative integer;
+    empty for the base model and for sweeps without seeds) and ``group`` the cell id without its
+    ``-seed<s>`` suffix (:attr:`rsgrpo.grid.Cell.group`; the cell id itself when there is no seed).
+    The cells of one group are *replicates* of one configuration: they must agree in every column
+    that defines it (``model, model_name, train_set, method, estimator, beta, label,
+    published_method, published_model``), hold distinct seeds and evaluate the same problems. The
+    analysis shows one row / line per group, pooled over its replicates (:attr:`CellIndex.groups`).
+    A cell without a seed that shares its group with seeded ones counts as one more replicate, ordered
+    first (only a hand-written index has one: :func:`rsgrpo.grid.expand` refuses such a grid). Both
+    columns are required: the index is always written by the ``cell-index`` verb.
+  - A *setting* is ``<display model>/<train_set>``, the display model being the first non-empty
+    ``published_model`` among the model's cells, else its ``model_name`` (so it matches the
+    published Table 2). A cell with an empty ``train_set`` (the base model) belongs to every setting
+    of its model and is the Base row of each.
+  - ``passk`` / ``graded``: the final checkpoint's ``passk.csv`` and ``graded.parquet``; ``metrics``
+    the training ``metrics.csv`` (empty for base); ``step_evals`` the evaluated checkpoints as
+    ``step:folder;step:folder`` (each folder holding a ``passk.csv`` and ``graded.parquet``, see
+    :class:`rsgrpo.layout.Layout`). Relative paths are taken as given, else relative to the folder
+    of ``cells.csv``.
+* ``benchmarks.csv`` -- ``benchmark, published_name, n, ks`` (``ks`` ``;``-separated; empty = powers
+  of two up to the samples per problem).
+
+The cells' own files: ``graded.parquet`` (``benchmark, problem_id, sample_idx, correct``, read as
+per-problem :class:`Counts`; a group's replicates stacked as :class:`SeedCounts`), ``passk.csv`` and
+``metrics.csv`` (:func:`read_passk`, :func:`read_metrics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rsgrpo import estimators
+from rsgrpo.evaluate.passk import pass_at_k, powers_of_two
+from rsgrpo.grid import Cell, expand, step_number
+from rsgrpo.io import atomic_path
+from rsgrpo.layout import FINAL, LAYOUT, Layout, fmt_beta
+
+__all__ = [
+    "CELL_COLUMNS", "BENCHMARK_COLUMNS", "GRADED_COLUMNS", "PASSK_COLUMNS", "METRICS_COLUMNS",
+    "BASE_ESTIMATOR", "GRPO_ESTIMATOR", "RS_GRPO_ESTIMATOR", "estimator_rank",
+    "cells_table", "benchmarks_table", "write_index",
+    "Counts", "SeedCounts", "CellIndex", "read_table", "load_index", "load_counts", "read_passk", "read_metrics",
+    "parse_step_evals", "GROUP_COLUMNS",
+]
+
+CELL_COLUMNS = ["cell", "model", "model_name", "train_set", "method", "estimator", "beta", "seed", "group", "label",
+                "published_method", "published_model", "passk", "graded", "metrics", "step_evals"]
+# the columns that define a configuration: every replicate (cell) of a group has the same values
+GROUP_COLUMNS = ["model", "model_name", "train_set", "method", "estimator", "beta", "label", "published_method",
+                 "published_model"]
+BENCHMARK_COLUMNS = ["benchmark", "published_name", "n", "ks"]
+GRADED_COLUMNS = ["benchmark", "problem_id", "sample_idx", "correct"]
+PASSK_COLUMNS = ["benchmark", "k", "pass_at_k", "ci_low", "ci_high", "n_problems", "n_samples"]
+METRICS_COLUMNS = ["step", "beta", "reward_mean", "solved_frac", "cumulative_solve_rate", "entropy",
+                   "response_len_mean"]
+
+# Methods as the analysis knows them: registry names of advantage estimators.
+BASE_ESTIMATOR = ""  # the untrained model
+GRPO_ESTIMATOR = "grpo"
+RS_GRPO_ESTIMATOR = "rs_grpo"
+for _name in (GRPO_ESTIMATOR, RS_GRPO_ESTIMATOR):
+    if _name not in estimators.ESTIMATORS:  # pragma: no cover - a renamed estimator must be renamed here too
+        raise ImportError(f"rsgrpo.cell_index: estimator {_name!r} is not registered in rsgrpo.advantages")
+
+
+def estimator_rank(estimator: str) -> int:
+    """Row order of a method: 0 for the base model, then the registry order of
+    :data:`rsgrpo.advantages.ESTIMATORS` (the paper's table order); an estimator the registry does
+    not know (a hand-written index) comes last."""
+    if estimator == BASE_ESTIMATOR:
+        return 0
+    order = list(estimators.ESTIMATORS)
+    return 1 + (order.index(estimator) if estimator in order else len(order))
+
+
+# ------------------------------------------------------------------------------------ writing
+def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = LAYOUT) -> list[dict]:
+    """Rows of ``cells.csv`` for the grid's cells (columns: see the module docstring)."""
+    rows = []
+    for cell in cells:
+        model = config["models"][cell.model]
+        method = config["methods"][cell.method]
+        label = method.get("label", cell.method)
+        if cell.beta is not None:
+            label = f"{label} (β={fmt_beta(cell.beta)})"
+        published = method.get("published", "")
+        if published and cell.beta is not None and cell.beta != method.get("published_beta", cell.beta):
+            published = ""  # the paper reports this method at one beta only
+        final_dir = layout.eval_dir(cell.id, FINAL)
+        rows.append(
+            {
+                "cell": cell.id,
+                "model": cell.model,
+                "model_name": model.get("name", cell.model),
+                "train_set": cell.train_set or "",
+                "method": cell.method,
+                "estimator": method.get("estimator") or BASE_ESTIMATOR,
+                "beta": "" if cell.beta is None else cell.beta,
+                "seed": "" if cell.seed is None else cell.seed,
+                "group": cell.group,
+                "label": label,
+                "published_method": published,
+                "published_model": model.get("published_name", ""),
+                "passk": layout.passk(final_dir),
+                "graded": layout.graded(final_dir),
+                "metrics": "" if cell.is_base else layout.metrics(layout.cell_dir(cell.id)),
+                "step_evals": "" if cell.is_base else ";".join(
+                    f"{step_number(config, s, cell)}:{layout.eval_dir(cell.id, s)}" for s in cell.eval_steps
+                ),
+            }
+        )
+    return rows
+
+
+def benchmarks_table(config: dict) -> list[dict]:
+    """Rows of ``benchmarks.csv``."""
+    return [
+        {"benchmark": key, "published_name": b.get("published_name", ""), "n": b["n"],
+         "ks": ";".join(map(str, b["ks"]))}
+        for key, b in config["benchmarks"].items()
+    ]
+
+
+def write_index(config: dict, out_cells: str | Path, out_benchmarks: str | Path) -> int:
+    """Expand the (validated) config and write ``cells.csv`` and ``benchmarks.csv``; returns the cell count."""
+    cells = expand(config)
+    for rows, target in ((cells_table(config, cells), out_cells), (benchmarks_table(config), out_benchmarks)):
+        with atomic_path(target) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+    return len(cells)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-json", required=True, help="the workflow's effective config as JSON")
+    parser.add_argument("--out-cells", required=True, help="cells.csv to write")
+    parser.add_argument("--out-benchmarks", required=True, help="benchmarks.csv to write")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = json.loads(args.config_json)
+    n_cells = write_index(config, args.out_cells, args.out_benchmarks)
+    print(f"{n_cells} cells, {len(config['benchmarks'])} benchmarks")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_table(path: str | Path, what: str, required: Sequence[str], **kwargs) -> pd.DataFrame:
+    """Read a CSV or parquet; ValueError naming the file (and columns) when missing, incomplete, empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file {str(path)!r} does not exist")
+    if path.suffix == ".parquet":
+        # read only the needed columns: graded files carry every completion's full text
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise ValueError(f"{what} file {str(path)!r} lacks column(s) {missing}; it has {names}")
+        df = pd.read_parquet(path, columns=list(required))
+    else:
+        df = pd.read_csv(path, **kwargs)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} file {str(path)!r} lacks column(s) {missing}; it has {list(df.columns)}")
+    if df.empty:
+        raise ValueError(f"{what} file {str(path)!r} holds no rows")
+    return df
+
+
+def _text_table(path: str | Path, what: str, required: Sequence[str]) -> pd.DataFrame:
+    """A CSV of strings where an empty field is "" (not NaN), so "empty" keeps its meaning."""
+    df = read_table(path, what, required, dtype=str, keep_default_na=False)
+    return df.apply(lambda col: col.str.strip())
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Per-problem sample and correct counts of one cell on one benchmark, sorted by problem id."""
+
+    problem_ids: np.ndarray
+    n: np.ndarray
+    c: np.ndarray
+
+    def per_problem(self, k: int) -> np.ndarray:
+        """Unbiased pass@k of each problem."""
+        return pass_at_k(self.n, self.c, k)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.c / self.n
+
+
+@dataclass(frozen=True)
+class SeedCounts:
+    """Per-problem counts of a group's replicates on one benchmark: ``n`` and ``c`` are ``[seeds,
+    problems]`` (rows in the order of ``cells``, i.e. by seed), the problems the same for every seed."""
+
+    cells: tuple[str, ...]
+    problem_ids: np.ndarray
+    n: np.ndarray
+    c: np.ndarray
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.cells)
+
+    def per_problem(self, k: int) -> np.ndarray:
+        """Unbiased pass@k of each (seed, problem): ``[seeds, problems]``."""
+        return pass_at_k(self.n, self.c, k)
+
+    def pooled(self) -> Counts:
+        """One :class:`Counts` with ``n`` and ``c`` summed over the seeds (all samples of all replicates)."""
+        return Counts(self.problem_ids, self.n.sum(axis=0), self.c.sum(axis=0))
+
+    def subset(self, problem_ids: np.ndarray) -> SeedCounts:
+        """The same counts restricted to ``problem_ids`` (a sorted subset of :attr:`problem_ids`)."""
+        idx = np.searchsorted(self.problem_ids, problem_ids)
+        return SeedCounts(self.cells, np.asarray(problem_ids), self.n[:, idx], self.c[:, idx])
+
+
+def load_counts(path: str | Path) -> dict[str, Counts]:
+    """``graded.parquet`` -> ``{benchmark: Counts}``."""
+    df = read_table(path, "graded", GRADED_COLUMNS)
+    if df["correct"].isna().any():
+        raise ValueError(f"graded file {str(path)!r}: column 'correct' has missing values")
+    df = df.assign(problem_id=df["problem_id"].astype(str), benchmark=df["benchmark"].astype(str),
+                   correct=df["correct"].astype(bool))
+    out = {}
+    for bench, g in df.groupby("benchmark", sort=False):
+        agg = g.groupby("problem_id", sort=True)["correct"].agg(["size", "sum"])
+        out[str(bench)] = Counts(agg.index.to_numpy(dtype=str), agg["size"].to_numpy(np.int64),
+                                 agg["sum"].to_numpy(np.int64))
+    return out
+
+
+def read_passk(path: str | Path) -> pd.DataFrame:
+    df = read_table(path, "passk", PASSK_COLUMNS)
+    return df.assign(benchmark=df["benchmark"].astype(str), k=df["k"].astype(int))
+
+
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    df = read_table(path, "metrics", METRICS_COLUMNS)
+    return df.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def parse_step_evals(spec: str, base_dir: Path, *, where: str) -> list[tuple[int, Path]]:
+    """``"50:dir;100:dir"`` -> ``[(50, dir), (100, dir)]`` sorted by step."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        step, sep, folder = part.partition(":")
+        if not sep or not step.strip().isdigit() or not folder.strip():
+            raise ValueError(f"{where}: column 'step_evals' entry {part!r} is not 'step:dir'")
+        out.append((int(step), _resolve(folder.strip(), base_dir)))
+    return sorted(out)
+
+
+def _resolve(path: str, base_dir: Path) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    alt = base_dir / p
+    return alt if alt.exists() else p
+
+
+@dataclass
+class CellIndex:
+    """The validated ``cells.csv`` + ``benchmarks.csv``.
+
+    ``cells``: one row per cell, indexed by cell id (paths resolved, ``beta`` float or NaN, ``seed``
+    nullable ``Int64``).
+    ``memberships``: one row per (setting, cell) -- columns ``setting, model, model_display,
+    train_set, cell, group, seed, method, estimator, beta, label, published_method, rank`` -- the base
+    model repeated in each setting of its model, in display order (see the module docstring), a
+    group's replicates next to each other, by seed.
+    ``groups``: one row per (setting, group), in the same order -- the columns of ``memberships``
+    without ``cell`` and ``seed``, plus ``cells`` and ``seeds`` (tuples of the replicates' ids and
+    seeds, by seed; a seed is None where the cell has none) and ``n_seeds``. Iterate over it to show
+    one row / line per configuration; :meth:`group_counts` stacks a group's counts.
+    ``benchmarks``: with ``ks`` parsed to a list of ints (empty = powers of two up to n).
+    """
+
+    cells: pd.DataFrame
+    memberships: pd.DataFrame
+    benchmarks: pd.DataFrame
+    cells_path: Path
+    benchmarks_path: Path
+    groups: pd.DataFrame | None = None
+    _counts: dict | None = None
+
+    def __post_init__(self):
+        if self.groups is None:
+            self.groups = _groups(self.memberships)
+
+    def replicates(self, group: str) -> list[str]:
+        """The cell ids of a group, by seed."""
+        cells = self.groups.loc[self.groups["group"] == group, "cells"]
+        if cells.empty:
+            raise KeyError(f"cells file {str(self.cells_path)!r}: no group {group!r}")
+        return list(cells.iloc[0])
+
+    def group_counts(self, group: str) -> dict[str, SeedCounts]:
+        """Per benchmark, the replicates' per-problem counts stacked ``[seeds, problems]``; ValueError
+        naming both graded files when two replicates did not evaluate the same problems."""
+        cells = self.replicates(group)
+        out = {}
+        for bench in self.benchmarks["benchmark"]:
+            per_cell = [self.counts(cell)[bench] for cell in cells]
+            first = per_cell[0]
+            for cell, cnt in zip(cells[1:], per_cell[1:]):
+                if not np.array_equal(cnt.problem_ids, first.problem_ids):
+                    only = sorted(str(p) for p in set(cnt.problem_ids) ^ set(first.problem_ids))[:3]
+                    raise ValueError(
+                        f"graded files {str(self.cells.loc[cells[0], 'graded'])!r} and "
+                        f"{str(self.cells.loc[cell, 'graded'])!r} (cells file {str(self.cells_path)!r}, group "
+                        f"{group!r}) hold different problems on benchmark {bench!r} (e.g. {only}): the "
+                        "replicates of a group must evaluate the same problems")
+            out[bench] = SeedCounts(tuple(cells), first.problem_ids, np.stack([c.n for c in per_cell]),
+                                    np.stack([c.c for c in per_cell]))
+        return out
+
+    def counts(self, cell: str) -> dict[str, Counts]:
+        """Per-problem counts of a cell's final checkpoint (read once, cached)."""
+        if self._counts is None:
+            self._counts = {}
+        if cell not in self._counts:
+            row = self.cells.loc[cell]
+            counts = load_counts(row["graded"])
+            missing = [b for b in self.benchmarks["benchmark"] if b not in counts]
+            if missing:
+                raise ValueError(f"graded file {str(row['graded'])!r} (cells file {str(self.cells_path)!r}, "
+                                 f"column 'graded', cell {cell!r}) has no rows for benchmark(s) {missing}; "
+                                 f"it has {sorted(counts)}")
+            self._counts[cell] = counts
+        return self._counts[cell]
+
+    def step_evals(self, cell: str) -> list[tuple[int, Path]]:
+        """(step, evaluation folder) of every evaluated checkpoint of a cell, by step ([] for base)."""
+        return parse_step_evals(self.cells.loc[cell, "step_evals"], self.cells_path.parent, where=f"cell {cell!r}")
+
+    def with_estimator(self, members: pd.DataFrame, *estimators: str) -> pd.DataFrame:
+        """The rows of ``members`` (a slice of :attr:`memberships` or :attr:`groups`) whose estimator is one of
+        ``estimators``."""
+        return members[members["estimator"].isin(estimators)]
+
+    def benchmark_name(self, bench: str) -> str:
+        name = self.benchmarks.set_index("benchmark").loc[bench, "published_name"]
+        return name or bench
+
+    def ks_for(self, bench: str, n: int) -> list[int]:
+        ks = self.benchmarks.set_index("benchmark").loc[bench, "ks"]
+        ks = [k for k in ks if k <= n] if ks else powers_of_two(n)
+        if not ks:
+            raise ValueError(f"benchmarks file {str(self.benchmarks_path)!r}: column 'ks' of {bench!r} has no "
+                             f"k <= {n}, the samples per problem")
+        return ks
+
+
+def _parse_beta(value: str, where: str) -> float:
+    if value == "":
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{where}: column 'beta' must be a number or empty, got {value!r}") from None
+
+
+def _parse_seed(value: str, where: str) -> int | None:
+    if value == "":
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{where}: column 'seed' must be a non-negative integer or empty, got {value!r}")
+    return int(value)
+
+
+def _check_groups(cells: pd.DataFrame, cells_path: Path) -> None:
+    """The replicates of a group agree on the configuration and hold distinct seeds."""
+    for group, g in cells.groupby("group", sort=False):
+        if len(g) == 1:
+            continue
+        first = g.iloc[0]
+        for col in GROUP_COLUMNS:
+            other = g[g[col] != first[col]]
+            if len(other):
+                raise ValueError(f"cells file {str(cells_path)!r}: cells {first['cell']!r} and "
+                                 f"{other['cell'].iloc[0]!r} share group {group!r} but differ in column "
+                                 f"{col!r} ({first[col]!r} vs {other[col].iloc[0]!r})")
+        seeds = [None if s == "" else int(s) for s in g["seed"]]  # validated by _parse_seed
+        dup = [s for s in seeds if seeds.count(s) > 1]
+        if dup:
+            shown = "empty" if dup[0] is None else repr(dup[0])
+            raise ValueError(f"cells file {str(cells_path)!r}: column 'seed' repeats {shown} in group {group!r}: "
+                             "the replicates of a group need distinct seeds")
+
+
+def _parse_ks(value: str, where: str) -> list[int]:
+    parts = [p.strip() for p in value.split(";") if p.strip()]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(f"{where}: column 'ks' must be ';'-separated positive integers, got {value!r}")
+    return sorted({int(p) for p in parts})
+
+
+def load_index(cells_path: str | Path, benchmarks_path: str | Path) -> CellIndex:
+    """Read and validate ``cells.csv`` and ``benchmarks.csv``; ValueError names file, column and row."""
+    cells_path, benchmarks_path = Path(cells_path), Path(benchmarks_path)
+    base_dir = cells_path.parent
+    cells = _text_table(cells_path, "cells", CELL_COLUMNS)
+    dup = cells["cell"][cells["cell"].duplicated()]
+    if len(dup):
+        raise ValueError(f"cells file {str(cells_path)!r}: column 'cell' repeats {dup.iloc[0]!r}")
+    for col in ("cell", "group", "model", "model_name", "method", "label", "passk", "graded"):
+        empty = cells.index[cells[col] == ""]
+        if len(empty):
+            raise ValueError(f"cells file {str(cells_path)!r}: column {col!r} is empty in row {int(empty[0]) + 2}")
+    betas, seeds, resolved = [], [], {c: [] for c in ("passk", "graded", "metrics")}
+    for _, row in cells.iterrows():
+        where = f"cells file {str(cells_path)!r}, cell {row['cell']!r}"
+        betas.append(_parse_beta(row["beta"], where))
+        seeds.append(_parse_seed(row["seed"], where))
+        for col in resolved:
+            if row[col] == "":
+                resolved[col].append(None)
+                continue
+            p = _resolve(row[col], base_dir)
+            if not p.is_file():
+                raise ValueError(f"{where}: column {col!r} names {row[col]!r}, which does not exist")
+            resolved[col].append(p)
+        parse_step_evals(row["step_evals"], base_dir, where=where)  # validate the syntax early
+    _check_groups(cells, cells_path)
+    cells = cells.assign(beta=betas, seed=pd.array(seeds, dtype="Int64"), **resolved).set_index("cell", drop=False)
+
+    benchmarks = _text_table(benchmarks_path, "benchmarks", BENCHMARK_COLUMNS)
+    dup = benchmarks["benchmark"][benchmarks["benchmark"].duplicated()]
+    if len(dup):
+        raise ValueError(f"benchmarks file {str(benchmarks_path)!r}: column 'benchmark' repeats {dup.iloc[0]!r}")
+    if (benchmarks["benchmark"] == "").any():
+        raise ValueError(f"benchmarks file {str(benchmarks_path)!r}: column 'benchmark' has an empty entry")
+    benchmarks = benchmarks.assign(
+        ks=[_parse_ks(v, f"benchmarks file {str(benchmarks_path)!r}, benchmark {b!r}")
+            for b, v in zip(benchmarks["benchmark"], benchmarks["ks"])])
+    return CellIndex(cells, _memberships(cells), benchmarks.reset_index(drop=True), cells_path, benchmarks_path)
+
+
+def _method_rank(estimator: str, beta: float) -> tuple:
+    return (estimator_rank(estimator), 0.0 if math.isnan(beta) else beta)
+
+
+def _memberships(cells: pd.DataFrame) -> pd.DataFrame:
+    """(setting, cell) pairs: a cell with an empty train set joins every setting of its model."""
+    display = {}
+    for model, g in cells.groupby("model", sort=False):
+        published = [p for p in g["published_model"] if p]
+        display[model] = published[0] if published else g["model_name"].iloc[0]
+    rows = []
+    for model, g in cells.groupby("model", sort=False):
+        train_sets = [t for t in dict.fromkeys(g["train_set"]) if t]
+        for _, row in g.iterrows():
+            targets = [row["train_set"]] if row["train_set"] else (train_sets or [""])
+            for ts in targets:
+                setting = f"{display[model]}/{ts}" if ts else display[model]
+                rows.append({"setting": setting, "model": model, "model_display": display[model],
+                             "train_set": ts, "cell": row["cell"], "group": row["group"], "seed": row["seed"],
+                             "method": row["method"],
+                             "estimator": row["estimator"], "beta": row["beta"], "label": row["label"],
+                             "published_method": row["published_method"],
+                             "rank": _method_rank(row["estimator"], row["beta"])})
+    df = pd.DataFrame(rows)
+    df["seed"] = df["seed"].astype("Int64")
+    setting_order = {s: i for i, s in enumerate(dict.fromkeys(df["setting"]))}
+    group_order = {g: i for i, g in enumerate(dict.fromkeys(df["group"]))}
+    df["setting_rank"] = df["setting"].map(setting_order)
+    df["group_rank"] = df["group"].map(group_order)
+    df["seed_rank"] = df["seed"].fillna(-1).astype(np.int64)  # a replicate without a seed first
+    df = df.sort_values(["setting_rank", "rank", "label", "group_rank", "seed_rank"], key=None, kind="stable")
+    return df.drop(columns=["setting_rank", "group_rank", "seed_rank"]).reset_index(drop=True)
+
+
+def _groups(memberships: pd.DataFrame) -> pd.DataFrame:
+    """(setting, group) rows of :attr:`CellIndex.groups`, in the order of ``memberships``."""
+    rows = []
+    for (_setting, _group), g in memberships.groupby(["setting", "group"], sort=False):
+        first = g.iloc[0].drop(["cell", "seed"]).to_dict()
+        seeds = tuple(None if pd.isna(s) else int(s) for s in g["seed"])
+        rows.append({**first, "cells": tuple(g["cell"]), "seeds": seeds, "n_seeds": len(g)})
+    columns = [c for c in memberships.columns if c not in ("cell", "seed")] + ["cells", "seeds", "n_seeds"]
+    return pd.DataFrame(rows, columns=columns).reset_index(drop=True)

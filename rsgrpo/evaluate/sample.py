@@ -1,0 +1,251 @@
+"""``python -m rsgrpo sample``: checkpoint x benchmark -> parquet of ``n`` samples per problem.
+
+Output columns: ``problem_id`` (string), ``sample_idx`` (0..n-1), ``text`` (decoded completion),
+``num_tokens`` (completion tokens, EOS included), ``finished`` (ended with EOS rather than being cut
+at ``max_tokens``). Rows are ordered by benchmark order, then ``sample_idx``.
+
+Why it is built this way:
+
+* Reproducible independently of chunking: sample ``j`` of problem ``p`` is drawn with its own seed
+  ``row_seed(row_seed(seed, hash(p.id)), j)`` (see :mod:`rsgrpo.rollout`), so the samples do not
+  depend on ``--chunk-size``, ``--sample-chunk-size``, ``--batch-size`` or on a resume.
+* Resumable: work is split into parts of (``--chunk-size`` problems) x (``--sample-chunk-size``
+  sample indices); each finished part is written atomically to ``<out>.parts/`` and skipped on a
+  rerun. The parts directory records the run's settings; parts from different settings are
+  discarded, never mixed. At the end the parquet is written atomically and the parts removed.
+* Large ``n`` (the paper uses 1024 on competition sets): the sample dimension is chunked too, so a
+  part never holds more than chunk-size x sample-chunk-size completions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from rsgrpo.prepare.data import PROMPT_TEMPLATES
+
+COLUMNS = ["problem_id", "sample_idx", "text", "num_tokens", "finished"]
+PARTS_CONFIG = "config.json"
+
+log = logging.getLogger(__name__)
+
+
+def read_benchmark(path: str | Path) -> list[dict]:
+    """Records ``{id, problem, answer}`` of a benchmark file (JSONL or parquet), checked by
+    :func:`rsgrpo.data.load_records` (missing fields, empty answers, duplicate ids name the file)."""
+    from rsgrpo.prepare.data import load_records
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"benchmark file {str(path)!r} does not exist")
+    records = load_records({"source": "local", "path": str(path)})
+    if not records:
+        raise ValueError(f"benchmark file {str(path)!r} holds no records")
+    return records
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """Seed of one problem: mixes the run seed with a stable hash of the problem id."""
+    from rsgrpo.train.engines import row_seed
+
+    h = int.from_bytes(hashlib.blake2b(str(problem_id).encode(), digest_size=8).digest(), "little") >> 1
+    return row_seed(seed, h)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_digest(model_dir: Path) -> str:
+    """Cheap identity of a checkpoint: names, sizes and mtimes of its files (weights are not read)."""
+    h = hashlib.sha256()
+    for p in sorted(model_dir.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _part_name(p0: int, p1: int, s0: int, s1: int) -> str:
+    return f"part-p{p0:07d}-{p1:07d}-s{s0:05d}-{s1:05d}.parquet"
+
+
+def _prepare_parts_dir(parts: Path, config: dict) -> None:
+    """Create ``parts`` for ``config``; keep existing parts only if they were made with it."""
+    cfg_file = parts / PARTS_CONFIG
+    if parts.exists():
+        old = None
+        if cfg_file.is_file():
+            try:
+                old = json.loads(cfg_file.read_text())
+            except json.JSONDecodeError:
+                old = None
+        if old == config:
+            return
+        print(f"sample: {parts} was made with other settings; discarding its parts", file=sys.stderr)
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True)
+    from rsgrpo.io import atomic_path
+
+    with atomic_path(cfg_file) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _write_parquet(df, path: Path) -> None:
+    from rsgrpo.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int = 1,
+           temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256, seed: int = 0,
+           engine: str = "auto", template: str = "chat", chunk_size: int = 8,
+           sample_chunk_size: int = 64, batch_size: int = 64, dtype: str = "auto",
+           engine_options: dict | None = None, progress: bool = True) -> Path:
+    """Write ``out`` (parquet, columns :data:`COLUMNS`); return its path. See the module docstring."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from rsgrpo.prepare.data import build_prompt
+    from rsgrpo.prepare.models import load_tokenizer
+    from rsgrpo.train.engines import (
+        SamplingParams,
+        encode_prompts,
+        generation_length,
+        make_engine,
+        resolve_engine_kind,
+        row_seed,
+    )
+
+    model, benchmark, out = Path(model), Path(benchmark), Path(out)
+    if not (model / "config.json").is_file():
+        raise ValueError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
+    for name, value in (("chunk_size", chunk_size), ("sample_chunk_size", sample_chunk_size),
+                        ("batch_size", batch_size), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"template must be one of {list(PROMPT_TEMPLATES)}, got {template!r}")
+    # Validates temperature / top_p / max_tokens / seed and the engine early, before any model is loaded.
+    SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    resolve_engine_kind(engine, key="evaluation.engine (--engine)")
+    records = read_benchmark(benchmark)
+
+    parts = out.with_name(out.name + ".parts")
+    config = {
+        "model": str(model.resolve()), "model_digest": _model_digest(model),
+        "benchmark_sha256": _file_digest(benchmark), "n": n, "temperature": float(temperature),
+        "top_p": float(top_p), "max_tokens": max_tokens, "seed": seed, "template": template,
+        "chunk_size": chunk_size, "sample_chunk_size": sample_chunk_size, "dtype": dtype,
+        "engine": engine,
+    }
+    _prepare_parts_dir(parts, config)
+    units = [(p0, min(p0 + chunk_size, len(records)), s0, min(s0 + sample_chunk_size, n))
+             for p0 in range(0, len(records), chunk_size) for s0 in range(0, n, sample_chunk_size)]
+    todo = [u for u in units if not (parts / _part_name(*u)).is_file()]
+
+    if todo:
+        tokenizer = load_tokenizer(model)
+        prompts, seeds = {}, {}
+        for p0, p1, _, _ in todo:
+            for k in range(p0, p1):
+                if k not in prompts:
+                    rec = records[k]
+                    prompts[k] = build_prompt(rec["problem"], template=template, tokenizer=tokenizer)
+                    seeds[k] = problem_seed(seed, str(rec["id"]))
+        # checked before the model loads; sizes vLLM's KV cache for the work
+        needed = generation_length(encode_prompts(tokenizer, list(prompts.values())), max_tokens, model,
+                                   key="evaluation.max_tokens (--max-tokens)")
+        eng = make_engine(engine, model_dir=model, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size,
+                          max_model_len=needed, key="evaluation.engine (--engine)", **(engine_options or {}))
+        log.info("rollout engine: %s", eng.describe())
+        try:
+            params = SamplingParams(n=1, temperature=temperature, top_p=top_p,
+                                    max_tokens=max_tokens, seed=seed)
+            already = sum((p1 - p0) * (s1 - s0) for p0, p1, s0, s1 in units) - sum(
+                (p1 - p0) * (s1 - s0) for p0, p1, s0, s1 in todo)
+            with tqdm(total=len(records) * n, initial=already, desc="sample", unit="seq",
+                      file=sys.stderr, disable=not progress) as bar:
+                for p0, p1, s0, s1 in todo:
+                    keys = [(k, j) for k in range(p0, p1) for j in range(s0, s1)]
+                    # One request per (problem, sample) with its own seed: see the module docstring.
+                    results = eng.generate([prompts[k] for k, _ in keys], params,
+                                           seeds=[row_seed(seeds[k], j) for k, j in keys])
+                    rows = [{"problem_id": str(records[k]["id"]), "sample_idx": j, "text": c.text,
+                             "num_tokens": len(c.token_ids), "finished": bool(c.finished)}
+                            for (k, j), (c,) in zip(keys, results)]
+                    _write_parquet(pd.DataFrame(rows, columns=COLUMNS), parts / _part_name(p0, p1, s0, s1))
+                    bar.update(len(keys))
+        finally:
+            eng.close()
+
+    frames = [pd.read_parquet(parts / _part_name(*u)) for u in units]
+    order = {str(r["id"]): i for i, r in enumerate(records)}
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values(["problem_id", "sample_idx"], key=lambda c: c.map(order) if c.name == "problem_id" else c,
+                        kind="stable").reset_index(drop=True)
+    df = df.astype({"problem_id": "string", "sample_idx": "int64", "text": "string",
+                    "num_tokens": "int64", "finished": "bool"})
+    if len(df) != len(records) * n:
+        raise RuntimeError(f"parts in {parts} hold {len(df)} rows, expected {len(records) * n}")
+    _write_parquet(df, out)
+    shutil.rmtree(parts)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory (from prepare-model or train)")
+    parser.add_argument("--benchmark", required=True, help="JSONL with id, problem, answer per line")
+    parser.add_argument("--out", required=True, help="output parquet file")
+    parser.add_argument("--n", type=int, default=1, help="samples per problem")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-tokens", type=int, default=256, help="max new tokens per sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto")
+    parser.add_argument("--template", choices=PROMPT_TEMPLATES, default="chat")
+    parser.add_argument("--chunk-size", type=int, default=8,
+                        help="problems per resumable part (does not change the samples)")
+    parser.add_argument("--sample-chunk-size", type=int, default=64,
+                        help="sample indices per resumable part (does not change the samples)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="sequences per batch of the transformers engine (vLLM schedules its own)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto (default): the checkpoint's own dtype, i.e. the model's compute dtype")
+    parser.add_argument("--kv-cache-bytes", type=int, default=None,
+                        help="vLLM only: KV-cache size in bytes (on CPU vLLM otherwise takes ~15 GiB)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM only")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    options = {}
+    if args.kv_cache_bytes is not None:
+        options["kv_cache_memory_bytes"] = args.kv_cache_bytes
+    if args.gpu_memory_utilization is not None:
+        options["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if options and args.engine == "hf":
+        print("sample: error: --kv-cache-bytes / --gpu-memory-utilization apply to --engine vllm only",
+              file=sys.stderr)
+        return 2
+    try:
+        out = sample(args.model, args.benchmark, args.out, n=args.n, temperature=args.temperature,
+                     top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed, engine=args.engine,
+                     template=args.template, chunk_size=args.chunk_size,
+                     sample_chunk_size=args.sample_chunk_size, batch_size=args.batch_size,
+                     dtype=args.dtype, engine_options=options, progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"sample: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sample: {out}")
+    return 0

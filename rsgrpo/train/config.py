@@ -1,0 +1,487 @@
+"""Configuration of ``python -m rsgrpo train``: one flat, documented dataclass loaded from YAML.
+
+Why flat: YAML keys map 1:1 to fields, ``--set key=value`` overrides work without a path syntax,
+and the config hash that guards resume covers every field. The paper (arXiv 2509.24261) trained
+with verl and does not publish its full recipe; the defaults follow a public recipe of the same
+family (DeepMath-Zero: lr 1e-6, weight decay 0.1, grad clip 1.0, 512 prompts x 16 samples,
+temperature 1.0, clip 0.2/0.28, token-mean loss, no KL, dynamic sampling) and the paper's
+recommended RS-GRPO beta = 2. Values the paper does not publish are marked UNKNOWN next to the field.
+
+Every problem found while loading raises ``ValueError`` naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsgrpo.prepare.data import PROMPT_TEMPLATES
+
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "beta_at", "lr_at",
+           "config_hash", "compute_dtype", "FIELD_DOCS", "PRECISIONS"]
+
+# Field name -> one-line documentation (also written as comments into config/train_defaults.yaml).
+FIELD_DOCS: dict[str, str] = {}
+
+
+def _f(default, doc: str, *, kind: str):
+    """A dataclass field with its documentation and its accepted YAML kind (for type checks)."""
+    meta = {"doc": doc, "kind": kind}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one RL training run (see FIELD_DOCS / config/train_defaults.yaml)."""
+
+    # --- inputs ---------------------------------------------------------------------------------
+    model_dir: str | None = _f(None, "prepared HF checkpoint directory of the initial policy (required)", kind="str?")
+    train_data: Any = _f(None, kind="str|dict?",
+                         doc="training set: path to a JSONL of {id, problem, answer} records, or a data spec mapping "
+                             "for rsgrpo.data.load_records (required)")
+    prompt_template: str = _f("chat", "prompt template of rsgrpo.data.build_prompt: chat | plain | raw", kind="str")
+    # --- objective ------------------------------------------------------------------------------
+    method: str = _f("rs_grpo", "advantage estimator, a name in rsgrpo.advantages.ESTIMATORS", kind="str")
+    method_params: dict | None = _f(None, kind="dict?",
+                                    doc="keyword parameters of the estimator; null = its defaults (rs_grpo: {beta: "
+                                        "2.0}, the paper's recommendation)")
+    beta_schedule: str = _f("constant", kind="str",
+                            doc="beta over training (estimators that take one): constant (method_params.beta) | linear"
+                                " | cosine (beta_start -> beta_end)")
+    beta_start: float | None = _f(None, "first-step beta of a linear/cosine schedule", kind="float?")
+    beta_end: float | None = _f(None, "beta reached at the end of the ramp of a linear/cosine schedule", kind="float?")
+    beta_ramp_steps: int = _f(0, kind="int",
+                              doc="length of the beta ramp in steps (0 = the whole run); beta stays at beta_end "
+                                  "afterwards")
+    clip_low: float = _f(0.2, "PPO ratio clip below: ratio >= 1 - clip_low (DAPO clip-higher recipe)", kind="float")
+    clip_high: float = _f(0.28, "PPO ratio clip above: ratio <= 1 + clip_high (clip-higher)", kind="float")
+    kl_coef: float = _f(0.0, kind="float",
+                        doc="weight of the k3 KL estimate to the frozen initial policy; 0 = off (the reference model "
+                            "is then never loaded)")
+    dynamic_sampling: bool = _f(True, kind="bool",
+                                doc="drop groups whose rewards are all equal (zero advantage) and refill the step with "
+                                    "the next prompts of the data order until prompts_per_step groups with signal "
+                                    "are collected (verl's DAPO recipe)")
+    max_gen_rounds: int = _f(8, kind="int",
+                             doc="dynamic sampling: most rounds of prompts_per_step prompts generated per step; after "
+                                 "them the step trains on the groups it has (1 = no refill)")
+    overlong: str = _f("none", kind="str",
+                       doc="completions cut at max_new_tokens: none (trained like the others) | mask (left out of the "
+                           "loss) | penalty (DAPO's linear length penalty over the last overlong_buffer tokens)")
+    overlong_buffer: int = _f(0, kind="int",
+                              doc="overlong penalty: tokens before max_new_tokens where the reward penalty ramps from 0"
+                                  " to -1 (a cut completion gets -1)")
+    reward_kind: str = _f("binary", kind="str",
+                          doc="reward, a name in rsgrpo.rewards.REWARDS: binary (math-verify, the paper's) | partial "
+                              "(0.1 for a wrong boxed answer) | any registered reward")
+    # --- rollouts -------------------------------------------------------------------------------
+    steps: int = _f(100, "number of RL steps (one rollout batch + update each); UNKNOWN in the paper", kind="int")
+    prompts_per_step: int = _f(512, "prompts (groups) per step", kind="int")
+    samples_per_prompt: int = _f(16, "completions sampled per prompt (group size N)", kind="int")
+    max_new_tokens: int = _f(2048, kind="int",
+                             doc="max completion tokens; the paper is bounded by the model context (4k for "
+                                 "Qwen2.5-Math); UNKNOWN")
+    temperature: float = _f(1.0, kind="float",
+                            doc="rollout sampling temperature (also divides the trainer's logits, so ratios are taken "
+                                "under the sampling policy)")
+    top_p: float = _f(1.0, "rollout nucleus sampling mass", kind="float")
+    engine: str = _f("auto", "rollout engine: auto (vLLM on GPU, else transformers) | hf | vllm", kind="str")
+    hf_batch_size: int = _f(64, kind="int",
+                            doc="sequences per batch of the transformers engine (vLLM's scheduler sizes "
+                                "its own batches)")
+    engine_options: dict = _f({}, kind="dict",
+                              doc="extra keyword options of rsgrpo.rollout.make_engine (e.g. kv_cache_memory_bytes)")
+    grading_workers: int | None = _f(None, "grading processes (null = CPU count, 0 = in-process)", kind="int?")
+    grading_timeout: float = _f(5.0, "seconds per answer verification", kind="float")
+    # --- optimisation ---------------------------------------------------------------------------
+    lr: float = _f(1e-6, "AdamW learning rate", kind="float")
+    weight_decay: float = _f(0.1, "AdamW weight decay", kind="float")
+    adam_beta1: float = _f(0.9, "AdamW beta1", kind="float")
+    adam_beta2: float = _f(0.999, "AdamW beta2", kind="float")
+    adam_eps: float = _f(1e-8, "AdamW epsilon", kind="float")
+    warmup_steps: int = _f(0, "linear lr warm-up steps (lr constant afterwards)", kind="int")
+    grad_clip: float = _f(1.0, "max global gradient norm (0 = no clipping)", kind="float")
+    ppo_epochs: int = _f(1, kind="int",
+                         doc="optimizer steps per rollout batch, each over the whole batch (1 = on-policy; clipping "
+                             "acts from the 2nd)")
+    micro_batch_size: int = _f(8, kind="int",
+                               doc="sequences per forward/backward pass (gradient accumulation over the batch)")
+    zero_stage: int = _f(0, kind="int",
+                         doc="DeepSpeed ZeRO stage 0 | 1 | 2 | 3 (3 partitions the weights too: for models that do not"
+                             " fit one device)")
+    offload_optimizer: bool = _f(False, kind="bool",
+                                 doc="ZeRO 1-3: keep the optimizer state (AdamW moments, fp32 master weights) in host "
+                                     "memory")
+    precision: str = _f("fp32", kind="str",
+                        doc="fp32 | bf16-mixed (bf16 compute, fp32 master weights, gradients and AdamW state: "
+                            "DeepSpeed's bf16 mode, needs zero_stage 1-3); pure bf16 cannot learn at small lr")
+    gradient_checkpointing: bool = _f(False, kind="bool",
+                                      doc="recompute each layer's activations in the backward pass instead of "
+                                          "keeping them (transformers' gradient checkpointing)")
+    logprob_chunk_tokens: int = _f(1024, kind="int",
+                                   doc="completion tokens per chunk of the output layer and log-softmax: bounds the "
+                                       "float32 [tokens, vocab] logits held at once")
+    seed: int = _f(0, "seed of data order, rollouts and torch RNG", kind="int")
+    # --- bookkeeping ----------------------------------------------------------------------------
+    run_dir: str | None = _f(None, kind="str?",
+                             doc="run directory holding checkpoints/, metrics.csv, manifest.json (required; --run-dir "
+                                 "overrides)")
+    checkpoint_every: int = _f(50, kind="int",
+                               doc="write a checkpoint every this many steps (0 = only at the end; the last step is "
+                                   "always saved)")
+    keep_last: int = _f(3, "complete checkpoints kept on disk (0 = keep all)", kind="int")
+    keep_resumable: int = _f(1, kind="int",
+                             doc="newest checkpoints that keep the optimizer state (and bf16-mixed fp32 masters) "
+                                 "for resume; older kept ones hold the HF weights only (0 = all keep it)")
+    logging: list = _f(["tensorboard"], kind="list",
+                       doc="metric sinks besides run_dir/metrics.csv (always written): tensorboard (in "
+                           "run_dir/tensorboard) | wandb | mlflow (pip install 'rsgrpo[wandb]' / 'rsgrpo[mlflow]')")
+    rollout_log_every: int = _f(10, kind="int",
+                                doc="every this many steps write rollout_log_groups groups (prompt, completions, "
+                                    "answers, rewards, advantages) to run_dir/rollouts/step-NNNNNN.jsonl and the "
+                                    "sinks (0 = never)")
+    rollout_log_groups: int = _f(4, "groups of the step (the first in data order) each rollout log holds", kind="int")
+    progress: bool = _f(True, "tqdm progress bar on stderr", kind="bool")
+
+
+for _fld in dataclasses.fields(TrainConfig):
+    FIELD_DOCS[_fld.name] = _fld.metadata["doc"]
+
+# Fields that do not influence the trajectory of a run (may change between a run and its resume).
+NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "keep_resumable", "logging", "rollout_log_every",
+                         "rollout_log_groups", "progress",
+                         "grading_workers", "engine", "hf_batch_size", "engine_options", "zero_stage",
+                         "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens")
+PRECISIONS = ("fp32", "bf16-mixed")
+OVERLONG_MODES = ("none", "mask", "penalty")
+# What pure-bf16 training is asked for as; refused with the reason (PURE_BF16_REASON).
+PURE_BF16 = ("bf16", "bfloat16", "pure-bf16")
+PURE_BF16_REASON = ("pure bf16 training cannot learn at RL learning rates: bf16 keeps about 3 significant digits, "
+                    "so an update of 1e-6 relative size rounds back to the old weight (most weights never move); "
+                    "use bf16-mixed, which computes in bf16 and keeps fp32 master weights and optimizer state")
+
+_CHOICES = {
+    "prompt_template": PROMPT_TEMPLATES,
+    "beta_schedule": ("constant", "linear", "cosine"),
+    "engine": ("auto", "hf", "vllm"),
+    "precision": PRECISIONS,
+    "overlong": OVERLONG_MODES,
+}
+
+
+# Keys of earlier versions: a config that still uses one gets told what replaced it.
+RENAMED = {
+    "dtype": "replaced by 'precision' (fp32 | bf16-mixed); dtype: bfloat16 trained in pure bf16, which "
+             "cannot learn at RL learning rates",
+    "engine_batch_size": "replaced by 'hf_batch_size' (the transformers engine's batch; vLLM sizes its own)",
+    "tensorboard": "replaced by 'logging', a list of metric sinks (tensorboard | wandb | mlflow; metrics.csv is "
+                   "always written), e.g. logging: [tensorboard]",
+}
+
+
+def compute_dtype(cfg: TrainConfig) -> str:
+    """The dtype the model computes in (and rollout engines and saved HF weights use)."""
+    return "bfloat16" if cfg.precision == "bf16-mixed" else "float32"
+
+
+def _err(source: str, key: str, value, problem: str) -> ValueError:
+    return ValueError(f"{source}: key {key!r}: {problem} (got {value!r})")
+
+
+def _coerce(source: str, key: str, value, kind: str):
+    """Check ``value`` against ``kind`` ("int", "float?", "str|dict?" ...); return the coerced value.
+
+    Floats accept integers and numeric strings: PyYAML reads ``1e-6`` (no dot) as a string, and
+    refusing the common spelling of a learning rate would only annoy.
+    """
+    optional = kind.endswith("?")
+    base = kind.rstrip("?")
+    if value is None:
+        if optional:
+            return None
+        raise _err(source, key, value, f"must be a {base}, not null")
+    for k in base.split("|"):
+        if k == "bool" and isinstance(value, bool):
+            return value
+        if k == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if k == "float":
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                v = float(value)
+            elif isinstance(value, str):
+                try:
+                    v = float(value)
+                except ValueError:
+                    continue
+            else:
+                continue
+            if not math.isfinite(v):
+                raise _err(source, key, value, "must be a finite number")
+            return v
+        if k == "str" and isinstance(value, str):
+            return value
+        if k == "dict" and isinstance(value, dict):
+            return dict(value)
+        if k == "list" and isinstance(value, list):
+            return list(value)
+    raise _err(source, key, value, f"must be of type {kind.replace('|', ' or ').rstrip('?')}"
+               + (" or null" if optional else ""))
+
+
+def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
+    """Type- and range-check every field; resolve ``method_params``. Returns ``cfg`` (modified).
+
+    Why so strict: a typo in a YAML grid silently training the wrong thing for hours is the costliest
+    failure of an RL pipeline; every field is checked before any model is loaded.
+    """
+    import torch
+
+    from rsgrpo import estimators
+    from rsgrpo.train import rewards, sinks
+
+    for fld in dataclasses.fields(cfg):
+        setattr(cfg, fld.name, _coerce(source, fld.name, getattr(cfg, fld.name), fld.metadata["kind"]))
+    if cfg.precision in PURE_BF16:
+        raise _err(source, "precision", cfg.precision, PURE_BF16_REASON)
+    for key, allowed in _CHOICES.items():
+        v = getattr(cfg, key)
+        if v not in allowed:
+            raise _err(source, key, v, f"must be one of {list(allowed)}")
+
+    def need(key, ok, problem):
+        if not ok:
+            raise _err(source, key, getattr(cfg, key), problem)
+
+    need("lr", cfg.lr > 0, "must be > 0")
+    need("weight_decay", cfg.weight_decay >= 0, "must be >= 0")
+    need("adam_beta1", 0 <= cfg.adam_beta1 < 1, "must be in [0, 1)")
+    need("adam_beta2", 0 <= cfg.adam_beta2 < 1, "must be in [0, 1)")
+    need("adam_eps", cfg.adam_eps > 0, "must be > 0")
+    need("warmup_steps", cfg.warmup_steps >= 0, "must be >= 0")
+    need("grad_clip", cfg.grad_clip >= 0, "must be >= 0 (0 = off)")
+    need("clip_low", 0 <= cfg.clip_low < 1, "must be in [0, 1)")
+    need("clip_high", cfg.clip_high >= 0, "must be >= 0")
+    need("kl_coef", cfg.kl_coef >= 0, "must be >= 0 (0 = off)")
+    need("steps", cfg.steps >= 1, "must be >= 1")
+    need("prompts_per_step", cfg.prompts_per_step >= 1, "must be >= 1")
+    need("samples_per_prompt", cfg.samples_per_prompt >= 1, "must be >= 1")
+    need("max_new_tokens", cfg.max_new_tokens >= 1, "must be >= 1")
+    need("temperature", cfg.temperature > 0, "must be > 0 (RL needs sampled rollouts)")
+    need("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]")
+    need("hf_batch_size", cfg.hf_batch_size >= 1, "must be >= 1")
+    need("logprob_chunk_tokens", cfg.logprob_chunk_tokens >= 1, "must be >= 1")
+    need("grading_workers", cfg.grading_workers is None or cfg.grading_workers >= 0, "must be >= 0 or null")
+    need("grading_timeout", cfg.grading_timeout > 0, "must be > 0")
+    need("ppo_epochs", cfg.ppo_epochs >= 1, "must be >= 1")
+    need("micro_batch_size", cfg.micro_batch_size >= 1, "must be >= 1")
+    need("zero_stage", cfg.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3")
+    need("offload_optimizer", not cfg.offload_optimizer or cfg.zero_stage > 0, "needs zero_stage 1, 2 or 3")
+    need("zero_stage", cfg.precision != "bf16-mixed" or cfg.zero_stage > 0,
+         "precision bf16-mixed needs zero_stage 1, 2 or 3 (DeepSpeed's optimizers for those stages keep fp32 master "
+         "weights and accumulate gradients in fp32; stage 1 on one rank partitions nothing)")
+    need("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)")
+    need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
+    need("keep_resumable", cfg.keep_resumable >= 0, "must be >= 0 (0 = every kept checkpoint stays resumable)")
+    need("beta_ramp_steps", cfg.beta_ramp_steps >= 0, "must be >= 0 (0 = the whole run)")
+    need("max_gen_rounds", cfg.max_gen_rounds >= 1, "must be >= 1 (1 = no refill)")
+    if cfg.overlong == "penalty":
+        need("overlong_buffer", 1 <= cfg.overlong_buffer <= cfg.max_new_tokens,
+             f"overlong: penalty needs 1 <= overlong_buffer <= max_new_tokens ({cfg.max_new_tokens})")
+    else:
+        need("overlong_buffer", cfg.overlong_buffer == 0,
+             "only used by overlong: penalty; set overlong: penalty or remove it")
+    need("rollout_log_every", cfg.rollout_log_every >= 0, "must be >= 0 (0 = never)")
+    need("rollout_log_groups", cfg.rollout_log_groups >= 1, "must be >= 1")
+    unknown_sinks = [name for name in cfg.logging if not isinstance(name, str) or name not in sinks.SINKS]
+    need("logging", not unknown_sinks, f"unknown sink(s) {unknown_sinks}; allowed: {sorted(sinks.SINKS)} "
+                                       "(metrics.csv is always written)")
+    need("logging", len(set(cfg.logging)) == len(cfg.logging), "names a sink twice")
+    if isinstance(cfg.train_data, dict):
+        need("train_data", "source" in cfg.train_data, "a data spec mapping needs a 'source' key")
+
+    if cfg.reward_kind not in rewards.REWARDS:
+        raise _err(source, "reward_kind", cfg.reward_kind, f"unknown reward; registered: {sorted(rewards.REWARDS)}")
+    if cfg.method not in estimators.ESTIMATORS:
+        raise _err(source, "method", cfg.method,
+                   f"unknown advantage estimator; allowed: {sorted(estimators.ESTIMATORS)}")
+    accepted = estimators.estimator_params(cfg.method)
+    takes_beta = estimators.takes_beta(cfg.method)
+    if cfg.method_params is None:
+        # a constant beta is written into the params (so the config hash names the beta trained with)
+        default_beta = takes_beta and cfg.beta_schedule == "constant"
+        cfg.method_params = {"beta": estimators.default_params(cfg.method)["beta"]} if default_beta else {}
+    params = dict(cfg.method_params)
+    for k in params:
+        if k not in accepted:
+            raise _err(source, f"method_params.{k}", params[k],
+                       f"not a parameter of method {cfg.method!r}; allowed: {sorted(accepted)}")
+    if cfg.beta_schedule != "constant":
+        if not takes_beta:
+            raise _err(source, "beta_schedule", cfg.beta_schedule,
+                       f"a beta schedule needs a method with a beta parameter; {cfg.method!r} has none")
+        for key in ("beta_start", "beta_end"):
+            v = getattr(cfg, key)
+            need(key, v is not None and v >= 0, f"must be a number >= 0 for beta_schedule {cfg.beta_schedule!r}")
+        if "beta" in params:
+            raise _err(source, "method_params.beta", params["beta"],
+                       "give either method_params.beta (constant schedule) or beta_start/beta_end, not both")
+        params["beta"] = cfg.beta_start
+    else:
+        for key in ("beta_start", "beta_end"):
+            need(key, getattr(cfg, key) is None,
+                 "only used by a linear/cosine beta_schedule; set beta_schedule or remove it")
+    # Let the estimator itself judge parameter values (k range, variant names, beta >= 0, ...).
+    n = cfg.samples_per_prompt
+    probe = torch.zeros(2, n)
+    probe[0, 0] = 1.0
+    try:
+        estimators.compute(cfg.method, probe, **params)
+    except ValueError as exc:
+        raise ValueError(f"{source}: key 'method_params': {exc} (got {cfg.method_params!r})") from None
+    if cfg.overlong == "penalty":  # the penalty makes rewards non-binary: the estimator must accept that
+        probe[1, 0] = -0.5
+        try:
+            estimators.compute(cfg.method, probe, **params)
+        except ValueError as exc:
+            raise _err(source, "overlong", cfg.overlong,
+                       f"the penalty makes rewards non-binary, which method {cfg.method!r} refuses ({exc}); "
+                       "use overlong: mask") from None
+    return cfg
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``key=value`` strings (value parsed as YAML) to a raw config mapping."""
+    import yaml
+
+    out = dict(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"{source}: expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        out[key] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def from_dict(data: dict, source: str = "<config>") -> TrainConfig:
+    """Build and validate a config from a mapping; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: the config must be a mapping of keys to values, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in data.items():
+        if key in RENAMED:
+            raise _err(source, str(key), value, RENAMED[key])
+        if key not in names:
+            raise _err(source, str(key), value, f"unknown key; allowed keys: {sorted(names)}")
+    return validate(TrainConfig(**data), source)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (``None`` = all defaults), apply ``--set`` overrides, validate."""
+    import yaml
+
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"{source}: cannot read the config file: {exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{source}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{source}: the config must be a mapping of keys to values, got {type(loaded).__name__}")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} (with --set {' '.join(overrides)})"
+    return from_dict(data, source)
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """SHA-256 of the trajectory-relevant fields; resume refuses a checkpoint with another hash.
+
+    ``steps`` is left out unless it shapes the beta schedule (a ramp over the whole run), so a
+    finished run can be extended by rerunning it with a larger ``steps``.
+    """
+    skip = set(NON_TRAJECTORY_FIELDS)
+    if cfg.beta_schedule == "constant" or cfg.beta_ramp_steps > 0:
+        skip.add("steps")
+    # Settings that train exactly as versions without them did are left out, so those runs resume.
+    if not cfg.dynamic_sampling or cfg.max_gen_rounds == 1:
+        skip.add("max_gen_rounds")
+    if cfg.overlong == "none":
+        skip.update(("overlong", "overlong_buffer"))
+    d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
+    # fp32 runs hash as they did when the key was dtype: float32, so their checkpoints still resume
+    precision = d.pop("precision")
+    d["dtype" if precision == "fp32" else "precision"] = "float32" if precision == "fp32" else precision
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def beta_at(cfg: TrainConfig, step: int) -> float | None:
+    """The beta used at 0-based ``step`` (None when the method's estimator has no beta).
+
+    linear: ``start + (end - start) * t``; cosine: ``start + (end - start) * (1 - cos(pi t)) / 2``,
+    with ``t = min(step, R - 1) / (R - 1)`` and ``R`` = beta_ramp_steps (0 = steps); ``R = 1`` gives end.
+    """
+    if cfg.beta_schedule == "constant":
+        beta = (cfg.method_params or {}).get("beta")
+        if beta is None:
+            from rsgrpo import estimators
+
+            beta = estimators.default_params(cfg.method).get("beta")
+        return None if beta is None else float(beta)
+    ramp = cfg.beta_ramp_steps or cfg.steps
+    t = 1.0 if ramp <= 1 else min(step, ramp - 1) / (ramp - 1)
+    if cfg.beta_schedule == "cosine":
+        t = (1.0 - math.cos(math.pi * t)) / 2.0
+    return float(cfg.beta_start + (cfg.beta_end - cfg.beta_start) * t)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of 0-based ``step``: linear warm-up to ``lr`` over ``warmup_steps``, then constant.
+
+    A pure function of the step, so the "scheduler state" of a checkpoint is just the step.
+    """
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def defaults_yaml() -> str:
+    """The text of config/train_defaults.yaml: every key, its default, its one-line documentation."""
+    import yaml
+
+    lines = ["# Defaults of `python -m rsgrpo train` (rsgrpo/trainconfig.py:TrainConfig).",
+             "# Generated by `python -m rsgrpo.trainconfig > config/train_defaults.yaml`; every key maps",
+             "# 1:1 to a TrainConfig field. UNKNOWN = not published in the paper (arXiv 2509.24261).", ""]
+    for fld in dataclasses.fields(TrainConfig):
+        value = getattr(TrainConfig(), fld.name)
+        dumped = yaml.safe_dump({fld.name: value}, default_flow_style=True, width=10**6).strip()
+        if dumped.startswith("{") and dumped.endswith("}"):
+            dumped = dumped[1:-1]
+        lines.append(f"# {fld.metadata['doc']}")
+        lines.append(dumped)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(defaults_yaml(), end="")
