@@ -68,7 +68,8 @@ def _workflow_rules() -> dict[str, tuple[str, str]]:
         parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
         for name, body in zip(parts[1::2], parts[2::2]):
             assert name not in rules, f"rule {name} defined twice"
-            rules[name] = (path.stem, re.split(r"^\S", body, maxsplit=1, flags=re.M)[0])  # up to the next top-level line
+            # its text runs up to the next top-level line
+            rules[name] = (path.stem, re.split(r"^\S", body, maxsplit=1, flags=re.M)[0])
     return rules
 
 
