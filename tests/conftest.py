@@ -27,7 +27,7 @@ def tiny_model_dir(tmp_path_factory):
     Treat it as read-only: it is shared by every test of the session. Tests that need to change
     weights must copy the model (or load it and modify the in-memory module).
     """
-    from rsgrpo.prepare.models import build_tiny_model
+    from rsgrpo.prepare.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny", seed=0)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rsgrpo.prepare.models import prepare_model
+from rsgrpo.prepare.model_sources import prepare_model
 from rsgrpo.prepare.pretrain import check_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_pretraining_learns_the_demonstrations_and_is_seeded(pretrained, tmp_pat
 
 
 def test_the_pretrained_model_answers_in_the_tasks_format(pretrained):
-    from rsgrpo.prepare.models import load_policy
+    from rsgrpo.prepare.loading import load_policy
 
     model, tokenizer = load_policy(pretrained)
     ids = tokenizer("21+22=", add_special_tokens=False, return_tensors="pt")["input_ids"]

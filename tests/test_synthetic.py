@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from rsgrpo.prepare.data import load_records
+from rsgrpo.prepare.data_sources import load_records
 from rsgrpo.prepare.synthetic import (
     carry_addition_problems,
     demonstration,

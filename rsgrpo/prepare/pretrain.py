@@ -1,7 +1,7 @@
 """``python -m rsgrpo pretrain``: a tiny transformer pretrained on a synthetic task's demonstrations.
 
-The base policy of the miniature experiment (:mod:`rsgrpo.synthetic`): a character-level Qwen2 model
-(:func:`rsgrpo.models.build_tiny_model`) trained by next-token cross-entropy on the completions of
+The base policy of the miniature experiment (:mod:`rsgrpo.prepare.synthetic`): a character-level Qwen2 model
+(:func:`rsgrpo.prepare.tiny.build_tiny_model`) trained by next-token cross-entropy on the completions of
 seeded demonstrations, a ``rare_frac`` share of them by the rare strategy. Offline, seeded, CPU-sized
 (the default spec trains in a minute or two on two cores). The spec, a model spec with ``source:
 pretrain`` (see :data:`DEFAULTS` for the keys, all optional)::
@@ -10,14 +10,16 @@ pretrain`` (see :data:`DEFAULTS` for the keys, all optional)::
      batch_size: 128, lr: 2.0e-3, warmup_steps: 100, hidden_size: 128, num_layers: 2, num_heads: 4, seed: 0}
 
 ``rare_slip`` is the share of rare demonstrations that slip in one column
-(:func:`rsgrpo.synthetic.demonstration`): the pretrained model executes the rare strategy about as
+(:func:`rsgrpo.prepare.synthetic.demonstration`): the pretrained model executes the rare strategy about as
 unreliably, which gives the base policy the paper's premise -- high pass@1 on problems without a
 carry, low pass@1 but real pass@k on the others. The demonstrations are drawn from the task's
 ``train`` split only, so a benchmark on the ``test`` split is held out from pretraining too.
 
 The output is a prepared model directory like ``prepare-model``'s (written atomically, skipped when
 it already holds the same spec), with ``pretrain.json``: the spec and the loss every
-``LOG_EVERY`` steps. Same spec, same machine and thread count: the same weights.
+``LOG_EVERY`` steps. Same spec, same machine and thread count: the same weights. This module
+registers model source ``pretrain`` (:func:`rsgrpo.prepare.model_sources.register`), so
+``prepare_model`` builds such a spec like any other; the verbs keep each to its own sources.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ import math
 import random
 import sys
 from pathlib import Path
+
+from rsgrpo.prepare.loading import load_policy
+from rsgrpo.prepare.model_sources import parse_model_spec, prepare_model, register
+from rsgrpo.prepare.synthetic import demonstration
+from rsgrpo.prepare.tiny import build_tiny_model
 
 __all__ = ["DEFAULTS", "TASKS", "check_spec", "model_options", "pretrain_into", "add_arguments", "main"]
 
@@ -71,7 +78,7 @@ def check_spec(spec: dict) -> dict:
 
 
 def model_options(spec: dict) -> dict:
-    """Keyword options of :func:`rsgrpo.models.tiny_config` / ``build_tiny_model`` for a spec."""
+    """Keyword options of :func:`rsgrpo.prepare.tiny.tiny_config` / ``build_tiny_model`` for a spec."""
     full = check_spec(spec)
     return {"hidden_size": full["hidden_size"], "num_layers": full["num_layers"], "num_heads": full["num_heads"],
             "head_dim": full["hidden_size"] // full["num_heads"]}
@@ -89,8 +96,6 @@ def _batch(tokenizer, rng: random.Random, full: dict):
     """Token ids, attention mask and loss mask (completion tokens and EOS) of one batch."""
     import torch
 
-    from rsgrpo.prepare.synthetic import demonstration
-
     eos = tokenizer.eos_token_id
     rows, losses = [], []
     for _ in range(full["batch_size"]):
@@ -106,13 +111,12 @@ def _batch(tokenizer, rng: random.Random, full: dict):
     return ids, attention, loss_mask
 
 
+@register("pretrain", keys=tuple(DEFAULTS))
 def pretrain_into(spec: dict, out: Path) -> None:
-    """Build the tiny model in ``out`` and pretrain it there (a preparer of
-    :func:`rsgrpo.models.prepare_model`, which makes the write atomic)."""
+    """Build the tiny model in ``out`` and pretrain it there (model source ``pretrain`` of
+    :func:`rsgrpo.prepare.model_sources.prepare_model`, which makes the write atomic)."""
     import torch
     from tqdm import tqdm
-
-    from rsgrpo.prepare.models import build_tiny_model, load_policy
 
     full = check_spec(spec)
     build_tiny_model(out, seed=full["seed"], **model_options(spec))
@@ -144,16 +148,15 @@ def pretrain_into(spec: dict, out: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", required=True,
-                        help="model spec with source: pretrain (YAML/JSON string or file), e.g. "
+                        help="model spec with source: pretrain (a .yaml/.yml/.json file or an inline YAML/JSON "
+                             "mapping), e.g. "
                              "'{source: pretrain, task: carry_addition, rare_frac: 0.1, seed: 0}'")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
 
 
 def main(args: argparse.Namespace) -> int:
-    from rsgrpo.prepare.models import parse_spec, prepare_model
-
     try:
-        spec = parse_spec(args.spec)
+        spec = parse_model_spec(args.spec)
         if spec["source"] != "pretrain":
             raise ValueError(f"spec.source must be 'pretrain' (other sources: python -m rsgrpo prepare-model), "
                              f"got {spec['source']!r}")

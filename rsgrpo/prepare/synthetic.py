@@ -9,7 +9,7 @@ two strategies:
 * **rare** (``7+5=12 3+4+1=8 \\boxed{82}``: the columns from the right, each with its carry). Longer,
   right on every problem.
 
-A model pretrained on mostly dominant demonstrations (:mod:`rsgrpo.pretrain`, ``rare_frac`` of
+A model pretrained on mostly dominant demonstrations (:mod:`rsgrpo.prepare.pretrain`, ``rare_frac`` of
 them rare) has high pass@1 on ``no_carry`` problems and low pass@1 but real pass@k on ``carry``
 problems: the language-model analogue of the paper's bandit, a local optimum (the dominant
 strategy) next to a global one (the rare strategy) that only exploration finds.

@@ -1,9 +1,8 @@
-"""Dataset specs -> canonical records ``{"id", "problem", "answer"}``, prompt templates, and the
-``prepare-data`` verb.
+"""Dataset specs -> canonical records ``{"id", "problem", "answer"}``, and writing them as JSONL.
 
 Every training or evaluation set enters the project through :func:`load_records`, so the trainer,
 the sampler and the scorer all see one record shape whatever the source. A spec is a dict (from
-YAML) with a ``source``:
+YAML, or :func:`rsgrpo.specs.load_spec`) with a ``source``, one of :data:`DATA_SOURCES`:
 
 ``hf``        a Hugging Face dataset: ``{"source": "hf", "path": "hiyouga/math12k", "split": "train",
               "subset": optional config name, "fields": {"problem": "problem", "answer": "answer"},
@@ -15,57 +14,75 @@ YAML) with a ``source``:
               (``data/train-*.parquet``, ``test.jsonl``...), which loads offline (``HF_HUB_OFFLINE=1``);
               default ids then use the directory's name, so keep the hub repo's name or set ``name``.
 ``local``     a ``.jsonl``/``.json`` (one object per line) or ``.parquet`` file, same ``fields``.
-``generator`` a seeded offline generator, ``{"source": "generator", "name": "arithmetic", "n": 200,
-              "seed": 0, "difficulty": 1..5 | [levels] | "mixed"}``: arithmetic and word problems
-              with exact answers, easy enough (level 1: "What is 3 + 4?") for SmolLM2-135M;
-              ``{"name": "carry_addition", "n": 200, "seed": 0, "digits": 2}``: ``37+45=`` problems,
-              half with a carry (record field ``kind``), the synthetic task of :mod:`rsgrpo.synthetic`.
+``generator`` a seeded offline generator of :mod:`rsgrpo.prepare.generators`, ``{"source":
+              "generator", "name": "arithmetic", "n": 200, "seed": 0, "difficulty": 1..5 | [levels] |
+              "mixed"}``: arithmetic and word problems with exact answers, easy enough (level 1: "What
+              is 3 + 4?") for SmolLM2-135M; ``{"name": "carry_addition", "n": 200, "seed": 0, "digits":
+              2}``: ``37+45=`` problems, half with a carry (record field ``kind``), the synthetic task
+              of :mod:`rsgrpo.prepare.synthetic`.
 
 Common keys: ``name`` (used in error messages and default ids ``<name>-<index>``, index = position
 in the source), ``id_field`` (default: the source's ``id`` column when every row has one),
 ``dedup`` (drop repeated problems, keeping the first), ``limit`` (keep the first N records),
 ``extra_fields`` (``{record field: source path}``: more columns copied into each record, e.g.
-``{"difficulty": "difficulty"}``; rewards see every record field, see :mod:`rsgrpo.rewards`),
+``{"difficulty": "difficulty"}``; rewards see every record field, see :mod:`rsgrpo.train.rewards`),
 ``answer_format`` (``any``, the default, or ``integer``: the final answer must be written as a
 literal integer before math-verify compares it, so restating the question, "5 + 8", is wrong; every
 gold answer must then be a literal integer; see :mod:`rsgrpo.grading.answer_format`). A non-default
 format is stored in each record's ``answer_format`` field, so it travels with a prepared file to the
 trainer's rewards and the scorer; a spec without the key takes the field from the rows (a prepared
 file), and the records of an ``any`` dataset have no such field.
+
+A new source is one function decorated with :func:`register` plus its test: it reads the rows and
+says how to name them (:class:`SourceRows`); mapping rows to records is the same for every source.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-from collections.abc import Iterable
-from fractions import Fraction
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from rsgrpo.prepare.synthetic import carry_addition_problems
+from rsgrpo.prepare.generators import generate
 
-__all__ = [
-    "load_records",
-    "generate_arithmetic",
-    "build_prompt",
-    "write_records",
-    "BOXED_INSTRUCTION",
-    "PROMPT_TEMPLATES",
-    "SOURCES",
-    "GENERATORS",
-]
+__all__ = ["DATA_SOURCES", "SourceRows", "register", "load_records", "write_records"]
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("hf", "local", "generator")
-PROMPT_TEMPLATES = ("chat", "plain", "raw")
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_FIELDS = {"problem": "problem", "answer": "answer"}
 # spec key and record field of the answer format: rsgrpo.grading.answer_format.ANSWER_FORMAT_FIELD,
 # repeated so that importing this module does not import the grading package
 ANSWER_FORMAT_KEY = "answer_format"
+# spec keys about records rather than rows, which a generator does not take as options
+RECORD_KEYS = ("dedup", "limit", "extra_fields", ANSWER_FORMAT_KEY)
+
+
+class SourceRows(NamedTuple):
+    """What a data source read: its rows, how errors name the dataset, and the spec the rows are
+    mapped to records with (the source's spec, defaults such as ``name`` filled in)."""
+
+    rows: list
+    dataset: str
+    spec: dict
+
+
+DATA_SOURCES: dict[str, Callable[[dict], SourceRows]] = {}
+
+
+def register(name: str):
+    """Decorator adding ``fn(spec) -> SourceRows`` to :data:`DATA_SOURCES` as source ``name`` (once: a
+    second source of the same name would change what existing dataset specs mean)."""
+
+    def wrap(fn):
+        if name in DATA_SOURCES:
+            raise ValueError(f"data source {name!r} is already registered "
+                             f"(by {DATA_SOURCES[name].__module__}.{DATA_SOURCES[name].__qualname__})")
+        DATA_SOURCES[name] = fn
+        return fn
+
+    return wrap
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +180,70 @@ def _set_answer_format(record: dict, row: Any, spec_format: str | None, dataset:
     record[ANSWER_FORMAT_KEY] = answer_format
 
 
+def _record_id(row: Any, index: int, id_field: str | None, name: str, dataset: str) -> str:
+    if id_field is None:
+        return f"{name}-{index}"
+    value = _get_path(row, id_field)
+    if value is _MISSING or _as_text(value) in (None, ""):
+        raise ValueError(f"dataset {dataset!r}, row {index}: id field {id_field!r} is missing "
+                         f"or empty (value {None if value is _MISSING else value!r})")
+    return _as_text(value)
+
+
+def _copy_fields(record: dict, row: Any, index: int, fields: dict, extras: dict, dataset: str) -> None:
+    """Set ``record``'s problem, answer and extra fields from ``row``; ValueError for a missing field
+    or an empty problem or answer."""
+    for key in ("problem", "answer"):
+        value = _get_path(row, fields[key])
+        if value is _MISSING:
+            present = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"dataset {dataset!r}, row {index}: field {fields[key]!r} (for "
+                             f"{key!r}) is missing; the row has {present}")
+        text = _as_text(value)
+        if not text:
+            raise ValueError(f"dataset {dataset!r}, row {index} (id {record['id']!r}): {key} "
+                             f"field {fields[key]!r} is empty (value {value!r})")
+        record[key] = text
+    for key, path in extras.items():
+        value = _get_path(row, path)
+        if value is _MISSING:
+            raise ValueError(f"dataset {dataset!r}, row {index} (id {record['id']!r}): extra field "
+                             f"{path!r} (for {key!r}) is missing")
+        record[key] = _plain(value)
+
+
+def _dedup(records: list[dict], dataset: str) -> list[dict]:
+    """The records without repeated problems, each problem's first occurrence kept (with its answer)."""
+    kept: dict[str, dict] = {}
+    conflicts = 0
+    for record in records:
+        first = kept.setdefault(record["problem"], record)
+        if first is not record and first["answer"] != record["answer"]:
+            conflicts += 1
+    if conflicts:
+        log.warning("dataset %r: %d duplicated problems carry a different answer than their "
+                    "first occurrence; the first answer is kept", dataset, conflicts)
+    log.info("dataset %r: dedup kept %d of %d records", dataset, len(kept), len(records))
+    return list(kept.values())
+
+
+def _check_unique_ids(records: list[dict], dataset: str) -> None:
+    seen: dict[str, int] = {}
+    for position, record in enumerate(records):
+        if record["id"] in seen:
+            raise ValueError(f"dataset {dataset!r}: duplicate id {record['id']!r} (records "
+                             f"{seen[record['id']]} and {position}); set 'id_field' or 'dedup'")
+        seen[record["id"]] = position
+
+
+def _id_field(spec: dict, rows: list) -> str | None:
+    """The spec's ``id_field``, else ``id`` when every row has one, else None (positional ids)."""
+    id_field = spec.get("id_field")
+    if id_field is None and rows and all(isinstance(r, dict) and "id" in r for r in rows):
+        id_field = "id"
+    return id_field
+
+
 def _canonical_records(rows: Iterable[dict], spec: dict, dataset: str) -> list[dict]:
     """Map source rows to ``{id, problem, answer, <extra fields>, [answer_format]}`` with the spec's
     fields, ids, answer format, dedup and limit."""
@@ -174,61 +255,16 @@ def _canonical_records(rows: Iterable[dict], spec: dict, dataset: str) -> list[d
     extras = _extra_fields(spec, dataset)
     spec_format = _spec_answer_format(spec, dataset)
     rows = list(rows)
-    id_field = spec.get("id_field")
-    if id_field is None and rows and all(isinstance(r, dict) and "id" in r for r in rows):
-        id_field = "id"
-    name = spec.get("name") or dataset
+    id_field, name = _id_field(spec, rows), spec.get("name") or dataset
     records: list[dict] = []
     for index, row in enumerate(rows):
-        record = {}
-        if id_field is not None:
-            value = _get_path(row, id_field)
-            if value is _MISSING or _as_text(value) in (None, ""):
-                raise ValueError(f"dataset {dataset!r}, row {index}: id field {id_field!r} is missing "
-                                 f"or empty (value {None if value is _MISSING else value!r})")
-            record["id"] = _as_text(value)
-        else:
-            record["id"] = f"{name}-{index}"
-        for key in ("problem", "answer"):
-            value = _get_path(row, fields[key])
-            if value is _MISSING:
-                present = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(f"dataset {dataset!r}, row {index}: field {fields[key]!r} (for "
-                                 f"{key!r}) is missing; the row has {present}")
-            text = _as_text(value)
-            if not text:
-                raise ValueError(f"dataset {dataset!r}, row {index} (id {record['id']!r}): {key} "
-                                 f"field {fields[key]!r} is empty (value {value!r})")
-            record[key] = text
-        for key, path in extras.items():
-            value = _get_path(row, path)
-            if value is _MISSING:
-                raise ValueError(f"dataset {dataset!r}, row {index} (id {record['id']!r}): extra field "
-                                 f"{path!r} (for {key!r}) is missing")
-            record[key] = _plain(value)
+        record = {"id": _record_id(row, index, id_field, name, dataset)}
+        _copy_fields(record, row, index, fields, extras, dataset)
         _set_answer_format(record, row, spec_format, dataset, index)
         records.append(record)
-
     if spec.get("dedup"):
-        kept: dict[str, dict] = {}
-        conflicts = 0
-        for record in records:
-            first = kept.setdefault(record["problem"], record)
-            if first is not record and first["answer"] != record["answer"]:
-                conflicts += 1
-        if conflicts:
-            log.warning("dataset %r: %d duplicated problems carry a different answer than their "
-                        "first occurrence; the first answer is kept", dataset, conflicts)
-        log.info("dataset %r: dedup kept %d of %d records", dataset, len(kept), len(records))
-        records = list(kept.values())
-
-    seen: dict[str, int] = {}
-    for position, record in enumerate(records):
-        if record["id"] in seen:
-            raise ValueError(f"dataset {dataset!r}: duplicate id {record['id']!r} (records "
-                             f"{seen[record['id']]} and {position}); set 'id_field' or 'dedup'")
-        seen[record["id"]] = position
-
+        records = _dedup(records, dataset)
+    _check_unique_ids(records, dataset)
     limit = spec.get("limit")
     if limit is not None:
         if not isinstance(limit, int) or limit < 1:
@@ -294,6 +330,37 @@ def _read_local_rows(path: Path) -> list[dict]:
                      "(use .jsonl, .json or .parquet)")
 
 
+@register("hf")
+def _hf_source(spec: dict) -> SourceRows:
+    path = spec.get("path")
+    if not path:
+        raise ValueError(f"hf dataset spec needs 'path' (the hub id), got {spec!r}")
+    split = spec.get("split", "train")
+    rows = _load_hf_rows(path, split, spec.get("subset"))
+    default_name = str(path).rstrip("/").split("/")[-1]
+    return SourceRows(rows, f"{path}[{split}]", {"name": default_name, **spec})
+
+
+@register("local")
+def _local_source(spec: dict) -> SourceRows:
+    path = spec.get("path")
+    if not path:
+        raise ValueError(f"local dataset spec needs 'path', got {spec!r}")
+    rows = _read_local_rows(Path(path))
+    return SourceRows(rows, str(path), {"name": Path(path).stem, **spec})
+
+
+@register("generator")
+def _generator_source(spec: dict) -> SourceRows:
+    """Generator ``name`` run with the spec's other keys as options (:func:`rsgrpo.prepare.generators.generate`);
+    its records carry their own ids."""
+    generator = spec.get("name")
+    options = {k: v for k, v in spec.items() if k not in ("source", "name", *RECORD_KEYS)}
+    records = generate(generator, options)
+    return SourceRows(records, f"generator:{generator}",
+                      {"id_field": "id", **{k: spec[k] for k in RECORD_KEYS if k in spec}})
+
+
 def load_records(spec: dict) -> list[dict]:
     """Canonical records ``[{"id": str, "problem": str, "answer": str}, ...]`` for a dataset spec.
 
@@ -305,153 +372,15 @@ def load_records(spec: dict) -> list[dict]:
     if not isinstance(spec, dict):
         raise ValueError(f"a dataset spec must be a mapping, got {type(spec).__name__}: {spec!r}")
     source = spec.get("source")
-    if source == "hf":
-        path = spec.get("path")
-        if not path:
-            raise ValueError(f"hf dataset spec needs 'path' (the hub id), got {spec!r}")
-        split = spec.get("split", "train")
-        rows = _load_hf_rows(path, split, spec.get("subset"))
-        default_name = str(path).rstrip("/").split("/")[-1]
-        return _canonical_records(rows, {"name": default_name, **spec}, f"{path}[{split}]")
-    if source == "local":
-        path = spec.get("path")
-        if not path:
-            raise ValueError(f"local dataset spec needs 'path', got {spec!r}")
-        rows = _read_local_rows(Path(path))
-        return _canonical_records(rows, {"name": Path(path).stem, **spec}, str(path))
-    if source == "generator":
-        generator = spec.get("name")
-        if generator not in GENERATORS:
-            raise ValueError(f"unknown generator {generator!r}; known generators: "
-                             f"{', '.join(sorted(GENERATORS))}")
-        common = ("dedup", "limit", "extra_fields", ANSWER_FORMAT_KEY)  # keys of every source
-        options = {k: v for k, v in spec.items() if k not in ("source", "name", *common)}
-        try:
-            records = GENERATORS[generator](**options)
-        except TypeError as exc:
-            raise ValueError(f"generator {generator!r}: bad options {sorted(options)} ({exc})") from exc
-        return _canonical_records(records, {"id_field": "id", **{k: spec[k] for k in common if k in spec}},
-                                  f"generator:{generator}")
-    raise ValueError(f"unknown dataset source {source!r}; allowed sources: {', '.join(SOURCES)}")
+    if source not in DATA_SOURCES:
+        raise ValueError(f"unknown dataset source {source!r}; allowed sources: {', '.join(DATA_SOURCES)}")
+    rows, dataset, record_spec = DATA_SOURCES[source](spec)
+    return _canonical_records(rows, record_spec, dataset)
 
 
 # --------------------------------------------------------------------------------------------
-# offline generator
+# output
 # --------------------------------------------------------------------------------------------
-
-ARITHMETIC_LEVELS = (1, 2, 3, 4, 5)
-_NAMES = ("Ada", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gia", "Hugo")
-_ITEMS = ("apples", "marbles", "stickers", "pencils", "cookies", "books")
-
-
-def _fraction_latex(value: Fraction) -> str:
-    """Exact answer as math-verify reads it: an integer, or ``\\frac{p}{q}`` in lowest terms."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    sign = "-" if value < 0 else ""
-    return f"{sign}\\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
-
-
-def _arithmetic_problem(level: int, rng: random.Random) -> tuple[str, Fraction]:
-    """One problem of a difficulty level and its exact value.
-
-    1: one-digit addition; 2: two-digit addition or subtraction (non-negative result);
-    3: multiplication of a two-digit by a one-digit number; 4: a two-step word problem, or an
-    expression needing operator precedence; 5: sum of two fractions (answer a reduced fraction).
-    """
-    if level == 1:
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        return f"What is {a} + {b}?", Fraction(a + b)
-    if level == 2:
-        a, b = rng.randint(10, 99), rng.randint(1, 99)
-        if rng.random() < 0.5:
-            return f"What is {a} + {b}?", Fraction(a + b)
-        a, b = max(a, b), min(a, b)
-        return f"What is {a} - {b}?", Fraction(a - b)
-    if level == 3:
-        a, b = rng.randint(11, 99), rng.randint(2, 9)
-        return f"What is {a} times {b}?", Fraction(a * b)
-    if level == 4:
-        if rng.random() < 0.5:
-            name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-            a, b = rng.randint(5, 40), rng.randint(2, 30)
-            c = rng.randint(1, a + b)
-            text = (f"{name} has {a} {item}. {name} gets {b} more {item} and then gives away {c}. "
-                    f"How many {item} does {name} have now?")
-            return text, Fraction(a + b - c)
-        a, b, c = rng.randint(2, 20), rng.randint(2, 9), rng.randint(2, 9)
-        return f"What is {a} + {b} times {c}?", Fraction(a + b * c)
-    if level == 5:
-        b, d = rng.randint(2, 9), rng.randint(2, 9)
-        a, c = rng.randint(1, b - 1), rng.randint(1, d - 1)
-        text = f"What is {a}/{b} + {c}/{d}? Give the answer as a fraction in lowest terms."
-        return text, Fraction(a, b) + Fraction(c, d)
-    raise ValueError(f"arithmetic difficulty level must be one of {ARITHMETIC_LEVELS}, got {level!r}")
-
-
-def generate_arithmetic(n: int = 200, seed: int = 0, difficulty: int | str | list = "mixed") -> list[dict]:
-    """``n`` arithmetic / word problems with exact answers, deterministic for ``seed``.
-
-    ``difficulty``: a level 1..5, a list of levels (cycled), or ``"mixed"`` (= levels 1..5
-    cycled). Problem ``i`` depends only on ``(seed, i, its level)``, so the first k problems are
-    the same for any ``n``. Ids are ``arithmetic-<i>``.
-    """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"generator 'arithmetic': 'n' must be a positive integer, got {n!r}")
-    if difficulty == "mixed" or difficulty is None:
-        levels = list(ARITHMETIC_LEVELS)
-    elif isinstance(difficulty, (list, tuple)):
-        levels = list(difficulty)
-    else:
-        levels = [difficulty]
-    for level in levels:
-        if level not in ARITHMETIC_LEVELS:
-            raise ValueError(f"generator 'arithmetic': difficulty {level!r} is not one of "
-                             f"{ARITHMETIC_LEVELS} or 'mixed'")
-    width = max(4, len(str(n - 1)))
-    records = []
-    for i in range(n):
-        level = levels[i % len(levels)]
-        rng = random.Random(f"arithmetic/{seed}/{i}")
-        problem, value = _arithmetic_problem(level, rng)
-        records.append({"id": f"arithmetic-{i:0{width}d}", "problem": problem,
-                        "answer": _fraction_latex(value), "level": level})
-    return records
-
-
-GENERATORS = {"arithmetic": generate_arithmetic, "carry_addition": carry_addition_problems}
-
-
-# --------------------------------------------------------------------------------------------
-# prompts and output
-# --------------------------------------------------------------------------------------------
-
-
-def build_prompt(problem: str, *, template: str = "chat", tokenizer=None, system: str | None = None) -> str:
-    """The text a model is given for ``problem``; ``chat`` and ``plain`` ask for the answer in ``\\boxed{}``.
-
-    ``raw``: the problem text as it is, for a model pretrained on the task's own format
-    (:mod:`rsgrpo.synthetic`); ``system`` is not allowed there.
-    ``plain``: ``[system + blank line] + problem + blank line + instruction``, for base models.
-    ``chat``: one user turn (problem + instruction), optional system turn, rendered with
-    ``tokenizer.apply_chat_template(..., add_generation_prompt=True, tokenize=False)``.
-    """
-    if template == "raw":
-        if system:
-            raise ValueError("prompt template 'raw' takes no system prompt")
-        return problem
-    user = f"{problem.strip()}\n\n{BOXED_INSTRUCTION}"
-    if template == "plain":
-        return f"{system.strip()}\n\n{user}" if system else user
-    if template == "chat":
-        if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
-            raise ValueError("prompt template 'chat' needs a tokenizer with apply_chat_template "
-                             f"(got {type(tokenizer).__name__}); use template 'plain' without one")
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user}
-        ]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    raise ValueError(f"unknown prompt template {template!r}; allowed templates: {', '.join(PROMPT_TEMPLATES)}")
 
 
 def write_records(records: Iterable[dict], path: str | Path) -> Path:
