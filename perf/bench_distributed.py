@@ -46,7 +46,7 @@ PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv
 
 
 def prepare(name: str, work: Path) -> tuple[Path, Path]:
-    from rsgrpo.prepare.data import load_records, write_records
+    from rsgrpo.prepare.data_sources import load_records, write_records
 
     data = write_records(load_records({"source": "generator", "name": "arithmetic", "n": 64, "seed": 0}),
                          work / "train.jsonl")

