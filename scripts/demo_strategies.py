@@ -4,7 +4,7 @@ completions that follow the rare (worked) strategy, that strategy's accuracy, an
 The demo's tables say *whether* a method solves the carry problems; this says *how*: the base model
 writes the worked column addition in about a tenth of its completions, and a method either drops it
 (the dominant strategy's local optimum) or switches to it. Strategies are told apart by
-:func:`rsgrpo.synthetic.strategy_of` (an answer boxed at once is the dominant strategy).
+:func:`rsgrpo.prepare.synthetic.strategy_of` (an answer boxed at once is the dominant strategy).
 
     python scripts/demo_strategies.py [--results results] [--model adder]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rsgrpo.analysis.cell_index import read_table
+from rsgrpo.analysis.cell_files import read_table
 from rsgrpo.layout import GRADED, Layout
 from rsgrpo.prepare.synthetic import strategy_of
 

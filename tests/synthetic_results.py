@@ -2,7 +2,7 @@
 
 A tree looks like what the workflow writes: per cell a final ``passk.csv`` + ``graded.parquet``, per
 trained cell a ``metrics.csv`` and one eval folder per evaluated checkpoint, and the two index files
-``cells.csv`` and ``benchmarks.csv`` (columns exactly as ``rsgrpo.cell_index`` documents them).
+``cells.csv`` and ``benchmarks.csv`` (columns exactly as ``rsgrpo.analysis.cell_index`` documents them).
 
 Truth: every model has latent per-problem success probabilities per benchmark (Beta-distributed,
 seeded); a method maps them through its ``transform`` (so all cells of a model share the same
@@ -67,7 +67,7 @@ class BenchSpec:
 
 
 # method key -> estimator, as config/grid.yaml maps them; a CellSpec without an estimator gets its
-# method's (the analysis knows methods only by estimator; method keys are free names)
+# method's (the analysis selects by estimator; method keys are free names)
 METHOD_ESTIMATORS = {"grpo": "grpo", "rs_grpo": "rs_grpo", "chen": "passk_chen", "mahdavi": "passk_mahdavi",
                      "walder": "pkpo_walder", "rloo": "rloo"}
 

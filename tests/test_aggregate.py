@@ -1,11 +1,11 @@
-"""``rsgrpo.aggregate`` (and the index reader ``rsgrpo.cell_index``) on synthetic result trees with
-known truth (tests/synthetic_results.py).
+"""``rsgrpo.analysis.aggregate`` (and the index reader ``rsgrpo.analysis.cell_index``) on synthetic
+result trees with known truth (tests/synthetic_results.py).
 
 Every table number is checked against an independent computation (math.comb on the generated
 counts), the CIs against their nominal coverage of the known population mean, the paired
 differences against a constructed improvement / deterioration, the published comparison against
-numbers copied by hand from the paper's Table 2 (arXiv 2509.24261), that methods are known by their
-estimator and not their config key, and every documented error message.
+numbers copied by hand from the paper's Table 2 (arXiv 2509.24261), that groups are selected and
+ordered by their estimator and not by their method (config) key, and every documented error message.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import yaml
 
 from rsgrpo import grid as G
 from rsgrpo.analysis import aggregate as agg
-from rsgrpo.analysis import cell_index
+from rsgrpo.analysis import cell_files, cell_index
 from rsgrpo.cli import main as cli_main
 from rsgrpo.evaluate.passk import (
     bootstrap_ci,
     paired_seed_difference,
     pass_at_k,
     seed_bootstrap_ci,
+    stratified_bootstrap,
     stratified_paired_difference,
 )
 
@@ -126,14 +127,14 @@ def test_bootstrap_cis_cover_the_true_population_mean_at_the_nominal_rate():
         strata = []
         for i, (a, b) in enumerate(populations):
             probs = rng.beta(a, b, size=p_problems)
-            counts = cell_index.Counts(np.arange(p_problems).astype(str), np.full(p_problems, n),
+            counts = cell_files.Counts(np.arange(p_problems).astype(str), np.full(p_problems, n),
                                        rng.binomial(n, probs))
             strata.append(counts.per_problem(1))
             if i == 0:
                 for k, key in ((1, "pass@1"), (4, "pass@4")):
                     ci = bootstrap_ci(counts.per_problem(k), n_boot=500, seed=d)
                     hits[key] += ci.low <= _beta_pass_at_k(a, b, k) <= ci.high
-        ci = agg.stratified_bootstrap(strata, n_boot=500, seed=d)
+        ci = stratified_bootstrap(strata, n_boot=500, seed=d)
         hits["avg"] += ci.low <= truth_avg <= ci.high
     coverage = {k: v / draws for k, v in hits.items()}
     assert all(0.89 <= c <= 0.99 for c in coverage.values()), coverage
@@ -142,11 +143,11 @@ def test_bootstrap_cis_cover_the_true_population_mean_at_the_nominal_rate():
 def test_stratified_bootstrap_keeps_each_benchmark_weight():
     # a 1-problem stratum has no variance: the AVG CI is the other stratum's CI halved and shifted
     other = np.linspace(0, 1, 50)
-    ci = agg.stratified_bootstrap([np.array([1.0]), other], n_boot=300, seed=4)
+    ci = stratified_bootstrap([np.array([1.0]), other], n_boot=300, seed=4)
     assert ci.mean == pytest.approx((1.0 + other.mean()) / 2)
     assert ci.low >= 0.5 and ci.high <= 1.0 and ci.high - ci.low < 0.5 * (other.max() - other.min())
     with pytest.raises(ValueError, match="at least one stratum"):
-        agg.stratified_bootstrap([], n_boot=10)
+        stratified_bootstrap([], n_boot=10)
 
 
 # ------------------------------------------------------------------------------ paired differences
@@ -203,8 +204,8 @@ RENAMES = {"rs_grpo": "risk_seeking", "grpo": "vanilla"}  # method keys only; th
 
 
 def test_renamed_method_keys_give_the_same_tables(tree, outputs, tmp_path):
-    """The analysis knows RS-GRPO and GRPO by their estimator: renaming the config keys of both (so
-    no method key is 'rs_grpo' or 'grpo' any more) changes the cell ids and nothing else."""
+    """The analysis finds RS-GRPO and GRPO by their estimator: renaming the config keys of both (so
+    no method key is 'rs_grpo' or 'grpo' any more) changes the cell ids and the method column only."""
     renamed_cells = syn.rename_methods(syn.default_cells(), RENAMES)
     assert not {c.method for c in renamed_cells} & set(RENAMES)
     ids = {old.cell: new.cell for old, new in zip(syn.default_cells(), renamed_cells)}
@@ -500,7 +501,7 @@ def test_seeded_table2_pools_the_replicates(seeded):
     # AVG: unweighted mean over the benchmarks; its CI the stratified seeds x problems bootstrap
     avg = t2[(t2["cell"] == "q7/deepmath103k/grpo") & (t2["benchmark"] == agg.AVG) & (t2["metric"] == "pass@1")]
     strata = [_stacked(tree, "q7/deepmath103k/grpo", b.key, 1) for b in SEEDED_BENCHES]
-    ci = agg.stratified_bootstrap(strata, n_boot=N_BOOT, seed=0)
+    ci = stratified_bootstrap(strata, n_boot=N_BOOT, seed=0)
     assert avg["pass_at_k_pct"].iloc[0] == pytest.approx(100 * np.mean([s.mean() for s in strata]), abs=1e-4)
     assert (avg["ci_low_pct"].iloc[0], avg["ci_high_pct"].iloc[0]) == pytest.approx(
         (100 * ci.low, 100 * ci.high), abs=1e-3)

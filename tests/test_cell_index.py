@@ -1,6 +1,7 @@
-"""``rsgrpo.cell_index`` with seed replicates: the ``seed`` and ``group`` columns written by
+"""``rsgrpo.analysis.cell_index`` with seed replicates: the ``seed`` and ``group`` columns written by
 ``cells_table``, their validation on reading (errors name file, column and value), the groups of
-:class:`CellIndex` (display order, replicates by seed) and the stacked counts of a group."""
+:class:`CellIndex` (display order, replicates by seed) and the stacked counts of a group; and the
+columns ``rsgrpo.analysis.cell_files`` reads from the files train writes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import synthetic_results as syn
 import yaml
 
 from rsgrpo import grid as G
-from rsgrpo.analysis import cell_index
+from rsgrpo.analysis import cell_files, cell_index
+from rsgrpo.train.metrics import METRIC_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +75,8 @@ def test_group_counts_stack_the_replicates(tree):
     counts = index.group_counts("demo/arith/grpo")
     assert list(counts) == ["b1", "b2"]
     b1 = counts["b1"]
-    assert b1.n_seeds == 3 and b1.c.shape == (3, 6) and (b1.n == 4).all()
+    assert b1.cells == tuple(f"demo/arith/grpo-seed{s}" for s in (0, 1, 2))
+    assert b1.c.shape == (3, 6) and (b1.n == 4).all()
     for i, s in enumerate((0, 1, 2)):
         np.testing.assert_array_equal(b1.c[i], tree.counts[(f"demo/arith/grpo-seed{s}", 1, "b1")])
     np.testing.assert_allclose(b1.per_problem(1), b1.c / 4)
@@ -143,3 +146,12 @@ def test_unseeded_cell_joins_its_seeded_group_first(tree, tmp_path):
     index = cell_index.load_index(_edit(tree, tmp_path, edit), tree.benchmarks_csv)
     grpo = index.groups[index.groups["group"] == "demo/arith/grpo"].iloc[0]
     assert grpo["cells"][0] == "demo/arith/grpo" and grpo["seeds"] == (None, 0, 1, 2) and grpo["n_seeds"] == 4
+
+
+def test_metrics_read_are_columns_train_writes(tmp_path):
+    """The analysis reads metrics.csv by the names train writes it with: every column it needs is one
+    of train's, and a file with all of train's columns reads."""
+    assert set(cell_files.METRICS_READ) <= set(METRIC_COLUMNS)
+    path = tmp_path / "metrics.csv"
+    pd.DataFrame([dict.fromkeys(METRIC_COLUMNS, 1.0) | {"step": s} for s in (2, 1)]).to_csv(path, index=False)
+    assert list(cell_files.read_metrics(path)["step"]) == [1, 2]

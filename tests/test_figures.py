@@ -1,5 +1,6 @@
-"""``rsgrpo.figures`` on synthetic result trees: files, panels, plotted numbers, the transition
-matrix and the unique-answer count against hand-made cases, and graceful skipping."""
+"""``rsgrpo.analysis.figures`` (and the numbers of ``rsgrpo.analysis.figure_data``) on synthetic result
+trees: files, panels, plotted numbers, the transition matrix and the unique-answer count against
+hand-made cases, and graceful skipping."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import synthetic_results as syn
 
+from rsgrpo.analysis import figure_data as fd
 from rsgrpo.analysis import figures as rf
 from rsgrpo.analysis.cell_index import load_index
 from rsgrpo.cli import main as cli_main
@@ -106,8 +108,8 @@ def test_transition_matrix_csv_matches_the_counts(rendered):
     tree, out, _, _ = rendered
     tm = pd.read_csv(out / "transition_matrix.csv")
     for (_setting, a, b), g in tm.groupby(["setting", "from_cell", "to_cell"], sort=False):
-        m = g.pivot(index="from_bin", columns="to_bin", values="count").loc[list(rf.ACCURACY_BINS),
-                                                                           list(rf.ACCURACY_BINS)].to_numpy()
+        m = g.pivot(index="from_bin", columns="to_bin", values="count").loc[list(fd.ACCURACY_BINS),
+                                                                           list(fd.ACCURACY_BINS)].to_numpy()
         c_from = np.concatenate([tree.counts[(a, 30, bs.key)] for bs in tree.benchmarks])
         n_from = np.concatenate([np.full(bs.n_problems, bs.n) for bs in tree.benchmarks])
         c_to = np.concatenate([tree.counts[(b, 30, bs.key)] for bs in tree.benchmarks])
@@ -126,14 +128,14 @@ def test_transition_matrix_hand_made_case():
     expected = np.zeros((6, 6), dtype=int)
     for i, j in [(0, 0), (0, 2), (1, 1), (1, 3), (2, 4), (3, 3), (5, 5), (5, 5)]:
         expected[i, j] += 1
-    np.testing.assert_array_equal(rf.transition_matrix(c_from, n, c_to, n), expected)
+    np.testing.assert_array_equal(fd.transition_matrix(c_from, n, c_to, n), expected)
     # bin edges: exactly 0.2 is in (0, 0.2]; anything above in (0.2, 0.4]; 1.0 in (0.8, 1]
-    np.testing.assert_array_equal(rf.accuracy_bins([0, 1, 3, 4, 5, 12, 13, 15], np.full(8, 15)),
+    np.testing.assert_array_equal(fd.accuracy_bins([0, 1, 3, 4, 5, 12, 13, 15], np.full(8, 15)),
                                   [0, 1, 1, 2, 2, 4, 5, 5])
     with pytest.raises(ValueError, match="0 <= correct <= n"):
-        rf.accuracy_bins([3], [2])
+        fd.accuracy_bins([3], [2])
     with pytest.raises(ValueError, match="same problems"):
-        rf.transition_matrix([1, 2], [4, 4], [1], [4])
+        fd.transition_matrix([1, 2], [4, 4], [1], [4])
 
 
 def test_unique_correct_ratio_hand_made():
@@ -143,14 +145,14 @@ def test_unique_correct_ratio_hand_made():
         "text": ["x  y", "x y", " x y\n", "z", "w", "a", "a", "q", "x y"],
         "correct": [True, True, True, True, False, False, False, True, True],
     })
-    got = rf.unique_correct_ratio(graded).set_index(["benchmark", "problem_id"])
+    got = fd.unique_correct_ratio(graded).set_index(["benchmark", "problem_id"])
     assert got.loc[("b", "p1")].tolist() == [4, 2]  # "x y" three times (whitespace variants) + "z"
     assert got.loc[("b", "p2")].tolist() == [0, 0]  # nothing correct
     assert got.loc[("b", "p3")].tolist() == [1, 1]
     assert got.loc[("c", "p1")].tolist() == [1, 1]  # same id in another benchmark is another problem
-    assert rf.normalize_text("  a \t b\n\nc ") == "a b c" and rf.normalize_text(None) == ""
+    assert fd.normalize_text("  a \t b\n\nc ") == "a b c" and fd.normalize_text(None) == ""
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['text'\]"):
-        rf.unique_correct_ratio(graded.drop(columns=["text"]))
+        fd.unique_correct_ratio(graded.drop(columns=["text"]))
 
 
 def test_unique_answers_csv_matches_an_independent_count(rendered):
@@ -193,8 +195,8 @@ def test_transition_source_and_target_by_label(tmp_path):
              syn.CellSpec(**q, method="chen", label="Chen2025", transform=syn.chen_like)]
     tree = syn.write_tree(tmp_path / "tree", cells, [syn.BenchSpec("b1", "", 7, 4)], seed=0)
     grid = load_index(tree.cells_csv, tree.benchmarks_csv)
-    assert rf.transition_pairs(grid, "Chen2025", "grpo") == [("M/t", "m/t/chen", "m/t/grpo")]
-    assert rf.transition_pairs(grid, "grpo", "rs_grpo") == []
+    assert fd.transition_pairs(grid, "Chen2025", "grpo") == [("M/t", "m/t/chen", "m/t/grpo")]
+    assert fd.transition_pairs(grid, "grpo", "rs_grpo") == []
     rf.house_style()
     (png,) = rf.plot_transition_heatmap(grid, tmp_path, (), "GRPO", "chen")
     assert png.stat().st_size > 5_000
@@ -235,13 +237,13 @@ def test_ablation_and_heatmap_find_their_cells_after_renaming_the_method_keys(tm
     assert set(renamed.memberships["method"]).isdisjoint(renames)
 
     def ablation(index):
-        return [(s, list(g["group"])) for s, g in rf._ablation_runs(index)]
+        return [(s, list(g["group"])) for s, g in fd.ablation_settings(index)]
 
     assert ablation(renamed) == [(s, [ids[c] for c in cs]) for s, cs in ablation(plain)]
     assert len(ablation(renamed)) == 1 and len(ablation(renamed)[0][1]) == 3  # GRPO + betas 2 and 4
-    assert rf.transition_pairs(renamed, "grpo", "rs_grpo") == [
-        (s, ids[a], ids[b]) for s, a, b in rf.transition_pairs(plain, "grpo", "rs_grpo")]
-    assert len(rf.transition_pairs(renamed, "grpo", "rs_grpo")) == 3
+    assert fd.transition_pairs(renamed, "grpo", "rs_grpo") == [
+        (s, ids[a], ids[b]) for s, a, b in fd.transition_pairs(plain, "grpo", "rs_grpo")]
+    assert len(fd.transition_pairs(renamed, "grpo", "rs_grpo")) == 3
     colors_plain, colors_renamed = rf._colors(plain.memberships), rf._colors(renamed.memberships)
     assert {ids[c]: col for c, col in colors_plain.items()} == colors_renamed
     out = tmp_path / "figs"
@@ -298,7 +300,7 @@ def test_seeded_passk_curves_pool_the_seeds(seeded):
     grpo = next(i for i, line in enumerate(axes[0].get_lines()) if line.get_label() == "GRPO (3 seeds)")
     values = np.array([pass_at_k(8, tree.counts[(cell, 4, "b1")], [1, 2, 4, 8])
                        for cell in _replicates(tree, "demo/arith/grpo")])
-    ci = seed_bootstrap_ci(values, n_boot=rf.BAND_BOOT, seed=0)
+    ci = seed_bootstrap_ci(values, n_boot=fd.BAND_BOOT, seed=0)
     band = axes[0].collections[grpo].get_paths()[0].vertices
     assert band[:, 1].min() == pytest.approx(100 * ci.low.min()) and band[:, 1].max() == pytest.approx(
         100 * ci.high.max())
@@ -352,15 +354,15 @@ def test_seeded_unique_answers_and_transitions_pool_the_seeds(seeded):
     assert list(dict.fromkeys(zip(tm["from_cell"], tm["to_cell"]))) == [
         ("demo/arith/grpo", "demo/arith/rs_grpo_beta2"), ("demo/arith/grpo", "demo/arith/rs_grpo_beta4")]
     g = tm[tm["to_cell"] == "demo/arith/rs_grpo_beta4"]
-    m = g.pivot(index="from_bin", columns="to_bin", values="count").loc[list(rf.ACCURACY_BINS),
-                                                                       list(rf.ACCURACY_BINS)].to_numpy()
+    m = g.pivot(index="from_bin", columns="to_bin", values="count").loc[list(fd.ACCURACY_BINS),
+                                                                       list(fd.ACCURACY_BINS)].to_numpy()
 
     def pooled(group):  # c and n summed over the seeds, problems of both benchmarks
         c = np.concatenate([sum(tree.counts[(cell, 4, b.key)] for cell in _replicates(tree, group))
                             for b in SEEDED_BENCHES])
         return c, np.full(len(c), 3 * 8)
 
-    np.testing.assert_array_equal(m, rf.transition_matrix(*pooled("demo/arith/grpo"),
+    np.testing.assert_array_equal(m, fd.transition_matrix(*pooled("demo/arith/grpo"),
                                                           *pooled("demo/arith/rs_grpo_beta4")))
     assert m.sum() == 16  # problems, not (seed, problem) pairs
     entropy = seen["entropy"][0]
@@ -372,9 +374,9 @@ def test_one_beta_with_several_seeds_is_no_ablation(tmp_path):
     tree = syn.write_tree(tmp_path / "tree", syn.seeded_cells(seeds=(0, 1), rs_betas=(2.0,), steps=(1,)),
                           [syn.BenchSpec("b1", "", 4, 4)], seed=0)
     index = load_index(tree.cells_csv, tree.benchmarks_csv)
-    assert rf._ablation_runs(index) == []
+    assert fd.ablation_settings(index) == []
     rf.house_style()
     with pytest.raises(rf.Skip, match="two or more RS-GRPO runs"):
         rf.plot_beta_ablation(index, tmp_path, ())
-    assert rf.transition_pairs(index, "grpo", "demo/arith/rs_grpo_beta2-seed1") == [
+    assert fd.transition_pairs(index, "grpo", "demo/arith/rs_grpo_beta2-seed1") == [
         ("Demo/arith", "demo/arith/grpo", "demo/arith/rs_grpo_beta2")]  # a replicate's id finds its group

@@ -2,45 +2,48 @@
 RS-GRPO - GRPO differences, and a side-by-side comparison with the published numbers.
 
 Inputs: the results index ``cells.csv`` + ``benchmarks.csv`` (format and reader:
-:mod:`rsgrpo.cell_index`) and, per cell, the final checkpoint's ``graded.parquet`` (``benchmark,
-problem_id, sample_idx, correct``) and ``passk.csv``. Methods are known by their ``estimator``
-(registry name, :data:`rsgrpo.advantages.ESTIMATORS`), never by their config key: rows follow the
-registry order (Base first), and RS-GRPO - GRPO pairs every estimator-``rs_grpo`` group with every
+:mod:`rsgrpo.analysis.cell_index`) and, per cell, the final checkpoint's ``graded.parquet``
+(``benchmark, problem_id, sample_idx, correct``) and ``passk.csv``. A row's advantage function is
+its ``estimator`` (registry name, :data:`rsgrpo.estimators.ESTIMATORS`) and its ``method`` the
+config key, written as a column and never used to select or order: rows follow the registry order
+(Base first), and RS-GRPO - GRPO pairs every estimator-``rs_grpo`` group with every
 estimator-``grpo`` group of a setting.
 
-Rows are per *group* (:attr:`rsgrpo.cell_index.CellIndex.groups`): the replicates of one
+Rows are per *group* (:attr:`rsgrpo.analysis.cell_index.CellIndex.groups`): the replicates of one
 configuration trained with different seeds (``seeds`` axis of a sweep) are pooled into one row whose
 ``cell`` column is the group id (the cell id when there is no seed) and ``n_seeds`` their number.
 A pooled number is the mean over seeds and problems; its CI resamples problems (one draw shared by
-all seeds) *and* seeds (:mod:`rsgrpo.passk`, "seeds x problems"), so it covers the seed-to-seed
-variation of training as well as the finite benchmark. A group with one seed gives exactly the
-numbers of the problem-only bootstrap.
+all seeds) *and* seeds (:mod:`rsgrpo.evaluate.passk`, "seeds x problems"), so it covers the
+seed-to-seed variation of training as well as the finite benchmark. A group with one seed gives
+exactly the numbers of the problem-only bootstrap.
 
 Every number is recomputed from the per-problem correct counts of ``graded.parquet`` with the
-unbiased estimator (:func:`rsgrpo.passk.pass_at_k`); ``passk.csv`` is only cross-checked (pass@1 must
-agree, else the two files are from different runs and we refuse to mix them).
+unbiased estimator (:func:`rsgrpo.evaluate.passk.pass_at_k`); ``passk.csv`` is only cross-checked
+(pass@1 must agree, else the two files are from different runs and we refuse to mix them).
 
 Outputs in ``--out`` (percent points everywhere, like the paper):
 
-* ``table2.csv`` (tidy) / ``table2.md`` (paper layout): per setting and method (group), pass@1 and
+* ``table2.csv`` (tidy) / ``table2.md`` (paper layout): per setting and group, pass@1 and
   pass@32 per benchmark and their unweighted mean ``AVG`` (the paper's AVG). "pass@32" is pass@k at
   the largest k <= 32 that both ``benchmarks.csv`` ``ks`` and the samples allow; column ``k`` says
   which (the Markdown marks any k != 32). CIs: 95% percentile bootstrap over problems
-  (:func:`rsgrpo.passk.bootstrap_ci`; over problems and seeds for a group with several:
-  :func:`rsgrpo.passk.seed_bootstrap_ci`); for ``AVG`` a *stratified* bootstrap resamples problems
-  within each benchmark independently in every replicate (and the seeds once per replicate, shared by
-  the benchmarks) and averages the benchmark means, so every benchmark keeps its size and weight, as
-  in the point estimate (:func:`rsgrpo.passk.stratified_bootstrap`). Column ``n_seeds``: the
-  replicates pooled in the row (the Markdown adds "(n seeds)" to the label where n > 1).
-* ``rsgrpo_vs_grpo.csv`` / ``.md``: every (RS-GRPO group, GRPO group) pair of a setting, the difference
-  per benchmark and AVG with a *paired* bootstrap CI (:func:`rsgrpo.passk.paired_seed_difference`:
-  the same problems resampled for both methods, each method's seeds resampled independently;
-  stratified the same way for AVG, :func:`rsgrpo.passk.stratified_paired_difference`), plus the mean
-  over settings of the AVG difference next to the published one (paper headline: +1.29 pass@1,
-  +3.64 pass@32 over its 7 settings). Besides pass@1 and pass@32 the table holds metric
-  ``pass@<K>`` at the largest k the samples allow, K = the largest ``ks`` entry <= the samples per
-  problem, on every benchmark where K > 32 (e.g. ``pass@64`` with 64 samples), and its AVG where every
-  benchmark has the same K. Columns ``rs_n_seeds`` / ``grpo_n_seeds``: the replicates on each side.
+  (:func:`rsgrpo.evaluate.passk.bootstrap_ci`; over problems and seeds for a group with several:
+  :func:`rsgrpo.evaluate.passk.seed_bootstrap_ci`); for ``AVG`` a *stratified* bootstrap resamples
+  problems within each benchmark independently in every replicate (and the seeds once per replicate,
+  shared by the benchmarks) and averages the benchmark means, so every benchmark keeps its size and
+  weight, as in the point estimate (:func:`rsgrpo.evaluate.passk.stratified_bootstrap`). Column
+  ``n_seeds``: the replicates pooled in the row (the Markdown adds "(n seeds)" to the label where
+  n > 1); column ``method``: the config key, as in ``cells.csv``.
+* ``rsgrpo_vs_grpo.csv`` / ``.md``: every (RS-GRPO group, GRPO group) pair of a setting, the
+  difference per benchmark and AVG with a *paired* bootstrap CI
+  (:func:`rsgrpo.evaluate.passk.paired_seed_difference`: the same problems resampled for both
+  methods, each method's seeds resampled independently; stratified the same way for AVG,
+  :func:`rsgrpo.evaluate.passk.stratified_paired_difference`), plus the mean over settings of the
+  AVG difference next to the published one (paper headline: +1.29 pass@1, +3.64 pass@32 over its 7
+  settings). Besides pass@1 and pass@32 the table holds metric ``pass@<K>`` at the largest k the
+  samples allow, K = the largest ``ks`` entry <= the samples per problem, on every benchmark where
+  K > 32 (e.g. ``pass@64`` with 64 samples), and its AVG where every benchmark has the same K.
+  Columns ``rs_n_seeds`` / ``grpo_n_seeds``: the replicates on each side.
 * ``published_comparison.csv`` / ``.md``: ours vs ``rsgrpo/reference/table2_published.csv`` for every
   group whose (setting, ``published_method``) is in that table and every benchmark metric present in
   both (pass@32 only where our k is exactly 32; AVG only where our benchmarks are exactly the
@@ -58,15 +61,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rsgrpo.analysis.cell_index import (
-    GRPO_ESTIMATOR,
-    RS_GRPO_ESTIMATOR,
-    CellIndex,
-    Counts,
-    SeedCounts,
-    load_index,
-    read_passk,
-)
+from rsgrpo.analysis.cell_files import Counts, SeedCounts, read_passk
+from rsgrpo.analysis.cell_index import GRPO_ESTIMATOR, RS_GRPO_ESTIMATOR, CellIndex, load_index
 from rsgrpo.evaluate.passk import (
     paired_seed_difference,
     seed_bootstrap_ci,
@@ -77,7 +73,7 @@ from rsgrpo.io import atomic_path
 from rsgrpo.layout import AGGREGATE_TABLES
 
 __all__ = [
-    "TABLE_K", "AVG", "load_published_table", "table_k", "largest_k", "stratified_bootstrap",
+    "TABLE_K", "AVG", "load_published_table", "table_k", "largest_k",
     "build_table2", "build_rsgrpo_vs_grpo", "build_published_comparison", "aggregate",
 ]
 
@@ -87,7 +83,8 @@ PUBLISHED_RESOURCE = "reference/table2_published.csv"
 
 
 def load_published_table() -> pd.DataFrame:
-    """The paper's Table 2 shipped as package data (percent points), indexed by (setting, method)."""
+    """The paper's Table 2 shipped as package data (percent points), indexed by (setting, method), where
+    ``method`` is the paper's name of a method (a cell's ``published_method``), so rows are found by name."""
     ref = importlib.resources.files("rsgrpo").joinpath(PUBLISHED_RESOURCE)
     with importlib.resources.as_file(ref) as path:
         df = pd.read_csv(path)
@@ -197,48 +194,53 @@ def _aligned(a: SeedCounts, b: SeedCounts, where: str) -> tuple[SeedCounts, Seed
 
 def build_rsgrpo_vs_grpo(index: CellIndex, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """RS-GRPO - GRPO per benchmark and AVG for every (RS-GRPO group, GRPO group) pair of a setting, paired
-    CIs (problems paired, each side's seeds resampled independently); the two methods are the groups of
-    estimator ``rs_grpo`` and of estimator ``grpo``. Metrics pass@1, pass@32 and, where the samples
-    allow a larger k, ``pass@<K>`` at the largest (see the module docstring)."""
+    CIs (problems paired, each side's seeds resampled independently). The two sides are chosen by
+    estimator (``rs_grpo``, ``grpo``), so the table holds whatever the config calls the methods.
+    Metrics pass@1, pass@32 and, where the samples allow a larger k, ``pass@<K>`` at the largest (see
+    the module docstring)."""
     rows = []
-    n_benches = len(index.benchmarks)
     for setting, g in index.groups.groupby("setting", sort=False):
-        rs_groups = index.with_estimator(g, RS_GRPO_ESTIMATOR)
-        grpo_groups = index.with_estimator(g, GRPO_ESTIMATOR)
-        for _, rs in rs_groups.iterrows():
-            for _, gr in grpo_groups.iterrows():
-                # per metric: the benchmarks' [seeds, problems] values of (rs, grpo), and each benchmark's k
-                strata: dict[str, tuple[list, list]] = {"pass@1": ([], []), f"pass@{TABLE_K}": ([], [])}
-                ks_used: dict[str, list] = {m: [] for m in strata}
-                rs_counts, gr_counts = index.group_counts(rs["group"]), index.group_counts(gr["group"])
-                for bench in index.benchmarks["benchmark"]:
-                    where = f"setting {setting!r}, {rs['group']!r} vs {gr['group']!r}, benchmark {bench!r}"
-                    a, b = _aligned(rs_counts[bench], gr_counts[bench], where)
-                    n_min = int(min(a.n.min(), b.n.min()))
-                    ks = index.ks_for(bench, n_min)
-                    metrics = [("pass@1", 1), (f"pass@{TABLE_K}", table_k(ks, n_min))]
-                    top = largest_k(ks, n_min)
-                    if top > TABLE_K:
-                        metrics.append((f"pass@{top}", top))
-                    for metric, k in metrics:
-                        va, vb = a.per_problem(k), b.per_problem(k)
-                        strata.setdefault(metric, ([], []))[0].append(va)
-                        strata[metric][1].append(vb)
-                        ks_used.setdefault(metric, []).append(k)
-                        ci = paired_seed_difference(va, vb, n_boot=n_boot, seed=seed)
-                        rows.append(_diff_row(setting, rs, gr, bench, index.benchmark_name(bench), metric, k,
-                                              va.mean(), vb.mean(), ci, va.shape[1]))
-                for metric, (sa, sb) in strata.items():
-                    if len(sa) != n_benches:  # a pass@<K> some benchmark lacks: no AVG over all of them
-                        continue
-                    ci = stratified_paired_difference(sa, sb, n_boot=n_boot, seed=seed)
-                    ks = ks_used[metric]
-                    rows.append(_diff_row(setting, rs, gr, AVG, AVG, metric,
-                                          ks[0] if len(set(ks)) == 1 else pd.NA, np.mean([v.mean() for v in sa]),
-                                          np.mean([v.mean() for v in sb]), ci, int(sum(v.shape[1] for v in sa))))
+        for _, rs in index.with_estimator(g, RS_GRPO_ESTIMATOR).iterrows():
+            for _, gr in index.with_estimator(g, GRPO_ESTIMATOR).iterrows():
+                rows += _pair_rows(index, setting, rs, gr, n_boot, seed)
     df = pd.DataFrame(rows, columns=RS_VS_GRPO_COLUMNS)
     df["k"] = df["k"].astype("Int64")
     return df
+
+
+def _pair_rows(index: CellIndex, setting: str, rs: pd.Series, gr: pd.Series, n_boot: int, seed: int) -> list[dict]:
+    """The rows of one (RS-GRPO group, GRPO group) pair: per benchmark and metric, then the AVG of each
+    metric every benchmark has (a stratified paired bootstrap, so each benchmark keeps its weight)."""
+    # per metric: the benchmarks' [seeds, problems] values of (rs, grpo), and each benchmark's k
+    strata: dict[str, tuple[list, list]] = {"pass@1": ([], []), f"pass@{TABLE_K}": ([], [])}
+    ks_used: dict[str, list] = {m: [] for m in strata}
+    rs_counts, gr_counts = index.group_counts(rs["group"]), index.group_counts(gr["group"])
+    rows = []
+    for bench in index.benchmarks["benchmark"]:
+        where = f"setting {setting!r}, {rs['group']!r} vs {gr['group']!r}, benchmark {bench!r}"
+        a, b = _aligned(rs_counts[bench], gr_counts[bench], where)
+        n_min = int(min(a.n.min(), b.n.min()))
+        ks = index.ks_for(bench, n_min)
+        metrics = [("pass@1", 1), (f"pass@{TABLE_K}", table_k(ks, n_min))]
+        if (top := largest_k(ks, n_min)) > TABLE_K:  # RS-GRPO is meant to raise pass@k at large k
+            metrics.append((f"pass@{top}", top))
+        for metric, k in metrics:
+            va, vb = a.per_problem(k), b.per_problem(k)
+            strata.setdefault(metric, ([], []))[0].append(va)
+            strata[metric][1].append(vb)
+            ks_used.setdefault(metric, []).append(k)
+            ci = paired_seed_difference(va, vb, n_boot=n_boot, seed=seed)
+            rows.append(_diff_row(setting, rs, gr, bench, index.benchmark_name(bench), metric, k,
+                                  va.mean(), vb.mean(), ci, va.shape[1]))
+    for metric, (sa, sb) in strata.items():
+        if len(sa) != len(index.benchmarks):  # a pass@<K> some benchmark lacks: no AVG over all of them
+            continue
+        ci = stratified_paired_difference(sa, sb, n_boot=n_boot, seed=seed)
+        ks = ks_used[metric]
+        rows.append(_diff_row(setting, rs, gr, AVG, AVG, metric, ks[0] if len(set(ks)) == 1 else pd.NA,
+                              np.mean([v.mean() for v in sa]), np.mean([v.mean() for v in sb]), ci,
+                              int(sum(v.shape[1] for v in sa))))
+    return rows
 
 
 def _diff_row(setting, rs, gr, bench, bench_name, metric, k, rs_mean, grpo_mean, ci, n_problems) -> dict:
@@ -358,6 +360,8 @@ def table2_markdown(table2: pd.DataFrame) -> str:
 
 
 def rsgrpo_vs_grpo_markdown(diff: pd.DataFrame, published: pd.DataFrame | None = None) -> str:
+    """``rsgrpo_vs_grpo.md``: per setting one row per (RS-GRPO, GRPO) pair, then the headline means;
+    ``published`` is the shipped Table 2 unless given (aggregate passes the one it loaded once)."""
     out = ["# RS-GRPO - GRPO (percent points), paired 95% bootstrap CI over the same problems", ""]
     if diff.empty:
         return "\n".join(out + ["No setting of this grid has both an RS-GRPO and a GRPO cell.", ""])
@@ -384,8 +388,13 @@ def rsgrpo_vs_grpo_markdown(diff: pd.DataFrame, published: pd.DataFrame | None =
         out += [f"## {setting}", "", _md_table(header, body), ""]
         if notes:
             out += ["† " + "; ".join(notes), ""]
-    out += ["## Mean over settings of the AVG difference (the paper's headline statistic)", ""]
-    published = load_published_table() if published is None else published
+    return "\n".join(out + _headline_markdown(diff, load_published_table() if published is None else published))
+
+
+def _headline_markdown(diff: pd.DataFrame, published: pd.DataFrame) -> list[str]:
+    """Lines of the mean over settings of each pair's AVG difference next to the paper's over the same
+    settings: the statistic the paper's claim rests on."""
+    out = ["## Mean over settings of the AVG difference (the paper's headline statistic)", ""]
     body = []
     avg = diff[diff["benchmark"] == AVG]
     for (rs_label, grpo_label), g in avg.groupby(["rs_label", "grpo_label"], sort=False):
@@ -405,7 +414,7 @@ def rsgrpo_vs_grpo_markdown(diff: pd.DataFrame, published: pd.DataFrame | None =
             "Paper columns: published RS-GRPO (beta = 2) - GRPO AVG over the same settings, for the cells that are "
             "the published RS-GRPO run (n/a otherwise); "
             "over all 7 published settings the paper reports +1.29 pass@1 and +3.64 pass@32.", ""]
-    return "\n".join(out)
+    return out
 
 
 def published_comparison_markdown(comp: pd.DataFrame) -> str:

@@ -1,18 +1,21 @@
 """The results index: ``cells.csv`` + ``benchmarks.csv``, written by the ``cell-index`` verb (rule
-``cell_index``) from the workflow config and read by the analysis (:mod:`rsgrpo.aggregate`,
-:mod:`rsgrpo.figures`) as a :class:`CellIndex`.
+``cell_index``) from the workflow config and read by the analysis (:mod:`rsgrpo.analysis.aggregate`,
+:mod:`rsgrpo.analysis.figures`) as a :class:`CellIndex`.
 
 Format (both files CSV with a header; an empty field means "none"):
 
 * ``cells.csv`` -- one row per evaluated cell: ``cell, model, model_name, train_set, method, estimator,
   beta, seed, group, label, published_method, published_model, passk, graded, metrics, step_evals``.
 
-  - ``cell`` is the cell id ``<model>/<run>`` (unique), ``method`` the config's method key (free
-    text, shown nowhere but the tidy tables), ``estimator`` the advantage estimator's registry name
-    (:data:`rsgrpo.advantages.ESTIMATORS`; empty for the untrained base model). The analysis knows
-    methods only by ``estimator``: rows are ordered base first, then in registry order (the paper's:
-    GRPO, the pass@k baselines, RS-GRPO last), then by ``beta`` and ``label``; the RS-GRPO - GRPO
-    table pairs estimator ``rs_grpo`` with estimator ``grpo``. Renaming a method key changes nothing.
+  - ``cell`` is the cell id ``<model>/<run>`` (unique). ``method`` is the key of the cell's method in
+    the config (``methods.<key>``: a label, an estimator and its params) and ``estimator`` the
+    registry name of that method's advantage function (:data:`rsgrpo.estimators.ESTIMATORS`; empty
+    for the untrained base model): the analysis selects and orders by ``estimator`` and uses
+    ``method`` only as the config key it is (a table column, a ``--transition-from`` choice). Rows
+    are ordered base first, then in registry order (the paper's: GRPO, the pass@k baselines, RS-GRPO
+    last), then by ``beta`` and ``label``; the RS-GRPO - GRPO table pairs estimator ``rs_grpo`` with
+    estimator ``grpo``. Renaming a method key changes the cell ids and the ``method`` column, no
+    number and no row order.
   - ``seed`` is the training seed of a cell of a sweep with a ``seeds`` axis (a non-negative integer;
     empty for the base model and for sweeps without seeds) and ``group`` the cell id without its
     ``-seed<s>`` suffix (:attr:`rsgrpo.grid.Cell.group`; the cell id itself when there is no seed).
@@ -35,9 +38,9 @@ Format (both files CSV with a header; an empty field means "none"):
 * ``benchmarks.csv`` -- ``benchmark, published_name, n, ks`` (``ks`` ``;``-separated; empty = powers
   of two up to the samples per problem).
 
-The cells' own files: ``graded.parquet`` (``benchmark, problem_id, sample_idx, correct``, read as
-per-problem :class:`Counts`; a group's replicates stacked as :class:`SeedCounts`), ``passk.csv`` and
-``metrics.csv`` (:func:`read_passk`, :func:`read_metrics`).
+The cells' own files (``graded.parquet``, ``passk.csv``, ``metrics.csv``) are read by
+:mod:`rsgrpo.analysis.cell_files`; :meth:`CellIndex.counts` and :meth:`CellIndex.group_counts` cache
+and stack their per-problem counts.
 """
 
 from __future__ import annotations
@@ -45,25 +48,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rsgrpo import estimators
-from rsgrpo.evaluate.passk import pass_at_k, powers_of_two
+from rsgrpo.analysis.cell_files import Counts, SeedCounts, load_counts, read_table
+from rsgrpo.evaluate.passk import powers_of_two
 from rsgrpo.grid import Cell, expand, step_number
 from rsgrpo.io import atomic_path
 from rsgrpo.layout import FINAL, LAYOUT, Layout, fmt_beta
 
 __all__ = [
-    "CELL_COLUMNS", "BENCHMARK_COLUMNS", "GRADED_COLUMNS", "PASSK_COLUMNS", "METRICS_COLUMNS",
+    "CELL_COLUMNS", "GROUP_COLUMNS", "BENCHMARK_COLUMNS",
     "BASE_ESTIMATOR", "GRPO_ESTIMATOR", "RS_GRPO_ESTIMATOR", "estimator_rank",
-    "cells_table", "benchmarks_table", "write_index",
-    "Counts", "SeedCounts", "CellIndex", "read_table", "load_index", "load_counts", "read_passk", "read_metrics",
-    "parse_step_evals", "GROUP_COLUMNS",
+    "cells_table", "benchmarks_table", "write_index", "add_arguments", "main",
+    "CellIndex", "load_index", "parse_step_evals",
 ]
 
 CELL_COLUMNS = ["cell", "model", "model_name", "train_set", "method", "estimator", "beta", "seed", "group", "label",
@@ -72,23 +75,20 @@ CELL_COLUMNS = ["cell", "model", "model_name", "train_set", "method", "estimator
 GROUP_COLUMNS = ["model", "model_name", "train_set", "method", "estimator", "beta", "label", "published_method",
                  "published_model"]
 BENCHMARK_COLUMNS = ["benchmark", "published_name", "n", "ks"]
-GRADED_COLUMNS = ["benchmark", "problem_id", "sample_idx", "correct"]
-PASSK_COLUMNS = ["benchmark", "k", "pass_at_k", "ci_low", "ci_high", "n_problems", "n_samples"]
-METRICS_COLUMNS = ["step", "beta", "reward_mean", "solved_frac", "cumulative_solve_rate", "entropy",
-                   "response_len_mean"]
 
-# Methods as the analysis knows them: registry names of advantage estimators.
-BASE_ESTIMATOR = ""  # the untrained model
+# The estimators (registry names of advantage functions) the analysis singles out; a cell's method
+# key never decides what it is.
+BASE_ESTIMATOR = ""  # the untrained model has none
 GRPO_ESTIMATOR = "grpo"
 RS_GRPO_ESTIMATOR = "rs_grpo"
 for _name in (GRPO_ESTIMATOR, RS_GRPO_ESTIMATOR):
     if _name not in estimators.ESTIMATORS:  # pragma: no cover - a renamed estimator must be renamed here too
-        raise ImportError(f"rsgrpo.cell_index: estimator {_name!r} is not registered in rsgrpo.advantages")
+        raise ImportError(f"{__name__}: estimator {_name!r} is not registered in rsgrpo.estimators")
 
 
 def estimator_rank(estimator: str) -> int:
-    """Row order of a method: 0 for the base model, then the registry order of
-    :data:`rsgrpo.advantages.ESTIMATORS` (the paper's table order); an estimator the registry does
+    """Row order of an estimator: 0 for the base model, then the registry order of
+    :data:`rsgrpo.estimators.ESTIMATORS` (the paper's table order); an estimator the registry does
     not know (a hand-written index) comes last."""
     if estimator == BASE_ESTIMATOR:
         return 0
@@ -167,104 +167,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_table(path: str | Path, what: str, required: Sequence[str], **kwargs) -> pd.DataFrame:
-    """Read a CSV or parquet; ValueError naming the file (and columns) when missing, incomplete, empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file {str(path)!r} does not exist")
-    if path.suffix == ".parquet":
-        # read only the needed columns: graded files carry every completion's full text
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-        missing = [c for c in required if c not in names]
-        if missing:
-            raise ValueError(f"{what} file {str(path)!r} lacks column(s) {missing}; it has {names}")
-        df = pd.read_parquet(path, columns=list(required))
-    else:
-        df = pd.read_csv(path, **kwargs)
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} file {str(path)!r} lacks column(s) {missing}; it has {list(df.columns)}")
-    if df.empty:
-        raise ValueError(f"{what} file {str(path)!r} holds no rows")
-    return df
-
-
-def _text_table(path: str | Path, what: str, required: Sequence[str]) -> pd.DataFrame:
+def _text_table(path: str | Path, what: str, required: list[str]) -> pd.DataFrame:
     """A CSV of strings where an empty field is "" (not NaN), so "empty" keeps its meaning."""
     df = read_table(path, what, required, dtype=str, keep_default_na=False)
     return df.apply(lambda col: col.str.strip())
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Per-problem sample and correct counts of one cell on one benchmark, sorted by problem id."""
-
-    problem_ids: np.ndarray
-    n: np.ndarray
-    c: np.ndarray
-
-    def per_problem(self, k: int) -> np.ndarray:
-        """Unbiased pass@k of each problem."""
-        return pass_at_k(self.n, self.c, k)
-
-    @property
-    def accuracy(self) -> np.ndarray:
-        return self.c / self.n
-
-
-@dataclass(frozen=True)
-class SeedCounts:
-    """Per-problem counts of a group's replicates on one benchmark: ``n`` and ``c`` are ``[seeds,
-    problems]`` (rows in the order of ``cells``, i.e. by seed), the problems the same for every seed."""
-
-    cells: tuple[str, ...]
-    problem_ids: np.ndarray
-    n: np.ndarray
-    c: np.ndarray
-
-    @property
-    def n_seeds(self) -> int:
-        return len(self.cells)
-
-    def per_problem(self, k: int) -> np.ndarray:
-        """Unbiased pass@k of each (seed, problem): ``[seeds, problems]``."""
-        return pass_at_k(self.n, self.c, k)
-
-    def pooled(self) -> Counts:
-        """One :class:`Counts` with ``n`` and ``c`` summed over the seeds (all samples of all replicates)."""
-        return Counts(self.problem_ids, self.n.sum(axis=0), self.c.sum(axis=0))
-
-    def subset(self, problem_ids: np.ndarray) -> SeedCounts:
-        """The same counts restricted to ``problem_ids`` (a sorted subset of :attr:`problem_ids`)."""
-        idx = np.searchsorted(self.problem_ids, problem_ids)
-        return SeedCounts(self.cells, np.asarray(problem_ids), self.n[:, idx], self.c[:, idx])
-
-
-def load_counts(path: str | Path) -> dict[str, Counts]:
-    """``graded.parquet`` -> ``{benchmark: Counts}``."""
-    df = read_table(path, "graded", GRADED_COLUMNS)
-    if df["correct"].isna().any():
-        raise ValueError(f"graded file {str(path)!r}: column 'correct' has missing values")
-    df = df.assign(problem_id=df["problem_id"].astype(str), benchmark=df["benchmark"].astype(str),
-                   correct=df["correct"].astype(bool))
-    out = {}
-    for bench, g in df.groupby("benchmark", sort=False):
-        agg = g.groupby("problem_id", sort=True)["correct"].agg(["size", "sum"])
-        out[str(bench)] = Counts(agg.index.to_numpy(dtype=str), agg["size"].to_numpy(np.int64),
-                                 agg["sum"].to_numpy(np.int64))
-    return out
-
-
-def read_passk(path: str | Path) -> pd.DataFrame:
-    df = read_table(path, "passk", PASSK_COLUMNS)
-    return df.assign(benchmark=df["benchmark"].astype(str), k=df["k"].astype(int))
-
-
-def read_metrics(path: str | Path) -> pd.DataFrame:
-    df = read_table(path, "metrics", METRICS_COLUMNS)
-    return df.sort_values("step", kind="stable").reset_index(drop=True)
 
 
 def parse_step_evals(spec: str, base_dir: Path, *, where: str) -> list[tuple[int, Path]]:
@@ -279,6 +185,8 @@ def parse_step_evals(spec: str, base_dir: Path, *, where: str) -> list[tuple[int
 
 
 def _resolve(path: str, base_dir: Path) -> Path:
+    """A path as given when it exists (the workflow writes paths relative to its working directory),
+    else relative to the folder of ``cells.csv`` (an index moved together with its results)."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
@@ -308,12 +216,11 @@ class CellIndex:
     benchmarks: pd.DataFrame
     cells_path: Path
     benchmarks_path: Path
-    groups: pd.DataFrame | None = None
-    _counts: dict | None = None
+    groups: pd.DataFrame = field(init=False)
+    _counts: dict[str, dict[str, Counts]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
-        if self.groups is None:
-            self.groups = _groups(self.memberships)
+        self.groups = _groups(self.memberships)
 
     def replicates(self, group: str) -> list[str]:
         """The cell ids of a group, by seed."""
@@ -343,9 +250,7 @@ class CellIndex:
         return out
 
     def counts(self, cell: str) -> dict[str, Counts]:
-        """Per-problem counts of a cell's final checkpoint (read once, cached)."""
-        if self._counts is None:
-            self._counts = {}
+        """Per-problem counts of a cell's final checkpoint, read once: every table and figure needs them."""
         if cell not in self._counts:
             row = self.cells.loc[cell]
             counts = load_counts(row["graded"])
@@ -367,10 +272,13 @@ class CellIndex:
         return members[members["estimator"].isin(estimators)]
 
     def benchmark_name(self, bench: str) -> str:
+        """The paper's name of a benchmark where it has one (tables and figures compare with the paper)."""
         name = self.benchmarks.set_index("benchmark").loc[bench, "published_name"]
         return name or bench
 
     def ks_for(self, bench: str, n: int) -> list[int]:
+        """The ks of pass@k on ``bench`` that ``n`` samples per problem allow: the unbiased estimator
+        needs k <= n."""
         ks = self.benchmarks.set_index("benchmark").loc[bench, "ks"]
         ks = [k for k in ks if k <= n] if ks else powers_of_two(n)
         if not ks:
@@ -424,8 +332,17 @@ def _parse_ks(value: str, where: str) -> list[int]:
 
 
 def load_index(cells_path: str | Path, benchmarks_path: str | Path) -> CellIndex:
-    """Read and validate ``cells.csv`` and ``benchmarks.csv``; ValueError names file, column and row."""
+    """Read and validate ``cells.csv`` and ``benchmarks.csv``; ValueError names file, column and row, so
+    a hand-edited or stale index fails before any result file is opened."""
     cells_path, benchmarks_path = Path(cells_path), Path(benchmarks_path)
+    cells = _read_cells(cells_path)
+    benchmarks = _read_benchmarks(benchmarks_path)
+    return CellIndex(cells, _memberships(cells), benchmarks, cells_path, benchmarks_path)
+
+
+def _read_cells(cells_path: Path) -> pd.DataFrame:
+    """``cells.csv`` indexed by cell id: ``beta`` parsed, ``seed`` nullable Int64, paths resolved and
+    checked to exist (None where empty)."""
     base_dir = cells_path.parent
     cells = _text_table(cells_path, "cells", CELL_COLUMNS)
     dup = cells["cell"][cells["cell"].duplicated()]
@@ -441,17 +358,25 @@ def load_index(cells_path: str | Path, benchmarks_path: str | Path) -> CellIndex
         betas.append(_parse_beta(row["beta"], where))
         seeds.append(_parse_seed(row["seed"], where))
         for col in resolved:
-            if row[col] == "":
-                resolved[col].append(None)
-                continue
-            p = _resolve(row[col], base_dir)
-            if not p.is_file():
-                raise ValueError(f"{where}: column {col!r} names {row[col]!r}, which does not exist")
-            resolved[col].append(p)
+            resolved[col].append(_existing(row[col], base_dir, f"{where}: column {col!r}"))
         parse_step_evals(row["step_evals"], base_dir, where=where)  # validate the syntax early
     _check_groups(cells, cells_path)
-    cells = cells.assign(beta=betas, seed=pd.array(seeds, dtype="Int64"), **resolved).set_index("cell", drop=False)
+    return cells.assign(beta=betas, seed=pd.array(seeds, dtype="Int64"), **resolved).set_index("cell", drop=False)
 
+
+def _existing(path: str, base_dir: Path, where: str) -> Path | None:
+    """The resolved path of a file column (None where empty); a missing file is named here rather than
+    by the table that would read it."""
+    if path == "":
+        return None
+    resolved = _resolve(path, base_dir)
+    if not resolved.is_file():
+        raise ValueError(f"{where} names {path!r}, which does not exist")
+    return resolved
+
+
+def _read_benchmarks(benchmarks_path: Path) -> pd.DataFrame:
+    """``benchmarks.csv`` with ``ks`` parsed to sorted lists of ints."""
     benchmarks = _text_table(benchmarks_path, "benchmarks", BENCHMARK_COLUMNS)
     dup = benchmarks["benchmark"][benchmarks["benchmark"].duplicated()]
     if len(dup):
@@ -461,10 +386,11 @@ def load_index(cells_path: str | Path, benchmarks_path: str | Path) -> CellIndex
     benchmarks = benchmarks.assign(
         ks=[_parse_ks(v, f"benchmarks file {str(benchmarks_path)!r}, benchmark {b!r}")
             for b, v in zip(benchmarks["benchmark"], benchmarks["ks"])])
-    return CellIndex(cells, _memberships(cells), benchmarks.reset_index(drop=True), cells_path, benchmarks_path)
+    return benchmarks.reset_index(drop=True)
 
 
-def _method_rank(estimator: str, beta: float) -> tuple:
+def _row_rank(estimator: str, beta: float) -> tuple:
+    """Sort key of a configuration within a setting: by estimator (:func:`estimator_rank`), then beta."""
     return (estimator_rank(estimator), 0.0 if math.isnan(beta) else beta)
 
 
@@ -486,7 +412,7 @@ def _memberships(cells: pd.DataFrame) -> pd.DataFrame:
                              "method": row["method"],
                              "estimator": row["estimator"], "beta": row["beta"], "label": row["label"],
                              "published_method": row["published_method"],
-                             "rank": _method_rank(row["estimator"], row["beta"])})
+                             "rank": _row_rank(row["estimator"], row["beta"])})
     df = pd.DataFrame(rows)
     df["seed"] = df["seed"].astype("Int64")
     setting_order = {s: i for i, s in enumerate(dict.fromkeys(df["setting"]))}

@@ -4,8 +4,8 @@ arXiv 2509.24261.
 :func:`plot_advantages` draws the RS-GRPO advantage vs a continuous reward, and for binary rewards
 the advantage of a correct (A+) and a wrong (A-) sample and the mean |A| per sample, all vs the
 prompt's accuracy, for beta in {0, 2, 4, 8}. Every curve is computed by
-:func:`rsgrpo.advantages.compute` on an actual group of rewards (:func:`advantage_curves`), not by a
-separate formula.
+:func:`rsgrpo.estimators.compute` (estimator ``rs_grpo``, the registry name the analysis knows
+RS-GRPO by) on an actual group of rewards (:func:`advantage_curves`), not by a separate formula.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from rsgrpo.analysis.cell_index import RS_GRPO_ESTIMATOR  # noqa: E402
 from rsgrpo.estimators import compute  # noqa: E402
 from rsgrpo.layout import ADVANTAGES  # noqa: E402
 from rsgrpo.plotting import beta_colors, house_style, save_figure  # noqa: E402
 
 DEFAULT_BETAS = (0.0, 2.0, 4.0, 8.0)
-ESTIMATOR = "rs_grpo"  # the registry name of the estimator drawn
 
 
 def advantage_curves(betas: Sequence[float] = DEFAULT_BETAS, group_size: int = 200) -> dict:
@@ -38,12 +38,12 @@ def advantage_curves(betas: Sequence[float] = DEFAULT_BETAS, group_size: int = 2
     absolute advantage per sample (the "cumulative" signal a prompt receives).
     """
     rewards = torch.linspace(0.0, 1.0, group_size, dtype=torch.float64)
-    continuous = {b: compute(ESTIMATOR, rewards[None, :], beta=b)[0].numpy() for b in betas}
+    continuous = {b: compute(RS_GRPO_ESTIMATOR, rewards[None, :], beta=b)[0].numpy() for b in betas}
     counts = np.arange(1, group_size)
     groups = (torch.arange(group_size)[None, :] < torch.as_tensor(counts)[:, None]).to(torch.float64)
     binary = {}
     for b in betas:
-        adv = compute(ESTIMATOR, groups, beta=b).numpy()
+        adv = compute(RS_GRPO_ESTIMATOR, groups, beta=b).numpy()
         binary[b] = {"pos": adv[:, 0], "neg": adv[:, -1], "mean_abs": np.abs(adv).mean(axis=1)}
     return {"reward": rewards.numpy(), "continuous": continuous, "accuracy": counts / group_size, "binary": binary}
 
