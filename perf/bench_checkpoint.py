@@ -30,7 +30,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def measure(name: str, model_dir: Path, work: Path, precision: str, stage: int) -> dict:
-    from rsgrpo.prepare.data import load_records, write_records
+    from rsgrpo.prepare.data_sources import load_records, write_records
     from rsgrpo.train import checkpoint as ckpt
     from rsgrpo.train.config import from_dict
     from rsgrpo.train.train import Trainer

@@ -5,11 +5,11 @@
 Two parts, every measurement in a fresh process (so no allocator cache carries over):
 
 1. **Log-probs of one micro-batch** (B 4, L 2048, vocabulary 32k, a 2-layer model; forward and
-   backward): the naive computation (``rsgrpo.loss.naive_token_logprobs``: float32 logits of every
+   backward): the naive computation (``rsgrpo.train.loss.naive_token_logprobs``: float32 logits of every
    position and a full log-softmax) against the trainer's (``token_logprobs``: completion positions
    only, 1024-token chunks recomputed in the backward pass). Peak resident memory above the inputs,
    and the ratio.
-2. **Training steps** of the real trainer (``rsgrpo.train.Trainer``, transformers rollouts of the
+2. **Training steps** of the real trainer (``rsgrpo.train.trainer.Trainer``, transformers rollouts of the
    offline arithmetic set, math-verify rewards in-process, DeepSpeed update) for each of
    ``fp32``, ``fp32 + gradient checkpointing``, ``bf16-mixed``, ``bf16-mixed + gradient
    checkpointing`` (bf16-mixed at ZeRO stage 1, fp32 at stage 0): median update and step seconds
@@ -45,7 +45,7 @@ from peak_memory import logprob_peaks_mb  # noqa: E402  (tests/peak_memory.py: t
 
 TRAIN = """
 import csv, json, resource, sys, time
-from rsgrpo.train.train import Trainer
+from rsgrpo.train.trainer import Trainer
 from rsgrpo.train.config import from_dict
 cfg = from_dict(json.loads(sys.argv[1]), "bench_memory")
 Trainer(cfg).run()
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     lp = logprob_memory()
     print(f"\nlog-probs of one micro-batch (B 4, L 2048, V 32k), forward + backward: naive {lp['naive_mb']:.0f} MB, "
           f"chunked {lp['chunked_mb']:.0f} MB, naive / chunked = {lp['ratio']:.1f}")
-    from rsgrpo.prepare.data import load_records, write_records
+    from rsgrpo.prepare.data_sources import load_records, write_records
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:

@@ -1,6 +1,6 @@
 """Per-step time breakdown of the trainer (generate / grade / update) on CPU.
 
-Runs a few real training steps (``rsgrpo.train.Trainer``: transformers rollouts, math-verify
+Runs a few real training steps (``rsgrpo.train.trainer.Trainer``: transformers rollouts, math-verify
 grading, DeepSpeed AdamW update) for the tiny random model and for SmolLM2-135M-Instruct on the
 offline arithmetic generator, and prints the mean seconds per phase and the rollout throughput.
 Dynamic sampling is off so every step makes an update of the same batch size (what is timed is
@@ -36,7 +36,8 @@ SETTINGS = {
 def bench_model(name: str, work: Path, smollm2_dir: str | Path = ROOT / "models" / "smollm2") -> Path:
     """A benchmark's model: a fresh tiny random one under ``work``, or SmolLM2-135M-Instruct prepared
     once into ``smollm2_dir`` (the workflow's models/ folder by default) and reused."""
-    from rsgrpo.prepare.models import build_tiny_model, prepare_model
+    from rsgrpo.prepare.model_sources import prepare_model
+    from rsgrpo.prepare.tiny import build_tiny_model
 
     if name == "tiny":
         return build_tiny_model(work / "tiny", seed=0)
@@ -49,9 +50,9 @@ def bench_model(name: str, work: Path, smollm2_dir: str | Path = ROOT / "models"
 
 
 def bench(name: str, model_dir: Path, steps: int, work: Path) -> dict:
-    from rsgrpo.prepare.data import load_records, write_records
+    from rsgrpo.prepare.data_sources import load_records, write_records
     from rsgrpo.train.config import from_dict
-    from rsgrpo.train.train import Trainer
+    from rsgrpo.train.trainer import Trainer
 
     prompts, samples, max_new, micro = SETTINGS[name]
     data = write_records(load_records({"source": "generator", "name": "arithmetic", "n": 64, "seed": 0}),

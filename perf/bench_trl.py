@@ -5,7 +5,7 @@
                                              [--json out.json]
 
 The orchestrator (this file, run with the project's .venv) prepares the models (the tiny random
-model and SmolLM2-135M-Instruct, ``rsgrpo.models``) and the prompts, then for each model runs
+model and SmolLM2-135M-Instruct, ``rsgrpo.prepare.model_sources``) and the prompts, then for each model runs
 
 * OURS in a subprocess of ``.venv/bin/python``: ``rsgrpo.train.Trainer`` (what ``python -m rsgrpo
   train`` runs), and
@@ -18,10 +18,10 @@ timings on a shared 2-core machine mean little without it.
 
 What both sides do per step (made as equal as the two libraries allow):
 
-* the same prompts: the same arithmetic problems rendered by ``rsgrpo.data.build_prompt`` (chat
+* the same prompts: the same arithmetic problems rendered by ``rsgrpo.prepare.prompts.build_prompt`` (chat
   template) and handed to TRL as plain-text prompts; the TRL worker asserts that TRL's
-  tokenization of every prompt equals ours (``rsgrpo.rollout.encode_prompts``);
-* generation with a transformers model on CPU (ours: ``rsgrpo.rollout.HFEngine``, its own decode
+  tokenization of every prompt equals ours (``rsgrpo.train.engines.base.encode_prompts``);
+* generation with a transformers model on CPU (ours: ``rsgrpo.train.engines.hf.HFEngine``, its own decode
   loop with a static KV cache over one batch of all ``prompts x samples`` sequences, seeded per-row
   Gumbel sampling; TRL: one transformers ``generate`` of the whole generation batch, ``do_sample``,
   dynamic KV cache), temperature 1.0, top_p 1.0, no top-k;
@@ -29,7 +29,7 @@ What both sides do per step (made as equal as the two libraries allow):
   (TRL: ``min_new_tokens = max_new_tokens`` through ``generation_kwargs``; ours: an engine subclass
   that sets ``SamplingParams.min_tokens = max_tokens``), so both sides generate, score and train
   on the same number of tokens whatever the sampled text;
-* reward: ``rsgrpo.rewards`` ``binary`` with ``workers=0`` (math-verify, in-process)
+* reward: ``rsgrpo.train.rewards`` ``binary`` with ``workers=0`` (math-verify, in-process)
   on both sides;
 * advantages: group-normalised GRPO (ours: ``grpo`` with ``scale="std"``; TRL: ``scale_rewards=
   "group"``); no dynamic sampling (every group is trained on, as TRL does);
@@ -90,7 +90,7 @@ def worker_ours(spec: dict) -> dict:
     import torch
 
     from rsgrpo.train.config import from_dict
-    from rsgrpo.train.engines import HFEngine
+    from rsgrpo.train.engines.hf import HFEngine
     from rsgrpo.train.train import Trainer
 
     class ForcedLengthEngine(HFEngine):
@@ -103,7 +103,7 @@ def worker_ours(spec: dict) -> dict:
         "model_dir": spec["model_dir"], "train_data": spec["data"], "steps": spec["steps"],
         "prompts_per_step": spec["prompts"], "samples_per_prompt": spec["samples"],
         "max_new_tokens": spec["max_new_tokens"], "temperature": spec["temperature"], "top_p": spec["top_p"],
-        "method": "grpo", "method_params": {"scale": "std"}, "dynamic_sampling": False, "kl_coef": 0.0,
+        "estimator": "grpo", "estimator_params": {"scale": "std"}, "dynamic_sampling": False, "kl_coef": 0.0,
         "ppo_epochs": 1, "clip_low": spec["clip_low"], "clip_high": spec["clip_high"], "lr": spec["lr"],
         "weight_decay": spec["weight_decay"], "grad_clip": spec["grad_clip"], "warmup_steps": 0,
         "micro_batch_size": spec["micro"], "engine": "hf", "hf_batch_size": spec["prompts"] * spec["samples"],
@@ -151,10 +151,11 @@ def worker_trl(spec: dict) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rsgrpo.prepare.data import build_prompt, load_records
-    from rsgrpo.prepare.models import load_policy
+    from rsgrpo.prepare.data_sources import load_records
+    from rsgrpo.prepare.loading import load_policy
+    from rsgrpo.prepare.prompts import build_prompt
     from rsgrpo.train import rewards
-    from rsgrpo.train.engines import encode_prompts
+    from rsgrpo.train.engines.base import encode_prompts
 
     model, tok = load_policy(spec["model_dir"], dtype="float32")
     records = load_records({"source": "local", "path": spec["data"]})
@@ -163,7 +164,8 @@ def worker_trl(spec: dict) -> dict:
     trl_ids = tok(text=prompts)["input_ids"]
     ours_ids = encode_prompts(tok, prompts)
     if [list(x) for x in trl_ids] != ours_ids:
-        raise SystemExit("TRL's prompt token ids differ from rsgrpo.train.engines.encode_prompts; not the same prompts")
+        raise SystemExit("TRL's prompt token ids differ from rsgrpo.train.engines.base.encode_prompts; "
+                         "not the same prompts")
     ds = Dataset.from_list([{"prompt": p, "answer": str(r["answer"])} for p, r in zip(prompts, records)])
 
     timers = {"generate": 0.0, "reward": 0.0}
@@ -307,7 +309,7 @@ def main(argv=None) -> int:
         if not Path(py).is_file():
             raise SystemExit(f"{py} not found (TRL side: bash perf/setup_trl_venv.sh)")
 
-    from rsgrpo.prepare.data import load_records, write_records
+    from rsgrpo.prepare.data_sources import load_records, write_records
 
     t_start = time.perf_counter()
     rows, raw = [], []

@@ -1,2 +1,2 @@
 """rsgrpo: risk-sensitive RL for LLM exploration."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -23,7 +23,6 @@ or boolean rewards). No I/O, no model: these functions are safe to call from any
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 from collections.abc import Callable
 
@@ -364,16 +363,3 @@ def compute(name: str, rewards: torch.Tensor, **params) -> torch.Tensor:
     if missing:
         raise ValueError(f"{name}: missing required parameter(s) {missing}")
     return fn(rewards, **params)
-
-
-def binary_closed_form(beta: float, n: int, c: int) -> tuple[float, float]:
-    """RS-GRPO advantages ``(A+, A-)`` of a binary group with ``c`` of ``n`` correct (arXiv 2509.24261).
-
-    ``A+ = (1/beta)(e^beta / (1 + p(e^beta - 1)) - 1)``, ``A- = (1/beta)(1 / (1 + p(e^beta - 1)) - 1)``,
-    ``p = c/n``; beta = 0 gives ``(1-p, -p)``. Used by the advantage figure and as a test oracle.
-    """
-    p = c / n
-    if beta == 0:
-        return 1.0 - p, -p
-    denom = 1.0 + p * math.expm1(beta)
-    return (math.exp(beta) / denom - 1.0) / beta, (1.0 / denom - 1.0) / beta

@@ -9,8 +9,8 @@ Where a cell's files live is :mod:`rsgrpo.layout`'s business (:class:`~rsgrpo.la
 ``results/qwen7b/beta4/passk.csv`` is the cell qwen7b, its default train set, the method key
 :attr:`~rsgrpo.layout.Layout.BARE_BETA_METHOD`, beta 4; a non-default train set adds a path segment:
 ``results/qwen7b/dapo17k/grpo/...``); the index the analysis reads (``cells.csv``,
-``benchmarks.csv``) is written by :mod:`rsgrpo.cell_index`. Whether a method takes beta is a
-property of its estimator (:func:`rsgrpo.advantages.takes_beta`), not of its key.
+``benchmarks.csv``) is written by :mod:`rsgrpo.analysis.cell_index`. Whether a method takes beta is a
+property of its estimator (:func:`rsgrpo.estimators.takes_beta`), not of its key.
 
 Everything here is pure (dicts in, dataclasses out). Problems the JSON schema cannot express (unknown
 names across sections, parameters an estimator does not take, k > n, ...) raise :class:`ConfigError`
@@ -266,8 +266,8 @@ def train_settings(config: dict, cell: Cell, layout: Layout = LAYOUT) -> dict:
         model_dir=layout.model_dir(cell.model),
         train_data=train_data,
         prompt_template=model.get("template", "chat"),
-        method=method["estimator"],
-        method_params=params,
+        estimator=method["estimator"],
+        estimator_params=params,
     )
     settings.pop("run_dir", None)
     return settings

@@ -4,7 +4,7 @@ The Snakefile imports this module at parse time, so it uses the standard library
 helpers of ``workflow/rules/common.smk`` call :class:`Layout` methods (with wildcard strings where a
 rule needs a pattern, e.g. ``LAYOUT.passk(LAYOUT.cell_dir("{model}/{evalrun}"))``), the verbs that
 write a fixed set of files into an output folder take the file names from the constants below, and
-the analysis (:mod:`rsgrpo.cell_index`, :mod:`rsgrpo.figures`) reads evaluation folders through
+the analysis (:mod:`rsgrpo.analysis.cell_index`, :mod:`rsgrpo.analysis.figures`) reads evaluation folders through
 :meth:`Layout.passk` and friends. Nothing else spells these names.
 
 The tree, relative to the working directory (defaults of :class:`Layout`)::
@@ -52,7 +52,8 @@ GRADED = "graded.parquet"
 SAMPLES = "samples"  # folder of samples/<bench>.parquet
 METRICS = "metrics.csv"
 MANIFEST = "manifest.json"
-ROLLOUTS = "rollouts"  # <run_dir>/rollouts/step-000010.jsonl: training rollout samples (rsgrpo.rollout_log)
+RUN_LOG = "train.log"  # <run_dir>/train.log: every attempt's output, each after a header (rsgrpo.train.run_log)
+ROLLOUTS = "rollouts"  # <run_dir>/rollouts/step-000010.jsonl: training rollout samples (rsgrpo.train.rollout_log)
 # files the aggregate-level verbs write into their output folder
 CELLS_INDEX = "cells.csv"
 BENCHMARKS_INDEX = "benchmarks.csv"
@@ -61,7 +62,7 @@ BANDIT_CSV = "bandit.csv"
 BANDIT_PNG = "bandit.png"
 ADVANTAGES = "advantages"  # advantages.png + advantages.pdf
 
-# training checkpoints: <run_dir>/checkpoints/step-000100 (rsgrpo.checkpoint writes and finds them)
+# training checkpoints: <run_dir>/checkpoints/step-000100 (rsgrpo.train.checkpoint writes and finds them)
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT = re.compile(r"^step-(\d{6,})$")
 _EVAL_STEP = re.compile(r"^step(\d+)$")

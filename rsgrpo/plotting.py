@@ -1,7 +1,7 @@
 """The house style of every figure (matplotlib, headless) and the one way figures are saved.
 
-Used by the figure-writing verbs: :mod:`rsgrpo.plot_advantages` (Fig. 2), :mod:`rsgrpo.bandit_cli`
-(Fig. 3) and :mod:`rsgrpo.figures` (Figs. 4, 5, 7 and the entropy plot of arXiv 2509.24261).
+Used by the figure-writing verbs: :mod:`rsgrpo.analysis.plot_advantages` (Fig. 2), :mod:`rsgrpo.bandit.bandit`
+(Fig. 3) and :mod:`rsgrpo.analysis.figures` (Figs. 4, 5, 7 and the entropy plot of arXiv 2509.24261).
 Importing this module selects the non-interactive Agg backend.
 """
 

@@ -8,17 +8,17 @@ shape with the real Qwen vocabulary (``prepare-model`` source ``random``: offlin
 runs in its own process (a vLLM engine and a training run do not share a GPU's allocator), one after
 the other:
 
-* **rollout**: generated tokens/s of the trainer's engine (``rsgrpo.rollout.make_engine``: vLLM in
+* **rollout**: generated tokens/s of the trainer's engine (``rsgrpo.train.engines.make_engine``: vLLM in
   bf16 on a GPU) over ``prompts x samples`` completions of up to ``max_new`` tokens, and, for vLLM,
   of raw ``vllm.LLM.generate`` on the same prompts with the same engine settings: the overhead of
   our wrapper (ours / raw);
 * **train**, for each rank count of ``--ranks`` that the GPUs allow (1 rank: ZeRO-1; 2+: ZeRO-3):
-  ``steps`` steps of ``rsgrpo.train.Trainer`` (bf16-mixed, gradient checkpointing, the colocated
+  ``steps`` steps of ``rsgrpo.train.trainer.Trainer`` (bf16-mixed, gradient checkpointing, the colocated
   engine with sleep mode) after one warm-up step: training tokens/s and MFU of the update (6 FLOPs
   per parameter and token, 8 with checkpointing, over the GPU peak of the config's ``plan.gpu``),
   seconds of the weight refresh (trainer -> engine), and the peak GPU memory of a rank (the device's
   used memory at its highest, which counts vLLM's allocations too) next to the plan's prediction
-  (``rsgrpo.capacity``) and their ratio.
+  (``rsgrpo.plan.capacity``) and their ratio.
 
 On a machine without a GPU it runs the same steps on CPU with the transformers engine (``--engine
 hf``), which is how its plumbing is tested; the GPU figures then read "no GPU".
@@ -45,7 +45,8 @@ PEAK_TFLOPS = 989.0  # the plan's default GPU (H100 SXM dense BF16); --tflops fo
 
 
 def _prompts(tokenizer, count: int) -> list[str]:
-    from rsgrpo.prepare.data import build_prompt, generate_arithmetic
+    from rsgrpo.prepare.generators import generate_arithmetic
+    from rsgrpo.prepare.prompts import build_prompt
 
     return [build_prompt(r["problem"], template="plain", tokenizer=tokenizer)
             for r in generate_arithmetic(n=count, seed=0, difficulty=[1, 2, 3])]
@@ -66,8 +67,9 @@ def _gpu_used() -> float:
 def worker_rollout(spec: dict) -> dict:
     import torch
 
-    from rsgrpo.prepare.models import load_tokenizer
-    from rsgrpo.train.engines import SamplingParams, encode_prompts, generation_length, make_engine
+    from rsgrpo.prepare.loading import load_tokenizer
+    from rsgrpo.train.engines import make_engine
+    from rsgrpo.train.engines.base import SamplingParams, encode_prompts, generation_length
 
     tok = load_tokenizer(spec["model"])
     prompts = _prompts(tok, spec["prompts"])
@@ -79,7 +81,7 @@ def worker_rollout(spec: dict) -> dict:
         from vllm import LLM
         from vllm import SamplingParams as VParams
 
-        from rsgrpo.train.engines import vllm_llm_kwargs
+        from rsgrpo.train.engines.vllm import vllm_llm_kwargs
 
         llm = LLM(**vllm_llm_kwargs(spec["model"], dtype=dtype, max_model_len=max_len, **options))
         sampling = VParams(n=spec["samples"], temperature=1.0, max_tokens=spec["max_new"], seed=0)
@@ -108,13 +110,13 @@ def worker_train(spec: dict) -> dict:
     import torch
 
     from rsgrpo.train.config import from_dict
-    from rsgrpo.train.train import Trainer
+    from rsgrpo.train.trainer import Trainer
 
     gpu = torch.cuda.is_available()
     cfg = from_dict({
         "model_dir": spec["model"], "train_data": spec["data"], "steps": spec["steps"] + 1,
         "prompts_per_step": spec["prompts"], "samples_per_prompt": spec["samples"],
-        "max_new_tokens": spec["max_new"], "temperature": 1.0, "lr": 1e-6, "method": "grpo",
+        "max_new_tokens": spec["max_new"], "temperature": 1.0, "lr": 1e-6, "estimator": "grpo",
         "dynamic_sampling": False, "micro_batch_size": spec["micro"], "engine": spec["engine"],
         "precision": "bf16-mixed" if gpu else "fp32", "zero_stage": spec["zero_stage"] if gpu else 0,
         "gradient_checkpointing": True, "checkpoint_every": 0, "keep_last": 1, "progress": False,
@@ -169,9 +171,9 @@ def run_worker(kind: str, spec: dict, work: Path, ranks: int = 1) -> dict:
 
 def prompt_lengths(model_dir: str, records: list[dict]) -> list[int]:
     """Token counts of the training prompts (the plain template the training run uses)."""
-    from rsgrpo.prepare.data import build_prompt
-    from rsgrpo.prepare.models import load_tokenizer
-    from rsgrpo.train.engines import encode_prompts
+    from rsgrpo.prepare.loading import load_tokenizer
+    from rsgrpo.prepare.prompts import build_prompt
+    from rsgrpo.train.engines.base import encode_prompts
 
     tok = load_tokenizer(model_dir)
     return [len(ids) for ids in encode_prompts(tok, [build_prompt(r["problem"], template="plain", tokenizer=tok)
@@ -221,8 +223,9 @@ def main(argv=None) -> int:
     import torch
 
     from rsgrpo.plan.plan import model_shape
-    from rsgrpo.prepare.data import generate_arithmetic, write_records
-    from rsgrpo.prepare.models import prepare_model
+    from rsgrpo.prepare.data_sources import write_records
+    from rsgrpo.prepare.generators import generate_arithmetic
+    from rsgrpo.prepare.model_sources import prepare_model
 
     gpus = torch.cuda.device_count()
     engine = args.engine or ("vllm" if gpus else "hf")

@@ -1,13 +1,13 @@
 """Does the trainer learn? RS-GRPO (beta 2) on SmolLM2-135M-Instruct, offline arithmetic, CPU.
 
-Prepares SmolLM2 (``rsgrpo.models.prepare_model({"source": "smollm2"})``) if needed, then
+Prepares SmolLM2 (``rsgrpo.prepare.model_sources.prepare_model({"source": "smollm2"})``) if needed, then
 
 1. splits the DISTINCT problem texts of the arithmetic generator (levels ``--levels``) with a seeded
    shuffle into a held-out set (``--eval-n`` problems, default 64) and a training set (the rest, at
    most ``--train-n``); the two are disjoint by problem text, which the script asserts;
 2. evaluates the initial model on the held-out set: ``--eval-samples`` completions per problem
    (default 4) at the training sampling settings (temperature, top_p, max_new_tokens);
-3. trains with ``rsgrpo.train.Trainer`` (the code behind ``python -m rsgrpo train``: transformers
+3. trains with ``rsgrpo.train.trainer.Trainer`` (the code behind ``python -m rsgrpo train``: transformers
    rollouts, the ``binary`` math-verify reward, RS-GRPO advantages, dynamic sampling, DeepSpeed
    AdamW);
 4. evaluates the final checkpoint on the same held-out problems with the SAME per-sample seeds
@@ -21,9 +21,9 @@ and prints
   with ``answer_format: integer``, exactly the training reward of the real-model demo, config/demo-llm.yaml),
   a strict check independent of ``rsgrpo.grading`` (the last integer written in the completion
   equals the answer), and plain math-verify (``binary`` without the format); each as mean
-  per-problem pass@1 (= correct / samples, ``rsgrpo.passk.pass_at_k``) and pass@k for k = samples,
-  with a percentile-bootstrap 95% CI over problems (``rsgrpo.passk.bootstrap_ci``), the paired
-  after - before difference with a paired bootstrap CI (``rsgrpo.passk.paired_difference``), and
+  per-problem pass@1 (= correct / samples, ``rsgrpo.evaluate.passk.pass_at_k``) and pass@k for k = samples,
+  with a percentile-bootstrap 95% CI over problems (``rsgrpo.evaluate.passk.bootstrap_ci``), the paired
+  after - before difference with a paired bootstrap CI (``rsgrpo.evaluate.passk.paired_difference``), and
   how many problems got better / worse;
 * how many held-out completions give a final answer that restates an expression (not a literal
   integer, e.g. "5 + 8") and are counted correct: by plain math-verify, and by the guarded grader
@@ -84,7 +84,7 @@ def split_problems(levels: list[int], eval_n: int, train_n: int, seed: int) -> t
     draw (seed ``seed``), sorted, shuffled with ``seed`` and cut: the first ``eval_n`` are held out,
     the next (at most ``train_n``) are the training set.
     """
-    from rsgrpo.prepare.data import load_records
+    from rsgrpo.prepare.data_sources import load_records
 
     pool = load_records({"source": "generator", "name": "arithmetic", "n": 20000, "seed": seed,
                          "difficulty": levels, "answer_format": ANSWER_FORMAT})
@@ -134,9 +134,10 @@ def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: 
     Problem ``i`` samples with the per-problem seed ``(seed, i)``, so two evaluations of different
     checkpoints draw the same random numbers for the same problem."""
     from rsgrpo.grading import extract_answer, is_integer_literal
-    from rsgrpo.prepare.data import build_prompt
-    from rsgrpo.prepare.models import load_policy
-    from rsgrpo.train.engines import SamplingParams, make_engine, row_seed
+    from rsgrpo.prepare.loading import load_policy
+    from rsgrpo.prepare.prompts import build_prompt
+    from rsgrpo.train.engines import make_engine
+    from rsgrpo.train.engines.base import SamplingParams, row_seed
 
     model, tok = load_policy(model_dir)
     engine = make_engine("hf", model_dir=model_dir, model=model, tokenizer=tok, batch_size=batch_size)
@@ -204,10 +205,10 @@ def main(argv=None) -> int:
     import numpy as np
 
     from rsgrpo.evaluate.passk import bootstrap_ci, paired_difference, pass_at_k
-    from rsgrpo.prepare.data import write_records
-    from rsgrpo.prepare.models import prepare_model
+    from rsgrpo.prepare.data_sources import write_records
+    from rsgrpo.prepare.model_sources import prepare_model
     from rsgrpo.train.config import from_dict
-    from rsgrpo.train.train import Trainer
+    from rsgrpo.train.trainer import Trainer
 
     t_start = time.time()
     out = Path(args.out)
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
         "model_dir": str(model_dir), "train_data": str(train_path), "steps": args.steps,
         "prompts_per_step": args.prompts, "samples_per_prompt": args.samples,
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-        "lr": args.lr, "method": "rs_grpo", "method_params": {"beta": args.beta}, "engine": "hf",
+        "lr": args.lr, "estimator": "rs_grpo", "estimator_params": {"beta": args.beta}, "engine": "hf",
         "micro_batch_size": 16, "checkpoint_every": 0, "keep_last": 1, "run_dir": str(run_dir),
         "grading_workers": 0, "seed": 0, "reward_kind": "binary",
     }, "learning_smollm2")

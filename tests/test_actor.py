@@ -15,7 +15,7 @@ from train_helpers import FixedEngine, kill_after_first_checkpoint, metrics, run
 from rsgrpo.train import checkpoint as ckpt
 from rsgrpo.train.config import from_dict
 from rsgrpo.train.rewards import register
-from rsgrpo.train.train import Trainer
+from rsgrpo.train.trainer import Trainer
 
 RECORDS = [{"id": "a", "problem": "6*7", "answer": "42"}, {"id": "b", "problem": "40+2", "answer": "42"}]
 # completions of different lengths, so the token-mean loss is far from 0 (GRPO advantages sum to 0)
@@ -32,7 +32,7 @@ def fixed_rollout_run(model_dir, run_dir, *, precision, zero_stage, steps=5, lr=
     is the optimizer's alone, so two precisions can be compared step by step."""
     cfg = from_dict(dict(model_dir=str(model_dir), steps=steps, prompts_per_step=2, samples_per_prompt=4,
                          max_new_tokens=4, lr=lr, weight_decay=0.0, engine="hf", progress=False, seed=0,
-                         method="grpo", method_params={}, ppo_epochs=2, checkpoint_every=0,
+                         estimator="grpo", estimator_params={}, ppo_epochs=2, checkpoint_every=0,
                          reward_kind="test_actor_exact_42", precision=precision, zero_stage=zero_stage))
     trainer = Trainer(cfg, run_dir, records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:",
                       engine_factory=lambda model, tok, src: FixedEngine(tok, TABLE))

@@ -1,4 +1,4 @@
-"""Memory arithmetic of a job (rsgrpo.capacity): model states equal DeepSpeed's own estimators, and
+"""Memory arithmetic of a job (rsgrpo.plan.capacity): model states equal DeepSpeed's own estimators, and
 the update's predicted peak is within 25% of the measured one on CPU."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_predicted_update_peak_within_25_percent_of_the_measured_one(name):
     prediction. At that moment the gradients exist only as far as the backward has come: the output
     layer's (chunk phase) or all of them (rebuilt-layer phase)."""
     from rsgrpo.plan.plan import model_shape
-    from rsgrpo.prepare.models import shipped_config_path
+    from rsgrpo.prepare.loading import shipped_config_path
 
     config = MODELS[name]
     if isinstance(config, str):

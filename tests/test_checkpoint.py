@@ -18,10 +18,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+import rsgrpo  # noqa: E402
 from rsgrpo.train import checkpoint as ckpt  # noqa: E402
 from rsgrpo.train.config import from_dict  # noqa: E402
 from rsgrpo.train.rewards import register  # noqa: E402
-from rsgrpo.train.train import Trainer  # noqa: E402
+from rsgrpo.train.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ from train_helpers import write_run_inputs as _write_run_inputs  # noqa: E402
 
 
 def test_resume_after_sigkill_is_bit_exact(tiny_model_dir, tmp_path):
-    pytest.importorskip("rsgrpo.prepare.data")
+    pytest.importorskip("rsgrpo.prepare.data_sources")
     cfg, runner = _write_run_inputs(tmp_path, tiny_model_dir, logging=["tensorboard"])
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
 
@@ -135,6 +136,20 @@ def test_resume_refuses_another_config(tiny_model_dir, tmp_path):
     assert manifest["final_step"] == 2
 
 
+def test_checkpoints_of_versions_before_the_format_boundary_are_refused(tiny_model_dir, tmp_path):
+    """The state names its writer's version; a state without one (rsgrpo < 0.2.0, whose config hash and
+    state layout differ) is refused with the reason and the way out, before any hash comparison."""
+    run = tmp_path / "run"
+    _trainer(tiny_model_dir, run, steps=1, checkpoint_every=1).run()
+    (_, path), = ckpt.complete_checkpoints(run)
+    state = torch.load(path / ckpt.STATE_FILE, weights_only=True)
+    assert state[ckpt.FORMAT_KEY] == rsgrpo.__version__
+    del state[ckpt.FORMAT_KEY]
+    torch.save(state, path / ckpt.STATE_FILE)
+    with pytest.raises(ValueError, match=r"before 0\.2\.0.*CHANGELOG\.md.*new run_dir"):
+        _trainer(tiny_model_dir, run, steps=2).setup()
+
+
 def test_in_process_resume_matches_and_keep_last(tiny_model_dir, tmp_path):
     a = _trainer(tiny_model_dir, tmp_path / "a", checkpoint_every=1, keep_last=2).run()
     assert [c["step"] for c in a["checkpoints"]] == [3, 4]
@@ -167,20 +182,26 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
 
 def test_save_is_atomic_under_a_failing_writer(tiny_model_dir, tmp_path):
     """A writer that dies mid-save leaves only a temp dir, never a step dir."""
-    from rsgrpo.prepare.models import load_policy
+    from rsgrpo.prepare.loading import load_policy
 
     model, tok = load_policy(tiny_model_dir)
 
     class Unpicklable:
         pass
 
+    def save_checkpoint(step, state):  # the CheckpointWriter protocol with a single rank
+        writer = ckpt.CheckpointWriter(tmp_path, step, rank=0)
+        writer.write_resume(iter(()))
+        writer.write_model(model, tok)
+        return writer.commit(state)
+
     # pickling a local class: AttributeError up to Python 3.13, PicklingError from 3.14
     with pytest.raises((AttributeError, pickle.PicklingError), match="pickle"):
-        ckpt.save_checkpoint(tmp_path, 2, model=model, tokenizer=tok, state={"obj": Unpicklable()})
+        save_checkpoint(2, {"obj": Unpicklable()})
     assert ckpt.latest_checkpoint(tmp_path) is None
     assert not (tmp_path / "checkpoints" / "step-000002").exists()
     assert ckpt.clean_incomplete(tmp_path)  # the temp dir of checkpoint 2 is found and removed
-    path = ckpt.save_checkpoint(tmp_path, 3, model=model, tokenizer=tok, state={"step": 3})
+    path = save_checkpoint(3, {"step": 3})
     assert ckpt.latest_checkpoint(tmp_path) == (3, path)
     assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "checkpoints").iterdir())
 
@@ -261,7 +282,7 @@ def test_only_the_newest_checkpoints_keep_the_optimizer_state(tiny_model_dir, tm
 def test_weights_written_in_shards_load_as_one_checkpoint(tiny_model_dir, tmp_path):
     """The ZeRO-3 path: (name, tensor) pairs written in several safetensors shards plus their index
     (here 64 KiB shards) load back as the same model, in transformers as in the resume reader."""
-    from rsgrpo.prepare.models import load_policy
+    from rsgrpo.prepare.loading import load_policy
 
     model, tok = load_policy(tiny_model_dir)
     writer = ckpt.CheckpointWriter(tmp_path, 5, rank=0, shard_bytes=64 << 10)

@@ -11,13 +11,27 @@ import torch
 from rsgrpo.estimators import (
     ESTIMATORS,
     EXAMPLE_PARAMS,
-    binary_closed_form,
     compute,
     default_params,
     estimator_params,
     register,
     takes_beta,
 )
+
+
+def binary_closed_form(beta: float, n: int, c: int) -> tuple[float, float]:
+    """RS-GRPO advantages ``(A+, A-)`` of a binary group with ``c`` of ``n`` correct (arXiv 2509.24261).
+
+    ``A+ = (1/beta)(e^beta / (1 + p(e^beta - 1)) - 1)``, ``A- = (1/beta)(1 / (1 + p(e^beta - 1)) - 1)``,
+    ``p = c/n``; beta = 0 gives ``(1-p, -p)``. The paper's own formula: the oracle the estimator and the
+    figure are tested against.
+    """
+    p = c / n
+    if beta == 0:
+        return 1.0 - p, -p
+    denom = 1.0 + p * math.expm1(beta)
+    return (math.exp(beta) / denom - 1.0) / beta, (1.0 / denom - 1.0) / beta
+
 
 
 def binary_group(n, c):

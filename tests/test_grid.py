@@ -150,11 +150,11 @@ def test_train_settings_merge_order():
     cfg = paper()
     cell = G.cell_from_path(cfg, "qwen7b", "dapo17k/beta2")
     s = G.train_settings(cfg, cell)
-    assert s["method"] == "rs_grpo" and s["method_params"] == {"beta": 2.0}
+    assert s["estimator"] == "rs_grpo" and s["estimator_params"] == {"beta": 2.0}
     assert s["micro_batch_size"] == 4  # model override beats the training default
     assert s["lr"] == 1e-6 and s["train_data"] == "data/train/dapo17k.jsonl" and s["model_dir"] == "models/qwen7b"
     chen = G.train_settings(cfg, G.cell_from_path(cfg, "qwen7b", "chen"))
-    assert chen["method"] == "passk_chen" and chen["method_params"] == {"k": 4}
+    assert chen["estimator"] == "passk_chen" and chen["estimator_params"] == {"k": 4}
 
 
 def test_train_set_extra_fields_reach_the_trainer_spec():

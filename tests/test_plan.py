@@ -14,7 +14,8 @@ from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake
 from rsgrpo import cli
 from rsgrpo.plan import capacity
 from rsgrpo.plan.plan import load_workflow_config, meta_shape, model_shape, plan
-from rsgrpo.prepare.models import MODEL_CONFIGS, shipped_config_path, tiny_config
+from rsgrpo.prepare.loading import MODEL_CONFIGS, shipped_config_path
+from rsgrpo.prepare.tiny import tiny_config
 
 PUBLISHED_B = {"Qwen/Qwen2.5-Math-1.5B": 1.54, "Qwen/Qwen2.5-Math-7B": 7.62, "Qwen/Qwen2.5-7B": 7.62,
                "Qwen/Qwen3-4B-Base": 4.02, "meta-llama/Llama-3.1-8B-Instruct": 8.03}
@@ -100,7 +101,7 @@ def test_workflow_refuses_a_job_that_does_not_fit_at_parse_time(tmp_path):
 
 def test_the_plans_engine_share_is_the_trainers():
     from rsgrpo.plan.plan import COLOCATED_ENGINE_SHARE
-    from rsgrpo.train.engines import COLOCATED_VLLM_DEFAULTS
+    from rsgrpo.train.engines.vllm import COLOCATED_VLLM_DEFAULTS
 
     assert COLOCATED_ENGINE_SHARE == COLOCATED_VLLM_DEFAULTS["gpu_memory_utilization"]
 

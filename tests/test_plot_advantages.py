@@ -6,9 +6,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest
+from test_estimators import binary_closed_form
 
 from rsgrpo.analysis import plot_advantages
-from rsgrpo.estimators import binary_closed_form
 
 
 @pytest.fixture

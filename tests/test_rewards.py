@@ -15,8 +15,14 @@ def inputs(completions=COMPLETIONS, answers=GOLDS):
 
 
 def test_math_verify_rewards():
-    assert compute("binary", **inputs(), settings={"workers": 0}) == [1.0, 0.0, 0.0, 0.0]
-    assert compute("partial", **inputs(), settings={"workers": 0}) == [1.0, PARTIAL_FORMAT_CREDIT, 0.0, 0.0]
+    assert compute("binary", **inputs(), settings={"workers": 0}).values == [1.0, 0.0, 0.0, 0.0]
+    assert compute("partial", **inputs(), settings={"workers": 0}).values == [1.0, PARTIAL_FORMAT_CREDIT, 0.0, 0.0]
+    # the math rewards hand back what they extracted, so the trainer needs no grading code of its own
+    from rsgrpo.grading import extract_answer
+
+    assert compute("binary", **inputs(), settings={"workers": 0}).answers == [extract_answer(c) for c in COMPLETIONS]
+    assert compute("binary", **inputs(), settings={"workers": 0}).answers == ["5", "6", "6", None]
+    assert rewards.solved_at("binary") == rewards.solved_at("partial") == 1.0
     assert list(REWARDS)[:2] == ["binary", "partial"]
     assert reward_settings("binary") == {"workers": None, "timeout": 5.0}
 
@@ -28,11 +34,11 @@ def test_integer_records_make_restated_expressions_earn_nothing():
     guarded = inputs(completions, golds)
     for record in guarded["records"]:
         record["answer_format"] = "integer"
-    assert compute("binary", **plain, settings={"workers": 0}) == [1.0, 1.0, 1.0, 0.0, 1.0]
-    assert compute("binary", **guarded, settings={"workers": 0}) == [0.0, 0.0, 1.0, 0.0, 1.0]
+    assert compute("binary", **plain, settings={"workers": 0}).values == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert compute("binary", **guarded, settings={"workers": 0}).values == [0.0, 0.0, 1.0, 0.0, 1.0]
     # a boxed answer of the wrong format earns no format credit either
-    assert compute("partial", **plain, settings={"workers": 0}) == [1.0, 1.0, 1.0, PARTIAL_FORMAT_CREDIT, 1.0]
-    assert compute("partial", **guarded, settings={"workers": 0}) == [0.0, 0.0, 1.0, PARTIAL_FORMAT_CREDIT, 1.0]
+    assert compute("partial", **plain, settings={"workers": 0}).values == [1.0, 1.0, 1.0, PARTIAL_FORMAT_CREDIT, 1.0]
+    assert compute("partial", **guarded, settings={"workers": 0}).values == [0.0, 0.0, 1.0, PARTIAL_FORMAT_CREDIT, 1.0]
     guarded["records"][1]["answer_format"] = "integers"
     with pytest.raises(ValueError, match="record '1': answer_format must be one of 'any', 'integer', got 'integers'"):
         compute("binary", **guarded, settings={"workers": 0})
@@ -49,7 +55,22 @@ def test_a_registered_reward_sees_every_record_field_and_no_settings():
     for record, extra in zip(args["records"], ["xy", "xyz"]):
         record["extra"] = extra
     # grading settings are offered but this reward declares none, so it never receives them
-    assert compute("test_rewards_problem_length", **args, settings={"workers": 0, "timeout": 1.0}) == [2.0, 3.0]
+    out = compute("test_rewards_problem_length", **args, settings={"workers": 0, "timeout": 1.0})
+    assert out.values == [2.0, 3.0] and out.answers is None  # a plain list: values only, nothing extracted
+    assert rewards.solved_at("test_rewards_problem_length") == 1.0  # the default meaning of "solved"
+
+
+@register("test_rewards_graded_half", solved_at=0.5)
+def graded_half(*, completions, answers, problems, records):
+    return rewards.RewardOutput([0.5] * len(completions), [c[:1] or None for c in completions])
+
+
+def test_a_reward_states_what_solved_means_and_may_return_its_answers():
+    out = compute("test_rewards_graded_half", **inputs(completions=["ab", ""], answers=["1", "2"]))
+    assert out == rewards.RewardOutput([0.5, 0.5], ["a", None])
+    assert rewards.solved_at("test_rewards_graded_half") == 0.5
+    with pytest.raises(ValueError, match="unknown reward 'dense'"):
+        rewards.solved_at("dense")
 
 
 def test_register_refuses_duplicates_and_bad_signatures():
@@ -72,6 +93,11 @@ def short(*, completions, answers, problems, records):
     return [1.0]
 
 
+@register("test_rewards_few_answers")
+def few_answers(*, completions, answers, problems, records):
+    return rewards.RewardOutput([0.0] * len(completions), [None])
+
+
 def test_compute_checks_what_a_reward_returns():
     with pytest.raises(ValueError, match="unknown reward 'dense'; registered rewards: \\['binary'"):
         compute("dense", **inputs())
@@ -79,6 +105,8 @@ def test_compute_checks_what_a_reward_returns():
         compute("test_rewards_broken", **inputs())
     with pytest.raises(ValueError, match="returned 1 values for 4 completions"):
         compute("test_rewards_short", **inputs())
+    with pytest.raises(ValueError, match="returned 1 answers for 4 completions"):
+        compute("test_rewards_few_answers", **inputs())
     with pytest.raises(ValueError, match="3 answers for 4 completions"):
         compute("binary", **{**inputs(), "answers": GOLDS[:3]})
     assert rewards.REWARD_INPUTS == ("completions", "answers", "problems", "records")

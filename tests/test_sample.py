@@ -9,7 +9,8 @@ import pytest
 
 from rsgrpo import cli
 from rsgrpo.evaluate import sample as sample_mod
-from rsgrpo.train.engines import HFEngine, SamplingParams, row_seed
+from rsgrpo.train.engines.base import SamplingParams, row_seed
+from rsgrpo.train.engines.hf import HFEngine
 
 PROBLEMS = [
     {"id": "p1", "problem": "What is 1+1?", "answer": "2"},
@@ -54,7 +55,7 @@ def test_sample_cli_end_to_end(tiny_model_dir, bench, tmp_path, capsys, caplog):
     assert (df.loc[~df["finished"], "num_tokens"] == 12).all()
     assert not out.with_name(out.name + ".parts").exists()
     # Sample j of a problem is exactly the engine's completion under that (problem, j) seed.
-    from rsgrpo.prepare.data import build_prompt
+    from rsgrpo.prepare.prompts import build_prompt
 
     eng = HFEngine(tiny_model_dir)
     prompt = build_prompt(PROBLEMS[1]["problem"], template="chat", tokenizer=eng.tokenizer)
@@ -180,7 +181,7 @@ def test_auto_engine_on_a_gpu_machine_without_vllm_fails_before_the_model_loads(
 
 
 def test_sampling_dtype_defaults_to_the_checkpoints_own(tiny_model_dir, bench, tmp_path, monkeypatch):
-    from rsgrpo.prepare.models import checkpoint_dtype, load_policy
+    from rsgrpo.prepare.loading import checkpoint_dtype, load_policy
 
     bf16 = tmp_path / "bf16"
     model, tok = load_policy(tiny_model_dir, dtype="bfloat16")

@@ -45,7 +45,7 @@ def test_single_cell_schedules_exactly_its_jobs(tmp_path):
     assert job_counts(out.stdout + out.stderr) == {
         "prepare_model": 1, "prepare_data": 7, "train": 1, "sample": 6, "score": 1}
     text = out.stdout + out.stderr
-    assert "--set=method_params={\"beta\": 4.0}" in text.replace("'", "")
+    assert "--set=estimator_params={\"beta\": 4.0}" in text.replace("'", "")
     assert "python -m rsgrpo train --nproc 4 " in text  # models.qwen7b.gpus: one rank per GPU
     assert "runs/qwen7b/beta4" in text and "models/qwen7b" in text
 

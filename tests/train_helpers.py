@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-import rsgrpo.train.train as train
+import rsgrpo.train.trainer as train
 from rsgrpo.train.rewards import register
 
 @register("has_digit")
@@ -150,14 +150,14 @@ class FixedEngine:
     engine cuts a completion that reaches the length limit; every other text ends with EOS."""
 
     def __init__(self, tokenizer, table, cut=()):
-        from rsgrpo.train.engines import encode_prompts
+        from rsgrpo.train.engines.base import encode_prompts
 
         self.tok, self.table, self.encode, self.cut = tokenizer, table, encode_prompts, set(cut)
         self.loads = 0
         self.prompts = []  # every prompt generated for, in order
 
     def generate(self, prompts, params, *, seeds=None):
-        from rsgrpo.train.engines import Completion
+        from rsgrpo.train.engines.base import Completion
 
         out = []
         self.prompts += list(prompts)
@@ -180,6 +180,12 @@ class FixedEngine:
 
     def describe(self):
         return "fixed (hand-made completions)"
+
+    def sleep(self):  # the engine contract (rsgrpo.train.engines.base.RolloutEngine): nothing to free
+        pass
+
+    def wake_up(self):
+        pass
 
     def close(self):
         pass

@@ -14,7 +14,7 @@ All ``len(betas) * seeds`` bandits advance together as one ``[runs, arms]`` arra
 Python loop is over updates, which are inherently sequential. Arms are drawn by inverse-CDF sampling
 from per-seed uniform streams shared by every beta (common random numbers), so a (beta, seed) run does
 not depend on which other betas are simulated beside it and differences between betas are not noise
-between streams. Pure computation, no I/O: the CLI lives in :mod:`rsgrpo.bandit_cli`.
+between streams. Pure computation, no I/O: the CLI lives in :mod:`rsgrpo.bandit.bandit`.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _sample_arms_np(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 
 def _rs_grpo_np(r: np.ndarray, beta: np.ndarray, risk_seeking=None, safe_beta=None) -> np.ndarray:
-    """numpy twin of :func:`rsgrpo.advantages.rs_grpo_kernel` (same stable form; tests pin them equal).
+    """numpy twin of :func:`rsgrpo.estimators.rs_grpo_kernel` (same stable form; tests pin them equal).
 
     ``risk_seeking = beta > 0`` and ``safe_beta`` (beta, 1 where beta = 0) may be passed precomputed.
     """

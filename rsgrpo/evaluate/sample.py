@@ -7,7 +7,7 @@ at ``max_tokens``). Rows are ordered by benchmark order, then ``sample_idx``.
 Why it is built this way:
 
 * Reproducible independently of chunking: sample ``j`` of problem ``p`` is drawn with its own seed
-  ``row_seed(row_seed(seed, hash(p.id)), j)`` (see :mod:`rsgrpo.rollout`), so the samples do not
+  ``row_seed(row_seed(seed, hash(p.id)), j)`` (see :mod:`rsgrpo.train.engines`), so the samples do not
   depend on ``--chunk-size``, ``--sample-chunk-size``, ``--batch-size`` or on a resume.
 * Resumable: work is split into parts of (``--chunk-size`` problems) x (``--sample-chunk-size``
   sample indices); each finished part is written atomically to ``<out>.parts/`` and skipped on a
@@ -27,7 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from rsgrpo.prepare.data import PROMPT_TEMPLATES
+from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
+from rsgrpo.train.engines import ENGINE_KINDS
 
 COLUMNS = ["problem_id", "sample_idx", "text", "num_tokens", "finished"]
 PARTS_CONFIG = "config.json"
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 
 def read_benchmark(path: str | Path) -> list[dict]:
     """Records ``{id, problem, answer}`` of a benchmark file (JSONL or parquet), checked by
-    :func:`rsgrpo.data.load_records` (missing fields, empty answers, duplicate ids name the file)."""
-    from rsgrpo.prepare.data import load_records
+    :func:`rsgrpo.prepare.data_sources.load_records` (missing fields, empty answers, duplicate ids name the file)."""
+    from rsgrpo.prepare.data_sources import load_records
 
     path = Path(path)
     if not path.is_file():
@@ -51,7 +52,7 @@ def read_benchmark(path: str | Path) -> list[dict]:
 
 def problem_seed(seed: int, problem_id: str) -> int:
     """Seed of one problem: mixes the run seed with a stable hash of the problem id."""
-    from rsgrpo.train.engines import row_seed
+    from rsgrpo.train.engines.base import row_seed
 
     h = int.from_bytes(hashlib.blake2b(str(problem_id).encode(), digest_size=8).digest(), "little") >> 1
     return row_seed(seed, h)
@@ -116,16 +117,10 @@ def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int 
     import pandas as pd
     from tqdm import tqdm
 
-    from rsgrpo.prepare.data import build_prompt
-    from rsgrpo.prepare.models import load_tokenizer
-    from rsgrpo.train.engines import (
-        SamplingParams,
-        encode_prompts,
-        generation_length,
-        make_engine,
-        resolve_engine_kind,
-        row_seed,
-    )
+    from rsgrpo.prepare.loading import load_tokenizer
+    from rsgrpo.prepare.prompts import build_prompt
+    from rsgrpo.train.engines import make_engine, resolve_engine_kind
+    from rsgrpo.train.engines.base import SamplingParams, encode_prompts, generation_length, row_seed
 
     model, benchmark, out = Path(model), Path(benchmark), Path(out)
     if not (model / "config.json").is_file():
@@ -212,7 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=256, help="max new tokens per sample")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto")
+    parser.add_argument("--engine", choices=ENGINE_KINDS, default="auto")
     parser.add_argument("--template", choices=PROMPT_TEMPLATES, default="chat")
     parser.add_argument("--chunk-size", type=int, default=8,
                         help="problems per resumable part (does not change the samples)")

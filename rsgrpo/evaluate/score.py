@@ -113,7 +113,7 @@ def score(
 
     from rsgrpo.evaluate.passk import bootstrap_ci, pass_at_k, powers_of_two
     from rsgrpo.grading import grade_report, record_answer_format
-    from rsgrpo.prepare.data import load_records
+    from rsgrpo.prepare.data_sources import load_records
 
     samples_paths = [Path(p) for p in _as_list(samples, "samples file")]
     benchmark_paths = [Path(p) for p in _as_list(benchmark, "benchmark file")]

@@ -1,6 +1,6 @@
 """Answer formats: what a final answer must look like before math-verify may compare it.
 
-A dataset spec's ``answer_format`` (:mod:`rsgrpo.data`) says which answers its problems accept:
+A dataset spec's ``answer_format`` (:mod:`rsgrpo.prepare.data_sources`) says which answers its problems accept:
 
 * ``any`` (the default): every extracted answer goes to math-verify.
 * ``integer``: the extracted answer must be a literal integer (:func:`is_integer_literal`); any

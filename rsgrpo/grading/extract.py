@@ -294,7 +294,7 @@ def _strip_sentence_period(answer: str) -> str:
 def extract_answer_with_source(text: str) -> tuple[str | None, str | None]:
     """``(answer, source)`` where source is ``"boxed"``, ``"fallback"`` or None (no answer).
 
-    The source lets the "partial" reward (rsgrpo.rewards) give format credit only to well-formed
+    The source lets the "partial" reward (rsgrpo.train.rewards) give format credit only to well-formed
     boxed answers.
     """
     if not isinstance(text, str) or not text:

@@ -16,7 +16,7 @@ keys and values), the attention output, the MLP input, gate, up, SiLU and produc
 itself is SDPA's memory-efficient kernel: no [L, L] scores are kept), plus a few hidden-size tensors
 per token outside the layers (final norm, the head's input). With gradient checkpointing a layer keeps
 only its input, and the backward pass rebuilds one layer at a time. The output layer runs over
-``logprob_chunk_tokens`` completion tokens at a time (``rsgrpo.loss``): float32 logits and their
+``logprob_chunk_tokens`` completion tokens at a time (``rsgrpo.train.loss``): float32 logits and their
 gradient, [chunk, vocabulary] each. The
 update's peak is the larger of its two phases: the output layer over a chunk (everything kept, plus
 the chunk) or, with checkpointing, a layer rebuilt in the backward pass. The element counts were

@@ -4,13 +4,13 @@ config, before anything is submitted.
 For each training job (a cell with training) and each sampling job (a model's evaluated checkpoints
 on one benchmark) the plan gives, per GPU, the bytes of weights, gradients, fp32 master weights,
 AdamW state, one micro-batch's activations at the longest sequence, the output layer's log-prob
-chunk and the rollout engine (``rsgrpo.capacity`` holds the arithmetic and its sources), the total
+chunk and the rollout engine (``rsgrpo.plan.capacity`` holds the arithmetic and its sources), the total
 against the GPU's memory (``models.<key>.gpu_memory_gb``) with the largest component named, and the
 tokens, FLOPs and GPU-hours of the run under the throughput assumptions of the config's ``plan``
 section.
 
 The model's shape comes from its config.json alone (no weights): the prepared checkpoint's when
-``models/<key>`` exists, else the config shipped in ``rsgrpo/model_configs`` for the paper's hub models
+``models/<key>`` exists, else the config shipped in ``rsgrpo/prepare/model_configs`` for the paper's hub models
 (architecture numbers only), a ``local`` spec's own, or the tiny model's options. Standard decoders
 (Llama, Qwen2/3, Mistral) are counted by arithmetic, which equals transformers' meta-device build
 (tested) and keeps the workflow's config check fast; any other architecture is built on the meta device.
@@ -29,7 +29,7 @@ from pathlib import Path
 from rsgrpo.plan import capacity
 from rsgrpo.plan.capacity import GB, Shape
 
-COLOCATED_ENGINE_SHARE = 0.3   # rsgrpo.rollout.COLOCATED_VLLM_DEFAULTS (no torch import at parse time)
+COLOCATED_ENGINE_SHARE = 0.3   # rsgrpo.train.engines.COLOCATED_VLLM_DEFAULTS (no torch import at parse time)
 SAMPLE_ENGINE_SHARE = 0.9      # vLLM's own default gpu_memory_utilization for a GPU of its own
 COMPONENTS = ["weights", "gradients", "master_weights", "optimizer", "activations", "logprob_chunk",
               "rollout_engine"]
@@ -47,12 +47,13 @@ class MissingModelConfig(ValueError):
 
 def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
     """config.json of a workflow model (see the module docstring for where it comes from)."""
-    from rsgrpo.prepare.models import parse_spec, shipped_config, shipped_config_path
+    from rsgrpo.prepare.loading import shipped_config, shipped_config_path
+    from rsgrpo.prepare.model_sources import parse_model_spec
 
     prepared = Path(model_dir) / "config.json"
     if prepared.is_file():
         return json.loads(prepared.read_text())
-    spec = parse_spec(model["spec"])
+    spec = parse_model_spec(model["spec"])
     source = spec["source"]
     if source == "hub" and shipped_config_path(spec["id"]).is_file():
         return json.loads(shipped_config_path(spec["id"]).read_text())
@@ -63,17 +64,17 @@ def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
     if source == "local" and (Path(spec["path"]) / "config.json").is_file():
         return json.loads((Path(spec["path"]) / "config.json").read_text())
     if source == "tiny":
-        from rsgrpo.prepare.models import tiny_config
+        from rsgrpo.prepare.tiny import tiny_config
 
         options = {k: v for k, v in spec.items() if k not in ("source", "name", "seed")}
         return tiny_config(**options).to_dict()
     if source == "pretrain":
-        from rsgrpo.prepare.models import tiny_config
         from rsgrpo.prepare.pretrain import model_options
+        from rsgrpo.prepare.tiny import tiny_config
 
         return tiny_config(**model_options(spec)).to_dict()
     raise MissingModelConfig(f"models.{key}: no config.json to plan from (spec {spec}): none is shipped in "
-                     f"rsgrpo/model_configs for it; run `python -m rsgrpo prepare-model` for it first "
+                     f"rsgrpo/prepare/model_configs for it; run `python -m rsgrpo prepare-model` for it first "
                      f"(the plan then reads {prepared})")
 
 

@@ -16,15 +16,37 @@ the busiest rank.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rsgrpo.train import distributed as dist_utils
 from rsgrpo.train.config import TrainConfig, compute_dtype
+from rsgrpo.train.distributed import collectives, zero_state
 from rsgrpo.train.loss import Batch, build_batch, policy_loss, to_token_layout, token_logprobs
 
-__all__ = ["Actor", "deepspeed_config"]
+__all__ = ["Actor", "UpdateStats", "deepspeed_config"]
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """What one update reports: loss, clip fraction, KL and gradient norm averaged over its
+    ``ppo_epochs`` optimizer steps and the whole global batch, the lr, and the token entropy of this
+    rank's pairs under the policy before the update (sum and token count, summed over ranks by the
+    caller). :meth:`none` is a step without an update."""
+
+    loss: float
+    clip_frac: float
+    kl: float
+    grad_norm: float
+    lr: float
+    entropy_sum: float = 0.0
+    entropy_tokens: int = 0
+
+    @classmethod
+    def none(cls, lr: float) -> UpdateStats:
+        nan = float("nan")
+        return cls(loss=nan, clip_frac=nan, kl=nan, grad_norm=nan, lr=lr)
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (prompt token ids, completion token ids)
 
@@ -61,7 +83,7 @@ class Actor:
     def __init__(self, cfg: TrainConfig, source: str, masters: Mapping[str, torch.Tensor] | None = None):
         import deepspeed
 
-        from rsgrpo.prepare.models import SafetensorsWeights, load_policy
+        from rsgrpo.prepare.loading import SafetensorsWeights, load_policy
 
         self.cfg = cfg
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
@@ -76,10 +98,10 @@ class Actor:
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
                                                     config=deepspeed_config(cfg))
         if cfg.precision == "bf16-mixed":  # masters from the exact fp32 values, not the bf16 rounding
-            dist_utils.load_master_weights(self.model, masters if masters is not None else SafetensorsWeights(source))
+            zero_state.load_master_weights(self.model, masters if masters is not None else SafetensorsWeights(source))
         # The torch optimizer that owns the moments: AdamW itself (stage 0) or the AdamW over the
         # flat fp32 partitions inside DeepSpeed's ZeRO optimizer (stages 1-3).
-        self.inner_optimizer = dist_utils._inner_optimizer(self.engine)
+        self.inner_optimizer = zero_state.inner_optimizer(self.engine)
         self.model.train()
         self.ref_model = None
         if cfg.kl_coef > 0:
@@ -92,7 +114,7 @@ class Actor:
     def _micro_batch_count(self, n_pairs: int) -> int:
         """Micro-batches every rank runs: the busiest rank's count (a collective)."""
         size = self.cfg.micro_batch_size
-        return int(dist_utils.all_reduce([-(-n_pairs // size)], "max")[0])
+        return int(collectives.all_reduce([-(-n_pairs // size)], "max")[0])
 
     def _dummy_batch(self) -> Batch:
         """One pad-token "prompt" and one pad-token "completion", fully masked: contributes nothing."""
@@ -132,16 +154,14 @@ class Actor:
 
     # -- the update ------------------------------------------------------------------------------
     def update(self, pairs: Sequence[Pair], advantages: torch.Tensor, lr: float,
-               old_logp: list[torch.Tensor] | None = None) -> dict:
+               old_logp: list[torch.Tensor] | None = None) -> UpdateStats:
         """PPO update on this rank's ``pairs`` with one advantage per pair.
 
         ``old_logp``: per-pair completion-token log-probs of the policy before the update. When not
         given: with ``ppo_epochs`` 1 the update is on-policy and the old log-probs are the detached
         log-probs of its own forward (ratio 1, no extra pass); with more epochs a no-grad pass
-        computes them first. Every rank calls this together (a rank may have no pairs). Returns
-        loss / clip_frac / kl / grad_norm (averages over the ``ppo_epochs`` optimizer steps, over the
-        whole global batch), the lr, and ``entropy_sum`` / ``entropy_tokens`` of this rank's pairs
-        under the policy before the update (from the first epoch's forward).
+        computes them first. Every rank calls this together (a rank may have no pairs). The entropy
+        comes from the first epoch's forward.
 
         Token mean over the GLOBAL batch: each rank divides its token sum by ``n_global / W`` and
         DeepSpeed averages gradients over the W ranks, so the gradient is that of
@@ -150,7 +170,7 @@ class Actor:
         if old_logp is None and self.cfg.ppo_epochs > 1:
             old_logp, _ = self.logprobs(pairs)
         ref_logp = self.logprobs(pairs, reference=True)[0] if self.ref_model is not None else None
-        n_global = dist_utils.all_reduce([sum(len(completion) for _, completion in pairs)])[0]
+        n_global = collectives.all_reduce([sum(len(completion) for _, completion in pairs)])[0]
         for group in self.inner_optimizer.param_groups:
             group["lr"] = lr
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "tokens": 0.0, "grad_norm": 0.0,
@@ -159,12 +179,12 @@ class Actor:
         for epoch in range(self.cfg.ppo_epochs):
             self._optimizer_step(pairs, count, advantages, old_logp, ref_logp, n_global, totals,
                                  with_entropy=epoch == 0)
-        epochs, world = self.cfg.ppo_epochs, dist_utils.info().world_size
-        loss, clipped, kl, tokens = dist_utils.all_reduce(
+        epochs, world = self.cfg.ppo_epochs, collectives.info().world_size
+        loss, clipped, kl, tokens = collectives.all_reduce(
             [totals["loss"], totals["clipped"], totals["kl"], totals["tokens"]])
-        return {"loss": loss / world / epochs, "clip_frac": clipped / max(tokens, 1.0),
-                "kl": kl / max(tokens, 1.0), "grad_norm": totals["grad_norm"] / epochs, "lr": lr,
-                "entropy_sum": totals["entropy_sum"], "entropy_tokens": totals["entropy_tokens"]}
+        return UpdateStats(loss=loss / world / epochs, clip_frac=clipped / max(tokens, 1.0), kl=kl / max(tokens, 1.0),
+                           grad_norm=totals["grad_norm"] / epochs, lr=lr, entropy_sum=totals["entropy_sum"],
+                           entropy_tokens=totals["entropy_tokens"])
 
     def _optimizer_step(self, pairs, count, advantages, old_logp, ref_logp, n_global, totals, *,
                         with_entropy: bool) -> None:
@@ -179,7 +199,7 @@ class Actor:
             ref = None if ref_logp is None else self._token_layout(ref_logp, rows, mask)
             adv = (advantages[rows] if rows else torch.zeros(1)).to(self.device)
             loss, stats = policy_loss(logp, old, adv, mask, clip_low=self.cfg.clip_low, clip_high=self.cfg.clip_high,
-                                      n_tokens=n_global / dist_utils.info().world_size, ref_logp=ref,
+                                      n_tokens=n_global / collectives.info().world_size, ref_logp=ref,
                                       kl_coef=self.cfg.kl_coef)
             # Gradients are reduced across ranks once, after the last micro-batch.
             self.engine.set_gradient_accumulation_boundary(index == count - 1)
@@ -217,17 +237,41 @@ class Actor:
     # -- weights and optimizer state -------------------------------------------------------------
     def full_weights(self, *, include_aliases: bool = True):
         """``(name, full tensor)`` of every weight; a collective under ZeRO-3 (gathered by buckets)."""
-        return dist_utils.gathered_parameters(self.model, include_aliases=include_aliases)
+        return zero_state.gathered_parameters(self.model, include_aliases=include_aliases)
 
     def resume_tensors(self, *, rank: int, world_size: int):
         """This rank's share of what resume needs beyond the HF weights: AdamW moments and, for
         bf16-mixed, fp32 masters (a collective every rank iterates; see
-        :func:`rsgrpo.distributed.owned_state_tensors`)."""
-        return dist_utils.owned_state_tensors(self.engine, self.model, rank=rank, world_size=world_size,
+        :func:`rsgrpo.train.distributed.zero_state.owned_state_tensors`)."""
+        return zero_state.owned_state_tensors(self.engine, self.model, rank=rank, world_size=world_size,
                                               masters=self.cfg.precision == "bf16-mixed")
 
+    def write_checkpoint_files(self, writer, *, rank: int, world_size: int, is_main: bool) -> None:
+        """This rank's part of a checkpoint (:class:`rsgrpo.train.checkpoint.CheckpointWriter`): its
+        share of the optimizer state, and on rank 0 the HF weights. Every rank calls it: assembling
+        each state tensor is a collective, and so is the ZeRO-3 gather of the weights (bucket by
+        bucket; rank 0 writes them, the others only take part)."""
+        writer.write_resume(self.resume_tensors(rank=rank, world_size=world_size))
+        if self.cfg.zero_stage == 3:
+            weights = self.full_weights(include_aliases=False)
+            if is_main:
+                writer.write_weights(self.model, self.tokenizer, weights)
+            else:
+                for _ in weights:
+                    pass
+        elif is_main:
+            writer.write_model(self.model, self.tokenizer)
+
+    def sync_engine(self, engine) -> None:
+        """Hand the rollout engine the current weights: the module itself, or under ZeRO-3 (where the
+        module holds one partition) the full weights gathered bucket by bucket, a collective."""
+        if self.cfg.zero_stage == 3:
+            engine.load_named_weights(self.full_weights())
+        else:
+            engine.load_weights(self.model)
+
     def optimizer_step_count(self) -> int:
-        return dist_utils.optimizer_step_count(self.engine)
+        return zero_state.optimizer_step_count(self.engine)
 
     def load_optimizer_state(self, state: dict) -> None:
-        dist_utils.load_full_optimizer_state(self.engine, self.model, state)
+        zero_state.load_full_optimizer_state(self.engine, self.model, state)

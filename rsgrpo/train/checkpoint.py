@@ -23,8 +23,8 @@ Why atomic: a run may be SIGKILLed at any instant (preemption, OOM killer). Ever
 then renames the directory to its final name (``rename`` is atomic on POSIX). A directory counts as
 a checkpoint only if its name matches ``step-\\d{6}`` AND it holds the marker, so temp dirs and any
 marker-less leftovers are ignored (and cleaned up) on resume; it is resumable only with its
-``resume/trainer_state.pt`` (or the single ``trainer_state.pt`` of earlier versions, which held the
-whole optimizer state and still resumes).
+``resume/trainer_state.pt``. The trainer state records the rsgrpo version that wrote it
+(``FORMAT_KEY``): checkpoints of versions before 0.2.0 have none and do not resume (CHANGELOG.md).
 
 Why not ``DeepSpeedEngine.save_checkpoint``: its loader unpickles arbitrary objects (its optimizer
 state contains a ``LossScaler`` instance), while this project loads only with safetensors or
@@ -40,7 +40,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,15 @@ from rsgrpo.io import atomic_path
 from rsgrpo.layout import CHECKPOINTS, MANIFEST, checkpoint_name, checkpoint_step  # the workflow layout's names
 
 __all__ = ["MARKER", "STATE_FILE", "RESUME_DIR", "checkpoint_name", "complete_checkpoints", "resumable_checkpoints",
-           "latest_checkpoint", "CheckpointWriter", "save_checkpoint", "load_state", "lock_run_dir", "prune",
+           "latest_checkpoint", "CheckpointWriter", "load_state", "lock_run_dir", "prune",
            "capture_rng", "restore_rng", "clean_incomplete", "write_manifest", "resume_state", "ShardedTensors"]
 
 MARKER = "COMPLETE"
 RESUME_DIR = "resume"
 STATE_FILE = f"{RESUME_DIR}/trainer_state.pt"
-LEGACY_STATE_FILE = "trainer_state.pt"  # earlier versions: the whole optimizer state in one file
+# Key of the trainer state naming the rsgrpo version that wrote it; resume needs FIRST_RESUMABLE or later.
+FORMAT_KEY = "rsgrpo_version"
+FIRST_RESUMABLE = "0.2.0"
 SHARD_BYTES = 1 << 30  # the most a rank buffers before it writes a file
 
 
@@ -78,7 +80,7 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def _resumable(path: Path) -> bool:
-    return (path / STATE_FILE).is_file() or (path / LEGACY_STATE_FILE).is_file()
+    return (path / STATE_FILE).is_file()
 
 
 def resumable_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -199,8 +201,11 @@ class CheckpointWriter:
 
     def commit(self, state: dict[str, Any]) -> Path:
         """Rank 0, after every rank's :meth:`write_resume`: the trainer state (tensors and plain types
-        only, reloaded with weights_only=True), fsync, the marker, the atomic rename."""
-        torch.save(state, self.tmp / STATE_FILE)
+        only, reloaded with weights_only=True) stamped with the writing version, fsync, the marker, the
+        atomic rename."""
+        from rsgrpo import __version__
+
+        torch.save({**state, FORMAT_KEY: __version__}, self.tmp / STATE_FILE)
         (self.tmp / MARKER).write_text(json.dumps({"step": self.step}) + "\n")
         _fsync_tree(self.tmp)
         if self.final.exists():  # a leftover of an earlier attempt at the same step: replace it
@@ -212,16 +217,6 @@ class CheckpointWriter:
         finally:
             os.close(fd)
         return self.final
-
-
-def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, state: dict[str, Any],
-                    resume_tensors: Iterable[tuple[str, torch.Tensor]] = ()) -> Path:
-    """Checkpoint ``step`` written by one process alone (the :class:`CheckpointWriter` protocol
-    with a single rank); returns its final path."""
-    writer = CheckpointWriter(run_dir, step, rank=0)
-    writer.write_resume(iter(resume_tensors))
-    writer.write_model(model, tokenizer)
-    return writer.commit(state)
 
 
 LOCK_FILE = ".lock"
@@ -295,12 +290,12 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not (path / MARKER).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     if not (path / STATE_FILE).is_file():
-        if (path / LEGACY_STATE_FILE).is_file():  # earlier versions: one file holds everything
-            state = torch.load(path / LEGACY_STATE_FILE, map_location="cpu", weights_only=True)
-            state.setdefault("masters", None)  # those versions trained in fp32
-            return state
         raise ValueError(f"{path} is an evaluation-only checkpoint (its resume state was pruned)")
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    if FORMAT_KEY not in state:
+        raise ValueError(f"{path} was written by rsgrpo before {FIRST_RESUMABLE}, whose checkpoints this version "
+                         "does not resume (CHANGELOG.md); finish the run with the version that started it, "
+                         "or start it again in a new run_dir")
     folder = path / RESUME_DIR
     state["optimizer"] = {"step": int(state.pop("optimizer_step")), "exp_avg": ShardedTensors(folder, "exp_avg/"),
                           "exp_avg_sq": ShardedTensors(folder, "exp_avg_sq/")}
@@ -309,10 +304,11 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def resume_state(run_dir: str | os.PathLike, *, config_hash: str,
-                 data_hash: str) -> tuple[Path | None, dict | None]:
+def resume_state(run_dir: str | os.PathLike, *, config_hash: str, data_hash: str,
+                 prompts_per_step: int) -> tuple[Path | None, dict | None]:
     """``(path, state)`` of the newest complete checkpoint to resume from, ``(None, None)`` for a fresh
-    run; ValueError when it was written with another config or other training records."""
+    run; ValueError when it was written with another config or other training records, or when its
+    data position is not a whole number of steps' prompts."""
     latest = latest_checkpoint(run_dir)
     if latest is None:
         return None, None
@@ -324,6 +320,11 @@ def resume_state(run_dir: str | os.PathLike, *, config_hash: str,
     if state.get("data_hash") != data_hash:
         raise ValueError(f"train_data changed since the checkpoint in {str(run_dir)!r} was written "
                          "(different records); resume needs the same data -- use a new run_dir")
+    step, position = int(state["step"]), int(state["data_position"])
+    if position < step * prompts_per_step or position % prompts_per_step:
+        raise ValueError(f"checkpoint {latest[1]}: data_position {position} is not a multiple of "
+                         f"prompts_per_step {prompts_per_step} of at least step x prompts_per_step "
+                         f"= {step * prompts_per_step}")
     return latest[1], state
 
 
@@ -341,8 +342,7 @@ def prune(run_dir: str | os.PathLike, keep_last: int, keep_resumable: int = 0) -
     resumable = [p for _, p in resumable_checkpoints(run_dir)]
     for p in resumable[:-keep_resumable] if keep_resumable > 0 else []:
         # The state file first: a crash mid-strip leaves a checkpoint that is simply not resumable.
-        for name in (STATE_FILE, LEGACY_STATE_FILE):
-            (p / name).unlink(missing_ok=True)
+        (p / STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(p / RESUME_DIR, ignore_errors=True)
         removed.append(p / RESUME_DIR)
     return removed

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rsgrpo.prepare.data import PROMPT_TEMPLATES
+from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "beta_at", "lr_at",
            "config_hash", "compute_dtype", "FIELD_DOCS", "PRECISIONS"]
@@ -46,16 +46,16 @@ class TrainConfig:
     model_dir: str | None = _f(None, "prepared HF checkpoint directory of the initial policy (required)", kind="str?")
     train_data: Any = _f(None, kind="str|dict?",
                          doc="training set: path to a JSONL of {id, problem, answer} records, or a data spec mapping "
-                             "for rsgrpo.data.load_records (required)")
-    prompt_template: str = _f("chat", "prompt template of rsgrpo.data.build_prompt: chat | plain | raw", kind="str")
+                             "for rsgrpo.prepare data sources (required)")
+    prompt_template: str = _f("chat", "prompt template of rsgrpo.prepare prompts: chat | plain | raw", kind="str")
     # --- objective ------------------------------------------------------------------------------
-    method: str = _f("rs_grpo", "advantage estimator, a name in rsgrpo.advantages.ESTIMATORS", kind="str")
-    method_params: dict | None = _f(None, kind="dict?",
+    estimator: str = _f("rs_grpo", "advantage estimator, a name in rsgrpo.estimators.ESTIMATORS", kind="str")
+    estimator_params: dict | None = _f(None, kind="dict?",
                                     doc="keyword parameters of the estimator; null = its defaults (rs_grpo: {beta: "
                                         "2.0}, the paper's recommendation)")
     beta_schedule: str = _f("constant", kind="str",
-                            doc="beta over training (estimators that take one): constant (method_params.beta) | linear"
-                                " | cosine (beta_start -> beta_end)")
+                            doc="beta over training (estimators that take one): constant (estimator_params.beta) "
+                                "| linear | cosine (beta_start -> beta_end)")
     beta_start: float | None = _f(None, "first-step beta of a linear/cosine schedule", kind="float?")
     beta_end: float | None = _f(None, "beta reached at the end of the ramp of a linear/cosine schedule", kind="float?")
     beta_ramp_steps: int = _f(0, kind="int",
@@ -80,8 +80,8 @@ class TrainConfig:
                               doc="overlong penalty: tokens before max_new_tokens where the reward penalty ramps from 0"
                                   " to -1 (a cut completion gets -1)")
     reward_kind: str = _f("binary", kind="str",
-                          doc="reward, a name in rsgrpo.rewards.REWARDS: binary (math-verify, the paper's) | partial "
-                              "(0.1 for a wrong boxed answer) | any registered reward")
+                          doc="reward, a name in rsgrpo.train.rewards.REWARDS: binary (math-verify, the paper's) | "
+                              "partial (0.1 for a wrong boxed answer) | any registered reward")
     # --- rollouts -------------------------------------------------------------------------------
     steps: int = _f(100, "number of RL steps (one rollout batch + update each); UNKNOWN in the paper", kind="int")
     prompts_per_step: int = _f(512, "prompts (groups) per step", kind="int")
@@ -98,7 +98,8 @@ class TrainConfig:
                             doc="sequences per batch of the transformers engine (vLLM's scheduler sizes "
                                 "its own batches)")
     engine_options: dict = _f({}, kind="dict",
-                              doc="extra keyword options of rsgrpo.rollout.make_engine (e.g. kv_cache_memory_bytes)")
+                              doc="extra keyword options of rsgrpo.train.engines.make_engine "
+                                  "(e.g. kv_cache_memory_bytes)")
     grading_workers: int | None = _f(None, "grading processes (null = CPU count, 0 = in-process)", kind="int?")
     grading_timeout: float = _f(5.0, "seconds per answer verification", kind="float")
     # --- optimisation ---------------------------------------------------------------------------
@@ -182,6 +183,8 @@ RENAMED = {
     "dtype": "replaced by 'precision' (fp32 | bf16-mixed); dtype: bfloat16 trained in pure bf16, which "
              "cannot learn at RL learning rates",
     "engine_batch_size": "replaced by 'hf_batch_size' (the transformers engine's batch; vLLM sizes its own)",
+    "method": "renamed 'estimator' in rsgrpo 0.2.0 (the advantage estimator's name in rsgrpo.estimators.ESTIMATORS)",
+    "method_params": "renamed 'estimator_params' in rsgrpo 0.2.0 (the advantage estimator's keyword parameters)",
     "tensorboard": "replaced by 'logging', a list of metric sinks (tensorboard | wandb | mlflow; metrics.csv is "
                    "always written), e.g. logging: [tensorboard]",
 }
@@ -237,7 +240,7 @@ def _coerce(source: str, key: str, value, kind: str):
 
 
 def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
-    """Type- and range-check every field; resolve ``method_params``. Returns ``cfg`` (modified).
+    """Type- and range-check every field; resolve ``estimator_params``. Returns ``cfg`` (modified).
 
     Why so strict: a typo in a YAML grid silently training the wrong thing for hours is the costliest
     failure of an RL pipeline; every field is checked before any model is loaded.
@@ -309,30 +312,30 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
 
     if cfg.reward_kind not in rewards.REWARDS:
         raise _err(source, "reward_kind", cfg.reward_kind, f"unknown reward; registered: {sorted(rewards.REWARDS)}")
-    if cfg.method not in estimators.ESTIMATORS:
-        raise _err(source, "method", cfg.method,
+    if cfg.estimator not in estimators.ESTIMATORS:
+        raise _err(source, "estimator", cfg.estimator,
                    f"unknown advantage estimator; allowed: {sorted(estimators.ESTIMATORS)}")
-    accepted = estimators.estimator_params(cfg.method)
-    takes_beta = estimators.takes_beta(cfg.method)
-    if cfg.method_params is None:
+    accepted = estimators.estimator_params(cfg.estimator)
+    takes_beta = estimators.takes_beta(cfg.estimator)
+    if cfg.estimator_params is None:
         # a constant beta is written into the params (so the config hash names the beta trained with)
         default_beta = takes_beta and cfg.beta_schedule == "constant"
-        cfg.method_params = {"beta": estimators.default_params(cfg.method)["beta"]} if default_beta else {}
-    params = dict(cfg.method_params)
+        cfg.estimator_params = {"beta": estimators.default_params(cfg.estimator)["beta"]} if default_beta else {}
+    params = dict(cfg.estimator_params)
     for k in params:
         if k not in accepted:
-            raise _err(source, f"method_params.{k}", params[k],
-                       f"not a parameter of method {cfg.method!r}; allowed: {sorted(accepted)}")
+            raise _err(source, f"estimator_params.{k}", params[k],
+                       f"not a parameter of estimator {cfg.estimator!r}; allowed: {sorted(accepted)}")
     if cfg.beta_schedule != "constant":
         if not takes_beta:
             raise _err(source, "beta_schedule", cfg.beta_schedule,
-                       f"a beta schedule needs a method with a beta parameter; {cfg.method!r} has none")
+                       f"a beta schedule needs an estimator with a beta parameter; {cfg.estimator!r} has none")
         for key in ("beta_start", "beta_end"):
             v = getattr(cfg, key)
             need(key, v is not None and v >= 0, f"must be a number >= 0 for beta_schedule {cfg.beta_schedule!r}")
         if "beta" in params:
-            raise _err(source, "method_params.beta", params["beta"],
-                       "give either method_params.beta (constant schedule) or beta_start/beta_end, not both")
+            raise _err(source, "estimator_params.beta", params["beta"],
+                       "give either estimator_params.beta (constant schedule) or beta_start/beta_end, not both")
         params["beta"] = cfg.beta_start
     else:
         for key in ("beta_start", "beta_end"):
@@ -343,16 +346,16 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     probe = torch.zeros(2, n)
     probe[0, 0] = 1.0
     try:
-        estimators.compute(cfg.method, probe, **params)
+        estimators.compute(cfg.estimator, probe, **params)
     except ValueError as exc:
-        raise ValueError(f"{source}: key 'method_params': {exc} (got {cfg.method_params!r})") from None
+        raise ValueError(f"{source}: key 'estimator_params': {exc} (got {cfg.estimator_params!r})") from None
     if cfg.overlong == "penalty":  # the penalty makes rewards non-binary: the estimator must accept that
         probe[1, 0] = -0.5
         try:
-            estimators.compute(cfg.method, probe, **params)
+            estimators.compute(cfg.estimator, probe, **params)
         except ValueError as exc:
             raise _err(source, "overlong", cfg.overlong,
-                       f"the penalty makes rewards non-binary, which method {cfg.method!r} refuses ({exc}); "
+                       f"the penalty makes rewards non-binary, which estimator {cfg.estimator!r} refuses ({exc}); "
                        "use overlong: mask") from None
     return cfg
 
@@ -424,30 +427,22 @@ def config_hash(cfg: TrainConfig) -> str:
     skip = set(NON_TRAJECTORY_FIELDS)
     if cfg.beta_schedule == "constant" or cfg.beta_ramp_steps > 0:
         skip.add("steps")
-    # Settings that train exactly as versions without them did are left out, so those runs resume.
-    if not cfg.dynamic_sampling or cfg.max_gen_rounds == 1:
-        skip.add("max_gen_rounds")
-    if cfg.overlong == "none":
-        skip.update(("overlong", "overlong_buffer"))
     d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
-    # fp32 runs hash as they did when the key was dtype: float32, so their checkpoints still resume
-    precision = d.pop("precision")
-    d["dtype" if precision == "fp32" else "precision"] = "float32" if precision == "fp32" else precision
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def beta_at(cfg: TrainConfig, step: int) -> float | None:
-    """The beta used at 0-based ``step`` (None when the method's estimator has no beta).
+    """The beta used at 0-based ``step`` (None when the estimator has no beta).
 
     linear: ``start + (end - start) * t``; cosine: ``start + (end - start) * (1 - cos(pi t)) / 2``,
     with ``t = min(step, R - 1) / (R - 1)`` and ``R`` = beta_ramp_steps (0 = steps); ``R = 1`` gives end.
     """
     if cfg.beta_schedule == "constant":
-        beta = (cfg.method_params or {}).get("beta")
+        beta = (cfg.estimator_params or {}).get("beta")
         if beta is None:
             from rsgrpo import estimators
 
-            beta = estimators.default_params(cfg.method).get("beta")
+            beta = estimators.default_params(cfg.estimator).get("beta")
         return None if beta is None else float(beta)
     ramp = cfg.beta_ramp_steps or cfg.steps
     t = 1.0 if ramp <= 1 else min(step, ramp - 1) / (ramp - 1)
@@ -470,8 +465,8 @@ def defaults_yaml() -> str:
     """The text of config/train_defaults.yaml: every key, its default, its one-line documentation."""
     import yaml
 
-    lines = ["# Defaults of `python -m rsgrpo train` (rsgrpo/trainconfig.py:TrainConfig).",
-             "# Generated by `python -m rsgrpo.trainconfig > config/train_defaults.yaml`; every key maps",
+    lines = ["# Defaults of `python -m rsgrpo train` (rsgrpo/train/config.py:TrainConfig).",
+             "# Generated by `python -m rsgrpo.train.config > config/train_defaults.yaml`; every key maps",
              "# 1:1 to a TrainConfig field. UNKNOWN = not published in the paper (arXiv 2509.24261).", ""]
     for fld in dataclasses.fields(TrainConfig):
         value = getattr(TrainConfig(), fld.name)

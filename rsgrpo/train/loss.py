@@ -1,7 +1,7 @@
 """The policy-gradient math of one micro-batch: batch layout, per-token log-probs, the PPO loss.
 
 Pure tensor functions (no optimizer, no ranks, no I/O): the trainer's update stage
-(:mod:`rsgrpo.actor`) feeds them micro-batches, and the tests compare them with explicit loops.
+(:mod:`rsgrpo.train.actor`) feeds them micro-batches, and the tests compare them with explicit loops.
 """
 
 from __future__ import annotations

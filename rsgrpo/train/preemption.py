@@ -15,9 +15,9 @@ SIGURG's default action is to ignore it, so only the ranks, which install a hand
 SIGUSR1 stays a stop request for jobs that run the train verb under ``srun`` themselves.
 
 Without a launcher the trainer is the signalled process. With several ranks
-(:func:`rsgrpo.distributed.relaunch`) SLURM signals the ranks directly; the launcher also forwards
+(:func:`rsgrpo.train.distributed.launch.relaunch`) SLURM signals the ranks directly; the launcher also forwards
 the signals it receives to ``torch.distributed.run`` and its ranks, and starts every
-``torch.distributed.run`` with SIGUSR1 ignored (:data:`rsgrpo.distributed.IGNORING_USR1`; the ranks
+``torch.distributed.run`` with SIGUSR1 ignored (:data:`rsgrpo.train.distributed.launch.IGNORING_USR1`; the ranks
 install their own handler), so that signal never kills the launch before the ranks have
 checkpointed. ``torch.distributed.run`` passes SIGTERM on to the ranks and kills them after its own
 grace period: a step that cannot finish within it is lost, and training resumes from the last

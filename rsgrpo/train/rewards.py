@@ -2,15 +2,19 @@
 
 A reward is a keyword-only function registered under a name::
 
-    @register("my_reward")
-    def my_reward(*, completions, answers, problems, records) -> list[float]: ...
+    @register("my_reward", solved_at=1.0)
+    def my_reward(*, completions, answers, problems, records) -> list[float] | RewardOutput: ...
 
 It gets one entry per completion in each list: the completion's text, the gold answer and the
 problem of its prompt, and the prompt's whole record (every field the dataset spec keeps, so a
-reward may use any dataset column), and returns one finite float per completion. The trainer calls
-:func:`compute` with the config key ``reward_kind``, which the config check validates against
-:data:`REWARDS`; a new reward is one decorated function (here or in a module the run imports) plus
-its test.
+reward may use any dataset column), and returns one finite float per completion, or a
+:class:`RewardOutput` that also holds the final answers it extracted (the rollout logs and the
+``no_answer_frac`` metric show them; a reward that extracts none leaves them out). ``solved_at`` is
+what "solved" means for this reward, stated once: a completion whose reward is at least
+``solved_at`` solves its prompt (the solve-rate metrics and the correct/wrong advantage columns).
+The trainer calls :func:`compute` with the config key ``reward_kind``, which the config check
+validates against :data:`REWARDS`, and knows nothing of grading; a new reward is one decorated
+function (here or in a module the run imports) plus its test.
 
 Settings: a reward may also declare keyword parameters named like the trainer's grading settings,
 ``workers`` (``grading_workers``) and ``timeout`` (``grading_timeout``); :func:`compute` passes the
@@ -24,20 +28,32 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-__all__ = ["REWARDS", "REWARD_INPUTS", "PARTIAL_FORMAT_CREDIT", "register", "compute", "reward_settings",
-           "overlong_penalty"]
+__all__ = ["REWARDS", "REWARD_INPUTS", "PARTIAL_FORMAT_CREDIT", "RewardOutput", "register", "compute",
+           "reward_settings", "solved_at", "overlong_penalty"]
 
 REWARDS: dict[str, Callable[..., Sequence[float]]] = {}
+_SOLVED_AT: dict[str, float] = {}  # the reward at or above which a completion solves its prompt, per reward
 # The keyword arguments every reward receives, one entry per completion each.
 REWARD_INPUTS = ("completions", "answers", "problems", "records")
 # Reward of "partial" for a well-formed \boxed{} answer that is wrong.
 PARTIAL_FORMAT_CREDIT = 0.1
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class RewardOutput:
+    """What a reward returns for a batch: one value per completion and, for a reward that extracts
+    final answers, those answers (None where a completion gives none)."""
+
+    values: list[float]
+    answers: list[str | None] | None = None
+
+
+def register(name: str, *, solved_at: float = 1.0):
     """Decorator adding a reward function to :data:`REWARDS` as ``name`` (once: a second reward of
-    the same name would silently change what existing configs train on)."""
+    the same name would silently change what existing configs train on); ``solved_at`` is the reward
+    at or above which a completion solves its prompt."""
 
     def wrap(fn):
         if name in REWARDS:
@@ -51,6 +67,7 @@ def register(name: str):
                              f"fn(*, {', '.join(REWARD_INPUTS)}, ...); missing {missing}, "
                              f"not keyword-only {positional}")
         REWARDS[name] = fn
+        _SOLVED_AT[name] = float(solved_at)
         return fn
 
     return wrap
@@ -62,6 +79,12 @@ def reward_settings(name: str) -> dict[str, object]:
     return {p: v.default for p, v in inspect.signature(fn).parameters.items() if p not in REWARD_INPUTS}
 
 
+def solved_at(name: str) -> float:
+    """The reward at or above which a completion solves its prompt under reward ``name``."""
+    _lookup(name)
+    return _SOLVED_AT[name]
+
+
 def _lookup(name: str):
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
@@ -69,8 +92,9 @@ def _lookup(name: str):
 
 
 def compute(name: str, *, completions: Sequence[str], answers: Sequence[str], problems: Sequence[str],
-            records: Sequence[Mapping], settings: Mapping[str, object] | None = None) -> list[float]:
-    """Rewards of ``completions`` under reward ``name``, checked: one finite float per completion.
+            records: Sequence[Mapping], settings: Mapping[str, object] | None = None) -> RewardOutput:
+    """Rewards of ``completions`` under reward ``name``, checked: one finite float per completion (and
+    one extracted answer per completion where the reward returns them).
 
     ``settings`` (e.g. ``{"workers": 0, "timeout": 5.0}``): passed to the reward as far as it
     declares them.
@@ -82,22 +106,26 @@ def compute(name: str, *, completions: Sequence[str], answers: Sequence[str], pr
             raise ValueError(f"reward {name!r}: {len(values)} {key} for {n} completions")
     declared = reward_settings(name)
     chosen = {k: v for k, v in (settings or {}).items() if k in declared}
-    out = [float(x) for x in fn(completions=list(completions), answers=list(answers),
-                                problems=list(problems), records=list(records), **chosen)]
+    returned = fn(completions=list(completions), answers=list(answers), problems=list(problems),
+                  records=list(records), **chosen)
+    output = returned if isinstance(returned, RewardOutput) else RewardOutput(list(returned))
+    out = [float(x) for x in output.values]
     if len(out) != n:
         raise ValueError(f"reward {name!r} returned {len(out)} values for {n} completions")
+    if output.answers is not None and len(output.answers) != n:
+        raise ValueError(f"reward {name!r} returned {len(output.answers)} answers for {n} completions")
     bad = next((i for i, x in enumerate(out) if not math.isfinite(x)), None)
     if bad is not None:
         raise ValueError(f"reward {name!r} returned {out[bad]} for completion {bad}: rewards must be finite")
-    return out
+    return RewardOutput(out, None if output.answers is None else list(output.answers))
 
 
 # ------------------------------------------------------------------------------------------------
 # math-verify rewards
 # ------------------------------------------------------------------------------------------------
-@register("binary")
+@register("binary", solved_at=1.0)
 def binary(*, completions, answers, problems, records, workers: int | None = None,
-           timeout: float = 5.0) -> list[float]:
+           timeout: float = 5.0) -> RewardOutput:
     """1.0 when math-verify accepts the completion's final answer, else 0.0 (the paper's reward).
     The answer must also have the format its record asks for (field ``answer_format``, see
     :mod:`rsgrpo.grading.answer_format`: under ``integer`` a restated "5 + 8" is wrong)."""
@@ -105,12 +133,12 @@ def binary(*, completions, answers, problems, records, workers: int | None = Non
 
     report = grade_report(answers, completions, workers=workers, timeout=timeout,
                           answer_formats=_answer_formats(records))
-    return [1.0 if verdict else 0.0 for verdict in report.verdicts]
+    return RewardOutput([1.0 if verdict else 0.0 for verdict in report.verdicts], report.extracted)
 
 
-@register("partial")
+@register("partial", solved_at=1.0)
 def partial(*, completions, answers, problems, records, workers: int | None = None,
-            timeout: float = 5.0) -> list[float]:
+            timeout: float = 5.0) -> RewardOutput:
     """1.0 correct; :data:`PARTIAL_FORMAT_CREDIT` for a wrong (or timed out) answer given in a complete
     ``\\boxed{}``; 0.0 without a boxed answer (fallback phrases earn no format credit) or with a boxed
     answer of the wrong format (``not_integer``: the format is part of what the credit is for). Formats
@@ -120,8 +148,9 @@ def partial(*, completions, answers, problems, records, workers: int | None = No
 
     report = grade_report(answers, completions, workers=workers, timeout=timeout,
                           answer_formats=_answer_formats(records))
-    return [1.0 if verdict else (PARTIAL_FORMAT_CREDIT if source == "boxed" and status != NOT_INTEGER else 0.0)
-            for verdict, source, status in zip(report.verdicts, report.sources, report.status)]
+    values = [1.0 if verdict else (PARTIAL_FORMAT_CREDIT if source == "boxed" and status != NOT_INTEGER else 0.0)
+              for verdict, source, status in zip(report.verdicts, report.sources, report.status)]
+    return RewardOutput(values, report.extracted)
 
 
 def _answer_formats(records) -> list[str]:

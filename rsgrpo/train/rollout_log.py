@@ -11,7 +11,9 @@ completions cut at the length limit), and the metrics alone do not show how. One
 
 ``position`` is the prompt's place in the data stream; ``kept`` says whether the update learned from
 the group (a group dropped by dynamic sampling, or drawn beyond the step's batch, has advantages
-``null``); ``reward`` is the reward the advantages were computed from (after any overlong penalty).
+``null``); ``reward`` is the reward the advantages were computed from (after any overlong penalty);
+``extracted`` is the final answer the reward extracted (``null`` throughout for a reward that extracts
+none).
 """
 
 from __future__ import annotations
@@ -21,14 +23,34 @@ from pathlib import Path
 
 from rsgrpo.io import atomic_path
 from rsgrpo.layout import ROLLOUTS
+from rsgrpo.train.rollout import Rollout
 
-__all__ = ["rollout_path", "write_rollouts", "to_markdown"]
+__all__ = ["rollout_path", "rank_groups", "write_rollouts", "to_markdown"]
 
 _PREVIEW_CHARS = 2000  # per completion in the markdown view; the JSONL keeps the whole text
 
 
 def rollout_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / ROLLOUTS / f"step-{step:06d}.jsonl"
+
+
+def rank_groups(rollout: Rollout, records: list[dict], prompts: list, *, step: int, limit: int) -> list[dict]:
+    """This rank's groups among the step's first ``limit`` (by offset), as the objects of the log."""
+    groups = []
+    for group, offset in enumerate(rollout.offsets):
+        if offset >= limit:
+            continue
+        record, kept = records[rollout.indices[group]], bool(rollout.kept[group])
+        answers = rollout.answers[group] if rollout.answers is not None else [None] * len(rollout.completions[group])
+        groups.append({
+            "step": step, "position": rollout.start + offset, "id": str(record["id"]),
+            "problem": str(record["problem"]), "prompt": prompts[rollout.indices[group]],
+            "answer": str(record["answer"]), "kept": kept,
+            "completions": [{"text": c.text, "extracted": answers[j], "reward": float(rollout.rewards[group, j]),
+                             "advantage": float(rollout.advantages[group, j]) if kept else None,
+                             "tokens": len(c.token_ids), "finished": bool(c.finished)}
+                            for j, c in enumerate(rollout.completions[group])]})
+    return groups
 
 
 def write_rollouts(run_dir: str | Path, step: int, groups: list[dict]) -> Path:

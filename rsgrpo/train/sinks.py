@@ -67,6 +67,16 @@ def open_sinks(names: list[str], run_dir: str | Path, *, run_name: str, config: 
     return [SINKS[name](Path(run_dir), run_name=run_name, config=config, start_step=start_step) for name in names]
 
 
+def run_name(run_dir: str | Path) -> str:
+    """The run's name for tracking services: its directory relative to the working directory
+    (``runs/<model>/<run>`` in the workflow), else its absolute path."""
+    path = Path(run_dir).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _run_id(run_dir: Path) -> str:
     """A stable id per run directory, so a resumed run continues the same tracked run."""
     return "rsgrpo-" + hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]

@@ -3,7 +3,9 @@ rule train:
     lives outside the declared outputs under runs/, so a retried or restarted job continues from its
     last complete checkpoint instead of starting over. `--nproc` ranks per node (one per GPU, or
     models.<key>.cpu_processes on CPU) are started by the train verb itself under
-    torch.distributed.run; a job of several nodes (models.<key>.nodes) starts one launcher per node."""
+    torch.distributed.run; a job of several nodes (models.<key>.nodes) starts one launcher per node.
+    The verb also keeps every attempt's output in the run directory's log: Snakemake empties the
+    rule's log before a retry."""
     input:
         model=lambda wc: LAYOUT.model_dir(wc.model),
         data=lambda wc: LAYOUT.train_data(cell_of(wc).train_set),
@@ -30,10 +32,5 @@ rule train:
         settings=lambda wc: set_flags(train_settings(cell_of(wc))),
         nproc=train_ranks_per_node,
     shell:
-        # the log goes to {params.run_dir}/train.log as well: Snakemake empties the rule's log before
-        # a retry, the run directory keeps every attempt's. tee ignores SIGTERM (SLURM's end-of-job
-        # signal reaches every process): the trainer still writes while it checkpoints.
-        'mkdir -p {params.run_dir} && echo "== $(date -Is) train job on $(hostname)" >> {params.run_dir}/train.log &&'
-        " python -m rsgrpo train --nproc {params.nproc} --run-dir {params.run_dir} {params.settings}"
-        " --out-manifest {output.manifest} --out-metrics {output.metrics} 2>&1"
-        " | (trap '' TERM INT; exec tee -a {params.run_dir}/train.log) >> {log}"
+        "python -m rsgrpo train --nproc {params.nproc} --run-dir {params.run_dir} {params.settings}"
+        " --out-manifest {output.manifest} --out-metrics {output.metrics} > {log} 2>&1"
