@@ -174,7 +174,7 @@ def worker_trl(spec: dict) -> dict:
         t0 = time.perf_counter()
         n = len(completions)
         out = rewards.compute("binary", completions=list(completions), answers=list(answer), problems=[""] * n,
-                              records=[{}] * n, settings={"workers": 0})
+                              records=[{}] * n, settings={"workers": 0}).values
         timers["reward"] += time.perf_counter() - t0
         return out
 

@@ -28,6 +28,8 @@ from collections.abc import Callable
 
 import torch
 
+from rsgrpo.registry import refuse_taken
+
 __all__ = ["ESTIMATORS", "EXAMPLE_PARAMS", "register", "compute", "estimator_params", "takes_beta",
            "default_params"]
 
@@ -48,9 +50,7 @@ def register(name: str, *, example_params: dict | None = None):
     """
 
     def wrap(fn):
-        if name in ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered "
-                             f"(by {ESTIMATORS[name].__module__}.{ESTIMATORS[name].__qualname__})")
+        refuse_taken(ESTIMATORS, name, "advantage estimator")
         ESTIMATORS[name] = fn
         EXAMPLE_PARAMS[name] = dict(example_params or {})
         return fn

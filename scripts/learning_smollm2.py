@@ -151,7 +151,7 @@ def evaluate(model_dir: str, records: list[dict], *, samples: int, temperature: 
 
     def binary(sample_records):
         verdicts = rewards.compute("binary", completions=texts, answers=golds, problems=[""] * len(texts),
-                                   records=sample_records, settings={"workers": 0})
+                                   records=sample_records, settings={"workers": 0}).values
         return [bool(v) for v in verdicts]
 
     verdicts = {"guarded": binary(per_sample), "strict": [strict_correct(t, g) for t, g in zip(texts, golds)],

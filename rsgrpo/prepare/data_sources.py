@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rsgrpo.prepare.generators import generate
+from rsgrpo.registry import refuse_taken
 
 __all__ = ["DATA_SOURCES", "SourceRows", "register", "load_records", "write_records"]
 
@@ -76,9 +77,7 @@ def register(name: str):
     second source of the same name would change what existing dataset specs mean)."""
 
     def wrap(fn):
-        if name in DATA_SOURCES:
-            raise ValueError(f"data source {name!r} is already registered "
-                             f"(by {DATA_SOURCES[name].__module__}.{DATA_SOURCES[name].__qualname__})")
+        refuse_taken(DATA_SOURCES, name, "data source")
         DATA_SOURCES[name] = fn
         return fn
 

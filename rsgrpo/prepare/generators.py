@@ -18,6 +18,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from rsgrpo.prepare.synthetic import carry_addition_problems
+from rsgrpo.registry import refuse_taken
 
 __all__ = ["GENERATORS", "ARITHMETIC_LEVELS", "register", "generate", "generate_arithmetic"]
 
@@ -29,9 +30,7 @@ def register(name: str):
     generator of the same name would change what existing dataset specs mean)."""
 
     def wrap(fn):
-        if name in GENERATORS:
-            raise ValueError(f"generator {name!r} is already registered "
-                             f"(by {GENERATORS[name].__module__}.{GENERATORS[name].__qualname__})")
+        refuse_taken(GENERATORS, name, "generator")
         GENERATORS[name] = fn
         return fn
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from rsgrpo.prepare.gguf import SMOLLM2_GGUF, find_smollm2_gguf, gguf_to_checkpoint
 from rsgrpo.prepare.loading import as_torch_dtype, load_tokenizer, shipped_config
 from rsgrpo.prepare.tiny import build_tiny_model
+from rsgrpo.registry import refuse_taken
 from rsgrpo.specs import load_spec
 
 __all__ = ["MARKER", "MODEL_SOURCES", "ModelSource", "register", "parse_model_spec", "prepare_model",
@@ -80,10 +81,7 @@ def register(name: str, *, required: tuple[str, ...] = (), keys: tuple[str, ...]
     """
 
     def wrap(fn):
-        if name in MODEL_SOURCES:
-            known = MODEL_SOURCES[name].build
-            raise ValueError(f"model source {name!r} is already registered "
-                             f"(by {known.__module__}.{known.__qualname__})")
+        refuse_taken(MODEL_SOURCES, name, "model source", owner=lambda source: source.build)
         MODEL_SOURCES[name] = ModelSource(name, fn, tuple(required), tuple(keys))
         return fn
 

@@ -30,6 +30,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from rsgrpo.registry import refuse_taken
+
 __all__ = ["REWARDS", "REWARD_INPUTS", "PARTIAL_FORMAT_CREDIT", "RewardOutput", "register", "compute",
            "reward_settings", "solved_at", "overlong_penalty"]
 
@@ -56,9 +58,7 @@ def register(name: str, *, solved_at: float = 1.0):
     at or above which a completion solves its prompt."""
 
     def wrap(fn):
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is already registered "
-                             f"(by {REWARDS[name].__module__}.{REWARDS[name].__qualname__})")
+        refuse_taken(REWARDS, name, "reward")
         params = inspect.signature(fn).parameters
         missing = [p for p in REWARD_INPUTS if p not in params]
         positional = [p for p, v in params.items() if v.kind is not inspect.Parameter.KEYWORD_ONLY]

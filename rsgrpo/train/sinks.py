@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rsgrpo.registry import refuse_taken
+
 __all__ = ["SINKS", "register", "check_available", "open_sinks"]
 
 SINKS: dict[str, type] = {}
@@ -39,8 +41,7 @@ def register(name: str, module: str, install: str):
     """Class decorator adding a sink to :data:`SINKS`; ``module`` is imported when the sink is used."""
 
     def wrap(cls):
-        if name in SINKS:
-            raise ValueError(f"sink {name!r} is already registered")
+        refuse_taken(SINKS, name, "sink")
         SINKS[name] = cls
         _REQUIRES[name] = (module, install)
         return cls
