@@ -212,3 +212,26 @@ def test_dynamic_sampling_rounds_multiply_generation_not_the_update(grid):
     capped = train_rows(50.0)  # at most training.max_gen_rounds (8) rounds
     eight = train_rows(8.0)
     assert all(capped[k]["generated_tokens"] == eight[k]["generated_tokens"] for k in one)
+
+
+def test_the_plan_asks_a_model_source_for_its_config_before_the_model_exists(tmp_path):
+    """The plan knows no source by name: a source registered with planned_config is planned at once,
+    one without waits until prepare-model has written the checkpoint."""
+    from rsgrpo.plan.plan import MissingModelConfig, model_config
+    from rsgrpo.prepare import model_sources
+    from rsgrpo.prepare.tiny import tiny_config
+
+    planned = tiny_config(hidden_size=96, num_layers=3, num_heads=3).to_dict()
+    model_sources.register("test_plan_planned", planned_config=lambda spec: planned)(lambda spec, tmp: None)
+    model_sources.register("test_plan_unplanned")(lambda spec, tmp: None)
+    try:
+        assert model_config("m", {"spec": {"source": "test_plan_planned"}}, tmp_path / "absent") == planned
+        with pytest.raises(MissingModelConfig, match="models.n: no config.json to plan from"):
+            model_config("n", {"spec": {"source": "test_plan_unplanned"}}, tmp_path / "absent")
+        (tmp_path / "prepared").mkdir()
+        (tmp_path / "prepared" / "config.json").write_text('{"hidden_size": 7}')
+        prepared = model_config("n", {"spec": {"source": "test_plan_unplanned"}}, tmp_path / "prepared")
+        assert prepared == {"hidden_size": 7}
+    finally:
+        for name in ("test_plan_planned", "test_plan_unplanned"):
+            model_sources.MODEL_SOURCES.pop(name)

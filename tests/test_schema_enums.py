@@ -1,9 +1,11 @@
 """The workflow schema's enums equal their Python twins, so neither can change without the other.
 
-workflow/schemas/config.schema.yaml restates what the code accepts (model sources, data sources,
-answer formats, prompt templates, engines) so that a config error shows before any job runs. Every
-enum in the schema must be listed in :data:`TWINS` with the registry or tuple it restates; a new enum
-without a twin fails :func:`test_every_schema_enum_has_a_python_twin`.
+workflow/schemas/config.schema.yaml restates the fixed choices of the code (answer formats, prompt
+templates, engines) so that a config error shows before any job runs. Every enum in the schema must be
+listed in :data:`TWINS` with the tuple it restates; a new enum without a twin fails
+:func:`test_every_schema_enum_has_a_python_twin`. Registries that other modules add to (model and data
+sources, generators) have no enum: rsgrpo.prepare.config_specs checks specs against them when the
+config loads (tests/test_config_specs.py), and :func:`test_no_enum_freezes_a_registry` keeps it so.
 """
 
 from __future__ import annotations
@@ -19,18 +21,10 @@ MODEL = ("properties", "models", "additionalProperties", "properties")
 
 def _twin(path: tuple[str, ...]) -> list:
     """The Python registry or tuple an enum of the schema restates, in its order."""
-    if path == (*MODEL, "spec", "properties", "source"):
-        from rsgrpo.prepare.model_sources import MODEL_SOURCES
-
-        return list(MODEL_SOURCES)
     if path == (*MODEL, "template"):
         from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
 
         return list(PROMPT_TEMPLATES)
-    if path == ("definitions", "dataset_spec", "properties", "source"):
-        from rsgrpo.prepare.data_sources import DATA_SOURCES
-
-        return list(DATA_SOURCES)
     if path == ("definitions", "dataset_spec", "properties", "answer_format"):
         from rsgrpo.grading.answer_format import ANSWER_FORMATS
 
@@ -43,9 +37,7 @@ def _twin(path: tuple[str, ...]) -> list:
 
 
 TWINS = [
-    (*MODEL, "spec", "properties", "source"),
     (*MODEL, "template"),
-    ("definitions", "dataset_spec", "properties", "source"),
     ("definitions", "dataset_spec", "properties", "answer_format"),
     ("properties", "evaluation", "properties", "engine"),
 ]
@@ -81,3 +73,14 @@ def test_the_train_configs_engine_choices_are_the_engine_kinds():
     from rsgrpo.train.engines import ENGINE_KINDS
 
     assert config._CHOICES["engine"] == ENGINE_KINDS
+
+
+def test_no_enum_freezes_a_registry():
+    """A source registered by the user's own module must pass the schema: no enum lists sources."""
+    sources = [(*MODEL, "spec", "properties", "source"), ("definitions", "dataset_spec", "properties", "source")]
+    node = SCHEMA
+    for path in sources:
+        node = SCHEMA
+        for key in path:
+            node = node[key]
+        assert "enum" not in node and node["type"] == "string", path

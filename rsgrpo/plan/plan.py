@@ -10,8 +10,9 @@ tokens, FLOPs and GPU-hours of the run under the throughput assumptions of the c
 section.
 
 The model's shape comes from its config.json alone (no weights): the prepared checkpoint's when
-``models/<key>`` exists, else the config shipped in ``rsgrpo/prepare/model_configs`` for the paper's hub models
-(architecture numbers only), a ``local`` spec's own, or the tiny model's options. Standard decoders
+``models/<key>`` exists, else the one its model source plans (``planned_config`` of
+:data:`rsgrpo.prepare.model_sources.MODEL_SOURCES`: the config shipped in ``rsgrpo/prepare/model_configs``
+for the paper's hub models, a ``local`` spec's own, the tiny model's options). Standard decoders
 (Llama, Qwen2/3, Mistral) are counted by arithmetic, which equals transformers' meta-device build
 (tested) and keeps the workflow's config check fast; any other architecture is built on the meta device.
 """
@@ -47,35 +48,18 @@ class MissingModelConfig(ValueError):
 
 def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
     """config.json of a workflow model (see the module docstring for where it comes from)."""
-    from rsgrpo.prepare.loading import shipped_config, shipped_config_path
-    from rsgrpo.prepare.model_sources import parse_model_spec
+    from rsgrpo.prepare.model_sources import MODEL_SOURCES, parse_model_spec
 
     prepared = Path(model_dir) / "config.json"
     if prepared.is_file():
         return json.loads(prepared.read_text())
     spec = parse_model_spec(model["spec"])
-    source = spec["source"]
-    if source == "hub" and shipped_config_path(spec["id"]).is_file():
-        return json.loads(shipped_config_path(spec["id"]).read_text())
-    if source == "random":
-        return shipped_config(spec["config"], spec.get("overrides"))
-    if source == "smollm2":
-        return json.loads(shipped_config_path("HuggingFaceTB/SmolLM2-135M-Instruct").read_text())
-    if source == "local" and (Path(spec["path"]) / "config.json").is_file():
-        return json.loads((Path(spec["path"]) / "config.json").read_text())
-    if source == "tiny":
-        from rsgrpo.prepare.tiny import tiny_config
-
-        options = {k: v for k, v in spec.items() if k not in ("source", "name", "seed")}
-        return tiny_config(**options).to_dict()
-    if source == "pretrain":
-        from rsgrpo.prepare.pretrain import model_options
-        from rsgrpo.prepare.tiny import tiny_config
-
-        return tiny_config(**model_options(spec)).to_dict()
-    raise MissingModelConfig(f"models.{key}: no config.json to plan from (spec {spec}): none is shipped in "
-                     f"rsgrpo/prepare/model_configs for it; run `python -m rsgrpo prepare-model` for it first "
-                     f"(the plan then reads {prepared})")
+    planned = MODEL_SOURCES[spec["source"]].planned_config(spec)
+    if planned is not None:
+        return planned
+    raise MissingModelConfig(f"models.{key}: no config.json to plan from (spec {spec}): its source plans none "
+                             f"before it is built (for a hub model: none is shipped in rsgrpo/prepare/model_configs); "
+                             f"run `python -m rsgrpo prepare-model` for it first (the plan then reads {prepared})")
 
 
 @functools.lru_cache(maxsize=64)

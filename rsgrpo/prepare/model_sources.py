@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsgrpo.prepare.gguf import SMOLLM2_GGUF, find_smollm2_gguf, gguf_to_checkpoint
-from rsgrpo.prepare.loading import as_torch_dtype, load_tokenizer, shipped_config
-from rsgrpo.prepare.tiny import build_tiny_model
+from rsgrpo.prepare.loading import as_torch_dtype, load_tokenizer, shipped_config, shipped_config_path
+from rsgrpo.prepare.tiny import build_tiny_model, tiny_config
 from rsgrpo.registry import refuse_taken
 from rsgrpo.specs import load_spec
 
@@ -56,12 +56,15 @@ HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A registered source: ``build(spec, tmp_dir)`` writes the checkpoint into the (empty) ``tmp_dir``."""
+    """A registered source: ``build(spec, tmp_dir)`` writes the checkpoint into the (empty) ``tmp_dir``;
+    ``planned_config(spec)`` is the config.json the build will write, known without building (the plan
+    sizes jobs from it before any model is prepared), or None where it cannot be known beforehand."""
 
     name: str
     build: Callable[[dict, Path], None]
     required: tuple[str, ...]
     keys: tuple[str, ...]
+    planned_config: Callable[[dict], dict | None] = lambda spec: None
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -71,18 +74,21 @@ class ModelSource:
 MODEL_SOURCES: dict[str, ModelSource] = {}
 
 
-def register(name: str, *, required: tuple[str, ...] = (), keys: tuple[str, ...] = ()):
+def register(name: str, *, required: tuple[str, ...] = (), keys: tuple[str, ...] = (),
+             planned_config: Callable[[dict], dict | None] | None = None):
     """Decorator adding ``fn(spec, tmp_dir)`` to :data:`MODEL_SOURCES` as source ``name``.
 
     ``required``: spec keys that must be set (non-empty); ``keys``: the optional ones. A spec with
     any other key (besides ``source`` and ``name``) is refused, so a typo cannot silently build a
-    default model. A name can be registered once: a second source of the same name would change
-    what existing specs mean.
+    default model. ``planned_config``: see :class:`ModelSource` (without it the plan waits until the
+    model is prepared). A name can be registered once: a second source of the same name would
+    change what existing specs mean.
     """
 
     def wrap(fn):
         refuse_taken(MODEL_SOURCES, name, "model source", owner=lambda source: source.build)
-        MODEL_SOURCES[name] = ModelSource(name, fn, tuple(required), tuple(keys))
+        MODEL_SOURCES[name] = ModelSource(name, fn, tuple(required), tuple(keys),
+                                          planned_config or ModelSource.planned_config)
         return fn
 
     return wrap
@@ -118,7 +124,22 @@ def parse_model_spec(spec: str | os.PathLike | dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Built-in sources
 # --------------------------------------------------------------------------------------------------
-@register("hub", required=("id",), keys=("revision",))
+def _shipped_or_none(hub_id: str) -> dict | None:
+    path = shipped_config_path(hub_id)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _local_config(spec: dict) -> dict | None:
+    path = Path(spec["path"]).expanduser() / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _tiny_config(spec: dict) -> dict:
+    options = {k: v for k, v in spec.items() if k not in (*COMMON_KEYS, "seed")}
+    return tiny_config(**options).to_dict()
+
+
+@register("hub", required=("id",), keys=("revision",), planned_config=lambda spec: _shipped_or_none(spec["id"]))
 def _prepare_hub(spec: dict, tmp: Path) -> None:
     if _hub_offline():
         raise RuntimeError(
@@ -142,7 +163,7 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-@register("local", required=("path",))
+@register("local", required=("path",), planned_config=_local_config)
 def _prepare_local(spec: dict, tmp: Path) -> None:
     src = Path(spec["path"]).expanduser()
     if not (src / "config.json").is_file():
@@ -164,20 +185,23 @@ def _prepare_local(spec: dict, tmp: Path) -> None:
     load_tokenizer(tmp)
 
 
-@register("smollm2", keys=("gguf_file", "dtype"))
+@register("smollm2", keys=("gguf_file", "dtype"),
+          planned_config=lambda spec: _shipped_or_none("HuggingFaceTB/SmolLM2-135M-Instruct"))
 def _prepare_smollm2(spec: dict, tmp: Path) -> None:
     gguf = find_smollm2_gguf(spec.get("gguf_file", SMOLLM2_GGUF))
     gguf_to_checkpoint(gguf, tmp, dtype=spec.get("dtype", "float32"), verify=True)
 
 
 @register("tiny", keys=("seed", "vocab", "hidden_size", "num_layers", "num_heads", "head_dim",
-                        "max_position_embeddings", "num_kv_heads", "intermediate_size", "init_std"))
+                        "max_position_embeddings", "num_kv_heads", "intermediate_size", "init_std"),
+          planned_config=_tiny_config)
 def _prepare_tiny(spec: dict, tmp: Path) -> None:
     kwargs = {k: v for k, v in spec.items() if k not in COMMON_KEYS}
     build_tiny_model(tmp, **kwargs)
 
 
-@register("random", required=("config",), keys=("overrides", "seed", "dtype", "tokenizer"))
+@register("random", required=("config",), keys=("overrides", "seed", "dtype", "tokenizer"),
+          planned_config=lambda spec: shipped_config(spec["config"], spec.get("overrides")))
 def _prepare_random(spec: dict, tmp: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig

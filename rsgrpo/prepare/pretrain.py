@@ -35,7 +35,7 @@ from pathlib import Path
 from rsgrpo.prepare.loading import load_policy
 from rsgrpo.prepare.model_sources import parse_model_spec, prepare_model, register
 from rsgrpo.prepare.synthetic import demonstration
-from rsgrpo.prepare.tiny import build_tiny_model
+from rsgrpo.prepare.tiny import build_tiny_model, tiny_config
 
 __all__ = ["DEFAULTS", "TASKS", "check_spec", "model_options", "pretrain_into", "add_arguments", "main"]
 
@@ -111,7 +111,8 @@ def _batch(tokenizer, rng: random.Random, full: dict):
     return ids, attention, loss_mask
 
 
-@register("pretrain", keys=tuple(DEFAULTS))
+@register("pretrain", keys=tuple(DEFAULTS),
+          planned_config=lambda spec: tiny_config(**model_options(spec)).to_dict())
 def pretrain_into(spec: dict, out: Path) -> None:
     """Build the tiny model in ``out`` and pretrain it there (model source ``pretrain`` of
     :func:`rsgrpo.prepare.model_sources.prepare_model`, which makes the write atomic)."""

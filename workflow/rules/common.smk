@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from rsgrpo import grid as G
 from rsgrpo.plan import plan as plan_jobs
 from rsgrpo.layout import FINAL, Layout, split_eval
+from rsgrpo.prepare.config_specs import check_config_specs
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -22,6 +23,8 @@ for _file in CONFIG_FILES:
 
 LAYOUT = Layout()
 CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
+# model and dataset specs against the registries of sources and generators (not schema enums)
+check_config_specs(config, source=", ".join(CONFIG_FILES) or "config")
 # Every job must fit its GPU (python -m rsgrpo plan): refused here, dry runs included, not after days in a queue.
 UNPLANNED = []  # models whose config.json exists only once prepare-model has run
 PLAN = plan_jobs.plan(config, LAYOUT, unplanned=UNPLANNED)
