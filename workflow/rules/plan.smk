@@ -1,6 +1,10 @@
 rule plan:
     """Memory per GPU and GPU-hours of every train and sample job of the config, before any runs; the
-    config check has already refused a job that does not fit its GPU."""
+    config check has already refused a job that does not fit its GPU. A sampling job's size is the
+    benchmark's problem count once the benchmark is prepared (before, the config's assumption): the
+    rule waits for the benchmarks, so the plan it writes does not depend on the order jobs ran in."""
+    input:
+        expand(LAYOUT.benchmark_data("{bench}"), bench=BENCHMARKS),
     output:
         report(LAYOUT.plan_csv(), caption="../report/plan.rst", category="Plan"),
     log:
