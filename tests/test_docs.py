@@ -116,3 +116,21 @@ def test_named_repository_paths_exist(doc):
         if token not in BUILT and not (REPO / token).exists():
             missing.append(token)
     assert not missing, f"{doc.relative_to(REPO)} names paths that do not exist: {sorted(set(missing))}"
+
+
+# `--configfile` takes several values: a target written after it is read as one more config file
+TARGET_AFTER_CONFIGFILE = re.compile(r"--configfile(?:[ \t]+[\w./-]+\.ya?ml)+[ \t]+(?![-#`|)(])([\w./-]+)")
+COMMANDS = [*NAMED, REPO / "Makefile", *sorted((REPO / "config").glob("*.yaml")),
+            *sorted((REPO / "profiles").glob("*/*.yaml"))]
+
+
+@pytest.mark.parametrize("doc", COMMANDS, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_documented_command_puts_a_target_after_configfile(doc):
+    found = [m.group(0) for m in TARGET_AFTER_CONFIGFILE.finditer(doc.read_text(encoding="utf-8"))]
+    assert found == [], f"{doc.name}: the target is read as a config file; put it before --configfile: {found}"
+
+
+def test_the_target_check_sees_the_mistake():
+    assert TARGET_AFTER_CONFIGFILE.search("snakemake --profile p --configfile config/x.yaml all")
+    assert not TARGET_AFTER_CONFIGFILE.search("snakemake all --profile p --configfile config/x.yaml  # first")
+    assert not TARGET_AFTER_CONFIGFILE.search("snakemake --configfile config/demo.yaml --report report.html")
