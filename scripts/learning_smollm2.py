@@ -6,7 +6,7 @@ Prepares SmolLM2 (``rsgrpo.prepare.model_sources.prepare_model({"source": "smoll
    shuffle into a held-out set (``--eval-n`` problems, default 64) and a training set (the rest, at
    most ``--train-n``); the two are disjoint by problem text, which the script asserts;
 2. evaluates the initial model on the held-out set: ``--eval-samples`` completions per problem
-   (default 4) at the training sampling settings (temperature, top_p, max_new_tokens);
+   (default 4) at the training temperature and max_new_tokens, with ``--top-p``;
 3. trains with ``rsgrpo.train.trainer.Trainer`` (the code behind ``python -m rsgrpo train``: transformers
    rollouts, the ``binary`` math-verify reward, RS-GRPO advantages, dynamic sampling, DeepSpeed
    AdamW);
@@ -38,11 +38,12 @@ watch the shortcut appear. Every held-out completion, its extracted answer and t
 are written to ``<out>/eval_before.jsonl`` / ``eval_after.jsonl``.
 
 Default budget: level-1 arithmetic (one-digit sums a + b: 100 distinct texts, 64 held out, 36 to
-train on), 16 steps of 4 prompts x 8 samples, temperature 0.6, top_p 0.9, 64 new tokens, lr 5e-5,
+train on), 16 steps of 4 prompts x 8 samples, temperature 0.6, 64 new tokens, lr 5e-5,
 beta 2. Why these: the paper's lr 1e-6 is tuned for hundreds of steps of 512 x 16 samples and does
 not move a 135M model measurably in a few small steps; at temperature 1.0 SmolLM2 rambles and
-almost no group has a correct sample (dynamic sampling drops them), at 0.6 / top_p 0.9 some do
-from the first step (the demo's settings). The held-out set is never used to choose any of these.
+almost no group has a correct sample (dynamic sampling drops them), at 0.6 some do from the first
+step (the demo's settings). Training samples with top_p 1.0 (the trainer's log-probs are of the whole
+distribution); evaluation with ``--top-p`` (0.9). The held-out set is never used to choose any of these.
 The script prints its own timings.
 
     python scripts/learning_smollm2.py --out runs/learning_smollm2 [--fresh]
@@ -183,7 +184,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8, help="samples per prompt (group size)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.6, help="rollout AND evaluation temperature")
-    ap.add_argument("--top-p", type=float, default=0.9, help="rollout AND evaluation top_p")
+    ap.add_argument("--top-p", type=float, default=0.9,
+                    help="evaluation top_p (training samples with top_p 1.0: the trainer's log-probs are of the "
+                         "whole distribution)")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=2.0)
     ap.add_argument("--levels", default="1", help="arithmetic difficulty levels (comma list)")
@@ -242,7 +245,7 @@ def main(argv=None) -> int:
     cfg = from_dict({
         "model_dir": str(model_dir), "train_data": str(train_path), "steps": args.steps,
         "prompts_per_step": args.prompts, "samples_per_prompt": args.samples,
-        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": 1.0,
         "lr": args.lr, "estimator": "rs_grpo", "estimator_params": {"beta": args.beta}, "engine": "hf",
         "micro_batch_size": 16, "checkpoint_every": 0, "keep_last": 1, "run_dir": str(run_dir),
         "grading_workers": 0, "seed": 0, "reward_kind": "binary",

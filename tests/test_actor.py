@@ -157,3 +157,48 @@ def test_gradient_checkpointing_on_a_model_class_without_it_fails_before_loading
     trainer = Trainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: p)
     with pytest.raises(ValueError, match="key 'gradient_checkpointing': the model class 'CTRLLMHeadModel'"):
         trainer.setup()
+
+
+def test_deepspeed_config_reduces_in_fp32_and_keeps_torch_linear_for_zero3():
+    from rsgrpo.train.actor import deepspeed_config
+
+    mixed3 = deepspeed_config(from_dict(dict(precision="bf16-mixed", zero_stage=3)))
+    assert mixed3["communication_data_type"] == "fp32" and mixed3["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert mixed3["zero_optimization"] == {"stage": 3, "memory_efficient_linear": False}
+    fp32 = deepspeed_config(from_dict(dict(precision="fp32", zero_stage=1)))
+    assert "communication_data_type" not in fp32 and fp32["zero_optimization"] == {"stage": 1}
+
+
+ZERO3_LINEAR = """
+import sys
+import torch
+from rsgrpo.train import actor as A
+from rsgrpo.train.config import from_dict
+from rsgrpo.train.distributed import collectives
+
+original = torch.nn.functional.linear
+if sys.argv[2] == "patching":  # the control: DeepSpeed's default
+    ours = A.deepspeed_config
+    A.deepspeed_config = lambda cfg: {**ours(cfg), "zero_optimization": {"stage": 3}}
+collectives.init_distributed()
+actor = A.Actor(from_dict(dict(model_dir=sys.argv[1], zero_stage=3, engine="hf")), sys.argv[1])
+assert actor.engine.zero_optimization_stage() == 3
+print("original" if torch.nn.functional.linear is original else "patched")
+"""
+
+
+def test_a_zero3_actor_leaves_torch_linear_to_the_rest_of_the_process(tiny_model_dir, tmp_path):
+    """The vLLM engine shares the process: after a ZeRO-3 actor is built, F.linear is torch's own.
+    The control run with DeepSpeed's default (memory_efficient_linear on) shows the patch is real."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "zero3_linear.py"
+    script.write_text(ZERO3_LINEAR)
+    seen = {}
+    for mode in ("ours", "patching"):
+        out = subprocess.run([sys.executable, str(script), str(tiny_model_dir), mode], capture_output=True,
+                             text=True, timeout=300, env=run_env())
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen[mode] = out.stdout.strip().splitlines()[-1]
+    assert seen == {"ours": "original", "patching": "patched"}

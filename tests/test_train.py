@@ -186,6 +186,9 @@ BAD_CONFIGS = [
     ({"logging": ["wandb", "wandb"]}, "'logging'", "names a sink twice"),
     ({"tensorboard": True}, "'tensorboard'", "replaced by 'logging'"),
     ({"rollout_log_every": -1}, "'rollout_log_every'", "must be >= 0"),
+    ({"top_p": 0.9}, "'top_p'", "must be 1.0 in training: the trainer's log-probs"),
+    ({"engine_options": {"tensor_parallel_size": 2}}, "'engine_options.tensor_parallel_size'",
+     "tensor parallelism is not supported in training"),
 ]
 
 

@@ -56,6 +56,11 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     per micro-batch (losses pre-scaled for the token mean) and ``step`` once per optimizer step,
     because the number of micro-batches varies from step to step with dynamic sampling."""
     zero: dict[str, Any] = {"stage": int(cfg.zero_stage)}
+    if cfg.zero_stage == 3:
+        # Left on, DeepSpeed's zero.Init(module=...) replaces torch.nn.functional.linear with its own
+        # autograd function for the whole process and never restores it: the vLLM engine built next to
+        # the actor would run every linear of its compiled graphs through DeepSpeed's wrapper.
+        zero["memory_efficient_linear"] = False
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
@@ -72,6 +77,9 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     if cfg.precision == "bf16-mixed":
         config["bf16"] = {"enabled": True}
         config["data_types"] = {"grad_accum_dtype": "fp32"}
+        # Without it ZeRO-2/3 reduce-scatter every micro-batch's gradients in bf16 (the default follows
+        # the compute dtype) before the fp32 accumulation; verl and OpenRLHF reduce in fp32 too.
+        config["communication_data_type"] = "fp32"
     return config
 
 
@@ -201,7 +209,9 @@ class Actor:
             loss, stats = policy_loss(logp, old, adv, mask, clip_low=self.cfg.clip_low, clip_high=self.cfg.clip_high,
                                       n_tokens=n_global / collectives.info().world_size, ref_logp=ref,
                                       kl_coef=self.cfg.kl_coef)
-            # Gradients are reduced across ranks once, after the last micro-batch.
+            # The boundary tells DeepSpeed when the step's gradients are complete (it then averages them
+            # over the ranks for stages 0-1); ZeRO-2/3 reduce-scatter each micro-batch's gradients as
+            # they come, in fp32 under bf16-mixed (communication_data_type).
             self.engine.set_gradient_accumulation_boundary(index == count - 1)
             self.engine.backward(loss, scale_wrt_gas=False)
             epoch_loss += float(loss.detach())

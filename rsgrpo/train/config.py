@@ -92,7 +92,8 @@ class TrainConfig:
     temperature: float = _f(1.0, kind="float",
                             doc="rollout sampling temperature (also divides the trainer's logits, so ratios are taken "
                                 "under the sampling policy)")
-    top_p: float = _f(1.0, "rollout nucleus sampling mass", kind="float")
+    top_p: float = _f(1.0, "rollout nucleus sampling mass: 1.0 (the trainer's log-probs are of the whole "
+                           "distribution)", kind="float")
     engine: str = _f("auto", "rollout engine: auto (vLLM on GPU, else transformers) | hf | vllm", kind="str")
     hf_batch_size: int = _f(64, kind="int",
                             doc="sequences per batch of the transformers engine (vLLM's scheduler sizes "
@@ -278,7 +279,16 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("samples_per_prompt", cfg.samples_per_prompt >= 1, "must be >= 1")
     need("max_new_tokens", cfg.max_new_tokens >= 1, "must be >= 1")
     need("temperature", cfg.temperature > 0, "must be > 0 (RL needs sampled rollouts)")
-    need("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]")
+    need("top_p", cfg.top_p == 1.0,
+         "must be 1.0 in training: the trainer's log-probs (the PPO ratio, the KL, the on-policy assumption) are "
+         "those of the whole distribution at the temperature, not of a nucleus-truncated one; evaluation may "
+         "sample with top_p < 1 (the workflow's evaluation.top_p)")
+    tp = cfg.engine_options.get("tensor_parallel_size", 1)
+    if tp != 1:
+        raise _err(source, "engine_options.tensor_parallel_size", tp,
+                   "tensor parallelism is not supported in training: every vLLM engine of a tensor-parallel group "
+                   "must be given the same prompts, while each training rank generates its own block of the "
+                   "step's prompts")
     need("hf_batch_size", cfg.hf_batch_size >= 1, "must be >= 1")
     need("logprob_chunk_tokens", cfg.logprob_chunk_tokens >= 1, "must be >= 1")
     need("grading_workers", cfg.grading_workers is None or cfg.grading_workers >= 0, "must be >= 0 or null")
