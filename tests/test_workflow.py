@@ -109,11 +109,16 @@ SCHEMA_ERRORS = [
     ({"bandit": {"betaz": [1]}}, "Additional properties are not allowed \\('betaz' was unexpected\\)"),
     ({"bandits": {}}, "'bandits' was unexpected"),
     ({"figures": {"advantage_betas": "2"}}, "'2' is not of type 'array'"),
-    ({"models": {"m": {"spec": {"source": "ftp"}, "train_set": "t"}}}, "'ftp' is not one of"),
     ({"models": {"m-1": {"spec": {"source": "tiny"}, "train_set": "t"}}}, "'m-1' does not match"),
     ({"benchmarks": {"b": {"spec": {"source": "local"}, "n": 0, "ks": [1]}}}, "0 is less than the minimum of 1"),
     ({"evaluation": {"top_p": 1.5}}, "1.5 is greater than the maximum of 1"),
     ({"sweeps": [{"models": ["m"]}]}, "'methods' is a required property"),
+]
+
+# specs against the registries (rsgrpo.prepare.config_specs), checked before the cross-checks
+SPEC_ERRORS = [
+    ({"models": {"m": {"spec": {"source": "ftp"}, "train_set": "t"}}},
+     "models\\.m\\.spec: spec\\.source must be one of the registered model sources \\['hub'"),
 ]
 
 CROSS_CHECK_ERRORS = [
@@ -134,17 +139,18 @@ def _bad_config(tmp_path, config: dict) -> Path:
     return write_config(tmp_path / "bad.yaml", base)
 
 
-@pytest.mark.parametrize("config, message", SCHEMA_ERRORS + CROSS_CHECK_ERRORS)
+@pytest.mark.parametrize("config, message", SCHEMA_ERRORS + SPEC_ERRORS + CROSS_CHECK_ERRORS)
 def test_bad_config_rejected_with_its_message(tmp_path, config, message):
-    """What workflow/rules/common.smk runs on a config (the schema's validate, then grid.expand), in
-    process; the next test shows through Snakemake itself that it stops the run before any job."""
+    """What workflow/rules/common.smk runs on a config (the schema's validate, the specs against the
+    registries, then grid.expand), in process; the next test shows through Snakemake itself that it
+    stops the run before any job."""
     from rsgrpo.plan.plan import load_workflow_config
 
     with pytest.raises(Exception, match=message):
         load_workflow_config([str(_bad_config(tmp_path, config))])
 
 
-@pytest.mark.parametrize("config, message", [SCHEMA_ERRORS[5], CROSS_CHECK_ERRORS[0]])
+@pytest.mark.parametrize("config, message", [SCHEMA_ERRORS[5], SPEC_ERRORS[0], CROSS_CHECK_ERRORS[0]])
 def test_bad_config_rejected_before_any_job(tmp_path, config, message):
     wf = copy_workflow(tmp_path)
     out = snakemake(wf, "-n", "--configfile", str(_bad_config(tmp_path, config)))

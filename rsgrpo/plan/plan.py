@@ -309,6 +309,7 @@ def load_workflow_config(paths: list[str]) -> dict:
     from snakemake.utils import update_config, validate
 
     from rsgrpo import grid as G
+    from rsgrpo.prepare.config_specs import check_config_specs
 
     schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
     if not schema.is_file():
@@ -320,6 +321,7 @@ def load_workflow_config(paths: list[str]) -> dict:
             raise ValueError(f"config file {path!r} does not exist")
         update_config(config, G.load_yaml_strict(path))
     validate(config, str(schema))
+    check_config_specs(config, ", ".join(paths))  # specs against the registries, as common.smk does
     G.expand(config, ", ".join(paths))  # the cross-checks a schema cannot express
     return config
 

@@ -22,9 +22,9 @@ for _file in CONFIG_FILES:
     G.load_yaml_strict(_file)
 
 LAYOUT = Layout()
-CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
 # model and dataset specs against the registries of sources and generators (not schema enums)
 check_config_specs(config, source=", ".join(CONFIG_FILES) or "config")
+CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
 # Every job must fit its GPU (python -m rsgrpo plan): refused here, dry runs included, not after days in a queue.
 UNPLANNED = []  # models whose config.json exists only once prepare-model has run
 PLAN = plan_jobs.plan(config, LAYOUT, unplanned=UNPLANNED)
