@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
-from rsgrpo.train.engines import ENGINE_KINDS
 
 COLUMNS = ["problem_id", "sample_idx", "text", "num_tokens", "finished"]
 PARTS_CONFIG = "config.json"
@@ -207,6 +206,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=256, help="max new tokens per sample")
     parser.add_argument("--seed", type=int, default=0)
+    from rsgrpo.train.engines import ENGINE_KINDS  # the engines (and torch) only when the verb runs
+
     parser.add_argument("--engine", choices=ENGINE_KINDS, default="auto")
     parser.add_argument("--template", choices=PROMPT_TEMPLATES, default="chat")
     parser.add_argument("--chunk-size", type=int, default=8,
