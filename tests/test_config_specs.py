@@ -30,9 +30,9 @@ def _config(model_spec=None, train_spec=None, bench_spec=None):
      r"^my.yaml: models\.m\.spec: spec: unknown key\(s\) \['hidden'\] for source 'tiny'"),
     (_config(model_spec={"source": "hub"}), r"^my.yaml: models\.m\.spec: spec\.id is required for source 'hub'"),
     (_config(train_spec={"source": "hub", "path": "x"}),
-     r"^my.yaml: train_sets\.t: unknown data source 'hub'; registered: \['generator', 'hf', 'local'\]"),
+     r"^my.yaml: train_sets\.t: unknown dataset source 'hub'; allowed sources: hf, local, generator$"),
     (_config(bench_spec={"source": "generator", "name": "algebra"}),
-     r"^my.yaml: benchmarks\.b\.spec: unknown generator 'algebra'; registered: \['arithmetic', 'carry_addition'\]"),
+     r"^my.yaml: benchmarks\.b\.spec: unknown generator 'algebra'; known generators: arithmetic, carry_addition$"),
 ])
 def test_an_unknown_source_or_key_names_the_file_key_and_value(config, message):
     with pytest.raises(ConfigError, match=message):

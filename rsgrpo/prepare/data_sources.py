@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 from rsgrpo.prepare.generators import generate
 from rsgrpo.registry import refuse_taken
 
-__all__ = ["DATA_SOURCES", "SourceRows", "register", "load_records", "write_records"]
+__all__ = ["DATA_SOURCES", "SourceRows", "register", "data_source", "load_records", "write_records"]
 
 log = logging.getLogger(__name__)
 
@@ -370,11 +370,15 @@ def load_records(spec: dict) -> list[dict]:
     """
     if not isinstance(spec, dict):
         raise ValueError(f"a dataset spec must be a mapping, got {type(spec).__name__}: {spec!r}")
-    source = spec.get("source")
-    if source not in DATA_SOURCES:
-        raise ValueError(f"unknown dataset source {source!r}; allowed sources: {', '.join(DATA_SOURCES)}")
-    rows, dataset, record_spec = DATA_SOURCES[source](spec)
+    rows, dataset, record_spec = data_source(spec.get("source"))(spec)
     return _canonical_records(rows, record_spec, dataset)
+
+
+def data_source(name) -> Callable[[dict], SourceRows]:
+    """The registered data source ``name``; ValueError listing the registered ones for another name."""
+    if name not in DATA_SOURCES:
+        raise ValueError(f"unknown dataset source {name!r}; allowed sources: {', '.join(DATA_SOURCES)}")
+    return DATA_SOURCES[name]
 
 
 # --------------------------------------------------------------------------------------------

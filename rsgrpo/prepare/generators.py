@@ -20,7 +20,7 @@ from fractions import Fraction
 from rsgrpo.prepare.synthetic import carry_addition_problems
 from rsgrpo.registry import refuse_taken
 
-__all__ = ["GENERATORS", "ARITHMETIC_LEVELS", "register", "generate", "generate_arithmetic"]
+__all__ = ["GENERATORS", "ARITHMETIC_LEVELS", "register", "generator", "generate", "generate_arithmetic"]
 
 GENERATORS: dict[str, Callable[..., list[dict]]] = {}
 
@@ -37,13 +37,19 @@ def register(name: str):
     return wrap
 
 
+def generator(name) -> Callable[..., list[dict]]:
+    """The registered generator ``name``; ValueError listing the registered ones for another name."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; known generators: {', '.join(sorted(GENERATORS))}")
+    return GENERATORS[name]
+
+
 def generate(name: str, options: dict) -> list[dict]:
     """The records of generator ``name`` called with ``options``; ValueError naming the generator for
     an unknown name (listing the registered ones) or options it does not take."""
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; known generators: {', '.join(sorted(GENERATORS))}")
+    fn = generator(name)
     try:
-        return GENERATORS[name](**options)
+        return fn(**options)
     except TypeError as exc:
         raise ValueError(f"generator {name!r}: bad options {sorted(options)} ({exc})") from exc
 
