@@ -125,8 +125,8 @@ def parse_model_spec(spec: str | os.PathLike | dict) -> dict:
 # Built-in sources
 # --------------------------------------------------------------------------------------------------
 def _shipped_or_none(hub_id: str) -> dict | None:
-    path = shipped_config_path(hub_id)
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The config.json shipped for ``hub_id``; None for a hub model the package does not know."""
+    return shipped_config(hub_id) if shipped_config_path(hub_id).is_file() else None
 
 
 def _local_config(spec: dict) -> dict | None:

@@ -110,7 +110,7 @@ class Trainer:
         np.random.seed(cfg.seed % 2 ** 32)
         source = str(resume_from) if resume_from is not None else cfg.model_dir
         self._check_before_loading(source)
-        self.prompts, max_model_len = build_prompts(cfg, self.records, source, self._prompt_fn)
+        self.prompts, max_model_len = build_prompts(cfg, self.data.records, source, self._prompt_fn)
         self.actor = Actor(cfg, source, masters=state["masters"] if state is not None else None)
         self.engine = self._make_engine(source, max_model_len)
         if self.dist.is_main:
@@ -139,7 +139,6 @@ class Trainer:
                 log.info("removed incomplete checkpoint %s", path)
         collectives.barrier()
         self.data = load_training_set(self.cfg, self._records)
-        self.records = self.data.records
         return ckpt.resume_state(self.run_dir, config_hash=self.hash, data_hash=self.data.hash,
                                  prompts_per_step=self.cfg.prompts_per_step)
 
@@ -198,7 +197,7 @@ class Trainer:
         """One round: this rank's block of the next ``prompts_per_step`` prompts, sampled."""
         cfg = self.cfg
         first_offset = rollout.gen_rounds * cfg.prompts_per_step
-        indices = data_order.stream_indices(len(self.records), cfg.seed, rollout.start + first_offset,
+        indices = data_order.stream_indices(len(self.data.records), cfg.seed, rollout.start + first_offset,
                                             cfg.prompts_per_step)
         mine, first = data_order.rank_slice(indices, self.dist.rank, self.dist.world_size)
         step_seed = cfg.seed * 1_000_003 + rollout.step
@@ -221,7 +220,7 @@ class Trainer:
         started = time.perf_counter()
         done = 0 if rollout.scores is None else rollout.scores.shape[0]
         new = rollout.completions[done:]
-        records = [self.records[i] for i in rollout.indices[done:]]
+        records = [self.data.records[i] for i in rollout.indices[done:]]
         per_completion = [record for record in records for _ in range(cfg.samples_per_prompt)]
         flat = [c for group in new for c in group]
         out = rewards.compute(
@@ -304,7 +303,7 @@ class Trainer:
     def log_rollouts(self, rollout: Rollout, step: int) -> None:
         """The step's first ``rollout_log_groups`` groups (data order, every rank) to
         ``rollouts/step-NNNNNN.jsonl`` and the sinks (rank 0 writes)."""
-        mine = rollout_log.rank_groups(rollout, self.records, self.prompts, step=step,
+        mine = rollout_log.rank_groups(rollout, self.data.records, self.prompts, step=step,
                                        limit=self.cfg.rollout_log_groups)
         groups = sorted((g for part in collectives.all_gather_json(mine) for g in part), key=lambda g: g["position"])
         if self.dist.is_main:
