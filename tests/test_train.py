@@ -19,7 +19,8 @@ import torch  # noqa: E402
 from train_helpers import FixedEngine  # noqa: E402
 
 from rsgrpo import estimators  # noqa: E402
-from rsgrpo.train.config import TrainConfig, beta_at, from_dict, load_config, lr_at  # noqa: E402
+from rsgrpo.train.config import TrainConfig, from_dict, load_config  # noqa: E402
+from rsgrpo.train.schedules import beta_at, lr_at  # noqa: E402
 from rsgrpo.train.loss import build_batch, policy_loss, token_logprobs  # noqa: E402
 from rsgrpo.train.metrics import METRIC_COLUMNS  # noqa: E402
 from rsgrpo.train.rewards import RewardOutput, register  # noqa: E402
@@ -148,6 +149,11 @@ def test_defaults_follow_the_paper_and_yaml_file_lists_every_key():
 BAD_CONFIGS = [
     ({"learning_rate": 1e-6}, "learning_rate", "unknown key"),
     ({"lr": -1e-6}, "'lr'", "must be > 0"),
+    ({"rollout_correction": "is"}, "'rollout_correction'", "must be one of ['none', 'tis', 'mis']"),
+    ({"rollout_correction_cap": 1.0}, "'rollout_correction_cap'", "must be > 1"),
+    ({"checkpoint_every_minutes": -5}, "'checkpoint_every_minutes'", "must be >= 0"),
+    ({"collective_timeout_minutes": 0}, "'collective_timeout_minutes'", "must be > 0"),
+    ({"mismatch_check_every": 0}, "'mismatch_check_every'", "must be >= 1"),
     ({"lr": "fast"}, "'lr'", "fast"),
     ({"steps": 2.5}, "'steps'", "2.5"),
     ({"dynamic_sampling": "yes"}, "'dynamic_sampling'", "yes"),
@@ -213,10 +219,16 @@ def test_config_hash_covers_what_trains_differently_and_nothing_else():
     default = config_hash(from_dict({}))
     assert default == "1b9006984bc09d5ff520d59acb92a56e64ffffb0601f4209db90c9aaa49d3379"
     assert config_hash(from_dict({"logging": [], "rollout_log_every": 3, "micro_batch_size": 16, "hf_batch_size": 8,
-                                  "gradient_checkpointing": True, "logprob_chunk_tokens": 7, "steps": 3})) == default
+                                  "gradient_checkpointing": True, "logprob_chunk_tokens": 7, "steps": 3,
+                                  "checkpoint_every_minutes": 30, "collective_timeout_minutes": 60,
+                                  "mismatch_max_k3": 0.1, "mismatch_check_every": 5})) == default
     for changed in ({"precision": "bf16-mixed", "zero_stage": 1}, {"max_gen_rounds": 3}, {"dynamic_sampling": False},
-                    {"overlong": "mask"}, {"estimator": "grpo"}, {"estimator_params": {"beta": 4.0}}, {"lr": 2e-6}):
+                    {"overlong": "mask"}, {"estimator": "grpo"}, {"estimator_params": {"beta": 4.0}}, {"lr": 2e-6},
+                    {"rollout_correction": "tis"}, {"rollout_correction": "mis"}):
         assert config_hash(from_dict(changed)) != default, changed
+    assert config_hash(from_dict({"rollout_correction_cap": 3.0})) == default  # no correction: the cap is unused
+    assert config_hash(from_dict({"rollout_correction": "tis", "rollout_correction_cap": 3.0})) != \
+        config_hash(from_dict({"rollout_correction": "tis"}))
     assert config_hash(from_dict({"overlong": "penalty", "overlong_buffer": 4})) != \
         config_hash(from_dict({"overlong": "penalty", "overlong_buffer": 5}))
     ramp = {"beta_schedule": "linear", "beta_start": 0, "beta_end": 4}  # a ramp over the whole run: steps matter

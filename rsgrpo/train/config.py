@@ -23,8 +23,7 @@ from typing import Any
 
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "beta_at", "lr_at",
-           "config_hash", "compute_dtype", "FIELD_DOCS", "PRECISIONS"]
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "config_hash", "compute_dtype", "FIELD_DOCS", "PRECISIONS"]
 
 # Field name -> one-line documentation (also written as comments into config/train_defaults.yaml).
 FIELD_DOCS: dict[str, str] = {}
@@ -131,7 +130,26 @@ class TrainConfig:
     logprob_chunk_tokens: int = _f(1024, kind="int",
                                    doc="completion tokens per chunk of the output layer and log-softmax: bounds the "
                                        "float32 [tokens, vocab] logits held at once")
+    rollout_correction: str = _f("none", kind="str",
+                                 doc="correction for the rollout engine's sampling distribution differing from the "
+                                     "trainer's (bf16 kernels): none | tis (token-level truncated importance weights "
+                                     "min(pi_train / pi_rollout, rollout_correction_cap)) | mis (sequences whose "
+                                     "ratio leaves [1 / cap, cap] masked out of the loss)")
+    rollout_correction_cap: float = _f(2.0, kind="float",
+                                       doc="tis: the weight cap; mis: the sequence ratio's upper bound (lower bound "
+                                           "1 / cap)")
+    mismatch_max_k3: float = _f(0.05, kind="float",
+                                doc="fail fast: stop the run when the mean k3 KL estimate between the rollout "
+                                    "engine's and the trainer's token log-probs exceeds this (stale weights, dtype or "
+                                    "sampling settings); 0 = never stop, the mismatch is still logged")
+    mismatch_check_every: int = _f(1, kind="int",
+                                   doc="check mismatch_max_k3 every this many steps (and always at steps 0 and 1, "
+                                       "before and after the first weight push)")
     seed: int = _f(0, "seed of data order, rollouts and torch RNG", kind="int")
+    collective_timeout_minutes: float = _f(180.0, kind="float",
+                                           doc="how long a rank waits in a collective (NCCL/gloo) before the job "
+                                               "fails: long enough for other ranks' generation, grading and rank "
+                                               "0's checkpoint write")
     # --- bookkeeping ----------------------------------------------------------------------------
     run_dir: str | None = _f(None, kind="str?",
                              doc="run directory holding checkpoints/, metrics.csv, manifest.json (required; --run-dir "
@@ -139,6 +157,10 @@ class TrainConfig:
     checkpoint_every: int = _f(50, kind="int",
                                doc="write a checkpoint every this many steps (0 = only at the end; the last step is "
                                    "always saved)")
+    checkpoint_every_minutes: float = _f(0.0, kind="float",
+                                         doc="also write a checkpoint after the first step that ends this many "
+                                             "minutes after the last one (0 = off); for steps of hours, size it so "
+                                             "each job writes several (the plan prints minutes per step)")
     keep_last: int = _f(3, "complete checkpoints kept on disk (0 = keep all)", kind="int")
     keep_resumable: int = _f(1, kind="int",
                              doc="newest checkpoints that keep the optimizer state (and bf16-mixed fp32 masters) "
@@ -158,12 +180,14 @@ for _fld in dataclasses.fields(TrainConfig):
     FIELD_DOCS[_fld.name] = _fld.metadata["doc"]
 
 # Fields that do not influence the trajectory of a run (may change between a run and its resume).
-NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "keep_last", "keep_resumable", "logging", "rollout_log_every",
+NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "checkpoint_every_minutes", "keep_last", "keep_resumable", "logging", "rollout_log_every",
                          "rollout_log_groups", "progress",
                          "grading_workers", "engine", "hf_batch_size", "engine_options", "zero_stage",
-                         "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens")
+                         "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens",
+                         "mismatch_max_k3", "mismatch_check_every", "collective_timeout_minutes")
 PRECISIONS = ("fp32", "bf16-mixed")
 OVERLONG_MODES = ("none", "mask", "penalty")
+ROLLOUT_CORRECTIONS = ("none", "tis", "mis")
 # What pure-bf16 training is asked for as; refused with the reason (PURE_BF16_REASON).
 PURE_BF16 = ("bf16", "bfloat16", "pure-bf16")
 PURE_BF16_REASON = ("pure bf16 training cannot learn at RL learning rates: bf16 keeps about 3 significant digits, "
@@ -176,6 +200,7 @@ _CHOICES = {
     "engine": ("auto", "hf", "vllm"),
     "precision": PRECISIONS,
     "overlong": OVERLONG_MODES,
+    "rollout_correction": ROLLOUT_CORRECTIONS,
 }
 
 
@@ -301,6 +326,11 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
          "precision bf16-mixed needs zero_stage 1, 2 or 3 (DeepSpeed's optimizers for those stages keep fp32 master "
          "weights and accumulate gradients in fp32; stage 1 on one rank partitions nothing)")
     need("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)")
+    need("checkpoint_every_minutes", cfg.checkpoint_every_minutes >= 0, "must be >= 0 (0 = off)")
+    need("collective_timeout_minutes", cfg.collective_timeout_minutes > 0, "must be > 0")
+    need("rollout_correction_cap", cfg.rollout_correction_cap > 1, "must be > 1")
+    need("mismatch_max_k3", cfg.mismatch_max_k3 >= 0, "must be >= 0 (0 = never stop)")
+    need("mismatch_check_every", cfg.mismatch_check_every >= 1, "must be >= 1")
     need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
     need("keep_resumable", cfg.keep_resumable >= 0, "must be >= 0 (0 = every kept checkpoint stays resumable)")
     need("beta_ramp_steps", cfg.beta_ramp_steps >= 0, "must be >= 0 (0 = the whole run)")
@@ -437,38 +467,10 @@ def config_hash(cfg: TrainConfig) -> str:
     skip = set(NON_TRAJECTORY_FIELDS)
     if cfg.beta_schedule == "constant" or cfg.beta_ramp_steps > 0:
         skip.add("steps")
+    if cfg.rollout_correction == "none":  # off trains as before the option existed: earlier runs still resume
+        skip.update(("rollout_correction", "rollout_correction_cap"))
     d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def beta_at(cfg: TrainConfig, step: int) -> float | None:
-    """The beta used at 0-based ``step`` (None when the estimator has no beta).
-
-    linear: ``start + (end - start) * t``; cosine: ``start + (end - start) * (1 - cos(pi t)) / 2``,
-    with ``t = min(step, R - 1) / (R - 1)`` and ``R`` = beta_ramp_steps (0 = steps); ``R = 1`` gives end.
-    """
-    if cfg.beta_schedule == "constant":
-        beta = (cfg.estimator_params or {}).get("beta")
-        if beta is None:
-            from rsgrpo import estimators
-
-            beta = estimators.default_params(cfg.estimator).get("beta")
-        return None if beta is None else float(beta)
-    ramp = cfg.beta_ramp_steps or cfg.steps
-    t = 1.0 if ramp <= 1 else min(step, ramp - 1) / (ramp - 1)
-    if cfg.beta_schedule == "cosine":
-        t = (1.0 - math.cos(math.pi * t)) / 2.0
-    return float(cfg.beta_start + (cfg.beta_end - cfg.beta_start) * t)
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of 0-based ``step``: linear warm-up to ``lr`` over ``warmup_steps``, then constant.
-
-    A pure function of the step, so the "scheduler state" of a checkpoint is just the step.
-    """
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
 
 
 def defaults_yaml() -> str:

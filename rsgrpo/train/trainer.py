@@ -57,7 +57,8 @@ from rsgrpo.prepare.loading import check_gradient_checkpointing
 from rsgrpo.train import checkpoint as ckpt
 from rsgrpo.train import data_order, engines, preemption, rewards, rollout_log, sinks
 from rsgrpo.train.actor import Actor, UpdateStats
-from rsgrpo.train.config import TrainConfig, beta_at, compute_dtype, config_hash, lr_at, to_dict
+from rsgrpo.train.config import TrainConfig, compute_dtype, config_hash, to_dict
+from rsgrpo.train.schedules import beta_at, lr_at
 from rsgrpo.train.distributed import collectives, launch
 from rsgrpo.train.engines.base import SamplingParams, row_seed
 from rsgrpo.train.metrics import MetricsLog, MetricsRow, step_row
