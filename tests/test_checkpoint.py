@@ -1,12 +1,16 @@
-"""Checkpoints: atomicity, pruning, RNG round trip, and exact resume after SIGKILL."""
+"""Checkpoints: atomicity, pruning, RNG round trip, exact resume after SIGKILL, failed writes and damaged
+checkpoints."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +150,7 @@ def test_checkpoints_of_versions_before_the_format_boundary_are_refused(tiny_mod
     assert state[ckpt.FORMAT_KEY] == rsgrpo.__version__
     del state[ckpt.FORMAT_KEY]
     torch.save(state, path / ckpt.STATE_FILE)
+    (path / ckpt.MARKER).write_text(json.dumps({"step": 1}) + "\n")  # the marker of those versions
     with pytest.raises(ValueError, match=r"before 0\.2\.0.*CHANGELOG\.md.*new run_dir"):
         _trainer(tiny_model_dir, run, steps=2).setup()
 
@@ -298,3 +303,179 @@ def test_weights_written_in_shards_load_as_one_checkpoint(tiny_model_dir, tmp_pa
         assert torch.equal(a, b), name
     moments = ckpt.load_state(path)["optimizer"]["exp_avg"]
     assert all(torch.equal(moments[n], p.detach()) for n, p in model.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# failed writes and damaged checkpoints
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def three_checkpoints(tiny_model_dir, tmp_path_factory):
+    """A run dir with resumable checkpoints 1, 2 and 3 (copy it before changing it)."""
+    run = tmp_path_factory.mktemp("three") / "run"
+    _trainer(tiny_model_dir, run, steps=3, checkpoint_every=1, keep_resumable=0).run()
+    return run
+
+
+def _copy_run(source: Path, tmp_path: Path) -> Path:
+    shutil.copytree(source, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _step_dir(run: Path, step: int) -> Path:
+    return run / "checkpoints" / ckpt.checkpoint_name(step)
+
+
+def _truncate(path: Path) -> None:
+    """Cut ``path`` to half its length: what a node crash on a network file system can leave."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("raised", ["OSError", "SafetensorError"])
+def test_a_full_disk_stops_the_write_with_one_line_and_the_earlier_checkpoint_resumes(
+        tiny_model_dir, three_checkpoints, tmp_path, monkeypatch, raised):
+    """The resume shard of checkpoint 4 meets a full disk (as ``open`` reports it, and as safetensors
+    does): one line naming the file, the free space, the bytes needed and the last complete checkpoint;
+    the partial checkpoint is gone, and the run resumes from checkpoint 3."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    run = _copy_run(three_checkpoints, tmp_path)
+    real_save = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        if ".tmp-step-000004" not in filename:
+            return real_save(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(bytes(1000))  # the part that fitted
+        if raised == "OSError":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(ckpt.CheckpointWriteError) as failed:
+        _trainer(tiny_model_dir, run, steps=4, checkpoint_every=1, keep_resumable=0).run()
+    message = str(failed.value)
+    shard = run / "checkpoints" / ".tmp-step-000004" / ckpt.RESUME_DIR / "rank-00000-000.safetensors"
+    assert "\n" not in message and failed.value.errno == errno.ENOSPC
+    assert message.startswith(f"cannot write checkpoint step 4: {shard}: No space left on device (errno 28); ")
+    assert re.search(r"; [\d.]+ (B|KiB|MiB|GiB|TiB) free on its file system, about [\d.]+ KiB needed for this "
+                     r"write, [\d.]+ (KiB|MiB) for a whole checkpoint", message), message
+    assert f"; last complete checkpoint: {_step_dir(run, 3)} (a restart resumes from it); " \
+           "the partial checkpoint was removed" in message
+    assert not (run / "checkpoints" / ".tmp-step-000004").exists()
+    assert [s for s, _ in ckpt.complete_checkpoints(run)] == [1, 2, 3]
+    monkeypatch.undo()
+    again = _trainer(tiny_model_dir, run, steps=4, checkpoint_every=1, keep_resumable=0)
+    assert again.run()["final_step"] == 4 and again.start_step == 3
+
+
+def test_a_write_the_kernel_refuses_gives_the_same_line(tmp_path):
+    """A real failed write, no stand-in: the process's file-size limit makes the kernel refuse the
+    safetensors shard (EFBIG instead of ENOSPC; SIGXFSZ ignored so the write fails instead of the
+    process); with no checkpoint yet, the line says so."""
+    resource = pytest.importorskip("resource")
+    writer = ckpt.CheckpointWriter(tmp_path, 1, rank=0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if hard != resource.RLIM_INFINITY and hard < 1 << 20:
+        pytest.skip(f"the hard file-size limit ({hard} bytes) is below the test's")
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(ckpt.CheckpointWriteError) as failed:
+            writer.write_resume(iter([("exp_avg/w", torch.zeros(1 << 20))]))  # 4 MiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    shard = writer.tmp / ckpt.RESUME_DIR / "rank-00000-000.safetensors"
+    assert str(failed.value).startswith(f"cannot write checkpoint step 1: {shard}: {os.strerror(errno.EFBIG)} "
+                                        f"(errno {errno.EFBIG}); ")
+    assert "about 4.0 MiB needed for this write; last complete checkpoint: none yet" in str(failed.value)
+    assert not writer.tmp.exists()
+
+
+def test_the_marker_records_sizes_and_checksums_of_the_small_files(three_checkpoints):
+    """Every file but the marker, with its size; a checksum for all but the safetensors files."""
+    path = _step_dir(three_checkpoints, 3)
+    files = json.loads((path / ckpt.MARKER).read_text())["files"]
+    on_disk = {p.relative_to(path).as_posix(): p for p in path.rglob("*") if p.is_file() and p.name != ckpt.MARKER}
+    assert set(files) == set(on_disk) and {ckpt.STATE_FILE, "model.safetensors", "config.json"} <= set(files)
+    for rel, recorded in files.items():
+        assert recorded["bytes"] == on_disk[rel].stat().st_size
+        assert ("blake2b" in recorded) == (not rel.endswith(".safetensors")), rel
+    assert ckpt.verify_checkpoint(path) == []
+
+
+def test_a_truncated_resume_shard_falls_back_to_the_checkpoint_before(tiny_model_dir, three_checkpoints, tmp_path,
+                                                                      caplog):
+    """A marker behind a short optimizer shard (node crash): resume names the damaged checkpoint and
+    the file in a warning, resumes from checkpoint 2, and writing step 3 again replaces the damaged one."""
+    run = _copy_run(three_checkpoints, tmp_path)
+    shard = _step_dir(run, 3) / ckpt.RESUME_DIR / "rank-00000-000.safetensors"
+    size = shard.stat().st_size
+    _truncate(shard)
+    caplog.set_level("WARNING", logger="rsgrpo.train.checkpoint")
+    t = _trainer(tiny_model_dir, run, steps=3, checkpoint_every=1, keep_resumable=0)
+    assert t.run()["final_step"] == 3 and t.start_step == 2
+    assert f"checkpoint {_step_dir(run, 3)} is damaged: resume/rank-00000-000.safetensors has {size // 2} bytes, " \
+           f"its marker records {size}" in caplog.text
+    assert ckpt.verify_checkpoint(_step_dir(run, 3)) == []
+
+
+def test_one_changed_byte_of_a_small_file_is_detected(tiny_model_dir, three_checkpoints, tmp_path, caplog):
+    """The same size, one byte different (the trainer state): its checksum catches it, resume falls back."""
+    run = _copy_run(three_checkpoints, tmp_path)
+    state = _step_dir(run, 3) / ckpt.STATE_FILE
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state.write_bytes(bytes(data))
+    assert ckpt.verify_checkpoint(_step_dir(run, 3)) == \
+        [f"{ckpt.STATE_FILE} does not match the blake2b checksum its marker records"]
+    caplog.set_level("WARNING", logger="rsgrpo.train.checkpoint")
+    t = _trainer(tiny_model_dir, run, steps=3, checkpoint_every=1, keep_resumable=0)
+    t.setup()
+    assert t.start_step == 2 and f"checkpoint {_step_dir(run, 3)} is damaged" in caplog.text
+
+
+def test_with_every_checkpoint_damaged_resume_names_each(tiny_model_dir, three_checkpoints, tmp_path):
+    run = _copy_run(three_checkpoints, tmp_path)
+    _truncate(_step_dir(run, 1) / "model.safetensors")
+    _truncate(_step_dir(run, 2) / ckpt.STATE_FILE)
+    (_step_dir(run, 3) / ckpt.RESUME_DIR / "rank-00000.json").unlink()
+    with pytest.raises(ckpt.CheckpointDamagedError, match="no intact checkpoint to resume from") as failed:
+        _trainer(tiny_model_dir, run, steps=3, checkpoint_every=1, keep_resumable=0).setup()
+    message = str(failed.value)
+    assert "\n" not in message and isinstance(failed.value, ValueError)
+    assert f"{_step_dir(run, 1)} (model.safetensors has " in message
+    assert f"{_step_dir(run, 2)} ({ckpt.STATE_FILE} has " in message
+    assert f"{_step_dir(run, 3)} (resume/rank-00000.json is missing)" in message
+
+
+def test_markers_without_sizes_still_resume_and_are_checked_by_loading(tiny_model_dir, three_checkpoints, tmp_path,
+                                                                       caplog):
+    """Markers written before the file records hold only the step: such checkpoints resume, and a
+    damaged one is found by its files not loading."""
+    run = _copy_run(three_checkpoints, tmp_path)
+    for step in (1, 2, 3):
+        (_step_dir(run, step) / ckpt.MARKER).write_text(json.dumps({"step": step}) + "\n")
+    assert all(ckpt.verify_checkpoint(_step_dir(run, step)) == [] for step in (1, 2, 3))
+    t = _trainer(tiny_model_dir, run, steps=3, checkpoint_every=1, keep_resumable=0)
+    t.setup()
+    assert t.start_step == 3
+    _truncate(_step_dir(run, 3) / ckpt.RESUME_DIR / "rank-00000-000.safetensors")
+    _truncate(_step_dir(run, 2) / ckpt.STATE_FILE)
+    caplog.set_level("WARNING", logger="rsgrpo.train.checkpoint")
+    t = _trainer(tiny_model_dir, run, steps=3, checkpoint_every=1, keep_resumable=0)
+    t.setup()
+    assert t.start_step == 1
+    assert f"checkpoint {_step_dir(run, 3)} is damaged: resume/rank-00000-000.safetensors does not load" in caplog.text
+    assert f"checkpoint {_step_dir(run, 2)} is damaged: its resume state does not load" in caplog.text
+
+
+def test_pruning_keeps_the_newest_intact_checkpoint_behind_a_damaged_newer_one(three_checkpoints, tmp_path):
+    """keep_last 1 and keep_resumable 1 with checkpoint 3 damaged: checkpoint 2, what a resume starts
+    from, is neither deleted nor stripped; checkpoint 1 goes."""
+    run = _copy_run(three_checkpoints, tmp_path)
+    _truncate(_step_dir(run, 3) / ckpt.RESUME_DIR / "rank-00000-000.safetensors")
+    assert ckpt.prune(run, keep_last=1, keep_resumable=1) == [_step_dir(run, 1)]
+    assert [s for s, _ in ckpt.resumable_checkpoints(run)] == [2, 3]
+    assert ckpt.verify_checkpoint(_step_dir(run, 2)) == []

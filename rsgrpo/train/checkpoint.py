@@ -16,7 +16,8 @@ Layout: ``<run_dir>/checkpoints/step-XXXXXX/`` holds
   - ``trainer_state.pt``: the rest -- AdamW's step count, RNG states (python, numpy, torch) as
     tensors/plain types, the data position, the step, the cumulative-solve set, the metric rows so
     far, the config and data fingerprints;
-* ``COMPLETE``: a marker (JSON) written last.
+* ``COMPLETE``: a marker (JSON) written last: the step and every other file's size in bytes, with
+  a checksum of the small ones (:mod:`rsgrpo.train.checkpoint_integrity`).
 
 Why atomic: a run may be SIGKILLed at any instant (preemption, OOM killer). Every rank writes into
 ``.tmp-step-XXXXXX``; after all are done rank 0 writes the state, fsyncs, writes the marker and only
@@ -31,16 +32,27 @@ state contains a ``LossScaler`` instance), while this project loads only with sa
 ``torch.load(weights_only=True)``, and its files are partitioned per rank and ZeRO stage. Here the
 state is stored per parameter name in full shape: a checkpoint written by N ranks at any ZeRO stage
 resumes on M ranks.
+
+Why verified on resume: the marker vouches only for what the writer saw, and a node crash on a
+network file system can leave a short or wrong file behind it. Resume checks the newest checkpoint
+against its marker, names a damaged one in a warning and falls back to the newest intact one
+(keep ``keep_resumable`` at 2 or more to have one); pruning never removes that one. A failed write (a
+full disk, a quota) stops the run with one line (:class:`CheckpointWriteError`) and leaves the earlier
+checkpoints as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +61,15 @@ import torch
 
 from rsgrpo.io import atomic_path
 from rsgrpo.layout import CHECKPOINTS, MANIFEST, checkpoint_name, checkpoint_step  # the workflow layout's names
+from rsgrpo.train import checkpoint_integrity as integrity
+from rsgrpo.train.checkpoint_integrity import CheckpointDamagedError, CheckpointWriteError, fsync_path
 
 __all__ = ["MARKER", "STATE_FILE", "RESUME_DIR", "checkpoint_name", "complete_checkpoints", "resumable_checkpoints",
            "latest_checkpoint", "CheckpointWriter", "load_state", "lock_run_dir", "prune",
-           "capture_rng", "restore_rng", "clean_incomplete", "write_manifest", "resume_state", "ShardedTensors"]
+           "capture_rng", "restore_rng", "clean_incomplete", "write_manifest", "resume_state", "ShardedTensors",
+           "verify_checkpoint", "CheckpointWriteError", "CheckpointDamagedError"]
+
+log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 RESUME_DIR = "resume"
@@ -94,6 +111,30 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
     return ckpts[-1] if ckpts else None
 
 
+def verify_checkpoint(path: str | os.PathLike, *, resume: bool = True) -> list[str]:
+    """What is wrong with complete checkpoint ``path`` ([] when nothing is), measured against its
+    marker: every file it lists present with its recorded size, the small files' checksums, every
+    safetensors header readable. A marker written before these records existed (``{"step"}`` only)
+    has no sizes: then only that the safetensors files open. ``resume=False`` leaves ``resume/`` out (an
+    evaluation-only checkpoint's marker still lists what pruning stripped)."""
+    path = Path(path)
+    try:
+        marker = json.loads((path / MARKER).read_text())
+        files = marker.get("files")
+        if not isinstance(files, (dict, type(None))):
+            raise ValueError(f"its files are a {type(files).__name__}, not a mapping")
+    except (OSError, ValueError, AttributeError) as exc:  # unreadable, not JSON, not an object
+        return [f"its {MARKER} marker does not read ({' '.join(str(exc).split())})"]
+    return integrity.verify_files(path, files, skip=None if resume else f"{RESUME_DIR}/")
+
+
+def _newest_intact(run_dir: str | os.PathLike) -> Path | None:
+    for _, path in reversed(resumable_checkpoints(run_dir)):
+        if not verify_checkpoint(path):
+            return path
+    return None
+
+
 def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
     """Remove temp dirs and marker-less step dirs (leftovers of a killed writer); return them."""
     root = checkpoints_dir(run_dir)
@@ -106,34 +147,58 @@ def clean_incomplete(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointWriter:
     """Checkpoint ``step`` of a run, written by every rank into one temporary directory that rank 0
     renames when all are done. The order (the trainer's ``save``): construct on every rank (rank 0
     creates the directory), barrier, :meth:`write_resume` on every rank with its share, rank 0
-    :meth:`write_model` or :meth:`write_weights`, barrier, rank 0 :meth:`commit`."""
+    :meth:`write_model` or :meth:`write_weights`, barrier, rank 0 :meth:`commit`.
+
+    Every file write goes through :meth:`_writing`, so a write that fails (a full disk, a quota, an
+    I/O error) raises one :class:`CheckpointWriteError` whichever library wrote the file. Only the
+    writes themselves are wrapped, not the tensors' production (a ZeRO-3 gather is a collective whose
+    errors are not the file system's)."""
 
     def __init__(self, run_dir: str | os.PathLike, step: int, *, rank: int, shard_bytes: int = SHARD_BYTES):
+        self.run_dir = Path(run_dir)
         self.root = checkpoints_dir(run_dir)
         self.final = self.root / checkpoint_name(step)
         self.tmp = self.root / f".tmp-{checkpoint_name(step)}"
         self.step, self.rank, self.shard_bytes = step, rank, shard_bytes
         if rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if self.tmp.exists():  # a leftover of an attempt killed at this step
-                shutil.rmtree(self.tmp)
-            (self.tmp / RESUME_DIR).mkdir(parents=True)
+            with self._writing(self.tmp):
+                self.root.mkdir(parents=True, exist_ok=True)
+                if self.tmp.exists():  # a leftover of an attempt killed at this step
+                    shutil.rmtree(self.tmp)
+                (self.tmp / RESUME_DIR).mkdir(parents=True)
+
+    @contextlib.contextmanager
+    def _writing(self, target: Path, needed: int | Callable[[], int] | None = None) -> Iterator[None]:
+        """Turn a failed write of ``target`` (``needed``: its bytes, or how to count them, where known)
+        into a one-line :class:`CheckpointWriteError`. Rank 0 removes the temporary directory, freeing
+        the space and keeping the earlier checkpoints as they were; another rank leaves it (rank 0 may
+        still be writing into it) to :func:`clean_incomplete` at the next start. OSError is what
+        ``open`` and transformers' JSON writes raise, SafetensorError what a safetensors file's does."""
+        from safetensors import SafetensorError
+
+        try:
+            yield
+        except (OSError, SafetensorError) as exc:
+            error = integrity.write_error(self.step, target, exc, needed=needed() if callable(needed) else needed,
+                                          last_complete=(latest_checkpoint(self.run_dir) or (None, None))[1],
+                                          removed=self.rank == 0)
+            if self.rank == 0:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            raise error from None
+
+    def _save_tensors(self, tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        with self._writing(path, lambda: integrity.tensor_bytes(tensors)):
+            save_file(tensors, str(path), metadata=metadata)
+
+    def _write_text(self, path: Path, text: str) -> None:
+        with self._writing(path, len(text.encode())):
+            path.write_text(text)
 
     def _shards(self, named_tensors: Iterator[tuple[str, torch.Tensor]], stats: dict) -> Iterator[dict]:
         """``named_tensors`` in dicts of at most ``shard_bytes`` (one tensor more where it overflows),
@@ -156,66 +221,70 @@ class CheckpointWriter:
     def write_resume(self, named_tensors: Iterator[tuple[str, torch.Tensor]]) -> dict:
         """Write this rank's share of the resume state in files of at most ``shard_bytes``; return
         (and write to ``rank-RRRRR.json``) what it wrote and the most it held at once."""
-        from safetensors.torch import save_file
-
         summary = {"rank": self.rank, "tensors": 0, "bytes": 0, "max_held_bytes": 0}
         for part, shard in enumerate(self._shards(named_tensors, summary)):
-            save_file(shard, str(self.tmp / RESUME_DIR / f"rank-{self.rank:05d}-{part:03d}.safetensors"))
-        (self.tmp / RESUME_DIR / f"rank-{self.rank:05d}.json").write_text(json.dumps(summary) + "\n")
+            self._save_tensors(shard, self.tmp / RESUME_DIR / f"rank-{self.rank:05d}-{part:03d}.safetensors")
+        self._write_text(self.tmp / RESUME_DIR / f"rank-{self.rank:05d}.json", json.dumps(summary) + "\n")
         return summary
 
     def write_model(self, model, tokenizer) -> None:
         """Rank 0: the HF checkpoint of a module that holds full weights (ZeRO 0-2)."""
-        model.save_pretrained(self.tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(self.tmp)
+        with self._writing(self.tmp, lambda: integrity.tensor_bytes(model.state_dict())):
+            model.save_pretrained(self.tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(self.tmp)
 
     def write_weights(self, model, tokenizer, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         """Rank 0: the HF checkpoint from ``(name, full tensor)`` pairs (a ZeRO-3 gather, consumed
         lazily), written as safetensors shards of at most ``shard_bytes`` plus their index, so the
         weights are never held whole either."""
-        from safetensors.torch import save_file
-
         stats = {"tensors": 0, "bytes": 0, "max_held_bytes": 0}
         files, weight_map = [], {}
         for shard in self._shards(weights, stats):
-            files.append(self._weight_shard(save_file, shard, len(files), weight_map))
+            files.append(self._weight_shard(shard, len(files), weight_map))
         if not files:
-            files.append(self._weight_shard(save_file, {}, 0, weight_map))
+            files.append(self._weight_shard({}, 0, weight_map))
         if len(files) == 1:
-            (self.tmp / files[0]).rename(self.tmp / "model.safetensors")
+            with self._writing(self.tmp / "model.safetensors"):
+                (self.tmp / files[0]).rename(self.tmp / "model.safetensors")
         else:
             index = {"metadata": {"total_size": stats["bytes"]}, "weight_map": weight_map}
-            (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        model.config.save_pretrained(self.tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(self.tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(self.tmp)
+            self._write_text(self.tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+        with self._writing(self.tmp):
+            model.config.save_pretrained(self.tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(self.tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(self.tmp)
 
-    def _weight_shard(self, save_file, tensors: dict, index: int, weight_map: dict) -> str:
+    def _weight_shard(self, tensors: dict, index: int, weight_map: dict) -> str:
         name = f"model-{index + 1:05d}.safetensors"
-        save_file(tensors, str(self.tmp / name), metadata={"format": "pt"})
+        self._save_tensors(tensors, self.tmp / name, metadata={"format": "pt"})
         weight_map.update({key: name for key in tensors})
         return name
 
     def commit(self, state: dict[str, Any]) -> Path:
         """Rank 0, after every rank's :meth:`write_resume`: the trainer state (tensors and plain types
-        only, reloaded with weights_only=True) stamped with the writing version, fsync, the marker, the
-        atomic rename."""
+        only, reloaded with weights_only=True) stamped with the writing version, fsync, the marker with
+        every file's size (and the small files' checksums), the atomic rename. The state is serialized
+        in memory first: ``torch.save`` into a file that fails reports only a stream position, and a
+        pickling error is then no write error."""
         from rsgrpo import __version__
 
-        torch.save({**state, FORMAT_KEY: __version__}, self.tmp / STATE_FILE)
-        (self.tmp / MARKER).write_text(json.dumps({"step": self.step}) + "\n")
-        _fsync_tree(self.tmp)
+        buffer = io.BytesIO()
+        torch.save({**state, FORMAT_KEY: __version__}, buffer)
+        with self._writing(self.tmp / STATE_FILE, buffer.getbuffer().nbytes):
+            (self.tmp / STATE_FILE).write_bytes(buffer.getbuffer())
+        with self._writing(self.tmp / MARKER):  # fsync reports what a network file system could not store
+            files = integrity.record_files(self.tmp, exclude=(MARKER,))
+            (self.tmp / MARKER).write_text(json.dumps({"step": self.step, "files": files}, indent=1) + "\n")
+            fsync_path(self.tmp / MARKER)
+            fsync_path(self.tmp)
         if self.final.exists():  # a leftover of an earlier attempt at the same step: replace it
             shutil.rmtree(self.final)
-        os.rename(self.tmp, self.final)
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with self._writing(self.final):
+            os.rename(self.tmp, self.final)
+        fsync_path(self.root)
         return self.final
 
 
@@ -304,15 +373,39 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def _newest_loadable(run_dir: str | os.PathLike) -> tuple[Path | None, dict | None]:
+    """``(path, state)`` of the newest resumable checkpoint that passes :func:`verify_checkpoint` and
+    loads, each damaged newer one named in a warning; ``(None, None)`` when there is none at all;
+    :class:`CheckpointDamagedError` naming each when all are damaged."""
+    from safetensors import SafetensorError
+
+    damaged = []
+    for _, path in reversed(resumable_checkpoints(run_dir)):
+        problems = verify_checkpoint(path)
+        if not problems:
+            try:  # a marker without sizes lets a short file by; torch's zip reader then raises RuntimeError
+                return path, load_state(path)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+                problems = [f"its resume state does not load ({' '.join(str(exc).split())})"]
+        log.warning("checkpoint %s is damaged: %s; trying the checkpoint before it", path, "; ".join(problems))
+        damaged.append(f"{path} ({'; '.join(problems)})")
+    if damaged:
+        raise CheckpointDamagedError(
+            f"no intact checkpoint to resume from in {str(run_dir)!r}: {', '.join(damaged)}; restore them, or move "
+            "them away to start the run again from the beginning (keep_resumable >= 2 keeps an older one to "
+            "fall back on)")
+    return None, None
+
+
 def resume_state(run_dir: str | os.PathLike, *, config_hash: str, data_hash: str,
                  prompts_per_step: int) -> tuple[Path | None, dict | None]:
-    """``(path, state)`` of the newest complete checkpoint to resume from, ``(None, None)`` for a fresh
-    run; ValueError when it was written with another config or other training records, or when its
-    data position is not a whole number of steps' prompts."""
-    latest = latest_checkpoint(run_dir)
-    if latest is None:
+    """``(path, state)`` of the newest intact checkpoint to resume from (a damaged newer one is named
+    in a warning and passed over), ``(None, None)`` for a fresh run; ValueError when it was written
+    with another config or other training records, or when its data position is not a whole number
+    of steps' prompts, :class:`CheckpointDamagedError` when every checkpoint is damaged."""
+    path, state = _newest_loadable(run_dir)
+    if path is None:
         return None, None
-    state = load_state(latest[1])
     if state["config_hash"] != config_hash:
         raise ValueError(f"run_dir {str(run_dir)!r} holds checkpoints of a different config (hash "
                          f"{state['config_hash'][:12]} vs {config_hash[:12]}); use a new run_dir or the "
@@ -322,25 +415,36 @@ def resume_state(run_dir: str | os.PathLike, *, config_hash: str, data_hash: str
                          "(different records); resume needs the same data -- use a new run_dir")
     step, position = int(state["step"]), int(state["data_position"])
     if position < step * prompts_per_step or position % prompts_per_step:
-        raise ValueError(f"checkpoint {latest[1]}: data_position {position} is not a multiple of "
+        raise ValueError(f"checkpoint {path}: data_position {position} is not a multiple of "
                          f"prompts_per_step {prompts_per_step} of at least step x prompts_per_step "
                          f"= {step * prompts_per_step}")
-    return latest[1], state
+    return path, state
 
 
 def prune(run_dir: str | os.PathLike, keep_last: int, keep_resumable: int = 0) -> list[Path]:
     """Delete all but the newest ``keep_last`` complete checkpoints (0 = keep all), and strip all but
     the newest ``keep_resumable`` of the rest to evaluation-only ones (HF weights; 0 = strip none):
-    the optimizer state is only worth its bytes where a resume may start. Returns what it removed."""
+    the optimizer state is only worth its bytes where a resume may start. Returns what it removed.
+
+    Neither touches the newest intact resumable checkpoint. After a resume fell back past a damaged
+    checkpoint, the damaged one is still the newest on disk until the run writes its step again;
+    counted among the newest, it would have the checkpoint the run stands on removed or stripped."""
     removed = []
     ckpts = complete_checkpoints(run_dir)
-    for _, p in ckpts[:-keep_last] if keep_last > 0 else []:
+    resumable = [p for _, p in resumable_checkpoints(run_dir)]
+    doomed = ckpts[:-keep_last] if keep_last > 0 else []
+    stripped = resumable[:-keep_resumable] if keep_resumable > 0 else []
+    anchor = _newest_intact(run_dir) if doomed or stripped else None  # verified only when needed
+    for _, p in doomed:
+        if p == anchor:
+            continue
         # Remove the marker first: a crash mid-delete then leaves an ignorable, incomplete dir.
         (p / MARKER).unlink(missing_ok=True)
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
-    resumable = [p for _, p in resumable_checkpoints(run_dir)]
-    for p in resumable[:-keep_resumable] if keep_resumable > 0 else []:
+    for p in stripped:
+        if p == anchor or not p.exists():
+            continue
         # The state file first: a crash mid-strip leaves a checkpoint that is simply not resumable.
         (p / STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(p / RESUME_DIR, ignore_errors=True)
