@@ -1,6 +1,6 @@
 """The package's shape: the folder tree is the workflow, and imports only point backwards.
 
-``rsgrpo/`` holds the core (cli, grid, layout, io, plotting, estimators, specs) and one subpackage per
+``rsgrpo/`` holds the core (cli, grid, layout, io, plotting, estimators, specs, capacity) and one subpackage per
 workflow stage. A stage may import the core, itself, and the stages before it, never a later one;
 ``bandit`` (the paper's Fig. 3, independent of LLMs) and ``grading`` use the core only. Every import
 counts, the ones inside functions too, and no module may take part in an import circle.
@@ -102,6 +102,7 @@ def test_every_module_belongs_to_a_known_stage():
     assert {stage_of(m) for m in graph} == set(RANK)
     assert stage_of("rsgrpo.grid") == CORE and stage_of("rsgrpo.train.trainer") == "train"
     assert stage_of("rsgrpo.train") == "train" and stage_of("rsgrpo") == CORE
+    assert stage_of("rsgrpo.capacity") == CORE  # the plan's arithmetic, which the trainer calls too
 
 
 def test_stages_import_only_earlier_stages_and_the_core():

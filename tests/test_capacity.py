@@ -1,5 +1,6 @@
-"""Memory arithmetic of a job (rsgrpo.plan.capacity): model states equal DeepSpeed's own estimators, and
-the update's predicted peak is within 25% of the measured one on CPU."""
+"""Memory arithmetic of a job (rsgrpo.capacity): model states equal DeepSpeed's own estimators, the
+update's predicted peak is within 25% of the measured one on CPU, the colocated vLLM engine's share is
+the largest that fits, and checkpoints, the reference model and grading workers are priced."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 import pytest
 from peak_memory import peak_mb
 
-from rsgrpo.plan import capacity
-from rsgrpo.plan.capacity import Shape, TrainJob
+from rsgrpo import capacity
+from rsgrpo.capacity import Shape, TrainJob
 
 SHAPE = Shape(params=7_615_616_512, largest_layer=545_001_472, layers=28, hidden=3584, intermediate=18944, heads=28,
               kv_heads=4, head_dim=128, vocab=152064)
@@ -83,7 +84,7 @@ def test_predicted_update_peak_within_25_percent_of_the_measured_one(name):
     without checkpointing, fp32): measured peak above the built model vs
     prediction. At that moment the gradients exist only as far as the backward has come: the output
     layer's (chunk phase) or all of them (rebuilt-layer phase)."""
-    from rsgrpo.plan.plan import model_shape
+    from rsgrpo.capacity import model_shape
     from rsgrpo.prepare.loading import shipped_config_path
 
     config = MODELS[name]
@@ -126,9 +127,122 @@ logp, _ = token_logprobs(model, batch, chunk_tokens=1024)
 
 def test_engine_memory_counts_the_sequences_its_kv_room_holds():
     per_sequence = 4096 * SHAPE.kv_bytes_per_token()  # 2 x 28 layers x 512 x 2 bytes per token
+    overhead = sum(capacity.vllm_overhead(SHAPE).values())
     share = capacity.engine_memory(SHAPE, sequences=2048, sequence=4096, gpu_bytes=80e9, utilization=0.3)
-    assert share["concurrent"] == int((24e9 - 2 * SHAPE.params) // per_sequence) == 37 and share["kv_fits"]
+    assert share["kv_room"] == 24e9 - 2 * SHAPE.params - overhead
+    assert share["concurrent"] == int((24e9 - 2 * SHAPE.params - overhead) // per_sequence) == 13 and share["kv_fits"]
     own = capacity.engine_memory(SHAPE, sequences=64, sequence=4096, gpu_bytes=80e9, utilization=None)
     assert own["concurrent"] == 64 and own["reserved"] == 2 * SHAPE.params + 64 * per_sequence
     cramped = capacity.engine_memory(SHAPE, sequences=8, sequence=4096, gpu_bytes=80e9, utilization=0.15)
     assert cramped["concurrent"] == 1 and not cramped["kv_fits"]
+
+
+def test_vllm_overhead_is_the_profile_run_the_sampler_and_cuda_graphs():
+    over = capacity.vllm_overhead(SHAPE)
+    assert over["activations"] == 16384 * (3 * 18944 + 4 * 3584) * 2  # max_num_batched_tokens x widest layer
+    assert over["sampler"] == 3 * 4 * 1024 * 152064                     # float32 [max_num_seqs, vocab] x 3
+    assert over["cuda_graphs"] == capacity.VLLM_CUDA_GRAPH_BYTES > 0
+
+
+def _fits(share: float, resident: float, gpu: float = 80e9) -> bool:
+    return share * gpu + resident + capacity.MARGIN_BYTES <= gpu
+
+
+def test_colocated_share_is_the_largest_that_fits_beside_the_resident_states():
+    """Qwen2.5-Math-7B on 4 x 80 GB, ZeRO-3, bf16-mixed: every share on a 0.001 grid is tried."""
+    job = _job(zero_stage=3, ranks=4)
+    out = capacity.colocated_engine_share(SHAPE, job, 80e9, kl_reference=False)
+    resident = sum(capacity.model_states(SHAPE, job).values())
+    assert out["resident_bytes"] == resident and out["margin_bytes"] == capacity.MARGIN_BYTES >= 4e9
+    grid = [i / 1000 for i in range(50, 951)]
+    assert out["share"] == max(s for s in grid if _fits(s, resident)) and out["fits"]
+    assert _fits(out["share"], resident) and not _fits(out["share"] + 0.001, resident)
+    assert 0.4 < out["share"] < 0.5  # vs the 0.3 the trainer used to take
+    assert out["engine_bytes"] == out["share"] * 80e9
+    overhead = sum(capacity.vllm_overhead(SHAPE, 2).values())
+    assert out["overhead_bytes"] == overhead and out["weights_bytes"] == 2 * SHAPE.params
+    assert out["kv_room_bytes"] == pytest.approx(out["share"] * 80e9 - 2 * SHAPE.params - overhead, abs=1)
+    # the engine the plan prices at that share leaves the same KV room
+    engine = capacity.engine_memory(SHAPE, sequences=512, sequence=4096, gpu_bytes=80e9, utilization=out["share"])
+    assert engine["kv_room"] == pytest.approx(out["kv_room_bytes"], abs=1)
+    # the reference model (kl_coef > 0) stays resident too: the share shrinks by its 2 bytes per parameter
+    kl = capacity.colocated_engine_share(SHAPE, job, 80e9, kl_reference=True)
+    assert kl["resident_bytes"] == resident + 2 * SHAPE.params
+    with_reference = resident + 2 * SHAPE.params
+    assert _fits(kl["share"], with_reference) and not _fits(kl["share"] + 0.001, with_reference)
+
+
+def test_colocated_share_is_clamped_and_says_when_even_the_smallest_does_not_fit():
+    crowded = capacity.colocated_engine_share(SHAPE, _job(ranks=1), 80e9, kl_reference=False)  # ZeRO-1: 122 GB
+    assert crowded["share"] == capacity.MIN_ENGINE_SHARE and not crowded["fits"]
+    roomy = capacity.colocated_engine_share(SHAPE, _job(zero_stage=3, ranks=1, offload_optimizer=True), 1000e9,
+                                            kl_reference=False)
+    assert roomy["share"] == capacity.MAX_ENGINE_SHARE and roomy["fits"]
+
+
+def test_train_job_reads_a_train_config():
+    from rsgrpo.train.config import TrainConfig
+
+    cfg = TrainConfig(precision="bf16-mixed", zero_stage=3, micro_batch_size=4, max_new_tokens=3072,
+                      gradient_checkpointing=True, logprob_chunk_tokens=512, offload_optimizer=True)
+    assert capacity.train_job(cfg, ranks=4, prompt_tokens=1024) == TrainJob(
+        precision="bf16-mixed", zero_stage=3, ranks=4, offload_optimizer=True, micro_batch=4, sequence=4096,
+        completion=3072, gradient_checkpointing=True, logprob_chunk=512)
+
+
+def test_the_reference_model_is_a_full_replica_in_the_compute_dtype():
+    for precision, stage, size in (("bf16-mixed", 3, 2), ("fp32", 0, 4)):
+        job = _job(precision=precision, zero_stage=stage, ranks=4)
+        without = capacity.train_memory(SHAPE, job, engine_bytes=30e9)
+        kl = capacity.train_memory(SHAPE, job, engine_bytes=30e9, kl_reference=True)
+        assert without["reference_model"] == 0 and kl["reference_model"] == size * SHAPE.params
+        assert kl["total"] == pytest.approx(without["total"] + size * SHAPE.params)
+    # and it is built on the host first
+    job = _job(zero_stage=3, ranks=4)
+    assert (capacity.host_memory(SHAPE, job, ranks_per_node=4, kl_reference=True)
+            - capacity.host_memory(SHAPE, job, ranks_per_node=4)) == 4 * 2 * SHAPE.params
+
+
+def test_host_memory_grows_with_the_grading_workers():
+    job = _job(zero_stage=3, ranks=4)
+    none = capacity.host_memory(SHAPE, job, ranks_per_node=4, grading_workers=0)
+    eight = capacity.host_memory(SHAPE, job, ranks_per_node=4, grading_workers=8)
+    assert none == 4 * 2 * SHAPE.params
+    assert eight - none == pytest.approx(4 * 8 * capacity.GRADING_WORKER_BYTES)
+    assert capacity.GRADING_WORKER_BYTES >= 84e6  # the measured peak of one worker
+
+
+def test_a_checkpoint_holds_the_weights_masters_and_moments():
+    assert capacity.checkpoint_bytes(SHAPE, "bf16-mixed") == (2 + 4 + 8) * SHAPE.params
+    assert capacity.checkpoint_bytes(SHAPE, "fp32") == (4 + 8) * SHAPE.params
+
+
+def _simulate(job_minutes, minutes_per_step, write_minutes, every_steps, every_minutes):
+    """The trainer's rule, step by step: a checkpoint every ``every_steps`` steps and after the first step
+    that ends ``every_minutes`` after the last one; checkpoints completed within the job."""
+    t, step, last, written = 0.0, 0, 0.0, 0
+    while True:
+        t += minutes_per_step
+        step += 1
+        if t > job_minutes:
+            return written
+        if (every_steps and step % every_steps == 0) or (every_minutes and t - last >= every_minutes):
+            t += write_minutes
+            if t > job_minutes:
+                return written
+            written, last = written + 1, t
+
+
+@pytest.mark.parametrize("steps, minutes", [(100, 0), (0, 720), (100, 720), (7, 100), (0, 0), (30, 50)])
+@pytest.mark.parametrize("per_step", [24.26, 37.7, 3.0])
+def test_checkpoints_per_job_is_a_lower_bound_of_the_trainers_rule(steps, minutes, per_step):
+    kw = dict(job_minutes=10080, minutes_per_step=per_step, write_minutes=1.8, every_steps=steps, every_minutes=minutes)
+    count = capacity.checkpoints_per_job(**kw)
+    simulated = _simulate(10080, per_step, 1.8, steps, minutes)
+    assert count <= simulated
+    if not (steps and minutes):  # one rule alone: exact
+        assert count == simulated
+    if steps == 100 and minutes == 0 and per_step == 24.26:
+        assert count == 4  # 100 steps = 2428 min a checkpoint
+    if steps == 0 and minutes == 720 and per_step == 24.26:
+        assert count == 13  # 30 steps = 729.6 min a checkpoint

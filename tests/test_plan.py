@@ -1,5 +1,6 @@
-"""`python -m rsgrpo plan`: shapes from config.json alone, the paper grid priced and fitting, and a
-job that cannot fit refused by the workflow before any job runs."""
+"""`python -m rsgrpo plan`: shapes from config.json alone, the paper grid priced and fitting, the
+colocated engine's share the trainer's, expected vs bounded hours, checkpoints per job, and a job that
+cannot fit refused by the workflow before any job runs."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 import yaml
 from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake
 
-from rsgrpo import cli
-from rsgrpo.plan import capacity
-from rsgrpo.plan.plan import load_workflow_config, meta_shape, model_shape, plan
+from rsgrpo import capacity, cli
+from rsgrpo.capacity import meta_shape, model_shape
+from rsgrpo.plan.plan import load_workflow_config, notes, plan
 from rsgrpo.prepare.loading import MODEL_CONFIGS, shipped_config_path
 from rsgrpo.prepare.tiny import tiny_config
 
@@ -99,11 +100,167 @@ def test_workflow_refuses_a_job_that_does_not_fit_at_parse_time(tmp_path):
     assert "largest component: optimizer" in out and "the GPU has 24.0 GB" in out and "Job stats" not in out
 
 
-def test_the_plans_engine_share_is_the_trainers():
-    from rsgrpo.plan.plan import COLOCATED_ENGINE_SHARE
-    from rsgrpo.train.engines.vllm import COLOCATED_VLLM_DEFAULTS
+def _train_config(config, model, run):
+    from rsgrpo import grid as G
+    from rsgrpo.train.config import from_dict
 
-    assert COLOCATED_ENGINE_SHARE == COLOCATED_VLLM_DEFAULTS["gpu_memory_utilization"]
+    cell = next(c for c in G.expand(config) if c.model == model and c.run == run)
+    return from_dict(G.train_settings(config, cell), "test")
+
+
+def test_the_plans_engine_share_is_the_one_the_trainer_computes(grid):
+    """Every colocated train row: the share, the engine's GB and its KV room are
+    rsgrpo.capacity.colocated_engine_share's for the cell's TrainConfig, the function the trainer calls."""
+    config, rows = grid
+    trains = [r for r in rows if r["job"] == "train"]
+    shares = set()
+    for r in trains:
+        model = config["models"][r["model"]]
+        shape = model_shape(json.loads(shipped_config_path(model["spec"]["id"]).read_text()))
+        cfg = _train_config(config, r["model"], r["run"])
+        job = capacity.train_job(cfg, ranks=model["gpus"], prompt_tokens=config["plan"]["prompt_tokens"])
+        sized = capacity.colocated_engine_share(shape, job, model["gpu_memory_gb"] * 1e9, kl_reference=False)
+        assert r["engine_share"] == sized["share"] and r["engine_share_fits"], r
+        assert r["engine_gb"] == round(sized["engine_bytes"] / 1e9, 2) == r["rollout_engine_gb"]
+        assert r["kv_room_gb"] == round(sized["kv_room_bytes"] / 1e9, 2)
+        shares.add(r["engine_share"])
+    assert len(shares) > 1 and 0.3 not in shares  # sized per model, not one constant
+    qwen7b = next(r for r in trains if r["model"] == "qwen7b")
+    assert qwen7b["engine_share"] == 0.469 and qwen7b["kv_room_gb"] > 1.5 * 8.77  # 8.77 GB at the old 0.3
+
+
+def _changed(config, *, plan=None, **models):
+    """A copy of the validated config with plan assumptions and per-model training keys changed."""
+    import copy
+
+    changed = copy.deepcopy(config)
+    changed["plan"].update(plan or {})
+    for key, training in models.items():
+        changed["models"][key].setdefault("training", {}).update(training)
+    return changed
+
+
+def _row(rows, model, run="grpo", job="train"):
+    return next(r for r in rows if (r["job"], r["model"], r["run"]) == (job, model, run))
+
+
+def test_the_plan_uses_a_configured_gpu_memory_utilization(grid):
+    config, _ = grid
+    rows = plan(_changed(config, qwen7b={"engine_options": {"gpu_memory_utilization": 0.35}}))
+    r = _row(rows, "qwen7b")
+    shape = model_shape(json.loads(shipped_config_path("Qwen/Qwen2.5-Math-7B").read_text()))
+    overhead = sum(capacity.vllm_overhead(shape).values())
+    assert r["engine_share"] == 0.35 and r["engine_gb"] == 28.0 and r["engine_share_fits"]
+    assert r["kv_room_gb"] == round((28e9 - 2 * shape.params - overhead) / 1e9, 2)
+    assert _row(rows, "llama8b")["engine_share"] == 0.447  # the others keep theirs
+    # a configured share that does not fit beside the trainer's states and the margin is refused
+    crowded = plan(_changed(config, qwen7b={"engine_options": {"gpu_memory_utilization": 0.52}}))
+    assert not _row(crowded, "qwen7b")["engine_share_fits"] and _row(crowded, "qwen7b")["fits"]
+    from rsgrpo.plan.plan import misfits
+
+    message = [m for m in misfits(crowded) if "does not fit beside" in m]
+    assert len(message) == 1 and message[0].startswith("models.qwen7b: the train job's vLLM engine at "
+                                                       "gpu_memory_utilization 0.52 (41.6 GB)")
+
+
+def test_kl_coef_adds_the_reference_model_to_gpu_and_host_memory(grid):
+    config, rows = grid
+    kl = plan(_changed(config, qwen7b={"kl_coef": 0.001}))
+    shape = model_shape(json.loads(shipped_config_path("Qwen/Qwen2.5-Math-7B").read_text()))
+    before, after = _row(rows, "qwen7b"), _row(kl, "qwen7b")
+    assert before["reference_model_gb"] == 0 and after["reference_model_gb"] == round(2 * shape.params / 1e9, 2)
+    assert after["host_gb"] == pytest.approx(before["host_gb"] + 4 * 2 * shape.params / 1e9, abs=0.02)  # 4 ranks
+    # the engine gives the replica its room: the share shrinks by about its 15.2 GB of an 80 GB GPU
+    assert after["engine_share"] == pytest.approx(before["engine_share"] - 2 * shape.params / 80e9, abs=0.0011)
+    assert after["total_gb"] == pytest.approx(before["total_gb"], abs=0.1) and after["fits"]
+
+
+def test_hours_are_the_expectation_and_hours_bound_every_completion_at_its_cap(grid):
+    config, rows = grid
+    fraction = config["plan"]["expected_completion_fraction"]
+    assert 0 < fraction < 1
+    for r in rows:
+        assert r["generated_tokens"] == pytest.approx(r["generated_tokens_bound"] * fraction, rel=1e-3), r
+        assert r["hours"] < r["hours_bound"]
+    # the exact formula of one train row: rounds x decode + update at the expected completion length
+    r, cfg = _row(rows, "qwen7b"), _train_config(config, "qwen7b", "grpo")
+    shape = model_shape(json.loads(shipped_config_path("Qwen/Qwen2.5-Math-7B").read_text()))
+    assume, prompt = config["plan"], config["plan"]["prompt_tokens"]
+    expected = round(fraction * cfg.max_new_tokens)
+    per_rank = cfg.prompts_per_step * cfg.samples_per_prompt // 4
+    engine = capacity.engine_memory(shape, sequences=per_rank, sequence=prompt + expected, gpu_bytes=80e9,
+                                    utilization=r["engine_share"])
+    peak, bandwidth = assume["gpu"]["tflops"] * 1e12, assume["gpu"]["bandwidth_tbs"] * 1e12
+    decode = capacity.decode_seconds(shape, sequences=per_rank, prompt=prompt, completion=expected,
+                                     concurrent=engine["concurrent"], peak_flops=peak, bandwidth=bandwidth,
+                                     efficiency=assume["decode_efficiency"])
+    flops = capacity.train_step_flops(shape, sequences=4 * per_rank, prompt=prompt, completion=expected,
+                                      gradient_checkpointing=True)
+    step = assume["gen_rounds"] * decode + flops["update"] / (4 * peak * assume["train_mfu"])
+    assert r["hours"] == round(cfg.steps * step / 3600, 2) and r["minutes_per_step"] == round(step / 60, 2)
+    # at a fraction of 1 the expectation is the bound
+    whole = plan(_changed(config, plan={"expected_completion_fraction": 1}))
+    whole = {(x["job"], x["model"], x["run"]): x for x in whole}
+    for r in rows:
+        same = whole[(r["job"], r["model"], r["run"])]
+        assert same["hours"] == same["hours_bound"] == r["hours_bound"]
+        assert same["generated_tokens"] == same["generated_tokens_bound"] == r["generated_tokens_bound"]
+
+
+def test_runtime_and_submissions_come_from_the_expected_hours(grid):
+    config, rows = grid
+    factor, limit = config["plan"]["safety_factor"], config["plan"]["max_runtime_minutes"]
+    r = _row(rows, "qwen7b")
+    assert r["submissions"] == math.ceil(r["hours"] * 60 * factor / limit) == 2
+    assert math.ceil(r["hours_bound"] * 60 * factor / limit) == 5  # what the bound would ask for
+    unlimited = _row(plan(_changed(config, plan={"max_runtime_minutes": 10**6})), "qwen7b")
+    assert unlimited["runtime_min"] == pytest.approx(r["hours"] * 60 * factor, abs=2) and unlimited["submissions"] == 1
+
+
+def test_checkpoints_size_time_and_count_per_job(grid):
+    config, rows = grid
+    shape = model_shape(json.loads(shipped_config_path("Qwen/Qwen2.5-Math-7B").read_text()))
+    r = _row(rows, "qwen7b")
+    assert r["checkpoint_gb"] == round(14 * shape.params / 1e9, 2)  # bf16 weights + fp32 masters + 2 moments
+    assert r["checkpoint_min"] == round(14 * shape.params / 1e9 / 60, 2)  # at 1 GB/s
+    fast = _row(plan(_changed(config, plan={"checkpoint_write_gbs": 2.0})), "qwen7b")
+    assert fast["checkpoint_min"] == round(7 * shape.params / 1e9 / 60, 2)
+    # every 100 steps alone: one every 100 x ~24 min; every 720 minutes too: one every 30 steps
+    steps_only = _row(plan(_changed(config, qwen7b={"checkpoint_every_minutes": 0})), "qwen7b")
+    period = 100 * steps_only["minutes_per_step"] + r["checkpoint_min"]
+    assert steps_only["checkpoints_per_job"] == 10080 // period == 4
+    assert r["checkpoints_per_job"] == 13
+    rare = plan(_changed(config, qwen7b={"checkpoint_every_minutes": 0, "checkpoint_every": 500}))
+    assert _row(rare, "qwen7b")["checkpoints_per_job"] == 0
+    said = [n for n in notes(rare, config["plan"]) if "checkpoint(s) per job" in n]
+    assert len(said) == 1 and said[0].startswith("train qwen7b (13 job(s)) writes 0 checkpoint(s) per job of 10080 min")
+    assert not [n for n in notes(rows, config["plan"]) if "checkpoint(s) per job" in n]
+
+
+def test_the_paper_grid_writes_several_checkpoints_per_job(grid):
+    """config/grid.yaml's checkpoint_every_minutes: every train job of the paper grid writes at least 4."""
+    _, rows = grid
+    few = [(r["model"], r["run"], r["checkpoints_per_job"]) for r in rows
+           if r["job"] == "train" and r["checkpoints_per_job"] < 4]
+    assert not few
+
+
+def test_host_memory_counts_the_grading_workers(grid):
+    config, rows = grid
+    per_worker = capacity.GRADING_WORKER_BYTES / 1e9
+    base = _row(rows, "qwen7b")  # grading_workers null: plan.train_cpus (32) / 4 ranks = 8 per rank
+    none = _row(plan(_changed(config, qwen7b={"grading_workers": 0})), "qwen7b")
+    many = _row(plan(_changed(config, qwen7b={"grading_workers": 16})), "qwen7b")
+    assert base["host_gb"] - none["host_gb"] == pytest.approx(4 * 8 * per_worker, abs=0.02)
+    assert many["host_gb"] - none["host_gb"] == pytest.approx(4 * 16 * per_worker, abs=0.02)
+    assert none["mem_mb"] < base["mem_mb"] < many["mem_mb"]
+
+
+def test_train_cpus_is_the_slurm_profiles():
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    default = schema["properties"]["plan"]["properties"]["train_cpus"]["default"]
+    assert default == profile["set-resources"]["train"]["cpus_per_task"]
 
 
 def test_more_gpus_or_checkpointing_lower_the_peak():

@@ -3,11 +3,16 @@ config, before anything is submitted.
 
 For each training job (a cell with training) and each sampling job (a model's evaluated checkpoints
 on one benchmark) the plan gives, per GPU, the bytes of weights, gradients, fp32 master weights,
-AdamW state, one micro-batch's activations at the longest sequence, the output layer's log-prob
-chunk and the rollout engine (``rsgrpo.plan.capacity`` holds the arithmetic and its sources), the total
-against the GPU's memory (``models.<key>.gpu_memory_gb``) with the largest component named, and the
-tokens, FLOPs and GPU-hours of the run under the throughput assumptions of the config's ``plan``
-section.
+AdamW state, the reference model (``kl_coef`` > 0), one micro-batch's activations at the longest
+sequence, the output layer's log-prob chunk and the rollout engine (:mod:`rsgrpo.capacity` holds the
+arithmetic and its sources), the total against the GPU's memory (``models.<key>.gpu_memory_gb``) with
+the largest component named, the colocated vLLM engine's GPU share (the one the trainer computes,
+:func:`rsgrpo.capacity.colocated_engine_share`, unless ``training.engine_options.gpu_memory_utilization``
+sets one) and the KV room it leaves, and the tokens, FLOPs and hours of the run under the assumptions
+of the config's ``plan`` section: ``hours_bound`` with every completion at ``max_new_tokens``, ``hours``
+at ``plan.expected_completion_fraction`` of it, which sizes the SLURM requests. For a training job also
+the minutes per step, the size and write time of a resumable checkpoint and how many checkpoints a job
+of the requested runtime writes.
 
 The model's shape comes from its config.json alone (no weights): the prepared checkpoint's when
 ``models/<key>`` exists, else the one its model source plans (``planned_config`` of
@@ -21,25 +26,25 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import math
 import sys
 from pathlib import Path
 
-from rsgrpo.plan import capacity
-from rsgrpo.plan.capacity import GB, Shape
+from rsgrpo import capacity
+from rsgrpo.capacity import BYTES, GB, Shape, model_shape
 
-COLOCATED_ENGINE_SHARE = 0.3   # rsgrpo.train.engines.COLOCATED_VLLM_DEFAULTS (no torch import at parse time)
 SAMPLE_ENGINE_SHARE = 0.9      # vLLM's own default gpu_memory_utilization for a GPU of its own
-COMPONENTS = ["weights", "gradients", "master_weights", "optimizer", "activations", "logprob_chunk",
-              "rollout_engine"]
+COMPONENTS = ["weights", "gradients", "master_weights", "optimizer", "reference_model", "activations",
+              "logprob_chunk", "rollout_engine"]
 COLUMNS = (["job", "model", "run", "jobs", "gpus", "precision", "zero_stage", "params_b"]
            + [f"{c}_gb" for c in COMPONENTS]
-           + ["total_gb", "gpu_memory_gb", "fits", "largest", "engine_gb", "kv_room_gb", "engine_fits", "host_gb",
-              "generated_tokens", "trained_tokens",
-              "pflops", "hours", "gpu_hours", "runtime_min", "submissions", "mem_mb"])
+           + ["total_gb", "gpu_memory_gb", "fits", "largest", "engine_share", "engine_gb", "kv_room_gb", "engine_fits",
+              "engine_share_fits", "host_gb", "generated_tokens_bound", "generated_tokens", "trained_tokens", "pflops",
+              "minutes_per_step_bound", "minutes_per_step", "hours_bound", "hours", "gpu_hours", "runtime_min",
+              "submissions", "checkpoint_gb", "checkpoint_min", "checkpoints_per_job", "mem_mb"])
 HOST_BASE_GB = 16  # per job: Python, torch, tokenizer, data, DeepSpeed and vLLM host-side buffers
+STATES = ["weights", "gradients", "master_weights", "optimizer", "reference_model"]  # resident while generating
 
 
 class MissingModelConfig(ValueError):
@@ -62,94 +67,45 @@ def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
                              f"run `python -m rsgrpo prepare-model` for it first (the plan then reads {prepared})")
 
 
-@functools.lru_cache(maxsize=64)
-def _shape_of(config_json: str) -> Shape:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    data = json.loads(config_json)
-    config = AutoConfig.for_model(**data)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    params = sum({id(p): p.numel() for p in model.parameters()}.values())
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    text = config.get_text_config(decoder=True)
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return Shape(params=params, largest_layer=largest, layers=text.num_hidden_layers, hidden=text.hidden_size,
-                 intermediate=text.intermediate_size, heads=heads,
-                 kv_heads=getattr(text, "num_key_value_heads", None) or heads, head_dim=head_dim,
-                 vocab=text.vocab_size)
-
-
-DECODERS = ("llama", "qwen2", "qwen3", "mistral")  # closed form of their parameters: see _decoder_shape
-
-
-def _decoder_shape(c: dict) -> Shape:
-    """The shape of a standard decoder (Llama, Qwen2, Qwen3, Mistral) from config.json by arithmetic:
-    what the meta-device build gives (tests compare the two), without importing torch, so that the
-    workflow's config check stays fast."""
-    h, inter, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
-    heads = c["num_attention_heads"]
-    kv_heads = c.get("num_key_value_heads") or heads
-    d = c.get("head_dim") or h // heads
-    kind = c["model_type"]
-    qkv_bias = kind == "qwen2" or (kind in ("llama", "mistral") and c.get("attention_bias", False)) or (
-        kind == "qwen3" and c.get("attention_bias", False))
-    o_bias = kind in ("llama", "qwen3") and c.get("attention_bias", False)
-    mlp_bias = kind == "llama" and c.get("mlp_bias", False)
-    q, kv = heads * d, kv_heads * d
-    attention = h * q + 2 * h * kv + q * h + qkv_bias * (q + 2 * kv) + o_bias * h
-    mlp = 3 * h * inter + mlp_bias * (2 * inter + h)
-    per_layer = attention + mlp + 2 * h + (2 * d if kind == "qwen3" else 0)  # norms (+ Qwen3's q/k norms)
-    embedding = vocab * h
-    tied = c.get("tie_word_embeddings", kind != "llama" and kind != "mistral")
-    params = embedding + layers * per_layer + h + (0 if tied else embedding)
-    return Shape(params=params, largest_layer=max(embedding, h * inter + mlp_bias * inter), layers=layers,
-                 hidden=h, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=d, vocab=vocab)
-
-
-def model_shape(config: dict) -> Shape:
-    """Parameter count and shapes of a causal LM from its config.json: by arithmetic for the standard
-    decoders (:data:`DECODERS`), built on the meta device for any other architecture."""
-    if config.get("model_type") in DECODERS:
-        return _decoder_shape(config)
-    return meta_shape(config)
-
-
-def meta_shape(config: dict) -> Shape:
-    """The shape of the model transformers builds from ``config`` on the meta device (no weights)."""
-    return _shape_of(json.dumps(config, sort_keys=True))
-
-
 def _gb(x: float) -> float:
     return round(x / GB, 2)
 
 
+def _runtime(hours: float, jobs: int, gpus: int, assume: dict) -> tuple[int, int]:
+    """SLURM minutes of one job of a row and the submissions it takes: the expected hours x the safety
+    factor within the config's bounds; CPU jobs (gpus 0), whose hours are not GPU hours, a fixed limit."""
+    per_job = hours * 60 / jobs * assume["safety_factor"] if gpus > 0 else assume["cpu_runtime_minutes"]
+    runtime = int(min(assume["max_runtime_minutes"], max(assume["min_runtime_minutes"], math.ceil(per_job))))
+    return runtime, max(1, math.ceil(per_job / assume["max_runtime_minutes"]))  # a job past its limit resumes
+
+
 def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | str, shape: Shape,
-         memory: dict[str, float], gpu_gb: float, tokens: tuple[float, float], flops: float, hours: float, *,
-         host: float, jobs: int, assume: dict, engine: dict | None = None) -> dict:
-    """A plan row; ``hours``: wall hours of all ``jobs`` of the row together, ``host``: bytes of one job;
-    ``engine``: a vLLM engine's ``capacity.engine_memory`` (its KV room must hold one full sequence)."""
+         memory: dict[str, float], gpu_gb: float, *, tokens: dict[str, float], flops: float, hours: float,
+         hours_bound: float, host: float, jobs: int, assume: dict, engine: dict | None = None,
+         share: float | None = None, share_fits: bool = True, **extra) -> dict:
+    """A plan row; ``hours`` (expected) and ``hours_bound`` (every completion at its cap): wall hours of
+    all ``jobs`` of the row together; ``host``: bytes of one job; ``engine``: a vLLM engine's
+    ``capacity.engine_memory`` at full-length sequences (its KV room must hold one) and ``share`` its
+    GPU share; ``extra``: the training job's per-step and checkpoint columns."""
     parts = {c: memory.get(c, 0.0) for c in COMPONENTS}
     total = sum(parts.values())
-    factor = assume["safety_factor"]
-    # CPU jobs (gpus 0) have no GPU to check, and their hours are not GPU hours: a fixed limit
-    per_job = hours * 60 / jobs * factor if gpus > 0 else assume["cpu_runtime_minutes"]
-    runtime = int(min(assume["max_runtime_minutes"], max(assume["min_runtime_minutes"], math.ceil(per_job))))
-    submissions = max(1, math.ceil(per_job / assume["max_runtime_minutes"]))  # a job past its limit resumes
-    mem_mb = int(min(assume["max_mem_mb"], math.ceil((host + HOST_BASE_GB * GB) * factor / 1e6)))
+    runtime, submissions = _runtime(hours, jobs, gpus, assume)
+    mem_mb = int(min(assume["max_mem_mb"], math.ceil((host + HOST_BASE_GB * GB) * assume["safety_factor"] / 1e6)))
+    blank = {c: "-" for c in ("minutes_per_step_bound", "minutes_per_step", "checkpoint_gb", "checkpoint_min",
+                              "checkpoints_per_job")}
     return {"job": job, "model": key, "run": run, "jobs": jobs, "gpus": gpus, "precision": precision,
             "zero_stage": zero, "params_b": round(shape.params / 1e9, 3),
             **{f"{c}_gb": _gb(v) for c, v in parts.items()}, "total_gb": _gb(total),
             "gpu_memory_gb": gpu_gb if gpus > 0 else "-", "fits": gpus == 0 or total <= gpu_gb * GB,
             "largest": max(parts, key=parts.get),
-            "engine_gb": _gb(engine["reserved"]) if engine else "-",
-            "kv_room_gb": _gb(engine["reserved"] - engine["weights"]) if engine else "-",
-            "engine_fits": engine["kv_fits"] if engine else True, "host_gb": _gb(host + HOST_BASE_GB * GB),
-            "generated_tokens": int(tokens[0]), "trained_tokens": int(tokens[1]), "pflops": round(flops / 1e15, 1),
-            "hours": round(hours, 2), "gpu_hours": round(hours * max(gpus, 1), 2), "runtime_min": runtime,
-            "submissions": submissions, "mem_mb": mem_mb}
+            "engine_share": share if engine else "-", "engine_gb": _gb(engine["reserved"]) if engine else "-",
+            "kv_room_gb": _gb(engine["kv_room"]) if engine else "-",
+            "engine_fits": engine["kv_fits"] if engine else True, "engine_share_fits": share_fits,
+            "host_gb": _gb(host + HOST_BASE_GB * GB), "generated_tokens_bound": int(tokens["generated_bound"]),
+            "generated_tokens": int(tokens["generated"]), "trained_tokens": int(tokens["trained"]),
+            "pflops": round(flops / 1e15, 1), **blank, "hours_bound": round(hours_bound, 2), "hours": round(hours, 2),
+            "gpu_hours": round(hours * max(gpus, 1), 2), "runtime_min": runtime, "submissions": submissions,
+            **extra, "mem_mb": mem_mb}
 
 
 def _problems(key: str, bench: dict, assume: dict, layout) -> int:
@@ -160,6 +116,74 @@ def _problems(key: str, bench: dict, assume: dict, layout) -> int:
     return int(bench.get("problems", assume["problems"]))
 
 
+def _expected(tokens: int, assume: dict) -> int:
+    """The expected mean completion of a cap of ``tokens`` (``plan.expected_completion_fraction``)."""
+    return max(1, round(assume["expected_completion_fraction"] * tokens))
+
+
+def _train_row(config: dict, cell, shape: Shape, layout, assume: dict) -> dict:
+    """The plan row of one training cell (see the module docstring)."""
+    from rsgrpo import grid as G
+    from rsgrpo.train.config import from_dict
+
+    model = config["models"][cell.model]
+    cfg = from_dict(G.train_settings(config, cell, layout), f"plan: {cell.id}")
+    nodes = int(model.get("nodes", 1))
+    gpus = int(model.get("gpus", 0)) * nodes
+    local_ranks = int(model.get("gpus", 0)) or int(model.get("cpu_processes", 1))
+    gpu_gb = float(model.get("gpu_memory_gb", 80))
+    gpu_bytes = gpu_gb * GB
+    peak, bandwidth = assume["gpu"]["tflops"] * 1e12, assume["gpu"]["bandwidth_tbs"] * 1e12
+    prompt = int(assume["prompt_tokens"])
+    ranks = gpus or local_ranks * nodes
+    job = capacity.train_job(cfg, ranks=ranks, prompt_tokens=prompt)
+    kl, dtype = cfg.kl_coef > 0, BYTES[cfg.precision]
+    colocated = gpus > 0 and cfg.engine != "hf"
+    sized = capacity.colocated_engine_share(shape, job, gpu_bytes, kl_reference=kl)
+    share = float(cfg.engine_options.get("gpu_memory_utilization", sized["share"]))
+    engine = share * gpu_bytes if colocated else 0.0
+    memory = capacity.train_memory(shape, job, engine_bytes=engine, kl_reference=kl)
+    sequences = cfg.prompts_per_step * cfg.samples_per_prompt
+    per_rank = math.ceil(sequences / ranks)
+    # dynamic sampling refills the batch: generation repeats, the update does not
+    rounds = min(float(assume["gen_rounds"]), cfg.max_gen_rounds) if cfg.dynamic_sampling else 1.0
+
+    def step(completion: int) -> tuple[float, dict, dict | None]:
+        """Seconds of one step at completions of ``completion`` tokens, its FLOPs and the engine."""
+        # without a vLLM reservation (transformers on CPU) every sequence of the rank decodes at once
+        use = capacity.engine_memory(shape, sequences=per_rank, sequence=prompt + completion, gpu_bytes=gpu_bytes,
+                                     utilization=share, dtype_bytes=dtype) if engine else None
+        decode = capacity.decode_seconds(shape, sequences=per_rank, prompt=prompt, completion=completion,
+                                         concurrent=use["concurrent"] if use else per_rank, peak_flops=peak,
+                                         bandwidth=bandwidth, efficiency=assume["decode_efficiency"], dtype_bytes=dtype)
+        flops = capacity.train_step_flops(shape, sequences=sequences, prompt=prompt, completion=completion,
+                                          gradient_checkpointing=cfg.gradient_checkpointing, ppo_epochs=cfg.ppo_epochs)
+        return rounds * decode + flops["update"] / (ranks * peak * assume["train_mfu"]), flops, use
+
+    bound, bound_flops, engine_use = step(cfg.max_new_tokens)
+    expected, flops, _ = step(_expected(cfg.max_new_tokens, assume))
+    hours = cfg.steps * expected / 3600
+    runtime, _ = _runtime(hours, 1, gpus, assume)
+    workers = cfg.grading_workers if cfg.grading_workers is not None else max(1, assume["train_cpus"] // local_ranks)
+    host = capacity.host_memory(shape, job, ranks_per_node=local_ranks, kl_reference=kl, grading_workers=workers)
+    ckpt = capacity.checkpoint_bytes(shape, cfg.precision)
+    write = ckpt / (assume["checkpoint_write_gbs"] * GB) / 60
+    # a job runs until its time limit, or until the run ends when the whole run fits in it
+    written = capacity.checkpoints_per_job(job_minutes=min(runtime, hours * 60), minutes_per_step=expected / 60,
+                                           write_minutes=write, every_steps=cfg.checkpoint_every,
+                                           every_minutes=cfg.checkpoint_every_minutes)
+    fits = not colocated or engine + sized["resident_bytes"] + sized["margin_bytes"] <= gpu_bytes
+    tokens = {"generated_bound": bound_flops["generated_tokens"] * rounds * cfg.steps,
+              "generated": flops["generated_tokens"] * rounds * cfg.steps,
+              "trained": flops["trained_tokens"] * cfg.steps}
+    return _row("train", cell.model, cell.run, gpus, cfg.precision, cfg.zero_stage, shape, memory, gpu_gb,
+                tokens=tokens, flops=(flops["generate"] * rounds + flops["update"]) * cfg.steps, hours=hours,
+                hours_bound=cfg.steps * bound / 3600, host=host, jobs=1, assume=assume, engine=engine_use,
+                share=share, share_fits=fits, minutes_per_step_bound=round(bound / 60, 2),
+                minutes_per_step=round(expected / 60, 2), checkpoint_gb=_gb(ckpt), checkpoint_min=round(write, 2),
+                checkpoints_per_job=written if gpus > 0 else "-")  # CPU jobs are not timed
+
+
 def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> list[dict]:
     """One row per training job and per (model, benchmark) sampling job of a validated workflow config.
 
@@ -168,13 +192,10 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
     """
     from rsgrpo import grid as G
     from rsgrpo.layout import LAYOUT
-    from rsgrpo.train.config import from_dict
 
     layout = layout or LAYOUT
     assume = config["plan"]
-    gpu = assume["gpu"]
-    peak, bandwidth = gpu["tflops"] * 1e12, gpu["bandwidth_tbs"] * 1e12
-    rows = []
+    peak, bandwidth = assume["gpu"]["tflops"] * 1e12, assume["gpu"]["bandwidth_tbs"] * 1e12
     cells = G.expand(config)
     shapes = {}
     for key in dict.fromkeys(c.model for c in cells):
@@ -185,46 +206,7 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
                 raise
             unplanned.append(key)
     cells = [c for c in cells if c.model in shapes]
-    for cell in cells:
-        if cell.is_base:
-            continue
-        model = config["models"][cell.model]
-        shape = shapes[cell.model]
-        cfg = from_dict(G.train_settings(config, cell, layout), f"plan: {cell.id}")
-        gpus = int(model.get("gpus", 0)) * int(model.get("nodes", 1))
-        gpu_gb = float(model.get("gpu_memory_gb", 80))
-        prompt = int(assume["prompt_tokens"])
-        job = capacity.TrainJob(precision=cfg.precision, zero_stage=cfg.zero_stage, ranks=max(gpus, 1),
-                                offload_optimizer=cfg.offload_optimizer, micro_batch=cfg.micro_batch_size,
-                                sequence=prompt + cfg.max_new_tokens, completion=cfg.max_new_tokens,
-                                gradient_checkpointing=cfg.gradient_checkpointing,
-                                logprob_chunk=cfg.logprob_chunk_tokens)
-        share = cfg.engine_options.get("gpu_memory_utilization", COLOCATED_ENGINE_SHARE)
-        engine = share * gpu_gb * GB if gpus > 0 and cfg.engine != "hf" else 0.0
-        memory = capacity.train_memory(shape, job, engine_bytes=engine)
-        sequences = cfg.prompts_per_step * cfg.samples_per_prompt
-        flops = capacity.train_step_flops(shape, sequences=sequences, prompt=prompt, completion=cfg.max_new_tokens,
-                                          gradient_checkpointing=cfg.gradient_checkpointing,
-                                          ppo_epochs=cfg.ppo_epochs)
-        ranks = job.ranks
-        per_rank = math.ceil(sequences / ranks)
-        # without a vLLM reservation (transformers on CPU) every sequence of the rank decodes at once
-        engine_use = capacity.engine_memory(shape, sequences=per_rank, sequence=job.sequence, gpu_bytes=gpu_gb * GB,
-                                            utilization=share) if engine else None
-        decode = capacity.decode_seconds(shape, sequences=per_rank, prompt=prompt, completion=cfg.max_new_tokens,
-                                         concurrent=engine_use["concurrent"] if engine_use else per_rank,
-                                         peak_flops=peak, bandwidth=bandwidth,
-                                         efficiency=assume["decode_efficiency"])
-        update = flops["update"] / (ranks * peak * assume["train_mfu"])
-        # dynamic sampling refills the batch: generation repeats, the update does not
-        rounds = min(float(assume["gen_rounds"]), cfg.max_gen_rounds) if cfg.dynamic_sampling else 1.0
-        hours = cfg.steps * (rounds * decode + update) / 3600
-        per_node = ranks // int(model.get("nodes", 1))
-        host = capacity.host_memory(shape, job, ranks_per_node=per_node, sleeping_engine=engine > 0)
-        rows.append(_row("train", cell.model, cell.run, gpus, cfg.precision, cfg.zero_stage, shape, memory, gpu_gb,
-                         (flops["generated_tokens"] * rounds * cfg.steps, flops["trained_tokens"] * cfg.steps),
-                         (flops["generate"] * rounds + flops["update"]) * cfg.steps, hours, host=host, jobs=1,
-                         assume=assume, engine=engine_use))
+    rows = [_train_row(config, cell, shapes[cell.model], layout, assume) for cell in cells if not cell.is_base]
     ev = config["evaluation"]
     for key in dict.fromkeys(c.model for c in cells):
         model = config["models"][key]
@@ -234,24 +216,32 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
         checkpoints = sum(len(c.eval_steps) if not c.is_base else 1 for c in cells if c.model == key)
         for bench_key, bench in config["benchmarks"].items():
             sequences = bench["n"] * _problems(bench_key, bench, assume, layout)
-            prompt, completion = int(assume["prompt_tokens"]), int(ev["max_tokens"])
-            engine = capacity.engine_memory(shape, sequences=sequences, sequence=prompt + completion,
-                                            gpu_bytes=gpu_gb * GB, utilization=SAMPLE_ENGINE_SHARE if gpus else None)
-            seconds = capacity.decode_seconds(shape, sequences=sequences, prompt=prompt, completion=completion,
-                                              concurrent=engine["concurrent"], peak_flops=peak, bandwidth=bandwidth,
-                                              efficiency=assume["decode_efficiency"])
-            flops = sequences * completion * capacity.forward_flops_per_token(shape, prompt + completion / 2)
+            prompt, cap = int(assume["prompt_tokens"]), int(ev["max_tokens"])
+            out = {}
+            for name, completion in (("bound", cap), ("expected", _expected(cap, assume))):
+                engine = capacity.engine_memory(shape, sequences=sequences, sequence=prompt + completion,
+                                                gpu_bytes=gpu_gb * GB,
+                                                utilization=SAMPLE_ENGINE_SHARE if gpus else None)
+                seconds = capacity.decode_seconds(shape, sequences=sequences, prompt=prompt, completion=completion,
+                                                  concurrent=engine["concurrent"], peak_flops=peak,
+                                                  bandwidth=bandwidth, efficiency=assume["decode_efficiency"])
+                flops = sequences * completion * capacity.forward_flops_per_token(shape, prompt + completion / 2)
+                out[name] = (engine, seconds * checkpoints / 3600, flops * checkpoints,
+                             sequences * completion * checkpoints)
+            engine, hours, flops, generated = out["expected"]
             rows.append(_row("sample", key, bench_key, gpus, "bf16", "-", shape,
-                             {"rollout_engine": engine["reserved"]}, gpu_gb,
-                             (sequences * completion * checkpoints, 0), flops * checkpoints,
-                             seconds * checkpoints / 3600, host=2 * shape.params, jobs=checkpoints, assume=assume,
-                             engine=engine if gpus else None))
+                             {"rollout_engine": out["bound"][0]["reserved"]}, gpu_gb,
+                             tokens={"generated_bound": out["bound"][3], "generated": generated, "trained": 0},
+                             flops=flops, hours=hours, hours_bound=out["bound"][1], host=2 * shape.params,
+                             jobs=checkpoints, assume=assume, engine=out["bound"][0] if gpus else None,
+                             share=SAMPLE_ENGINE_SHARE))
     return rows
 
 
 def misfits(rows: list[dict]) -> list[str]:
     """Jobs that do not fit their GPU, one message per model and need: the model, GB needed vs
-    available, the largest component and the jobs."""
+    available, the largest component and the jobs; engines without room for one sequence's KV cache;
+    colocated engines whose share does not fit beside the trainer's resident states and the margin."""
     groups: dict[tuple, list[str]] = {}
     for r in rows:
         if not r["fits"]:
@@ -266,8 +256,21 @@ def misfits(rows: list[dict]) -> list[str]:
             cramped.setdefault((r["model"], r["job"], r["engine_gb"], r["kv_room_gb"]), []).append(r["run"])
     key = {"train": "training.engine_options.gpu_memory_utilization", "sample": "the sample engine's share"}
     out += [f"models.{model}: the {job} job's vLLM engine reserves {reserved} GB of the GPU, which leaves {room} GB "
-            f"after its weights, less than one full-length sequence's KV cache: raise {key[job]} or use more GPUs; "
-            f"jobs: {', '.join(runs)}" for (model, job, reserved, room), runs in cramped.items()]
+            f"after its weights and its own overhead, less than one full-length sequence's KV cache: raise {key[job]} "
+            f"or use more GPUs; jobs: {', '.join(runs)}" for (model, job, reserved, room), runs in cramped.items()]
+    crowded: dict[tuple, list[str]] = {}
+    for r in rows:
+        if not r["engine_share_fits"]:
+            resident = round(sum(r[f"{c}_gb"] for c in STATES), 2)
+            crowded.setdefault((r["model"], r["engine_share"], r["engine_gb"], resident, r["gpu_memory_gb"]),
+                               []).append(r["run"])
+    margin = round(capacity.MARGIN_BYTES / GB, 2)
+    out += [f"models.{model}: the train job's vLLM engine at gpu_memory_utilization {share} ({engine} GB) does not fit "
+            f"beside the {resident} GB the trainer keeps on the GPU while it generates and a {margin} GB margin "
+            f"(rsgrpo.capacity.MARGIN_BYTES) on a {gpu} GB GPU: leave training.engine_options.gpu_memory_utilization "
+            f"unset (sized to fit, at least {capacity.MIN_ENGINE_SHARE}) or lower it, or use more GPUs, a higher "
+            f"zero_stage or offload_optimizer; jobs: {', '.join(runs)}"
+            for (model, share, engine, resident, gpu), runs in crowded.items()]
     return out
 
 
@@ -288,11 +291,36 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["job", "model", "run", "jobs", "gpus", "params_b", "total_gb", "gpu_memory_gb", "largest", "gpu_hours",
-            "runtime_min", "submissions", "mem_mb"]
+    cols = ["job", "model", "run", "jobs", "gpus", "params_b", "total_gb", "gpu_memory_gb", "largest", "engine_share",
+            "kv_room_gb", "hours_bound", "hours", "gpu_hours", "runtime_min", "submissions", "checkpoints_per_job",
+            "mem_mb"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def notes(rows: list[dict], assume: dict) -> list[str]:
+    """What the plan points out without refusing: runs that take several submissions (more than the
+    slurm profile's 3 retries give), and GPU train jobs longer than ``plan.min_runtime_minutes`` that
+    write fewer than 2 checkpoints per job (a job that ends early then loses most of its work)."""
+    long: dict[tuple, list[str]] = {}
+    few: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r["submissions"] > 1:
+            long.setdefault((r["job"], r["model"], r["submissions"], r["runtime_min"]), []).append(r["run"])
+        if (r["job"] == "train" and r["gpus"] and r["checkpoints_per_job"] < 2
+                and r["runtime_min"] > assume["min_runtime_minutes"]):
+            few.setdefault((r["model"], r["checkpoints_per_job"], r["runtime_min"], r["minutes_per_step"],
+                            r["checkpoint_min"]), []).append(r["run"])
+    out = [f"{job} {model} ({len(runs)} job(s)) runs about {submissions} x plan.max_runtime_minutes ({limit} min); "
+           "each resubmission resumes from the last checkpoint"
+           + (" (more than the slurm profile's 3 retries)" if submissions > 4 else "")
+           for (job, model, submissions, limit), runs in long.items()]
+    out += [f"train {model} ({len(runs)} job(s)) writes {count} checkpoint(s) per job of {limit} min ({per_step} min "
+            f"per step, {write} min per checkpoint): set models.{model}.training.checkpoint_every_minutes to at most "
+            f"{max(1, int(limit // 4))} (4 per job) or a lower checkpoint_every"
+            for (model, count, limit, per_step, write), runs in few.items()]
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -336,14 +364,8 @@ def main(args: argparse.Namespace) -> int:
     print(markdown(rows))
     if args.out:
         print(f"plan: {write_csv(rows, args.out)}", file=sys.stderr)
-    long: dict[tuple, list[str]] = {}
-    for r in rows:
-        if r["submissions"] > 1:
-            long.setdefault((r["job"], r["model"], r["submissions"], r["runtime_min"]), []).append(r["run"])
-    for (job, model, submissions, limit), runs in long.items():
-        print(f"plan: note: {job} {model} ({len(runs)} job(s)) runs about {submissions} x plan.max_runtime_minutes "
-              f"({limit} min); each resubmission resumes from the last checkpoint"
-              + (" (more than the slurm profile's 3 retries)" if submissions > 4 else ""), file=sys.stderr)
+    for note in notes(rows, config["plan"]):
+        print(f"plan: note: {note}", file=sys.stderr)
     bad = misfits(rows)
     for message in bad:
         print(f"plan: does not fit: {message}", file=sys.stderr)
