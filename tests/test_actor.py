@@ -169,6 +169,21 @@ def test_deepspeed_config_reduces_in_fp32_and_keeps_torch_linear_for_zero3():
     assert "communication_data_type" not in fp32 and fp32["zero_optimization"] == {"stage": 1}
 
 
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_offloaded_optimizer_state_lives_in_pinned_host_memory(stage):
+    """Pageable host buffers would halve the GPU<->host bandwidth of every step's gradient and weight
+    copies and serialise them; DeepSpeed reads the key as it is written here, and accepts it."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from rsgrpo.train.actor import deepspeed_config
+
+    zero = deepspeed_config(from_dict(dict(zero_stage=stage, offload_optimizer=True)))["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    parsed = DeepSpeedZeroConfig(**zero).offload_optimizer
+    assert parsed.device == "cpu" and parsed.pin_memory is True
+    assert "offload_optimizer" not in deepspeed_config(from_dict(dict(zero_stage=stage)))["zero_optimization"]
+
+
 ZERO3_LINEAR = """
 import sys
 import torch

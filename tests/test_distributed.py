@@ -220,6 +220,11 @@ def test_launch_command_slurm_multi_node():
                         ("--max-restarts", "0")]:
         assert tail[tail.index(flag) + 1] == value
     assert tail[-5:] == ["-m", "rsgrpo", "train", "--run-dir", "runs/x"]
+    # the job's CPUs per node go to each node's launcher task (srun does not inherit --cpus-per-task)
+    cpus = launch_command(8, ["train"], env={**env, "SLURM_JOB_CPUS_PER_NODE": "32(x3)"}, head_node="gpu07",
+                          python="py")
+    assert cpus[:7] == ["srun", "--overlap", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1",
+                        "--cpus-per-task=32", "--kill-on-bad-exit=1"]
 
 
 def test_jobs_that_run_at_the_same_time_meet_at_different_ports():
@@ -316,3 +321,165 @@ def test_train_cli_rejects_nproc_zero(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rsgrpo", "train", "--nproc", "0"], cwd=ROOT, env=run_env(),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--nproc must be >= 1" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# ZeRO-3: built partitioned, refreshed from the gathered tensors, saved by rank 0 alone
+# ------------------------------------------------------------------------------------------------
+ACTOR_ZERO3_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import torch
+    from safetensors.torch import load_file
+    from rsgrpo.train.distributed import collectives
+
+    model_dir, out = sys.argv[1], sys.argv[2]
+    info = collectives.init_distributed(timeout_minutes=45)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from deepspeed.utils import safe_get_full_fp32_param
+    from rsgrpo.prepare import loading
+    from rsgrpo.train import actor as A
+    from rsgrpo.train.config import from_dict
+
+    linear, loaded, load_policy = torch.nn.functional.linear, {}, loading.load_policy
+
+    def spy(*args, **kwargs):  # the model as load_policy hands it over, before deepspeed.initialize
+        model, tok = load_policy(*args, **kwargs)
+        params = list(model.parameters())
+        loaded.update(partitioned=all(hasattr(p, "ds_id") and p.numel() == 0 for p in params),
+                      local=sum(p.ds_tensor.numel() for p in params), full=sum(p.ds_numel for p in params),
+                      tied=model.lm_head.weight is model.model.embed_tokens.weight)
+        return model, tok
+
+    loading.load_policy = spy
+    actor = A.Actor(from_dict(dict(model_dir=model_dir, zero_stage=3, precision="bf16-mixed", engine="hf")),
+                    model_dir)
+    loading.load_policy = load_policy
+    source = load_file(model_dir + "/model.safetensors")
+    rounded = {k: v.bfloat16() for k, v in source.items()}
+    state = actor.model.state_dict(keep_vars=True)
+
+    class Copies:
+        """Counts host copies (Tensor.to / .cpu / .clone returning new storage on the CPU) while on."""
+        def __init__(self):
+            self.n, self.on = 0, True
+        def __enter__(self):
+            self.saved = {m: getattr(torch.Tensor, m) for m in ("to", "cpu", "clone")}
+            for m, f in self.saved.items():
+                setattr(torch.Tensor, m, self.wrap(f))
+            return self
+        def wrap(self, f):
+            def counted(t, *a, **k):
+                r = f(t, *a, **k)
+                if self.on and isinstance(r, torch.Tensor) and r.device.type == "cpu" and r.data_ptr() != t.data_ptr():
+                    self.n += 1
+                return r
+            return counted
+        def __exit__(self, *exc):
+            for m, f in self.saved.items():
+                setattr(torch.Tensor, m, f)
+
+    class Engine:  # a rollout engine: each tensor is checked while the engine holds it
+        def load_named_weights(self, weights):
+            self.names, self.live, self.exact = [], True, True
+            for name, tensor in weights:
+                self.names.append(name)
+                own = state[name]  # a gathered parameter (the tied head's alias included) or a buffer
+                self.live &= tensor.data_ptr() == own.data_ptr() and tensor.numel() == own.numel() > 0
+                self.exact &= torch.equal(tensor, rounded[name]) if name in rounded else True
+
+    class Writer:
+        def write_resume(self, tensors):
+            copies.on = False  # this rank's share of the optimizer state: its own copies
+            self.resume = sum(1 for _ in tensors)
+            copies.on = True
+        def write_weights(self, model, tok, weights):
+            self.weights = dict(weights)
+
+    engine, writer = Engine(), Writer()
+    with Copies() as copies:
+        actor.sync_engine(engine)
+    refresh_copies = copies.n
+    with Copies() as copies:
+        actor.write_checkpoint_files(writer, rank=info.rank, world_size=info.world_size, is_main=info.is_main)
+    saved = getattr(writer, "weights", None)
+    group = torch.distributed.group.WORLD._get_backend(torch.device("cpu"))
+    report = dict(loaded, linear_original=torch.nn.functional.linear is linear,
+                  zero3_switch=is_deepspeed_zero3_enabled(),
+                  refresh_names=sorted(engine.names), refresh_live=engine.live, refresh_exact=engine.exact,
+                  refresh_copies=refresh_copies, save_copies=copies.n,
+                  timeout_s=group.options._timeout.total_seconds(),
+                  buffers={n: str(b.dtype) for n, b in actor.model.named_buffers()},
+                  masters_exact=all(torch.equal(safe_get_full_fp32_param(p), source[n])
+                                    for n, p in actor.model.named_parameters()),
+                  saved=None if saved is None else sorted(saved),
+                  saved_exact=saved is not None and all(
+                      saved[k].device.type == "cpu" and torch.equal(saved[k], rounded[k]) for k in source))
+    with open(f"{out}.{info.rank}", "w") as fh:
+        json.dump(report, fh)
+''')
+
+
+def test_a_zero3_actor_is_built_partitioned_and_refreshes_from_the_gathered_tensors(tiny_model_dir, tmp_path):
+    """Two ranks, ZeRO-3, bf16-mixed. The model reaches the actor already partitioned (zero.Init): no
+    parameter has data of its own, each rank holds half; tied embeddings still tie; torch's linear is
+    untouched. It starts from exactly the source weights (bf16 rounding) and fp32 masters, RoPE's
+    buffers stay fp32. The engine refresh hands over the gathered parameters themselves (same storage,
+    no host copy, the tied head included) on every rank; a checkpoint's weights are copied to the
+    host on rank 0 only (rank 1 takes part in the gather and copies nothing). The process group waits
+    the configured 45 minutes."""
+    script = tmp_path / "actor_zero3.py"
+    script.write_text(ACTOR_ZERO3_SCRIPT)
+    out = tmp_path / "report"
+    _run(launch_command(2, [str(tiny_model_dir), str(out)], env={}, entry=[str(script)]), timeout=300)
+    r0, r1 = (json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1))
+    source = load_file(Path(tiny_model_dir) / "model.safetensors")
+    for r in (r0, r1):
+        assert r["partitioned"] and r["tied"] and r["full"] == sum(t.numel() for t in source.values())
+        assert r["local"] == r["full"] // 2  # each rank's partition: half the elements
+        assert r["linear_original"] and not r["zero3_switch"]
+        assert r["masters_exact"] and r["refresh_exact"]
+        assert set(r["buffers"].values()) == {"torch.float32"}
+        assert r["refresh_live"] and r["refresh_copies"] == 0
+        assert "lm_head.weight" in r["refresh_names"] and set(source) <= set(r["refresh_names"])
+        assert r["timeout_s"] == 45 * 60
+    assert r0["saved"] == sorted(source) and r0["saved_exact"] and r0["save_copies"] == len(source)
+    assert r1["saved"] is None and r1["save_copies"] == 0
+
+
+TIMEOUT_SCRIPT = textwrap.dedent('''
+    import datetime, json, sys
+    import deepspeed, torch
+    import torch.distributed as dist
+    from rsgrpo.train.distributed import collectives
+
+    seen = {}
+    ds_init, pg_init = deepspeed.init_distributed, dist.init_process_group
+    def ds_spy(*args, **kwargs):
+        seen["deepspeed"] = kwargs.get("timeout")
+        return ds_init(*args, **kwargs)
+    def pg_spy(*args, **kwargs):
+        seen["torch"] = kwargs.get("timeout")
+        return pg_init(*args, **kwargs)
+    deepspeed.init_distributed, dist.init_process_group = ds_spy, pg_spy
+
+    def group_timeout():
+        return dist.group.WORLD._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+
+    collectives.init_distributed(timeout_minutes=180)
+    first = group_timeout()
+    collectives.init_distributed(timeout_minutes=7.5)  # an initialised group takes the new timeout
+    print(json.dumps({"first": first, "again": group_timeout(),
+                      **{k: v.total_seconds() for k, v in seen.items()}}))
+''')
+
+
+def test_init_distributed_gives_the_process_group_the_configured_timeout(tmp_path):
+    """DeepSpeed's 10-minute default would end a job whose ranks wait through long generation or a
+    large checkpoint: the timeout reaches deepspeed.init_distributed, torch's init_process_group and
+    the one-rank gloo group itself."""
+    script = tmp_path / "timeout.py"
+    script.write_text(TIMEOUT_SCRIPT)
+    out = _run([sys.executable, str(script)], timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"first": 180 * 60.0, "again": 7.5 * 60,
+                                                             "deepspeed": 180 * 60.0, "torch": 180 * 60.0}
+

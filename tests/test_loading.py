@@ -60,3 +60,66 @@ def test_loading_refuses_a_directory_without_a_checkpoint(tmp_path, tiny_model_d
     (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchModel"]}))
     with pytest.raises(ValueError, match="'NoSuchModel' .* does not support gradient checkpointing"):
         check_gradient_checkpointing(tmp_path)
+
+
+ZERO3_LOAD = """
+import json, sys
+import deepspeed, torch
+from safetensors.torch import load_file
+from transformers.integrations import is_deepspeed_zero3_enabled
+from rsgrpo.prepare.loading import load_policy
+from rsgrpo.train.actor import deepspeed_config
+from rsgrpo.train.config import from_dict
+from rsgrpo.train.distributed import collectives
+
+model_dir = sys.argv[1]
+collectives.init_distributed()
+source = load_file(model_dir + "/model.safetensors")
+report = {}
+for precision, dtype in (("fp32", "float32"), ("bf16-mixed", "bfloat16")):
+    cfg = from_dict(dict(model_dir=model_dir, zero_stage=3, precision=precision))
+    model, _ = load_policy(model_dir, dtype=dtype, zero3_config=deepspeed_config(cfg))
+    plain, _ = load_policy(model_dir, dtype=dtype)  # after it: the ZeRO-3 switch is off again
+    params = dict(model.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values())):
+        exact = all(torch.equal(p, source[n].to(p.dtype)) for n, p in params.items())
+    report[precision] = {
+        "partitioned": all(p.ds_status.name == "NOT_AVAILABLE" and p.numel() == 0 for p in params.values()),
+        "elements": sum(p.ds_numel for p in params.values()), "exact": exact,
+        "tied": model.lm_head.weight is model.model.embed_tokens.weight,
+        "buffers_as_plain": [(n, str(a.dtype), torch.equal(a, b))
+                             for (n, a), (_, b) in zip(model.named_buffers(), plain.named_buffers())],
+        "plain_is_plain": not any(hasattr(p, "ds_id") for p in plain.parameters()),
+        "switch_left_on": is_deepspeed_zero3_enabled()}
+print(json.dumps(report))
+"""
+
+
+def test_a_zero3_load_is_partitioned_at_construction_and_exact(tiny_model_dir, tmp_path):
+    """load_policy(zero3_config=...) hands over a model whose parameters were partitioned as they were
+    built (no local data, the whole shape in ds_numel), holding exactly the checkpoint's weights (its
+    bf16 rounding under bf16), the embeddings still tied, and RoPE's computed buffers in fp32 with the
+    plain load's values (zero.Init alone would have made them bf16). transformers' ZeRO-3 switch is
+    off afterwards: the next plain load is a plain model."""
+    import subprocess
+    import sys
+
+    from train_helpers import run_env
+
+    script = tmp_path / "zero3_load.py"
+    script.write_text(ZERO3_LOAD)
+    out = subprocess.run([sys.executable, str(script), str(tiny_model_dir)], capture_output=True, text=True,
+                         timeout=300, env=run_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    elements = sum(t.numel() for t in load_file(str(tiny_model_dir / "model.safetensors")).values())
+    for precision, r in report.items():
+        assert r["partitioned"] and r["elements"] == elements and r["exact"] and r["tied"], precision
+        assert r["buffers_as_plain"] == [["model.rotary_emb.inv_freq", "torch.float32", True],
+                                         ["model.rotary_emb.original_inv_freq", "torch.float32", True]], precision
+        assert r["plain_is_plain"] and not r["switch_left_on"], precision
+
+
+def test_a_zero3_load_needs_a_stage_3_config(tiny_model_dir):
+    with pytest.raises(ValueError, match="zero3_config: a DeepSpeed config of ZeRO stage 3 is needed, got stage 2"):
+        load_policy(tiny_model_dir, zero3_config={"zero_optimization": {"stage": 2}})

@@ -184,8 +184,9 @@ def grade_report(
 ) -> GradeReport:
     """Grade ``completions[i]`` against ``golds[i]`` and report verdicts with statistics.
 
-    ``workers``: processes (default ``os.cpu_count()``; 0 grades in-process with a SIGALRM timer,
-    which cannot interrupt C code: use workers on untrusted output).
+    ``workers``: processes (default this rank's share of the job's CPUs,
+    ``rsgrpo.resources.allocated_cpus``; 0 grades in-process with a SIGALRM timer, which cannot
+    interrupt C code: use workers on untrusted output).
     ``timeout``: hard wall-clock seconds per verification (the gold's parse, or one answer's
     parse + verify), enforced by the parent with SIGKILL.
     ``memory_limit_bytes``: address space a worker may add to what it starts with (``RLIMIT_AS``;

@@ -25,6 +25,8 @@ import threading
 import time
 from multiprocessing.connection import wait as _wait_ready
 
+from rsgrpo.resources import allocated_cpus
+
 from .report import CRASH, GOLD_FAILED, OK, TIMEOUT
 from .worker import ItemHook, _pack_progress, _unpack_progress, _worker_main
 
@@ -432,8 +434,10 @@ atexit.register(shutdown_workers)
 
 
 def _resolve_workers(workers: int | None) -> int:
+    """Worker processes for ``workers`` (None: this rank's share of the CPUs the job was given,
+    :func:`rsgrpo.resources.allocated_cpus`, not the node's hardware threads)."""
     if workers is None:
-        return os.cpu_count() or 1
+        return allocated_cpus()
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = in-process), got {workers}")
     return int(workers)

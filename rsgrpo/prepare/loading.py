@@ -70,12 +70,23 @@ def checkpoint_dtype(model_dir: str | os.PathLike) -> str:
     return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
 
 
-def load_policy(model_dir: str | os.PathLike, *, dtype="float32", device="cpu"):
+def load_policy(model_dir: str | os.PathLike, *, dtype="float32", device="cpu", zero3_config: dict | None = None):
     """Load ``(model, tokenizer)`` from a prepared checkpoint directory.
 
     Weights come from safetensors only (``use_safetensors=True``): a pickle file is never unpickled.
     The tokenizer is left-padded with a pad token (see :func:`load_tokenizer`). ``dtype="auto"``: the
     checkpoint's own dtype (:func:`checkpoint_dtype`).
+
+    ``zero3_config``: the DeepSpeed config (ZeRO stage 3) of the engine the model is for. The model
+    is then built under ``deepspeed.zero.Init`` with it: every parameter is partitioned over the
+    ranks as soon as its module is constructed, and the checkpoint is copied into the partitions
+    (gathered one module at a time, written by rank 0, scattered again), so no rank ever holds the
+    whole model on its device. This is transformers' own ZeRO-3 loading, switched on for this call
+    only (its ``HfDeepSpeedConfig`` is a process-wide switch: left on, every later
+    ``from_pretrained`` -- a reference model, an engine's copy -- would be partitioned too). Every
+    rank must call it (a collective); ``device`` does not apply (partitions live on the rank's own
+    accelerator). The config's ``zero_optimization.memory_efficient_linear`` decides whether
+    ``zero.Init`` replaces ``torch.nn.functional.linear``.
     """
     from transformers import AutoModelForCausalLM
 
@@ -85,12 +96,68 @@ def load_policy(model_dir: str | os.PathLike, *, dtype="float32", device="cpu"):
     if dtype == "auto":
         dtype = checkpoint_dtype(model_dir)
     tok = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=as_torch_dtype(dtype), use_safetensors=True)
-    model.to(device)
+    if zero3_config is not None:
+        model = _load_partitioned(model_dir, as_torch_dtype(dtype), zero3_config)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=as_torch_dtype(dtype), use_safetensors=True)
+        model.to(device)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def _load_partitioned(model_dir: Path, dtype, ds_config: dict):
+    """``from_pretrained`` under ZeRO-3 (see :func:`load_policy`'s ``zero3_config``)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    if stage != 3:
+        raise ValueError(f"zero3_config: a DeepSpeed config of ZeRO stage 3 is needed, got stage {stage}")
+    switch = HfDeepSpeedConfig(ds_config)  # transformers holds it by weak reference only
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, use_safetensors=True)
+    finally:
+        unset_hf_deepspeed_config()
+        del switch
+    _restore_computed_buffers(model)
+    return model
+
+
+def _restore_computed_buffers(model) -> None:
+    """Give the buffers a model computes in its constructor (not in the checkpoint: RoPE's
+    ``inv_freq``) the dtype and values a plain ``from_pretrained`` gives them.
+
+    ``zero.Init`` casts every floating tensor created during construction to the training dtype, so
+    under bf16 RoPE's ``inv_freq`` (fp32 in a plain load, and in vLLM) came out in bf16, and every
+    position's rotation with it. The plain dtypes come from the same model built on the meta device
+    (no memory); each such buffer is re-created in its plain dtype and its values recomputed by the
+    model's own ``_init_weights`` -- which is where a plain load takes them from -- for modules
+    without parameters of their own (rotary embeddings), so no weight is touched.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    non_persistent = {f"{prefix}.{name}" if prefix else name
+                      for prefix, module in model.named_modules() for name in module._non_persistent_buffers_set}
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    plain_dtypes = {name: buf.dtype for name, buf in plain.named_buffers()}
+    owners = {}
+    for name, buf in list(model.named_buffers()):
+        want = plain_dtypes.get(name)
+        if name not in non_persistent or want is None or buf.dtype == want or not buf.is_floating_point():
+            continue
+        prefix, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(prefix)
+        owner._buffers[leaf] = torch.empty_like(buf, dtype=want)
+        owners[prefix] = owner
+    with torch.no_grad():
+        for owner in owners.values():
+            if not list(owner.parameters(recurse=False)):
+                model._init_weights(owner)
 
 
 def check_gradient_checkpointing(model_dir: str | os.PathLike) -> None:

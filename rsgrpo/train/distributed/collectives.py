@@ -93,7 +93,7 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def init_distributed() -> DistInfo:
+def init_distributed(timeout_minutes: float | None = None) -> DistInfo:
     """Initialise the process group for DeepSpeed (idempotent) and return this rank's place.
 
     Backend: NCCL when CUDA is available, gloo otherwise (DeepSpeed needs ``torch.distributed`` even
@@ -101,7 +101,15 @@ def init_distributed() -> DistInfo:
     launcher set nothing. DeepSpeed would JIT-compile a shared-memory collective kernel for its CPU
     backend (minutes of C++ build on a fresh machine); gloo does every collective the trainer
     needs, so that op is marked unavailable on CPU.
+
+    ``timeout_minutes``: how long a collective waits for the other ranks before it fails the job
+    (the trainer passes ``collective_timeout_minutes``). DeepSpeed's default is 10 minutes, shorter
+    than a rank waits while the others generate and grade a long step or rank 0 writes a large
+    checkpoint. None keeps DeepSpeed's default (``DEEPSPEED_TIMEOUT``, 10 minutes); a group that is
+    already initialised gets the new timeout set on it.
     """
+    import datetime
+
     import deepspeed
     import torch.distributed as dist
 
@@ -127,8 +135,12 @@ def init_distributed() -> DistInfo:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     else:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    timeout = None if timeout_minutes is None else datetime.timedelta(minutes=float(timeout_minutes))
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
+                                   **({} if timeout is None else {"timeout": timeout}))
+    elif timeout is not None:
+        dist.distributed_c10d._set_pg_timeout(timeout)
     # The rendezvous address we chose is in use by this process now: do not hand it to children
     # (a `train` subprocess of a test or a benchmark would otherwise try to bind the same port).
     for k in ("MASTER_ADDR", "MASTER_PORT"):

@@ -25,6 +25,7 @@ import sys
 import zlib
 from collections.abc import Mapping, Sequence
 
+from rsgrpo.resources import allocated_cpus, job_cpus_per_node
 from rsgrpo.train.distributed.collectives import die_with_parent, under_launcher
 
 __all__ = ["launch_command", "relaunch", "relaunch_verb", "needs_relaunch", "check_rank_split",
@@ -104,9 +105,13 @@ def launch_command(nproc: int, argv: Sequence[str], env: Mapping[str, str] | Non
     head = head_node or _slurm_head_node(env)
     job = env.get("SLURM_JOB_ID", "rsgrpo")
     # --overlap: the train command itself may run inside a one-task step (Snakemake's jobstep
-    # executor wraps it in `srun -n1`), whose CPUs the launchers' step shares.
+    # executor wraps it in `srun -n1`), whose CPUs the launchers' step shares. --cpus-per-task: each
+    # node's one launcher task gets the node's CPUs of the job (srun does not inherit the job's
+    # --cpus-per-task, and where SLURM binds tasks to cores every rank would share one core).
+    cpus = job_cpus_per_node(env.get("SLURM_JOB_CPUS_PER_NODE"))
     return ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1",
-            "--kill-on-bad-exit=1", *torchrun, *limits, "--nnodes", str(nnodes), "--rdzv-backend", "c10d",
+            *([f"--cpus-per-task={cpus}"] if cpus else []), "--kill-on-bad-exit=1", *torchrun, *limits,
+            "--nnodes", str(nnodes), "--rdzv-backend", "c10d",
             "--rdzv-endpoint", f"{head}:{rendezvous_port(job)}", "--rdzv-id", str(job), *tail]
 
 
@@ -141,7 +146,9 @@ def relaunch(nproc: int, argv: Sequence[str]) -> int:
     cmd = launch_command(nproc, argv, entry=[script] if script else ("-m", "rsgrpo"))
     log.info("launching %d rank(s) per node: %s", nproc, " ".join(shlex.quote(c) for c in cmd))
     env = srun_environment(os.environ) if cmd[0] == "srun" else dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # each rank's share of the CPUs this job may use on the node, not of the node's hardware threads
+    # (read from this process's own environment: srun's has the step's SLURM variables stripped)
+    env.setdefault("OMP_NUM_THREADS", str(allocated_cpus(os.environ, ranks=nproc)))
     return _run_forwarding_stop_signals(cmd, env)
 
 

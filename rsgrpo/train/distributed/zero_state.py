@@ -6,8 +6,9 @@ on how DeepSpeed partitions the model. Everything that reaches into DeepSpeed's 
 handles rather than DeepSpeed's attributes, whose layout differs by ZeRO stage.
 
 * :func:`gathered_parameters` -- the full weights of every parameter, gathered in buckets under
-  ZeRO-3 (each bucket is gathered, copied out and released before the next one, so the peak extra
-  memory is one bucket, not the model).
+  ZeRO-3 and handed out as they are (the gathered device tensors; host copies only for the rank
+  that writes a checkpoint), each bucket released before the next one is gathered, so the peak
+  extra memory is one bucket, not the model.
 * :func:`owned_state_tensors` / :func:`load_full_optimizer_state` -- AdamW moments (and fp32
   masters) per parameter name in full shape, each rank yielding the parameters it owns: a
   checkpoint written by N ranks at any ZeRO stage resumes on M ranks at any stage (DeepSpeed's own
@@ -34,14 +35,22 @@ def _numel(param: torch.nn.Parameter) -> int:
     return int(param.ds_numel) if _is_zero3(param) else param.numel()
 
 
-def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_000,
-                        include_aliases: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_000, include_aliases: bool = True,
+                        to_host: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, full tensor)`` for every parameter and persistent buffer of ``model``.
 
     Collective under ZeRO-3: every rank must consume the whole iterator. Parameters are gathered
-    ``bucket_numel`` elements at a time with ``deepspeed.zero.GatheredParameters`` and copied out
-    (CPU tensors) before the bucket is released. Without ZeRO-3 the tensors are the module's own
-    (detached, not copied).
+    ``bucket_numel`` elements at a time with ``deepspeed.zero.GatheredParameters``, and each bucket's
+    tensors are yielded while it is gathered: they are the gathered parameters themselves, on the
+    device, not copies. The bucket is released (re-partitioned) when the consumer asks for the tensor
+    after its last one, so the extra device memory is one bucket plus what the consumer still holds
+    (a released tensor stays valid for as long as the consumer keeps it; like the module's own
+    tensors without ZeRO-3, it may change with the next optimizer step, so a consumer that keeps one
+    copies it). The rollout engine copies each tensor into its own weights as it goes (GPU to GPU);
+    a rank that only takes part in the gather copies nothing. ``to_host``: yield host copies
+    instead, each made while its bucket is gathered (what writing a checkpoint needs, on the one
+    rank that writes). Without ZeRO-3 the tensors are the module's own (detached; copied to the host
+    only with ``to_host``).
 
     ``include_aliases``: also yield state-dict names that alias another parameter (a tied
     ``lm_head.weight``) -- an engine that loads weights by name needs them (vLLM keeps the old
@@ -57,38 +66,35 @@ def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_00
             if owner is not None and owner != key:
                 alias_of.setdefault(owner, []).append(key)
     buffers = [(k, b) for k, b in state.items() if id(b) not in by_id and not isinstance(b, torch.nn.Parameter)]
-    zero3 = any(_is_zero3(p) for _, p in named)
 
-    def with_aliases(items):
-        for name, tensor in items:
-            yield name, tensor
-            for key in alias_of.get(name, ()):
-                yield key, tensor
+    def out(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to("cpu", copy=True) if to_host else tensor.detach()
 
-    if not zero3:
-        yield from with_aliases((n, p.detach()) for n, p in named)
+    def with_aliases(name, tensor):
+        yield name, tensor
+        for key in alias_of.get(name, ()):
+            yield key, tensor
+
+    if not any(_is_zero3(p) for _, p in named):
+        for n, p in named:
+            yield from with_aliases(n, out(p))
     else:
         import deepspeed
 
-        bucket: list[tuple[str, torch.nn.Parameter]] = []
-
-        def flush():
-            with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
-                out = [(n, p.detach().to("cpu", copy=True)) for n, p in bucket]
-            bucket.clear()
-            return out
-
+        buckets: list[list[tuple[str, torch.nn.Parameter]]] = [[]]
         size = 0
         for n, p in named:
-            bucket.append((n, p))
-            size += _numel(p)
             if size >= bucket_numel:
-                yield from with_aliases(flush())
+                buckets.append([])
                 size = 0
-        if bucket:
-            yield from with_aliases(flush())
+            buckets[-1].append((n, p))
+            size += _numel(p)
+        for bucket in buckets:
+            with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
+                for n, p in bucket:
+                    yield from with_aliases(n, out(p))
     for k, b in buffers:
-        yield k, b.detach().to("cpu", copy=zero3)
+        yield k, out(b)
 
 
 def load_master_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
