@@ -346,3 +346,24 @@ def test_engine_auto_never_falls_back_to_transformers_on_a_gpu_machine(tiny_mode
     assert isinstance(eng, HFEngine)
     out = eng.generate(["1+1"], SamplingParams(n=1, max_tokens=3))
     assert 1 <= len(out[0][0].token_ids) <= 3
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 1.0), (1.0, 0.8)])
+def test_logprobs_are_those_of_the_sampling_distribution(policy, engine, temperature, top_p):
+    """Each returned log-prob is the sampled token's under the distribution it was drawn from: the
+    model's logits over the temperature, renormalised over the nucleus with top_p < 1 (as vLLM's
+    processed log-probs); none unless asked for."""
+    model, tok = policy
+    params = SamplingParams(n=2, temperature=temperature, top_p=top_p, max_tokens=8, seed=3)
+    assert engine.generate(["Q: 2+2\nA:"], params)[0][0].logprobs is None
+    out = engine.generate(["Q: 2+2\nA:", "other"], dataclasses.replace(params, logprobs=True))
+    sampler = _SeededSampler([0], temperature, top_p)
+    for group in out:
+        for completion in group:
+            assert len(completion.logprobs) == len(completion.token_ids) > 0
+            ids = list(completion.prompt_token_ids)
+            with torch.no_grad():
+                for token, logp in zip(completion.token_ids, completion.logprobs):
+                    processed = sampler.processed(model(torch.tensor([ids])).logits[0, -1:].float())
+                    assert logp == pytest.approx(float(torch.log_softmax(processed, -1)[0, token]), abs=1e-5)
+                    ids.append(token)

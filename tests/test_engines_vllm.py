@@ -173,3 +173,46 @@ def test_many_seeded_long_prompts(engines):
     out = vl.generate(prompts, SamplingParams(n=2, temperature=1.0, max_tokens=4, seed=1))
     assert [len(r) for r in out] == [2] * 100
     assert all(1 <= len(c.token_ids) <= 4 for row in out for c in row)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_are_the_sampling_distributions_and_match_the_trainers(engines, temperature):
+    """vLLM returns processed log-probs (after temperature: at 0.7 the raw ones would be far off), and
+    in fp32 they equal the trainer's log-probs of the same tokens up to kernel rounding."""
+    from rsgrpo.train import mismatch
+    from rsgrpo.train.loss import build_batch, token_logprobs
+
+    model, tok, hf, vl = engines
+    assert vl.llm.llm_engine.model_config.logprobs_mode == "processed_logprobs"
+    params = SamplingParams(n=2, temperature=temperature, max_tokens=16, seed=5, logprobs=True)
+    trainer, rollout = [], []
+    for group in vl.generate(_prompts(tok), params):
+        for c in group:
+            assert len(c.logprobs) == len(c.token_ids) > 0
+            batch = build_batch([(c.prompt_token_ids, c.token_ids)], tok.pad_token_id or 0)
+            with torch.no_grad():
+                logp, _ = token_logprobs(model, batch, temperature)
+            trainer.append(logp[0][batch.completion_mask[0, 1:].bool()])
+            rollout.append(torch.tensor(c.logprobs))
+    gap = mismatch.summary(mismatch.pair_sums(trainer, rollout).tolist())
+    assert gap["mismatch_abs_max"] < 1e-3 and gap["mismatch_k3"] < 1e-6, gap
+
+
+def test_training_requests_draw_from_the_engines_own_seed(engines):
+    """seed_requests=False (the trainer's colocated engine): no request carries a seed, so vLLM's CUDA
+    sampler stays on its batched path; the samples still vary between completions."""
+    model, tok, hf, vl = engines
+    sent = []
+    real = vl.llm.generate
+
+    def recording(requests, sampling_params, **kwargs):
+        sent.extend(sampling_params)
+        return real(requests, sampling_params, **kwargs)
+
+    vl.llm.generate, vl.seed_requests = recording, False
+    try:
+        out = vl.generate(["count: 1 2 3"], SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=1))
+    finally:
+        vl.llm.generate, vl.seed_requests = real, True
+    assert len(sent) == 4 and all(sp.seed is None for sp in sent)
+    assert len({tuple(c.token_ids) for c in out[0]}) > 1

@@ -20,10 +20,10 @@ from train_helpers import FixedEngine  # noqa: E402
 
 from rsgrpo import estimators  # noqa: E402
 from rsgrpo.train.config import TrainConfig, from_dict, load_config  # noqa: E402
-from rsgrpo.train.schedules import beta_at, lr_at  # noqa: E402
 from rsgrpo.train.loss import build_batch, policy_loss, token_logprobs  # noqa: E402
 from rsgrpo.train.metrics import METRIC_COLUMNS  # noqa: E402
 from rsgrpo.train.rewards import RewardOutput, register  # noqa: E402
+from rsgrpo.train.schedules import beta_at, lr_at  # noqa: E402
 from rsgrpo.train.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,10 +62,10 @@ def test_policy_loss_matches_direct_computation_with_asymmetric_clip():
     ref, n_clipped = _direct_loss(logp.detach().tolist(), old.tolist(), adv.tolist(), mask.tolist(),
                                   0.2, 0.28, n_tokens)
     assert loss.item() == pytest.approx(ref, rel=1e-6)
-    assert st["clipped"] == n_clipped
+    assert float(st["clipped"]) == n_clipped
     # A > 0: clipped above 1.28 only (1.3); A < 0: clipped below 0.8 only (0.7); row 3: 1.3 -> clipped
     assert n_clipped == 3
-    assert st["tokens"] == n_tokens
+    assert float(st["tokens"]) == n_tokens
     loss.backward()
     g = logp.grad
     # gradient is -A * r / n_tokens on unclipped tokens, 0 on clipped and masked ones
@@ -106,7 +106,7 @@ def test_k3_kl_term():
                            n_tokens=2, ref_logp=ref, kl_coef=0.5)
     d = -0.5
     k3 = math.exp(d) - d - 1
-    assert st["kl"] == pytest.approx(k3)
+    assert float(st["kl"]) == pytest.approx(k3)
     assert loss.item() == pytest.approx(0.5 * k3 / 2)
 
 
@@ -353,7 +353,7 @@ def test_step_with_every_group_dropped_makes_no_update(tiny_model_dir, tmp_path)
     assert row.groups_kept == 0 and row.step == 1
     assert math.isnan(row.loss) and math.isnan(row.grad_norm)
     assert all(torch.equal(before[k], v) for k, v in trainer.actor.model.state_dict().items())
-    assert trainer.engine.loads == 0
+    assert trainer.engine.loads == 1  # pushed all the same: a sleeping vLLM engine discarded its weights
 
 
 def test_a_registered_estimator_trains_with_no_other_change(tiny_model_dir, tmp_path):
@@ -407,8 +407,9 @@ def test_rewards_see_the_records_extra_fields(tiny_model_dir, tmp_path):
 
 
 def test_generation_beyond_the_model_context_fails_before_the_model_loads(tiny_model_dir, tmp_path):
-    """Longest prompt + max_new_tokens must fit the model's context (512 for the tiny model); checked
-    from the tokenizer and config.json only (this copy has no weights)."""
+    """Prompt + max_new_tokens must fit the model's context (512 for the tiny model); prompts that do
+    not are dropped when the data loads, and with none left the run stops, from the tokenizer and
+    config.json only (this copy has no weights)."""
     import shutil
 
     no_weights = tmp_path / "no-weights"
@@ -416,8 +417,9 @@ def test_generation_beyond_the_model_context_fails_before_the_model_loads(tiny_m
     (no_weights / "model.safetensors").unlink()
     cfg = from_dict(dict(model_dir=str(no_weights), max_new_tokens=505, engine="hf", progress=False))
     trainer = Trainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:")
-    with pytest.raises(ValueError, match=r"key 'max_new_tokens': the longest prompt \(\d+ tokens\) \+ 505 new "
-                                         r"tokens = \d+ exceeds the model's context of 512 tokens"):
+    with pytest.raises(ValueError, match=r"key 'max_new_tokens': all 3 training prompts are too long for the model: "
+                                         r"even the shortest prompt \(record '\w+', \d+ tokens\) \+ 505 new tokens = "
+                                         r"\d+ exceeds the model's context of 512 tokens"):
         trainer.setup()
 
 
@@ -427,7 +429,7 @@ def test_auto_engine_on_a_gpu_machine_without_vllm_fails_before_the_model_loads(
     from rsgrpo.train.distributed import collectives
 
     dist = collectives.init_distributed()  # the CPU process group, set up before the GPU is faked
-    monkeypatch.setattr(collectives, "init_distributed", lambda: dist)
+    monkeypatch.setattr(collectives, "init_distributed", lambda **_: dist)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     monkeypatch.setattr(train_mod, "Actor", lambda *a, **k: pytest.fail("the model was loaded"))
@@ -455,17 +457,29 @@ class SleepyEngine(FixedEngine):
     def sleep(self):
         self.calls.append("sleep")
 
-    def wake_up(self):
-        self.calls.append("wake_up")
+    def wake_up(self, tags=None):
+        self.calls.append(f"wake_up {'+'.join(tags) if tags else 'all'}")
 
 
-def test_engine_sleeps_during_the_update_and_wakes_before_weights_and_generation(tiny_model_dir, tmp_path):
+def test_engine_sleeps_during_the_update_and_wakes_weights_then_kv_cache(tiny_model_dir, tmp_path, monkeypatch):
+    """The peers' order (verl, OpenRLHF): the update's cached blocks are returned before the engine
+    maps its weights, the weights are pushed, the cache is emptied again, and only then the KV cache
+    is mapped. The push happens every step, also when no group was kept: sleep level 2 discards the
+    engine's weights."""
+    from rsgrpo.train import trainer as trainer_mod
+
     trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run")
-    trainer.engine = SleepyEngine(trainer.actor.tokenizer, TABLE)
+    engine = trainer.engine = SleepyEngine(trainer.actor.tokenizer, TABLE)
+    monkeypatch.setattr(trainer_mod, "free_cached_memory", lambda: engine.calls.append("empty_cache"))
     trainer.train_step(0)
     trainer.train_step(1)
-    step = ["wake_up", "generate", "sleep", "wake_up", "load_weights"]
-    assert trainer.engine.calls == step + step
+    step = ["generate", "sleep", "empty_cache", "wake_up weights", "load_weights", "empty_cache", "wake_up kv_cache"]
+    assert engine.calls == step + step
+    # a step whose groups all carry no signal makes no update, and still pushes the weights
+    engine.calls.clear()
+    engine.table = {prompt: ["no"] * len(texts) for prompt, texts in TABLE.items()}
+    row = trainer.train_step(2)
+    assert row.groups_kept == 0 and engine.calls[-len(step) + 1:] == step[1:]
 
 
 def test_ppo_epochs_clip_and_kl(tiny_model_dir, tmp_path):
@@ -822,3 +836,37 @@ def test_a_sink_whose_package_is_missing_fails_before_the_model_loads(tiny_model
     with pytest.raises(ValueError, match=r"config key 'logging' asks for the 'wandb' sink, but its package 'wandb' "
                                          r"does not import .*install it with pip install 'rsgrpo\[wandb\]'"):
         trainer.setup()
+
+
+def test_a_vllm_engine_on_a_gpu_gets_the_plans_share_and_its_own_seed(tiny_model_dir, tmp_path, monkeypatch):
+    """The trainer gives its colocated vLLM engine the share rsgrpo.capacity computes for the plan (same
+    function, this GPU's size), unless the config sets one, and a sampler seed of the rank and the start
+    step; a GPU too small for any share is refused before vLLM starts."""
+    from types import SimpleNamespace
+
+    import rsgrpo.train.trainer as trainer_mod
+    from rsgrpo import capacity
+    from rsgrpo.train.engines.base import row_seed
+
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run")
+    trainer._engine_factory = None
+    built = {}
+    gpu = SimpleNamespace(total_memory=80e9)
+    monkeypatch.setattr(trainer_mod.engines, "resolve_engine_kind", lambda kind, **_: "vllm")
+    monkeypatch.setattr(trainer_mod.engines, "make_engine", lambda kind, **options: built.update(options))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: gpu)
+    trainer._make_engine(str(tiny_model_dir), max_model_len=100)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    job = capacity.train_job(trainer.cfg, ranks=1, prompt_tokens=100 - trainer.cfg.max_new_tokens)
+    planned = capacity.colocated_engine_share(capacity.model_shape(config), job, 80e9, kl_reference=False)
+    assert built["gpu_memory_utilization"] == planned["share"] and planned["fits"]
+    assert built["seed"] == row_seed(0, 0, 0) % 2 ** 31 != row_seed(0, 1, 0) % 2 ** 31
+    trainer.cfg.engine_options = {"gpu_memory_utilization": 0.5}
+    trainer._make_engine(str(tiny_model_dir), max_model_len=100)
+    assert built["gpu_memory_utilization"] == 0.5
+    trainer.cfg.engine_options = {}
+    gpu.total_memory = 4e9  # less than the margin alone
+    with pytest.raises(ValueError, match=r"no room for a colocated vLLM engine on this GPU \(4\.0 GB\)"):
+        trainer._make_engine(str(tiny_model_dir), max_model_len=100)

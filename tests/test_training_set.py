@@ -98,6 +98,7 @@ def has_digit(*, completions, answers, problems, records):
 
 
 def test_a_run_with_a_too_long_prompt_trains_on_the_others(tiny_model_dir, tmp_path):
+    from rsgrpo.train import checkpoint as ckpt
     from rsgrpo.train.trainer import Trainer
 
     cfg = _cfg(tiny_model_dir, steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, lr=1e-3,
@@ -108,3 +109,8 @@ def test_a_run_with_a_too_long_prompt_trains_on_the_others(tiny_model_dir, tmp_p
     assert [r["id"] for r in trainer.data.records] == ["a", "c", "e"]
     assert trainer.data.length_filter["dropped"] == 2
     assert all(LONG not in prompt for prompt in trainer.prompts)
+    # recorded with the run: in the manifest and in every checkpoint's trainer state
+    assert manifest["training_set"]["length_filter"]["dropped_ids"] == ["b", "d"]
+    _, state = ckpt.resume_state(tmp_path / "run", config_hash=trainer.hash, data_hash=trainer.data.hash,
+                                 prompts_per_step=2)
+    assert state["training_set"] == manifest["training_set"]

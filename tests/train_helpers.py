@@ -184,7 +184,7 @@ class FixedEngine:
     def sleep(self):  # the engine contract (rsgrpo.train.engines.base.RolloutEngine): nothing to free
         pass
 
-    def wake_up(self):
+    def wake_up(self, tags=None):
         pass
 
     def close(self):

@@ -15,12 +15,14 @@ the busiest rank.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from rsgrpo.train import mismatch
 from rsgrpo.train.config import TrainConfig, compute_dtype
 from rsgrpo.train.distributed import collectives, zero_state
 from rsgrpo.train.loss import Batch, build_batch, policy_loss, to_token_layout, token_logprobs
@@ -42,6 +44,13 @@ class UpdateStats:
     lr: float
     entropy_sum: float = 0.0
     entropy_tokens: int = 0
+    # the rollout engine's token log-probs against the trainer's (rsgrpo.train.mismatch; NaN when
+    # the engine returned none) and the share the rollout correction acted on (tis: capped tokens,
+    # mis: masked completions; 0 without one)
+    mismatch_k3: float = float("nan")
+    mismatch_abs_mean: float = float("nan")
+    mismatch_abs_max: float = float("nan")
+    correction_frac: float = float("nan")
 
     @classmethod
     def none(cls, lr: float) -> UpdateStats:
@@ -71,8 +80,11 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     }
     if cfg.offload_optimizer:
         # Optimizer state (AdamW moments, fp32 master weights) in host memory; the torch AdamW we
-        # pass keeps running there (DeepSpeed's fused CPU Adam would need a C++ build).
-        zero["offload_optimizer"] = {"device": "cpu"}
+        # pass keeps running there (DeepSpeed's fused CPU Adam would need a C++ build). Pinned
+        # (page-locked) host buffers: the gradient and weight copies between GPU and host run at full
+        # bandwidth and asynchronously; pageable ones are staged through a bounce buffer. Stated
+        # here rather than left to DeepSpeed's default, which has been False in earlier releases.
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         config["zero_force_ds_cpu_optimizer"] = False
     if cfg.precision == "bf16-mixed":
         config["bf16"] = {"enabled": True}
@@ -96,7 +108,10 @@ class Actor:
         self.cfg = cfg
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
-        self.model, self.tokenizer = load_policy(source, dtype=compute_dtype(cfg))
+        # ZeRO-3: built partitioned (deepspeed.zero.Init), so no rank holds the whole model on its
+        # GPU; stages 0-2 hold it whole anyway (DeepSpeed moves it to the GPU).
+        self.model, self.tokenizer = load_policy(source, dtype=compute_dtype(cfg),
+                                                 zero3_config=deepspeed_config(cfg) if cfg.zero_stage == 3 else None)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         pad = self.tokenizer.pad_token_id
@@ -162,71 +177,130 @@ class Actor:
 
     # -- the update ------------------------------------------------------------------------------
     def update(self, pairs: Sequence[Pair], advantages: torch.Tensor, lr: float,
-               old_logp: list[torch.Tensor] | None = None) -> UpdateStats:
+               old_logp: list[torch.Tensor] | None = None, sampling_logp: list[torch.Tensor] | None = None,
+               check_step: int | None = None) -> UpdateStats:
         """PPO update on this rank's ``pairs`` with one advantage per pair.
 
         ``old_logp``: per-pair completion-token log-probs of the policy before the update. When not
         given: with ``ppo_epochs`` 1 the update is on-policy and the old log-probs are the detached
-        log-probs of its own forward (ratio 1, no extra pass); with more epochs a no-grad pass
-        computes them first. Every rank calls this together (a rank may have no pairs). The entropy
-        comes from the first epoch's forward.
+        log-probs of its own forward (ratio 1, no extra pass); with more epochs (or ``rollout_correction:
+        mis``, which must know which completions to leave out before the token mean is fixed) a no-grad
+        pass computes them first. Every rank calls this together (a rank may have no pairs). The
+        entropy comes from the first epoch's forward.
+
+        ``sampling_logp``: the rollout engine's log-probs of the same tokens. The update then measures
+        the mismatch (:mod:`rsgrpo.train.mismatch`) against the old log-probs, applies the config's
+        ``rollout_correction``, and with ``check_step`` raises
+        :class:`~rsgrpo.train.mismatch.RolloutMismatchError` above ``mismatch_max_k3`` BEFORE the
+        optimizer step, so no update is made on a policy other than the one that sampled.
 
         Token mean over the GLOBAL batch: each rank divides its token sum by ``n_global / W`` and
         DeepSpeed averages gradients over the W ranks, so the gradient is that of
         ``sum over all tokens / n_global`` whatever the number of ranks.
         """
-        if old_logp is None and self.cfg.ppo_epochs > 1:
+        cfg = self.cfg
+        measured, masked = None, None
+        if sampling_logp is not None and cfg.rollout_correction == "mis":
+            if old_logp is None:
+                old_logp, _ = self.logprobs(pairs)
+            measured = self._mismatch(mismatch.pair_sums(old_logp, sampling_logp), check_step)
+            accepted = mismatch.mis_accepted(old_logp, sampling_logp, cfg.rollout_correction_cap)
+            keep = [i for i, ok in enumerate(accepted) if ok]
+            masked = collectives.all_reduce([len(pairs) - len(keep), len(pairs)])
+            pairs, advantages = [pairs[i] for i in keep], advantages[keep]
+            old_logp, sampling_logp = [old_logp[i] for i in keep], [sampling_logp[i] for i in keep]
+            if masked[0] == masked[1]:  # every completion of every rank masked: nothing to learn from
+                return dataclasses.replace(UpdateStats.none(lr), **measured, correction_frac=1.0)
+        elif old_logp is None and cfg.ppo_epochs > 1:
             old_logp, _ = self.logprobs(pairs)
         ref_logp = self.logprobs(pairs, reference=True)[0] if self.ref_model is not None else None
         n_global = collectives.all_reduce([sum(len(completion) for _, completion in pairs)])[0]
         for group in self.inner_optimizer.param_groups:
             group["lr"] = lr
-        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "tokens": 0.0, "grad_norm": 0.0,
-                  "entropy_sum": 0.0, "entropy_tokens": 0}
+        totals = {key: 0.0 for key in ("loss", "clipped", "kl", "tokens", "capped", "entropy_sum", "entropy_tokens",
+                                       "grad_norm")}
         count = self._micro_batch_count(len(pairs))
-        for epoch in range(self.cfg.ppo_epochs):
-            self._optimizer_step(pairs, count, advantages, old_logp, ref_logp, n_global, totals,
-                                 with_entropy=epoch == 0)
-        epochs, world = self.cfg.ppo_epochs, collectives.info().world_size
-        loss, clipped, kl, tokens = collectives.all_reduce(
-            [totals["loss"], totals["clipped"], totals["kl"], totals["tokens"]])
+        for epoch in range(cfg.ppo_epochs):
+            measure = epoch == 0 and sampling_logp is not None and measured is None
+            sums = self._optimizer_step(pairs, count, advantages, old_logp, ref_logp, n_global, totals,
+                                        sampling_logp=sampling_logp, first=epoch == 0, measure=measure,
+                                        check_step=check_step)
+            measured = measured or sums
+        epochs, world = cfg.ppo_epochs, collectives.info().world_size
+        loss, clipped, kl, tokens, capped = collectives.all_reduce(
+            [totals["loss"], totals["clipped"], totals["kl"], totals["tokens"], totals["capped"]])
+        correction = {"none": 0.0, "tis": capped / max(tokens, 1.0),
+                      "mis": masked[0] / max(masked[1], 1.0) if masked else float("nan")}[cfg.rollout_correction]
         return UpdateStats(loss=loss / world / epochs, clip_frac=clipped / max(tokens, 1.0), kl=kl / max(tokens, 1.0),
                            grad_norm=totals["grad_norm"] / epochs, lr=lr, entropy_sum=totals["entropy_sum"],
-                           entropy_tokens=totals["entropy_tokens"])
+                           entropy_tokens=int(totals["entropy_tokens"]), **(measured or {}),
+                           correction_frac=correction if sampling_logp is not None else float("nan"))
+
+    def _mismatch(self, local_sums: torch.Tensor, check_step: int | None) -> dict[str, float]:
+        """The mismatch over every rank from this rank's :func:`~rsgrpo.train.mismatch.token_sums`
+        (a collective), checked against ``mismatch_max_k3`` when ``check_step`` is given."""
+        k3_sum, abs_sum, abs_max, tokens = local_sums.tolist()
+        k3_sum, abs_sum, tokens = collectives.all_reduce([k3_sum, abs_sum, tokens])
+        abs_max = collectives.all_reduce([abs_max], "max")[0]
+        out = mismatch.summary([k3_sum, abs_sum, abs_max, tokens])
+        if check_step is not None:
+            mismatch.check_bound(out["mismatch_k3"], self.cfg.mismatch_max_k3, step=check_step,
+                                 abs_mean=out["mismatch_abs_mean"], abs_max=out["mismatch_abs_max"])
+        return out
 
     def _optimizer_step(self, pairs, count, advantages, old_logp, ref_logp, n_global, totals, *,
-                        with_entropy: bool) -> None:
+                        sampling_logp, first: bool, measure: bool, check_step: int | None) -> dict[str, float] | None:
         """Backward over the ``count`` micro-batches, then one optimizer step; add the stats to
-        ``totals``. ``old_logp`` None: on-policy, the old log-probs are this forward's, detached."""
-        epoch_loss = 0.0
+        ``totals``. ``old_logp`` None: on-policy, the old log-probs are this forward's, detached.
+        ``first``: the first epoch, which computes the entropy. ``measure``: the mismatch against
+        ``sampling_logp`` is measured (and checked, see :meth:`update`) before the optimizer step and
+        returned. Statistics stay on the device until the step ends: one host sync per step, not
+        several per micro-batch."""
+        cfg = self.cfg
+        keys = ("loss", "clipped", "kl", "tokens", "capped", "entropy_sum", "entropy_tokens")
+        acc = {key: torch.zeros((), dtype=torch.float64, device=self.device) for key in keys}
+        sums = torch.zeros(len(mismatch.SUM_FIELDS), dtype=torch.float64, device=self.device)
         for index, (rows, batch) in enumerate(self._micro_batches(pairs, count)):
             mask = batch.completion_mask[:, 1:].to(self.device)
-            logp, entropy = token_logprobs(self.engine, batch.to(self.device), self.cfg.temperature,
-                                           with_entropy=with_entropy, chunk_tokens=self.cfg.logprob_chunk_tokens)
+            logp, entropy = token_logprobs(self.engine, batch.to(self.device), cfg.temperature,
+                                           with_entropy=first, chunk_tokens=cfg.logprob_chunk_tokens)
             old = logp.detach() if old_logp is None else self._token_layout(old_logp, rows, mask)
             ref = None if ref_logp is None else self._token_layout(ref_logp, rows, mask)
+            weights = None
+            if sampling_logp is not None:
+                sampled = self._token_layout(sampling_logp, rows, mask)
+                if measure:
+                    part = mismatch.token_sums(old, sampled, mask)
+                    sums = torch.stack([sums[0] + part[0], sums[1] + part[1], torch.maximum(sums[2], part[2]),
+                                        sums[3] + part[3]])
+                if cfg.rollout_correction == "tis":
+                    weights = mismatch.tis_weights(old, sampled, cfg.rollout_correction_cap)
+                    acc["capped"] += ((torch.exp(old - sampled) > cfg.rollout_correction_cap) * mask).sum()
             adv = (advantages[rows] if rows else torch.zeros(1)).to(self.device)
-            loss, stats = policy_loss(logp, old, adv, mask, clip_low=self.cfg.clip_low, clip_high=self.cfg.clip_high,
+            loss, stats = policy_loss(logp, old, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                       n_tokens=n_global / collectives.info().world_size, ref_logp=ref,
-                                      kl_coef=self.cfg.kl_coef)
+                                      kl_coef=cfg.kl_coef, token_weights=weights)
             # The boundary tells DeepSpeed when the step's gradients are complete (it then averages them
             # over the ranks for stages 0-1); ZeRO-2/3 reduce-scatter each micro-batch's gradients as
             # they come, in fp32 under bf16-mixed (communication_data_type).
             self.engine.set_gradient_accumulation_boundary(index == count - 1)
             self.engine.backward(loss, scale_wrt_gas=False)
-            epoch_loss += float(loss.detach())
+            acc["loss"] += loss.detach()
             for key in ("clipped", "kl", "tokens"):
-                totals[key] += stats[key]
+                acc[key] += stats[key]
             if entropy is not None:
-                totals["entropy_sum"] += float((entropy.double() * mask).sum())
-                totals["entropy_tokens"] += int(mask.sum())
+                acc["entropy_sum"] += (entropy.double() * mask).sum()
+                acc["entropy_tokens"] += mask.sum()
+        measured = self._mismatch(sums, check_step) if measure else None
         grad_norm = self._grad_norm_before_step()
         self.engine.step()
         if grad_norm is None:
             reported = self.engine.get_global_grad_norm()
             grad_norm = float(reported) if reported is not None else float("nan")
-        totals["loss"] += epoch_loss
+        for key, value in zip(keys, torch.stack([acc[key] for key in keys]).tolist()):
+            totals[key] += value
         totals["grad_norm"] += grad_norm
+        return measured
 
     def _token_layout(self, per_pair: list[torch.Tensor], rows: list[int], mask: torch.Tensor) -> torch.Tensor:
         """Per-pair token values in the micro-batch's ``[B, L-1]`` layout (zeros for a padding batch)."""
@@ -245,9 +319,11 @@ class Actor:
         return float(torch.linalg.vector_norm(torch.stack(norms)))
 
     # -- weights and optimizer state -------------------------------------------------------------
-    def full_weights(self, *, include_aliases: bool = True):
-        """``(name, full tensor)`` of every weight; a collective under ZeRO-3 (gathered by buckets)."""
-        return zero_state.gathered_parameters(self.model, include_aliases=include_aliases)
+    def full_weights(self, *, include_aliases: bool = True, to_host: bool = False):
+        """``(name, full tensor)`` of every weight; a collective under ZeRO-3 (gathered by buckets).
+        The tensors are the live (gathered) ones on the device, or host copies with ``to_host``
+        (:func:`rsgrpo.train.distributed.zero_state.gathered_parameters`)."""
+        return zero_state.gathered_parameters(self.model, include_aliases=include_aliases, to_host=to_host)
 
     def resume_tensors(self, *, rank: int, world_size: int):
         """This rank's share of what resume needs beyond the HF weights: AdamW moments and, for
@@ -260,10 +336,11 @@ class Actor:
         """This rank's part of a checkpoint (:class:`rsgrpo.train.checkpoint.CheckpointWriter`): its
         share of the optimizer state, and on rank 0 the HF weights. Every rank calls it: assembling
         each state tensor is a collective, and so is the ZeRO-3 gather of the weights (bucket by
-        bucket; rank 0 writes them, the others only take part)."""
+        bucket; rank 0 copies each gathered tensor to the host and writes it, the others only take
+        part: they copy and keep nothing)."""
         writer.write_resume(self.resume_tensors(rank=rank, world_size=world_size))
         if self.cfg.zero_stage == 3:
-            weights = self.full_weights(include_aliases=False)
+            weights = self.full_weights(include_aliases=False, to_host=is_main)
             if is_main:
                 writer.write_weights(self.model, self.tokenizer, weights)
             else:
@@ -274,7 +351,9 @@ class Actor:
 
     def sync_engine(self, engine) -> None:
         """Hand the rollout engine the current weights: the module itself, or under ZeRO-3 (where the
-        module holds one partition) the full weights gathered bucket by bucket, a collective."""
+        module holds one partition) the full weights gathered bucket by bucket, a collective. The
+        gathered tensors go to the engine as they are, on the device: the engine copies each into
+        its own weights, and each bucket is released once the engine has taken it."""
         if self.cfg.zero_stage == 3:
             engine.load_named_weights(self.full_weights())
         else:

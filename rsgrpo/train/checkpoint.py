@@ -475,9 +475,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def write_manifest(run_dir: str | os.PathLike, *, final_step: int, steps: int, config_hash: str,
-                   config: dict) -> dict:
-    """Write ``<run_dir>/manifest.json`` (atomically): the run's complete checkpoints, its final one
-    and its config -- the train verb's declared output, what the evaluation rules read."""
+                   config: dict, training_set: dict | None = None) -> dict:
+    """Write ``<run_dir>/manifest.json`` (atomically): the run's complete checkpoints, its final one,
+    its config and what it trained on (``training_set``: records, prompts dropped as too long) -- the
+    train verb's declared output, what the evaluation rules read."""
     checkpoints = complete_checkpoints(run_dir)
     manifest = {
         "final_step": final_step,
@@ -487,6 +488,7 @@ def write_manifest(run_dir: str | os.PathLike, *, final_step: int, steps: int, c
         "final_checkpoint": str(checkpoints[-1][1]) if checkpoints else None,
         "config_hash": config_hash,
         "config": config,
+        "training_set": training_set,
     }
     with atomic_path(Path(run_dir) / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -23,7 +23,8 @@ from typing import Any
 
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "config_hash", "compute_dtype", "FIELD_DOCS", "PRECISIONS"]
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "config_hash", "compute_dtype", "FIELD_DOCS",
+           "PRECISIONS"]
 
 # Field name -> one-line documentation (also written as comments into config/train_defaults.yaml).
 FIELD_DOCS: dict[str, str] = {}
@@ -100,7 +101,9 @@ class TrainConfig:
     engine_options: dict = _f({}, kind="dict",
                               doc="extra keyword options of rsgrpo.train.engines.make_engine "
                                   "(e.g. kv_cache_memory_bytes)")
-    grading_workers: int | None = _f(None, "grading processes (null = CPU count, 0 = in-process)", kind="int?")
+    grading_workers: int | None = _f(None, kind="int?",
+                                     doc="grading processes (null = this rank's share of the CPUs the job was given, "
+                                         "0 = in-process)")
     grading_timeout: float = _f(5.0, "seconds per answer verification", kind="float")
     # --- optimisation ---------------------------------------------------------------------------
     lr: float = _f(1e-6, "AdamW learning rate", kind="float")
@@ -180,8 +183,8 @@ for _fld in dataclasses.fields(TrainConfig):
     FIELD_DOCS[_fld.name] = _fld.metadata["doc"]
 
 # Fields that do not influence the trajectory of a run (may change between a run and its resume).
-NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "checkpoint_every_minutes", "keep_last", "keep_resumable", "logging", "rollout_log_every",
-                         "rollout_log_groups", "progress",
+NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "checkpoint_every_minutes", "keep_last", "keep_resumable",
+                         "logging", "rollout_log_every", "rollout_log_groups", "progress",
                          "grading_workers", "engine", "hf_batch_size", "engine_options", "zero_stage",
                          "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens",
                          "mismatch_max_k3", "mismatch_check_every", "collective_timeout_minutes")

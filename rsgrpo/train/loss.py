@@ -162,7 +162,8 @@ def naive_token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
                 clip_low: float, clip_high: float, n_tokens: int | float,
-                ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0):
+                ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0,
+                token_weights: torch.Tensor | None = None):
     """PPO clipped objective with asymmetric clip, summed over tokens and divided by ``n_tokens``.
 
     ``adv`` is one advantage per sequence (``[B]``) or per token (``[B, T]``). Per token:
@@ -172,8 +173,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     completion tokens of the batch, so micro-batch losses add up to the token mean (each token has
     the same weight whatever the length of its sequence -- the DAPO "token-level" loss).
 
-    Returns ``(loss, stats)``, stats holding token SUMS (``clipped``, ``kl``, ``tokens``) so they can
-    be aggregated across micro-batches.
+    ``token_weights`` (``[B, T]``, detached): a factor on each token's PPO term (not on the KL), the
+    truncated importance weights of ``rollout_correction: tis`` (:mod:`rsgrpo.train.mismatch`).
+
+    Returns ``(loss, stats)``, stats holding token SUMS (``clipped``, ``kl``, ``tokens``) as detached
+    0-d tensors on the loss's device, so they add up across micro-batches without a host sync each.
     """
     if adv.dim() == 1:
         adv = adv[:, None]
@@ -181,15 +185,17 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     surr1 = -adv * ratio
     surr2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(surr1, surr2)
+    if token_weights is not None:
+        per_token = per_token * token_weights
     clipped = (surr2 > surr1).to(mask.dtype)
-    kl_sum = torch.zeros((), dtype=per_token.dtype)
+    kl_sum = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
     if ref_logp is not None and kl_coef > 0:
         log_ratio_ref = ref_logp - logp
         kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1.0
         per_token = per_token + kl_coef * kl
         kl_sum = (kl.detach() * mask).sum()
     loss = (per_token * mask).sum() / n_tokens
-    stats = {"clipped": float((clipped * mask).sum()), "kl": float(kl_sum), "tokens": float(mask.sum())}
+    stats = {"clipped": (clipped * mask).sum().detach(), "kl": kl_sum.detach(), "tokens": mask.sum().detach()}
     return loss, stats
 
 

@@ -62,6 +62,11 @@ class MetricsRow:
     grad_norm: float
     loss: float
     lr: float
+    # the rollout engine's token log-probs against the trainer's (rsgrpo.train.mismatch)
+    mismatch_k3: float
+    mismatch_abs_mean: float
+    mismatch_abs_max: float
+    correction_frac: float       # tis: share of tokens whose weight was capped; mis: of completions masked
     time_generate: float = _timing()
     time_grade: float = _timing()
     time_update: float = _timing()
@@ -108,7 +113,9 @@ def step_row(rollout: Rollout, update: UpdateStats, *, solved_at: float, cumulat
         entropy=entropy_sum / entropy_tokens if entropy_tokens else nan,
         response_len_mean=sum(lengths) / sequences, response_len_p50=float(np.percentile(lengths, 50)),
         response_len_p95=float(np.percentile(lengths, 95)), clip_frac=update.clip_frac, kl=update.kl,
-        grad_norm=update.grad_norm, loss=update.loss, lr=update.lr, time_generate=t_generate, time_grade=t_grade,
+        grad_norm=update.grad_norm, loss=update.loss, lr=update.lr, mismatch_k3=update.mismatch_k3,
+        mismatch_abs_mean=update.mismatch_abs_mean, mismatch_abs_max=update.mismatch_abs_max,
+        correction_frac=update.correction_frac, time_generate=t_generate, time_grade=t_grade,
         time_update=t_update, tokens_per_s=sum(lengths) / max(t_generate, 1e-9))
 
 

@@ -53,6 +53,15 @@ class Rollout:
     def pairs(self) -> list[tuple[list[int], list[int]]]:
         return [(c.prompt_token_ids, c.token_ids) for c in self.flat]
 
+    @property
+    def sampling_logprobs(self) -> list[torch.Tensor] | None:
+        """Each completion's token log-probs as the rollout engine sampled them (in :attr:`pairs`
+        order); None when the engine returned none."""
+        flat = self.flat
+        if not flat or any(c.logprobs is None for c in flat):
+            return None
+        return [torch.tensor(c.logprobs, dtype=torch.float32) for c in flat]
+
     def add_scores(self, scores: torch.Tensor, shaped: torch.Tensor, solved: torch.Tensor,
                    answers: list[list[str | None]] | None) -> None:
         """Append the reward stage's results for the groups generated since its last call."""

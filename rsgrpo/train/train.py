@@ -16,7 +16,8 @@ from pathlib import Path
 
 from rsgrpo.io import atomic_path
 from rsgrpo.layout import MANIFEST
-from rsgrpo.train import preemption
+from rsgrpo.train import checkpoint as ckpt
+from rsgrpo.train import mismatch, preemption
 from rsgrpo.train.config import load_config
 from rsgrpo.train.distributed import collectives, launch
 from rsgrpo.train.run_log import teed_into_run_log
@@ -84,6 +85,8 @@ def _run(args, cfg) -> int:
             print(f"rsgrpo train: {stopped} (run dir {trainer.run_dir}); exit status "
                   f"{preemption.EXIT_PREEMPTED}", file=sys.stderr)
         return preemption.EXIT_PREEMPTED
+    except (ckpt.CheckpointWriteError, ckpt.CheckpointDamagedError, mismatch.RolloutMismatchError) as exc:
+        return _error(exc)  # one line naming what to do, not a traceback
     if trainer.dist.is_main:
         if args.out_manifest:
             _copy(trainer.run_dir / MANIFEST, args.out_manifest)

@@ -57,17 +57,49 @@ from rsgrpo.prepare.loading import check_gradient_checkpointing
 from rsgrpo.train import checkpoint as ckpt
 from rsgrpo.train import data_order, engines, preemption, rewards, rollout_log, sinks
 from rsgrpo.train.actor import Actor, UpdateStats
-from rsgrpo.train.config import TrainConfig, compute_dtype, config_hash, to_dict
-from rsgrpo.train.schedules import beta_at, lr_at
+from rsgrpo.train.config import TrainConfig, compute_dtype, config_hash
 from rsgrpo.train.distributed import collectives, launch
 from rsgrpo.train.engines.base import SamplingParams, row_seed
 from rsgrpo.train.metrics import MetricsLog, MetricsRow, step_row
 from rsgrpo.train.rollout import Rollout
+from rsgrpo.train.run_dir import RunDirectory
+from rsgrpo.train.schedules import beta_at, lr_at
 from rsgrpo.train.training_set import build_prompts, load_training_set
 
 __all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
+
+
+class _Abandoned(Exception):
+    """A stop request arrived while step ``args[0]`` was generating: its rollouts are dropped."""
+
+
+def free_cached_memory() -> None:
+    """Return the caching allocator's unused blocks to the GPU (nothing to do on CPU): what the
+    update freed must be free for vLLM to map, which allocates outside torch's cache."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def engine_share(cfg: TrainConfig, model_dir: str, *, ranks: int, prompt_tokens: int) -> float:
+    """vLLM's ``gpu_memory_utilization`` beside this trainer: the share the plan prints
+    (:func:`rsgrpo.capacity.colocated_engine_share`), from the model's config.json and this GPU."""
+    from rsgrpo import capacity
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    job = capacity.train_job(cfg, ranks=ranks, prompt_tokens=prompt_tokens)
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    share = capacity.colocated_engine_share(capacity.model_shape(config), job, total, kl_reference=cfg.kl_coef > 0)
+    if not share["fits"] or share["kv_room_bytes"] <= 0:
+        raise ValueError(
+            f"no room for a colocated vLLM engine on this GPU ({total / 1e9:.1f} GB): the trainer keeps "
+            f"{share['resident_bytes'] / 1e9:.1f} GB resident during generation (zero_stage {cfg.zero_stage}, "
+            f"{ranks} rank(s)), plus a {share['margin_bytes'] / 1e9:.1f} GB margin, and the engine needs "
+            f"{(share['weights_bytes'] + share['overhead_bytes']) / 1e9:.1f} GB before its KV cache; use more GPUs "
+            "(a higher zero_stage partitions more), offload_optimizer, or set engine_options.gpu_memory_utilization")
+    log.info("vLLM share of the GPU: %.3f (KV cache room %.1f GB)", share["share"], share["kv_room_bytes"] / 1e9)
+    return share["share"]
 
 
 class Trainer:
@@ -94,23 +126,23 @@ class Trainer:
         self.start_step = 0
         self.data_position = 0  # prompts drawn from the data order so far
         self.metrics_log: MetricsLog | None = None
-        self._lock = None  # the run-dir lock (rank 0), held from setup to the end of run
+        self.stop: preemption.StopRequest | None = None  # installed by run()
 
     # -- setup: resume state, then model and optimizer, then rollout engine ----------------------
     def setup(self) -> None:
         cfg = self.cfg
         # The process group comes first: every rank must agree on what it resumes from.
-        self.dist = collectives.init_distributed()
+        self.dist = collectives.init_distributed(timeout_minutes=cfg.collective_timeout_minutes)
         if self.dist.world_size > 1:  # which node each rank runs on: the log shows who joined the launch
             log.info("rank %d of %d on node %s (local rank %d)", self.dist.rank, self.dist.world_size,
                      collectives.node_name(), self.dist.local_rank)
         launch.check_rank_split(cfg.prompts_per_step, self.dist.world_size)
+        self._check_before_loading(cfg.model_dir)  # config-only checks; a checkpoint's config.json is the same
         resume_from, state = self._resume_state()
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
         source = str(resume_from) if resume_from is not None else cfg.model_dir
-        self._check_before_loading(source)
         self.prompts, max_model_len = build_prompts(cfg, self.data.records, source, self._prompt_fn)
         self.actor = Actor(cfg, source, masters=state["masters"] if state is not None else None)
         self.engine = self._make_engine(source, max_model_len)
@@ -129,31 +161,38 @@ class Trainer:
             engines.resolve_engine_kind(self.cfg.engine)  # no silent fallback to transformers on a GPU machine
         if self.cfg.gradient_checkpointing:
             check_gradient_checkpointing(source)
+        if torch.cuda.is_available() and self.cfg.precision == "fp32" and self.dist.is_main:
+            log.warning("precision fp32 on a GPU: the model, its gradients and the rollout engine run in fp32 "
+                        "(twice the memory, several times slower than bf16); the workflow's GPU configs use "
+                        "precision: bf16-mixed with zero_stage >= 1")
 
     def _resume_state(self):
         """Lock and tidy the run dir, load the training records, and return the newest complete
         checkpoint's ``(path, state)`` (``(None, None)`` for a fresh run)."""
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = ckpt.lock_run_dir(self.run_dir)
-            for path in ckpt.clean_incomplete(self.run_dir):
-                log.info("removed incomplete checkpoint %s", path)
-        collectives.barrier()
-        self.data = load_training_set(self.cfg, self._records)
-        return ckpt.resume_state(self.run_dir, config_hash=self.hash, data_hash=self.data.hash,
-                                 prompts_per_step=self.cfg.prompts_per_step)
+        self.run_directory = RunDirectory(self.cfg, self.run_dir, self.dist, self.hash)
+        self.run_directory.open()
+        self.data = load_training_set(self.cfg, self._records, prompt_fn=self._prompt_fn)
+        return self.run_directory.resume_state(self.data.hash)
 
     def _make_engine(self, source: str, max_model_len: int):
         """The rollout engine, in the compute dtype, sharing the trainer's GPU. Under ZeRO-3 the
         module holds only this rank's partition: the engine keeps a full copy of its own (loaded from
-        the same checkpoint), refreshed by a gather."""
+        the same checkpoint), refreshed by a gather. A vLLM engine's sampler is seeded per rank and
+        per start step (its requests are unseeded, see ``COLOCATED_VLLM_DEFAULTS``), and on a GPU it
+        gets the share of the GPU the plan computes (:func:`engine_share`) unless the config sets one."""
         shared = self.actor.model if self.cfg.zero_stage != 3 else None
         if self._engine_factory is not None:
             return self._engine_factory(shared, self.actor.tokenizer, source)
         cfg = self.cfg
+        options = dict(cfg.engine_options)
+        if engines.resolve_engine_kind(cfg.engine) == "vllm":
+            options.setdefault("seed", row_seed(cfg.seed, self.dist.rank, self.start_step) % 2 ** 31)
+            if torch.cuda.is_available() and "gpu_memory_utilization" not in options:
+                options["gpu_memory_utilization"] = engine_share(cfg, source, ranks=self.dist.world_size,
+                                                                 prompt_tokens=max_model_len - cfg.max_new_tokens)
         return engines.make_engine(cfg.engine, model_dir=source, model=shared, tokenizer=self.actor.tokenizer,
-                           dtype=compute_dtype(cfg), batch_size=cfg.hf_batch_size, colocated=True,
-                           max_model_len=max_model_len, **cfg.engine_options)
+                                   dtype=compute_dtype(cfg), batch_size=cfg.hf_batch_size, colocated=True,
+                                   max_model_len=max_model_len, **options)
 
     def _restore(self, state: dict, path: Path) -> None:
         """Optimizer, RNG, step, solved set and metric rows of a checkpoint's state."""
@@ -182,9 +221,13 @@ class Trainer:
         sampling). Every round draws the next ``prompts_per_step`` prompts of the data order."""
         cfg = self.cfg
         rollout = Rollout(step, start=self.data_position)
-        self.engine.wake_up()
+        before = (set(self.solved), ckpt.capture_rng())  # the state a stop request returns to
         while True:
             self.generate(rollout)
+            if self._stop_agreed():  # abandon the step: the last completed one is checkpointed at once
+                self.solved = before[0]
+                ckpt.restore_rng(before[1])
+                raise _Abandoned(step)
             self.reward(rollout)
             self.select(rollout)
             if (not cfg.dynamic_sampling or len(rollout.selected) >= cfg.prompts_per_step
@@ -203,7 +246,7 @@ class Trainer:
         mine, first = data_order.rank_slice(indices, self.dist.rank, self.dist.world_size)
         step_seed = cfg.seed * 1_000_003 + rollout.step
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_tokens=cfg.max_new_tokens, seed=step_seed)
+                                max_tokens=cfg.max_new_tokens, seed=step_seed, logprobs=True)
         # A prompt's samples are seeded by its place among the step's prompts, not by its rank: the
         # rollouts of a step do not depend on the number of ranks.
         offsets = [first_offset + first + position for position in range(len(mine))]
@@ -279,19 +322,28 @@ class Trainer:
                     rollout.advantages[group] = batch[row_of[offset]]
 
     def update(self, rollout: Rollout) -> UpdateStats:
-        """The PPO update on the kept completions (if any rank kept any) and the weight push; the
-        entropy metric comes from the update's forward."""
+        """The PPO update on the kept completions (if any rank kept any), then the weight push
+        (always: the sleeping engine discarded its weights). The entropy metric comes from the
+        update's forward, the mismatch between the engine's and the trainer's log-probs too (checked
+        against ``mismatch_max_k3`` at steps 0 and 1 and every ``mismatch_check_every`` steps)."""
+        cfg = self.cfg
         started = time.perf_counter()
         pairs = rollout.pairs
-        kept = rollout.kept_rows(skip_truncated=self.cfg.overlong == "mask")
-        stats = UpdateStats.none(lr_at(self.cfg, rollout.step))
+        kept = rollout.kept_rows(skip_truncated=cfg.overlong == "mask")
+        stats = UpdateStats.none(lr_at(cfg, rollout.step))
+        sampled = rollout.sampling_logprobs
+        # every rank takes part in the update's collectives, so all must agree on measuring
+        measured = collectives.all_reduce([float(sampled is None)], "max")[0] == 0
         if collectives.all_reduce([len(kept)], "max")[0] > 0:  # any rank has something to learn
             kept_pairs = [pairs[i] for i in kept]
-            if self.cfg.ppo_epochs > 1:  # off-policy epochs need the pre-update log-probs
+            if cfg.ppo_epochs > 1:  # off-policy epochs need the pre-update log-probs
                 rollout.old_logprobs = self.actor.logprobs(kept_pairs)[0]
+            check = rollout.step in (0, 1) or rollout.step % cfg.mismatch_check_every == 0
             stats = self.actor.update(kept_pairs, rollout.advantages.reshape(-1)[kept], stats.lr,
-                                      old_logp=rollout.old_logprobs)
-            self.push_weights()
+                                      old_logp=rollout.old_logprobs,
+                                      sampling_logp=[sampled[i] for i in kept] if measured else None,
+                                      check_step=rollout.step if check else None)
+        self.push_weights()
         rollout.timings["update"] = time.perf_counter() - started
         return stats
 
@@ -314,60 +366,50 @@ class Trainer:
 
     def push_weights(self) -> None:
         """Make the rollout engine generate with the trainer's current weights (collective under
-        ZeRO-3, where the full weights are gathered bucket by bucket). A sleeping engine (vLLM
-        sleep mode: its GPU memory was freed for the update) is woken first."""
-        self.engine.wake_up()
+        ZeRO-3, where the full weights are gathered bucket by bucket), in the order colocated peers
+        use (verl, OpenRLHF): the update's cached blocks are returned to the GPU, the engine's weights
+        memory is mapped, the weights are pushed, the gather's cache is returned, and only then is the
+        KV cache mapped -- the update's and the engine's memory are never reserved at once."""
+        free_cached_memory()
+        self.engine.wake_up(("weights",))
         self.actor.sync_engine(self.engine)
+        free_cached_memory()
+        self.engine.wake_up(("kv_cache",))
 
-    # -- checkpoints and manifest ----------------------------------------------------------------
+    # -- checkpoints ------------------------------------------------------------------------------
     def save(self, step_done: int) -> Path | None:
-        """Checkpoint ``step_done``. Every rank calls it and writes its own share of the optimizer
-        state (assembling each tensor is a collective, and so is the ZeRO-3 gather of the weights);
-        rank 0 writes the HF weights and the trainer state and renames the checkpoint into place.
-        Returns the checkpoint path on rank 0, None elsewhere."""
-        writer = ckpt.CheckpointWriter(self.run_dir, step_done, rank=self.dist.rank)
-        collectives.barrier()  # the temporary directory exists
-        self.actor.write_checkpoint_files(writer, rank=self.dist.rank, world_size=self.dist.world_size,
-                                          is_main=self.dist.is_main)
-        collectives.barrier()  # every rank's files are written
-        path = None
-        if self.dist.is_main:
-            path = writer.commit({
-                "step": step_done, "optimizer_step": self.actor.optimizer_step_count(), "rng": ckpt.capture_rng(),
-                "data_position": self.data_position, "solved_ids": sorted(self.solved),
-                "metrics": [dict(row) for row in self.metrics], "config_hash": self.hash,
-                "data_hash": self.data.hash, "config": json.dumps(to_dict(self.cfg), sort_keys=True, default=str),
-                "world_size": self.dist.world_size,
-            })
-            ckpt.prune(self.run_dir, self.cfg.keep_last, self.cfg.keep_resumable)
-        collectives.barrier()
-        return path
-
-    def write_manifest(self) -> dict:
-        return ckpt.write_manifest(self.run_dir, final_step=self.metrics[-1]["step"] if self.metrics else 0,
-                                   steps=self.cfg.steps, config_hash=self.hash, config=to_dict(self.cfg))
+        """Checkpoint ``step_done`` with the trainer's state (:meth:`RunDirectory.save`, a collective)."""
+        return self.run_directory.save(step_done, self.actor, {
+            "data_position": self.data_position, "solved_ids": sorted(self.solved),
+            "metrics": [dict(row) for row in self.metrics], "data_hash": self.data.hash,
+            "training_set": self.data.metadata()})
 
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         """Train from the last checkpoint (or the start) to ``cfg.steps``; return the manifest."""
         self.setup()
         cfg = self.cfg
-        stop = preemption.StopRequest().install()
+        self.stop = stop = preemption.StopRequest().install()
         try:
             for step in range(self.start_step, cfg.steps):
-                row = self.train_step(step)
+                try:
+                    row = self.train_step(step)
+                except _Abandoned:  # a stop request during generation: keep what was complete
+                    if self.run_directory.newest_step != step and step > 0:
+                        self.save(step)
+                    raise preemption.Preempted(step, stop.signal_name) from None
                 self.metrics.append(row.as_dict())
                 if self.metrics_log is not None:
                     self.metrics_log.append(row)
                 done = step + 1
                 # every rank takes part, so all of them stop after the same step (a collective per step)
-                stopping = collectives.all_reduce([float(stop.requested)], op="max")[0] > 0
-                if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or stopping:
+                stopping = self._stop_agreed()
+                if done == cfg.steps or stopping or self.run_directory.due(done):
                     self.save(done)
                 if stopping and done < cfg.steps:
                     raise preemption.Preempted(done, stop.signal_name)
         except preemption.Preempted:
-            self._release_lock()
+            self.run_directory.close()
             raise
         finally:
             stop.restore()
@@ -375,20 +417,10 @@ class Trainer:
                 self.metrics_log.close()
             if hasattr(self, "engine"):
                 self.engine.close()
-        return self._finish()
+        return self.run_directory.finish(self.metrics[-1]["step"] if self.metrics else 0,
+                                         training_set=self.data.metadata())
 
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-    def _finish(self) -> dict | None:
-        """Write the manifest (rank 0), then release the run-dir lock; every rank returns together."""
-        manifest = None
-        try:
-            if self.dist.is_main:
-                manifest = self.write_manifest()
-        finally:
-            self._release_lock()  # held until the manifest is written
-        collectives.barrier()
-        return manifest
+    def _stop_agreed(self) -> bool:
+        """Has any rank been asked to stop? (A collective: every rank gets the same answer.)"""
+        requested = self.stop is not None and self.stop.requested
+        return collectives.all_reduce([float(requested)], op="max")[0] > 0

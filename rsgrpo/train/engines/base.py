@@ -11,7 +11,11 @@ the completions, and tests compare the engines token for token. All engines
   ``row_seed(params.seed, i, j)`` (or ``row_seed(seeds[i], j)`` when per-prompt seeds are given).
   A completion therefore depends on (weights, its prompt, params, its seed) but not on which other
   prompts share its batch or on ``batch_size`` -- up to floating-point effects of padding, which
-  can flip a sampled token only at a near-tie of two probabilities.
+  can flip a sampled token only at a near-tie of two probabilities. (A vLLM engine built for
+  training may leave requests unseeded, see :class:`~rsgrpo.train.engines.vllm.VLLMEngine`);
+* with ``params.logprobs`` return each sampled token's log-prob under the distribution it was
+  sampled from (after temperature), which the trainer compares with its own
+  (:mod:`rsgrpo.train.mismatch`).
 
 Prompt tokenization rule (``add_special_tokens`` option, default ``None`` = automatic): a prompt
 that already starts with the tokenizer's BOS text came from a chat template (templates that need
@@ -48,6 +52,7 @@ class SamplingParams:
     max_tokens: int = 256      # max new tokens per completion
     seed: int = 0
     min_tokens: int = 0        # EOS is suppressed until a completion has this many tokens
+    logprobs: bool = False     # return each sampled token's log-prob (Completion.logprobs)
 
     def __post_init__(self):
         def integer(name: str, minimum: int | None) -> None:
@@ -80,6 +85,9 @@ class Completion:
     token_ids: list[int]          # completion ids only (EOS included if generated; no padding)
     text: str                     # decoded completion (special tokens skipped)
     finished: bool                # True if it ended with EOS, False if cut at max_tokens
+    # log-prob of each token of token_ids under the sampling distribution (after temperature);
+    # None unless SamplingParams.logprobs
+    logprobs: list[float] | None = None
 
 
 def row_seed(*parts: int) -> int:
@@ -173,10 +181,12 @@ class RolloutEngine(abc.ABC):
         CPU) and in a vLLM engine without sleep mode. :meth:`wake_up` undoes it.
         """
 
-    def wake_up(self) -> None:  # noqa: B027 - optional hook: an engine that never sleeps keeps this no-op
-        """Take back what :meth:`sleep` freed, before weights are loaded or completions generated.
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:  # noqa: B027 - optional hook: see sleep
+        """Take back what :meth:`sleep` freed: ``("weights",)`` the weights' memory only (to load new
+        weights into it before the KV cache is mapped), ``("kv_cache",)`` the KV cache, None both.
 
-        Safe to call on an engine that is awake (the trainer wakes the engine before every round).
+        Safe to call on an engine that is awake. After :meth:`sleep` the weights' contents are gone
+        (vLLM's sleep level 2): the trainer always loads weights before it wakes the KV cache.
         """
 
     def __enter__(self):

@@ -57,7 +57,8 @@ class _SeededSampler:
         self.next_token += 1
         return self.noise[:, self.next_token - 1]
 
-    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+    def processed(self, scores: torch.Tensor) -> torch.Tensor:
+        """The logits of the distribution a token is sampled from: temperature, then nucleus filtering."""
         logits = scores.float() / self.temperature
         if self.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -66,7 +67,14 @@ class _SeededSampler:
             drop_sorted = (probs.cumsum(-1) - probs) >= self.top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
+        return logits
+
+    def perturb(self, logits: torch.Tensor) -> torch.Tensor:
+        """Processed logits plus each row's Gumbel noise: the argmax is the sampled token."""
         return logits + self._gumbel(logits.shape[-1]).to(logits.device)
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.perturb(self.processed(scores))
 
 
 class HFEngine(RolloutEngine):
@@ -164,18 +172,22 @@ class HFEngine(RolloutEngine):
                     sampler = None
                     if params.temperature > 0:
                         sampler = _SeededSampler([seeds_ij[i][j] for i, j in batch], params.temperature, params.top_p)
-                    new = self._decode(input_ids.to(self.device), mask.to(self.device), sampler, params).tolist()
-                    for (i, j), ids in zip(batch, new):
+                    new, logps = self._decode(input_ids.to(self.device), mask.to(self.device), sampler, params)
+                    logps = logps.tolist() if logps is not None else [None] * len(batch)
+                    for (i, j), ids, token_logps in zip(batch, new.tolist(), logps):
                         toks, finished = cut_at_eos(ids, eos, params.max_tokens)
                         text = self.tokenizer.decode(toks, skip_special_tokens=True)
-                        results[i][j] = Completion(list(prompt_ids[i]), toks, text, finished)
+                        results[i][j] = Completion(list(prompt_ids[i]), toks, text, finished,
+                                                   None if token_logps is None else token_logps[:len(toks)])
         finally:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
 
     def _decode(self, input_ids: torch.Tensor, mask: torch.Tensor, sampler: _SeededSampler | None,
-                params: SamplingParams) -> torch.Tensor:
-        """New token ids ``[rows, <= max_tokens]`` of a left-padded batch; ``pad_id`` after a row's EOS.
+                params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """New token ids ``[rows, <= max_tokens]`` of a left-padded batch (``pad_id`` after a row's
+        EOS) and, with ``params.logprobs``, each token's log-prob under the distribution it was
+        sampled from (float32, same shape; None otherwise).
 
         Positions count real tokens only (a left-padded row starts at position 0, as if unpadded);
         the loop stops when every row has produced an EOS.
@@ -190,6 +202,8 @@ class HFEngine(RolloutEngine):
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         eos = torch.tensor(self.eos_ids, device=device)
         out = torch.full((rows, params.max_tokens), self.pad_id, dtype=torch.long, device=device)
+        out_logps = torch.zeros((rows, params.max_tokens), dtype=torch.float32, device=device) \
+            if params.logprobs else None
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         step_ids = input_ids
         for t in range(params.max_tokens):
@@ -197,15 +211,18 @@ class HFEngine(RolloutEngine):
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
             if t < params.min_tokens:
                 logits[:, eos] = float("-inf")
-            scores = sampler(logits) if sampler is not None else logits
+            processed = sampler.processed(logits) if sampler is not None else logits
+            scores = sampler.perturb(processed) if sampler is not None else processed
             token = scores.argmax(-1).masked_fill_(done, self.pad_id)
             out[:, t] = token
+            if out_logps is not None:
+                out_logps[:, t] = torch.log_softmax(processed, dim=-1).gather(-1, token[:, None]).squeeze(-1)
             done |= torch.isin(token, eos)
             if bool(done.all()):
-                return out[:, :t + 1]
+                return out[:, :t + 1], (out_logps[:, :t + 1] if out_logps is not None else None)
             step_ids = token[:, None]
             positions = positions[:, -1:] + 1
-        return out
+        return out, out_logps
 
     def close(self) -> None:
         if not self.shared:

