@@ -81,8 +81,15 @@ def test_a_zero3_actor_and_a_vllm_engine_train_in_one_process(tiny_model_dir, tm
     seen = trainer.seen
     assert seen["linear_is_torch"] and seen["engine"] is VLLMEngine
     assert torch.nn.functional.linear is LINEAR
+    # vLLM's shutdown destroys torch's default group unless told not to: the trainer's must survive the
+    # engine's close (the run's final barrier, the next run in this process)
+    assert torch.distributed.is_initialized()
     assert [row["step"] for row in trainer.metrics] == [1, 2]
     assert all(row["loss"] == row["loss"] for row in trainer.metrics)  # both steps updated (no NaN)
+    # vLLM's log-probs of the sampled tokens against the ZeRO-3 actor's: fp32 on both sides, a kernel-
+    # rounding gap, measured at both steps (after setup and after the first push), far under the bound
+    for row in trainer.metrics:
+        assert 0 <= row["mismatch_k3"] < 1e-6 and row["mismatch_abs_max"] < 1e-3, row
     assert len(seen["pushes"]) == 2
     reference, tok = load_policy(tiny_model_dir)
     hf = HFEngine(model=reference, tokenizer=tok, batch_size=4)
@@ -99,3 +106,21 @@ def test_a_zero3_actor_and_a_vllm_engine_train_in_one_process(tiny_model_dir, tm
     saved = load_file(ckpt.latest_checkpoint(tmp_path / "run")[1] / "model.safetensors")
     last = seen["pushes"][-1][2]
     assert set(saved) <= set(last) and all(torch.equal(saved[k], last[k]) for k in saved)
+
+
+def test_a_vllm_engine_left_with_stale_weights_stops_the_run_within_one_step(tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    """The failure a missed push after sleep mode causes in a peer: the engine keeps generating with the
+    initial weights. The mismatch bound stops the run at the first step after the first update."""
+    from rsgrpo.train import actor as actor_mod
+    from rsgrpo.train.mismatch import RolloutMismatchError
+
+    monkeypatch.setattr(actor_mod.Actor, "sync_engine", lambda self, engine: None)
+    cfg = from_dict(dict(model_dir=str(tiny_model_dir), steps=3, prompts_per_step=2, samples_per_prompt=4,
+                         max_new_tokens=8, lr=3e-2, micro_batch_size=8, seed=3, progress=False, engine="vllm",
+                         engine_options={"kv_cache_memory_bytes": KV_CACHE}, reward_kind="test_train_vllm_has_digit",
+                         dynamic_sampling=False, checkpoint_every=0, logging=[], mismatch_max_k3=0.01))
+    trainer = Trainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:")
+    with pytest.raises(RolloutMismatchError, match="step 1: .*stale weights"):
+        trainer.run()
+    assert [row["step"] for row in trainer.metrics] == [1] and trainer.metrics[0]["mismatch_k3"] < 1e-6

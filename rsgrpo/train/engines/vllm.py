@@ -6,6 +6,7 @@ Why a module of its own: everything that knows vLLM's keywords and its import li
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from collections.abc import Iterable
@@ -109,6 +110,10 @@ class VLLMEngine(RolloutEngine):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        # A process group that exists already is the trainer's (or a launcher's): close() must leave it
+        # to its owner, who still runs collectives (the final barrier) after the engine is gone.
+        self.owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
         from rsgrpo.prepare.loading import load_tokenizer
 
         self.model_dir = str(model_dir)
@@ -198,22 +203,47 @@ class VLLMEngine(RolloutEngine):
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
+        """Free the engine. vLLM's shutdown (also run by a finalizer when the engine is collected)
+        ends by destroying torch's default process group; when that group is the trainer's (it existed
+        before the engine) it is kept: the trainer still runs collectives afterwards (the final
+        barrier), which a destroyed group would make fail. vLLM's own groups go either way."""
         llm = getattr(self, "llm", None)
         self.llm = None
-        if llm is not None:
+        with _default_group_kept(not getattr(self, "owns_process_group", True)):
+            if llm is not None:
+                try:
+                    llm.llm_engine.engine_core.shutdown()
+                except Exception:
+                    pass
+            del llm
             try:
-                llm.llm_engine.engine_core.shutdown()
+                from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+                destroy_model_parallel()
+                destroy_distributed_environment()
             except Exception:
                 pass
-            del llm
-        try:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+            gc.collect()
 
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        except Exception:
-            pass
-        gc.collect()
+
+@contextlib.contextmanager
+def _default_group_kept(keep: bool):
+    """With ``keep``, ``torch.distributed.destroy_process_group()`` (no group: the default one) does
+    nothing inside the block; destroying a named group still works."""
+    if not keep:
+        yield
+        return
+    real = torch.distributed.destroy_process_group
+
+    def named_groups_only(group=None):
+        if group is not None:
+            real(group)
+
+    torch.distributed.destroy_process_group = named_groups_only
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group = real
 
 
 # Engine options that only vLLM understands (dropped when "auto" falls back to transformers).
