@@ -41,6 +41,8 @@ def test_token_sums_equal_a_loop_over_the_tokens():
     assert largest == pytest.approx(4.3)  # the masked position (d = 9) is not counted
     per_pair = [TRAIN[0, :3], TRAIN[1]], [ROLLOUT[0, :3], ROLLOUT[1]]
     assert mismatch.pair_sums(*per_pair).tolist() == pytest.approx(sums, rel=1e-12)
+    halves = [mismatch.token_sums(TRAIN[i:i + 1], ROLLOUT[i:i + 1], MASK[i:i + 1]) for i in range(2)]
+    assert mismatch.combine(*halves).tolist() == pytest.approx(sums, rel=1e-12)  # micro-batches add up
     out = mismatch.summary(sums)
     assert out == pytest.approx({"mismatch_k3": k3 / 7, "mismatch_abs_mean": absolute / 7, "mismatch_abs_max": 4.3})
     assert all(math.isnan(v) for v in mismatch.summary([0, 0, 0, 0]).values())

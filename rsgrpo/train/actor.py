@@ -201,14 +201,8 @@ class Actor:
         cfg = self.cfg
         measured, masked = None, None
         if sampling_logp is not None and cfg.rollout_correction == "mis":
-            if old_logp is None:
-                old_logp, _ = self.logprobs(pairs)
-            measured = self._mismatch(mismatch.pair_sums(old_logp, sampling_logp), check_step)
-            accepted = mismatch.mis_accepted(old_logp, sampling_logp, cfg.rollout_correction_cap)
-            keep = [i for i, ok in enumerate(accepted) if ok]
-            masked = collectives.all_reduce([len(pairs) - len(keep), len(pairs)])
-            pairs, advantages = [pairs[i] for i in keep], advantages[keep]
-            old_logp, sampling_logp = [old_logp[i] for i in keep], [sampling_logp[i] for i in keep]
+            pairs, advantages, old_logp, sampling_logp, measured, masked = self._mask_mismatched(
+                pairs, advantages, old_logp, sampling_logp, check_step)
             if masked[0] == masked[1]:  # every completion of every rank masked: nothing to learn from
                 return dataclasses.replace(UpdateStats.none(lr), **measured, correction_frac=1.0)
         elif old_logp is None and cfg.ppo_epochs > 1:
@@ -235,6 +229,20 @@ class Actor:
                            grad_norm=totals["grad_norm"] / epochs, lr=lr, entropy_sum=totals["entropy_sum"],
                            entropy_tokens=int(totals["entropy_tokens"]), **(measured or {}),
                            correction_frac=correction if sampling_logp is not None else float("nan"))
+
+    def _mask_mismatched(self, pairs, advantages, old_logp, sampling_logp, check_step):
+        """``rollout_correction: mis``: the pairs (advantages, log-probs) whose sequence ratio lies within
+        the cap, the mismatch measured over all of them (checked with ``check_step``), and ``[masked,
+        total]`` completions over every rank. The old log-probs come from a no-grad pass when not
+        given: the masked completions must be known before the token mean is."""
+        if old_logp is None:
+            old_logp, _ = self.logprobs(pairs)
+        measured = self._mismatch(mismatch.pair_sums(old_logp, sampling_logp), check_step)
+        accepted = mismatch.mis_accepted(old_logp, sampling_logp, self.cfg.rollout_correction_cap)
+        keep = [i for i, ok in enumerate(accepted) if ok]
+        masked = collectives.all_reduce([len(pairs) - len(keep), len(pairs)])
+        return ([pairs[i] for i in keep], advantages[keep], [old_logp[i] for i in keep],
+                [sampling_logp[i] for i in keep], measured, masked)
 
     def _mismatch(self, local_sums: torch.Tensor, check_step: int | None) -> dict[str, float]:
         """The mismatch over every rank from this rank's :func:`~rsgrpo.train.mismatch.token_sums`
@@ -268,14 +276,8 @@ class Actor:
             ref = None if ref_logp is None else self._token_layout(ref_logp, rows, mask)
             weights = None
             if sampling_logp is not None:
-                sampled = self._token_layout(sampling_logp, rows, mask)
-                if measure:
-                    part = mismatch.token_sums(old, sampled, mask)
-                    sums = torch.stack([sums[0] + part[0], sums[1] + part[1], torch.maximum(sums[2], part[2]),
-                                        sums[3] + part[3]])
-                if cfg.rollout_correction == "tis":
-                    weights = mismatch.tis_weights(old, sampled, cfg.rollout_correction_cap)
-                    acc["capped"] += ((torch.exp(old - sampled) > cfg.rollout_correction_cap) * mask).sum()
+                sums, weights = self._rollout_terms(old, self._token_layout(sampling_logp, rows, mask), mask, sums,
+                                                    acc, measure=measure)
             adv = (advantages[rows] if rows else torch.zeros(1)).to(self.device)
             loss, stats = policy_loss(logp, old, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                       n_tokens=n_global / collectives.info().world_size, ref_logp=ref,
@@ -301,6 +303,17 @@ class Actor:
             totals[key] += value
         totals["grad_norm"] += grad_norm
         return measured
+
+    def _rollout_terms(self, old, sampled, mask, sums, acc, *, measure: bool):
+        """One micro-batch's part of the mismatch sums (when ``measure``) and its ``tis`` token weights
+        (None without that correction; the capped tokens counted in ``acc``)."""
+        cap = self.cfg.rollout_correction_cap
+        if measure:
+            sums = mismatch.combine(sums, mismatch.token_sums(old, sampled, mask))
+        if self.cfg.rollout_correction != "tis":
+            return sums, None
+        acc["capped"] += ((torch.exp(old - sampled) > cap) * mask).sum()
+        return sums, mismatch.tis_weights(old, sampled, cap)
 
     def _token_layout(self, per_pair: list[torch.Tensor], rows: list[int], mask: torch.Tensor) -> torch.Tensor:
         """Per-pair token values in the micro-batch's ``[B, L-1]`` layout (zeros for a padding batch)."""

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["RolloutMismatchError", "token_sums", "pair_sums", "summary", "tis_weights", "mis_accepted",
+__all__ = ["RolloutMismatchError", "token_sums", "combine", "pair_sums", "summary", "tis_weights", "mis_accepted",
            "check_bound", "SUM_FIELDS"]
 
 # What token_sums returns, in order: additive over micro-batches and ranks except the max.
@@ -51,6 +51,11 @@ def token_sums(train_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch
     absolute = d.abs()
     return torch.stack([k3.sum(), absolute.sum(), absolute.max() if absolute.numel() else d.new_zeros(()),
                         mask.sum()])
+
+
+def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two :func:`token_sums` as one: the sums added, the larger max."""
+    return torch.stack([a[0] + b[0], a[1] + b[1], torch.maximum(a[2], b[2]), a[3] + b[3]])
 
 
 def pair_sums(train_logp: Sequence[torch.Tensor], rollout_logp: Sequence[torch.Tensor]) -> torch.Tensor:

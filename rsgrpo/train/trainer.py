@@ -162,9 +162,8 @@ class Trainer:
         if self.cfg.gradient_checkpointing:
             check_gradient_checkpointing(source)
         if torch.cuda.is_available() and self.cfg.precision == "fp32" and self.dist.is_main:
-            log.warning("precision fp32 on a GPU: the model, its gradients and the rollout engine run in fp32 "
-                        "(twice the memory, several times slower than bf16); the workflow's GPU configs use "
-                        "precision: bf16-mixed with zero_stage >= 1")
+            log.warning("precision fp32 on a GPU: training and rollouts in fp32 (twice the memory, several times "
+                        "slower); the workflow's GPU configs use precision: bf16-mixed, zero_stage >= 1")
 
     def _resume_state(self):
         """Lock and tidy the run dir, load the training records, and return the newest complete
