@@ -5,12 +5,11 @@ README.md is the entry point and docs/ holds the rest. Two tables are generated 
 fails here, as does a link or a repository path that no longer exists.
 """
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from script_loading import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 200
@@ -22,15 +21,7 @@ ROOTS = ("rsgrpo", "scripts", "perf", "tests", "config", "workflow", "profiles",
 BUILT = {"containers/rsgrpo-gpu.sif"}  # named by the docs, made by the reader
 
 
-def _render_docs():
-    spec = importlib.util.spec_from_file_location("render_docs", REPO / "scripts" / "render_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("render_docs", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-RENDER = _render_docs()
+RENDER = load_script("render_docs")
 
 
 @pytest.mark.parametrize("name", sorted(RENDER.TABLES))
