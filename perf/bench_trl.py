@@ -96,8 +96,9 @@ def worker_ours(spec: dict) -> dict:
     class ForcedLengthEngine(HFEngine):
         """HFEngine that suppresses EOS until ``max_tokens`` (``min_tokens``), like TRL's run."""
 
-        def generate(self, prompts, params, *, seeds=None):
-            return super().generate(prompts, dataclasses.replace(params, min_tokens=params.max_tokens), seeds=seeds)
+        def generate(self, prompts, params, *, seeds=None, should_stop=None):
+            return super().generate(prompts, dataclasses.replace(params, min_tokens=params.max_tokens), seeds=seeds,
+                                    should_stop=should_stop)
 
     cfg = from_dict({
         "model_dir": spec["model_dir"], "train_data": spec["data"], "steps": spec["steps"],

@@ -367,3 +367,20 @@ def test_logprobs_are_those_of_the_sampling_distribution(policy, engine, tempera
                     processed = sampler.processed(model(torch.tensor([ids])).logits[0, -1:].float())
                     assert logp == pytest.approx(float(torch.log_softmax(processed, -1)[0, token]), abs=1e-5)
                     ids.append(token)
+
+
+def test_generation_stops_between_batches_when_asked(engine, monkeypatch):
+    """``should_stop`` is asked before every batch: once it says True the engine raises instead of
+    decoding the rest (a time-limit warning costs a checkpoint, not a generation round)."""
+    from rsgrpo.train.engines.base import GenerationAbandoned
+
+    decoded = []
+    real = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda *a: (decoded.append(1), real(*a))[1])
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=4, seed=1)  # 5 prompts x 4 = 20 rows, 3 batches of 8
+    asked = []
+    with pytest.raises(GenerationAbandoned):
+        engine.generate([f"p{i}" for i in range(5)], params, should_stop=lambda: asked.append(1) or len(asked) > 1)
+    assert len(decoded) == 1 and len(asked) == 2
+    out = engine.generate([f"p{i}" for i in range(5)], params, should_stop=lambda: False)
+    assert len(decoded) == 4 and len(out) == 5

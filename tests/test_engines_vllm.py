@@ -216,3 +216,22 @@ def test_training_requests_draw_from_the_engines_own_seed(engines):
         vl.llm.generate, vl.seed_requests = real, True
     assert len(sent) == 4 and all(sp.seed is None for sp in sent)
     assert len({tuple(c.token_ids) for c in out[0]}) > 1
+
+
+def test_generation_stops_when_asked_and_the_engine_stays_usable(engines):
+    """With ``should_stop`` the engine runs vLLM's step loop itself and asks after every step: once it
+    says True the unfinished requests are aborted and GenerationAbandoned raised, leaving nothing queued;
+    otherwise the loop returns what LLM.generate returns."""
+    from rsgrpo.train.engines.base import GenerationAbandoned
+
+    model, tok, hf, vl = engines
+    asked = []
+    with pytest.raises(GenerationAbandoned):
+        vl.generate(_prompts(tok), SamplingParams(n=8, temperature=1.0, max_tokens=64, min_tokens=64, seed=1),
+                    should_stop=lambda: asked.append(1) or len(asked) >= 3)
+    assert len(asked) == 3 and not vl.llm.llm_engine.has_unfinished_requests()
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=4, logprobs=True)
+    own_loop = vl.generate(_prompts(tok), params, should_stop=lambda: False)
+    stock = vl.generate(_prompts(tok), params)
+    assert _ids(own_loop) == _ids(stock)
+    assert [[c.logprobs for c in row] for row in own_loop] == [[c.logprobs for c in row] for row in stock]

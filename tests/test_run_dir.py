@@ -16,6 +16,7 @@ from train_helpers import FixedEngine  # noqa: E402
 from rsgrpo.train import checkpoint as ckpt  # noqa: E402
 from rsgrpo.train import run_dir  # noqa: E402
 from rsgrpo.train.config import from_dict  # noqa: E402
+from rsgrpo.train.engines.base import GenerationAbandoned  # noqa: E402
 from rsgrpo.train.metrics import TIMING_COLUMNS  # noqa: E402
 from rsgrpo.train.preemption import Preempted  # noqa: E402
 from rsgrpo.train.rewards import RewardOutput, register  # noqa: E402
@@ -70,26 +71,33 @@ def test_checkpoints_follow_the_clock(tiny_model_dir, tmp_path, monkeypatch):
 
 class StopDuringGeneration(FixedEngine):
     """Sends this process SIGUSR1 (a cluster's time-limit warning) while it generates its ``stop_at``-th
-    batch of completions (counted from 1)."""
+    batch of completions (counted from 1), and then, as the real engines do, asks ``should_stop`` and
+    drops the rest of the batch."""
 
     calls = 0
     stop_at = 3
+    finished = 0
 
-    def generate(self, prompts, params, *, seeds=None):
+    def generate(self, prompts, params, *, seeds=None, should_stop=None):
         type(self).calls += 1
         if type(self).calls == self.stop_at:
             os.kill(os.getpid(), signal.SIGUSR1)
+        if should_stop is not None and should_stop():
+            raise GenerationAbandoned("stopped")
+        type(self).finished += 1
         return super().generate(prompts, params, seeds=seeds)
 
 
 def test_a_stop_request_during_generation_checkpoints_the_last_completed_step(tiny_model_dir, tmp_path):
     reference = _trainer(tiny_model_dir, tmp_path / "reference")
     reference.run()
-    StopDuringGeneration.calls = 0
+    StopDuringGeneration.calls = StopDuringGeneration.finished = 0
     stopped = _trainer(tiny_model_dir, tmp_path / "run", engine=StopDuringGeneration)
     with pytest.raises(Preempted) as err:
         stopped.run()
-    # the third step's rollouts were dropped: steps 1 and 2 are done, and checkpointed at once
+    # the third step's generation was cut short and its rollouts dropped: steps 1 and 2 are done, and
+    # checkpointed at once
+    assert StopDuringGeneration.finished == 2
     assert err.value.step == 2 and _steps(tmp_path / "run") == [2]
     assert [row["step"] for row in stopped.metrics] == [1, 2]
     resumed = _trainer(tiny_model_dir, tmp_path / "run")

@@ -446,7 +446,7 @@ class SleepyEngine(FixedEngine):
         super().__init__(tokenizer, table)
         self.calls = []
 
-    def generate(self, prompts, params, *, seeds=None):
+    def generate(self, prompts, params, *, seeds=None, should_stop=None):
         self.calls.append("generate")
         return super().generate(prompts, params, seeds=seeds)
 

@@ -156,7 +156,7 @@ class FixedEngine:
         self.loads = 0
         self.prompts = []  # every prompt generated for, in order
 
-    def generate(self, prompts, params, *, seeds=None):
+    def generate(self, prompts, params, *, seeds=None, should_stop=None):
         from rsgrpo.train.engines.base import Completion
 
         out = []

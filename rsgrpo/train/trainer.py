@@ -59,7 +59,7 @@ from rsgrpo.train import data_order, engines, preemption, rewards, rollout_log, 
 from rsgrpo.train.actor import Actor, UpdateStats
 from rsgrpo.train.config import TrainConfig, compute_dtype, config_hash
 from rsgrpo.train.distributed import collectives, launch
-from rsgrpo.train.engines.base import SamplingParams, row_seed
+from rsgrpo.train.engines.base import GenerationAbandoned, SamplingParams, row_seed
 from rsgrpo.train.metrics import MetricsLog, MetricsRow, step_row
 from rsgrpo.train.rollout import Rollout
 from rsgrpo.train.run_dir import RunDirectory
@@ -222,7 +222,10 @@ class Trainer:
         rollout = Rollout(step, start=self.data_position)
         before = (set(self.solved), ckpt.capture_rng())  # the state a stop request returns to
         while True:
-            self.generate(rollout)
+            try:
+                self.generate(rollout)
+            except GenerationAbandoned:  # this rank's stop request: the agreement below says so to all
+                pass
             if self._stop_agreed():  # abandon the step: the last completed one is checkpointed at once
                 self.solved = before[0]
                 ckpt.restore_rng(before[1])
@@ -251,7 +254,8 @@ class Trainer:
         offsets = [first_offset + first + position for position in range(len(mine))]
         seeds = [row_seed(step_seed, offset) for offset in offsets]
         started = time.perf_counter()
-        rollout.completions += self.engine.generate([self.prompts[i] for i in mine], params, seeds=seeds)
+        rollout.completions += self.engine.generate([self.prompts[i] for i in mine], params, seeds=seeds,
+                                                    should_stop=lambda: self.stop is not None and self.stop.requested)
         rollout.indices += mine
         rollout.offsets += offsets
         rollout.gen_rounds += 1

@@ -30,7 +30,7 @@ import abc
 import hashlib
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,10 @@ class Completion:
     logprobs: list[float] | None = None
 
 
+class GenerationAbandoned(Exception):
+    """``generate`` stopped early because its ``should_stop`` said so; no completion is returned."""
+
+
 def row_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (stable across runs, platforms and Python versions).
 
@@ -147,11 +151,16 @@ class RolloutEngine(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, prompts: Sequence[str], params: SamplingParams, *,
-                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+                 seeds: Sequence[int] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[list[Completion]]:
         """``[len(prompts)][params.n]`` completions.
 
         ``seeds`` (optional, one per prompt) replaces ``params.seed`` for that prompt's samples;
         the ``sample`` verb uses it so a problem's samples do not depend on how problems are batched.
+        ``should_stop`` (optional, cheap, no collectives): asked as generation goes (between decode
+        steps or batches); once it says True the engine drops the rest and raises
+        :class:`GenerationAbandoned` -- a cluster's time-limit warning then costs no more than a
+        checkpoint, not the rest of a generation round.
         """
 
     @abc.abstractmethod

@@ -15,6 +15,7 @@ import torch
 
 from rsgrpo.train.engines.base import (
     Completion,
+    GenerationAbandoned,
     RolloutEngine,
     SamplingParams,
     cut_at_eos,
@@ -146,7 +147,7 @@ class HFEngine(RolloutEngine):
         if missing:
             raise ValueError(f"load_named_weights: no weights given for {missing[:5]}")
 
-    def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
+    def generate(self, prompts, params: SamplingParams, *, seeds=None, should_stop=None) -> list[list[Completion]]:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         prompt_ids = encode_prompts(self.tokenizer, prompts, self.add_special_tokens)
@@ -161,6 +162,8 @@ class HFEngine(RolloutEngine):
                 # Longest prompts first: batches of similar length waste less compute on padding.
                 order = sorted(rows, key=lambda r: -len(prompt_ids[r[0]]))
                 for start in range(0, len(order), self.batch_size):
+                    if should_stop is not None and should_stop():
+                        raise GenerationAbandoned(f"stopped before batch {start // self.batch_size + 1}")
                     batch = order[start:start + self.batch_size]
                     seqs = [prompt_ids[i] for i, _ in batch]
                     width = max(len(s) for s in seqs)

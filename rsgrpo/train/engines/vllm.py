@@ -17,6 +17,7 @@ import torch
 
 from rsgrpo.train.engines.base import (
     Completion,
+    GenerationAbandoned,
     RolloutEngine,
     SamplingParams,
     context_length,
@@ -170,7 +171,7 @@ class VLLMEngine(RolloutEngine):
             self.llm.wake_up(tags=sorted(wanted))
             self.asleep -= wanted
 
-    def generate(self, prompts, params: SamplingParams, *, seeds=None) -> list[list[Completion]]:
+    def generate(self, prompts, params: SamplingParams, *, seeds=None, should_stop=None) -> list[list[Completion]]:
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -189,7 +190,8 @@ class VLLMEngine(RolloutEngine):
                     logprobs=0 if params.logprobs else None,  # 0: the sampled token's only
                     stop_token_ids=list(self.eos_ids), skip_special_tokens=True, detokenize=False))
                 index.append((i, j))
-        outs = self.llm.generate(reqs, sps, use_tqdm=False)
+        outs = self.llm.generate(reqs, sps, use_tqdm=False) if should_stop is None else \
+            self._run_requests(reqs, sps, should_stop)
         eos = set(self.eos_ids)
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompt_ids]
         for (i, j), out in zip(index, outs):
@@ -201,6 +203,28 @@ class VLLMEngine(RolloutEngine):
                 logps = [float(position[token].logprob) for position, token in zip(sample.logprobs, toks)]
             results[i][j] = Completion(list(prompt_ids[i]), toks, text, finished, logps)
         return results  # type: ignore[return-value]
+
+    def _run_requests(self, requests, sampling_params, should_stop):
+        """``LLM.generate``'s loop over vLLM's engine (add every request, step until none is left), asking
+        ``should_stop`` after every step: on True the unfinished requests are aborted, the loop runs on
+        until the engine is idle (under data parallelism vLLM keeps its ranks in step), and
+        :class:`GenerationAbandoned` is raised."""
+        engine = self.llm.llm_engine
+        self._batches = getattr(self, "_batches", 0) + 1
+        ids = [f"rsgrpo-{self._batches}-{k}" for k in range(len(requests))]
+        for request_id, request, params in zip(ids, requests, sampling_params):
+            engine.add_request(request_id, request, params)
+        finished, abandoned = {}, False
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    finished[out.request_id] = out
+            if not abandoned and should_stop():
+                engine.abort_request([r for r in ids if r not in finished])
+                abandoned = True
+        if abandoned:
+            raise GenerationAbandoned(f"stopped with {len(finished)} of {len(ids)} completions done")
+        return [finished[r] for r in ids]
 
     def close(self) -> None:
         """Free the engine. vLLM's shutdown (also run by a finalizer when the engine is collected)
