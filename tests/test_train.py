@@ -863,6 +863,9 @@ def test_a_vllm_engine_on_a_gpu_gets_the_plans_share_and_its_own_seed(tiny_model
     planned = capacity.colocated_engine_share(capacity.model_shape(config), job, 80e9, kl_reference=False)
     assert built["gpu_memory_utilization"] == planned["share"] and planned["fits"]
     assert built["seed"] == row_seed(0, 0, 0) % 2 ** 31 != row_seed(0, 1, 0) % 2 ** 31
+    trainer.start_step = 5  # a resumed run's engine draws another stream than the fresh run's
+    trainer._make_engine(str(tiny_model_dir), max_model_len=100)
+    assert built["seed"] == row_seed(0, 0, 5) % 2 ** 31 != row_seed(0, 0, 0) % 2 ** 31
     trainer.cfg.engine_options = {"gpu_memory_utilization": 0.5}
     trainer._make_engine(str(tiny_model_dir), max_model_len=100)
     assert built["gpu_memory_utilization"] == 0.5

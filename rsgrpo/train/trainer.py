@@ -145,6 +145,7 @@ class Trainer:
         source = str(resume_from) if resume_from is not None else cfg.model_dir
         self.prompts, max_model_len = build_prompts(cfg, self.data.records, source, self._prompt_fn)
         self.actor = Actor(cfg, source, masters=state["masters"] if state is not None else None)
+        self.start_step = int(state["step"]) if state is not None else 0  # the engine's seed needs it
         self.engine = self._make_engine(source, max_model_len)
         if self.dist.is_main:
             log.info("rollout engine: %s", self.engine.describe())
