@@ -24,7 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
                             "(the miniature experiment's base model)"),
     "prepare-data": ("prepare", "dataset spec (hf | local | generator) -> JSONL of {id, problem, answer}"),
     "train": ("train", "RL training (RS-GRPO and baselines): checkpoints with exact resume, metrics.csv"),
-    "sample": ("evaluate", "checkpoint x benchmark -> parquet of n samples per problem"),
+    "sample": ("evaluate", "checkpoint x benchmarks -> parquet of n samples per problem, one per benchmark"),
     "score": ("evaluate", "samples + benchmark -> graded samples parquet + passk.csv (pass@k with bootstrap CI)"),
     "cell-index": ("analysis", "workflow config -> cells.csv and benchmarks.csv (the results index)"),
     "aggregate": ("analysis", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published "

@@ -138,6 +138,39 @@ def test_large_n_is_chunked(tiny_model_dir, tmp_path):
     assert df["text"].nunique() > 500
 
 
+def test_several_benchmarks_share_one_engine_and_keep_their_own_samples(tiny_model_dir, bench, tmp_path,
+                                                                        monkeypatch, capsys):
+    """One call samples every benchmark of a checkpoint with one engine (one model load); each
+    benchmark's parquet equals that of a call for it alone, with its own n."""
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**r, "id": f"o{i}"}) + "\n" for i, r in enumerate(reversed(PROBLEMS))))
+    alone = [pd.read_parquet(_run(tiny_model_dir, bench, tmp_path / "alone-a.parquet", n=5)),
+             pd.read_parquet(_run(tiny_model_dir, other, tmp_path / "alone-b.parquet", n=2))]
+    built = []
+    real_init = HFEngine.__init__
+
+    def counting_init(self, *args, **kw):
+        built.append(1)
+        real_init(self, *args, **kw)
+
+    monkeypatch.setattr(HFEngine, "__init__", counting_init)
+    outs = [tmp_path / "both" / "a.parquet", tmp_path / "both" / "b.parquet"]
+    rc = cli.main(["sample", "--model", str(tiny_model_dir), "--benchmark", str(bench), str(other),
+                   "--out", *map(str, outs), "--n", "5", "2", "--max-tokens", "12", "--seed", "3", "--engine", "hf",
+                   "--chunk-size", "2", "--sample-chunk-size", "3", "--no-progress"])
+    assert rc == 0 and len(built) == 1
+    for out, expected in zip(outs, alone):
+        pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+    assert len(alone[1]) == 3 * 2
+    capsys.readouterr()
+    rc = cli.main(["sample", "--model", str(tiny_model_dir), "--benchmark", str(bench), str(other),
+                   "--out", str(outs[0]), "--n", "5"])
+    assert rc == 2 and "2 --benchmark file(s) need as many --out files (got 1)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="two benchmarks would write the same file"):
+        sample_mod.sample_benchmarks(tiny_model_dir, [sample_mod.BenchmarkJob(bench, outs[0], 1),
+                                                      sample_mod.BenchmarkJob(other, outs[0], 1)], engine="hf")
+
+
 def test_bad_inputs_are_reported(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "problem": "x", "answer": "1"}\n{"id": "a", "problem": "y", "answer": "2"}\n')

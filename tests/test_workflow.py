@@ -29,7 +29,7 @@ PAPER_COUNTS = {
     "prepare_data": 9,  # 3 train sets + 6 benchmarks
     "train": 27,  # 32 cells minus 5 shared base models
     "score": 64,  # 32 final evaluations + 8 ablation cells x 4 intermediate checkpoints
-    "sample": 384,  # 64 evaluations x 6 benchmarks
+    "sample": 64,  # one per evaluation: 6 benchmarks with one engine
 }
 
 
@@ -43,7 +43,7 @@ def test_single_cell_schedules_exactly_its_jobs(tmp_path):
     out = snakemake(copy_workflow(tmp_path), "-n", "-p", "results/qwen7b/beta4/passk.csv")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout + out.stderr) == {
-        "prepare_model": 1, "prepare_data": 7, "train": 1, "sample": 6, "score": 1}
+        "prepare_model": 1, "prepare_data": 7, "train": 1, "sample": 1, "score": 1}
     text = out.stdout + out.stderr
     assert "--set=estimator_params={\"beta\": 4.0}" in text.replace("'", "")
     assert "python -m rsgrpo train --nproc 4 " in text  # models.qwen7b.gpus: one rank per GPU
@@ -64,8 +64,8 @@ def test_adding_a_sweep_adds_exactly_the_expected_jobs(tmp_path):
     cfg["sweeps"].append({"name": "extra", "models": ["qwen3_4b"], "methods": ["chen", "rs_grpo"], "betas": [1, 2]})
     out = snakemake(wf, "-n", "--configfile", str(write_config(tmp_path / "more.yaml", cfg)))
     counts = job_counts(out.stdout + out.stderr)
-    # new cells: qwen3_4b/chen and qwen3_4b/beta1 (beta2 exists): 2 trainings, 2 scores, 12 samples
-    expected = dict(PAPER_COUNTS, train=29, score=66, sample=396)
+    # new cells: qwen3_4b/chen and qwen3_4b/beta1 (beta2 exists): 2 trainings, 2 samples, 2 scores
+    expected = dict(PAPER_COUNTS, train=29, score=66, sample=66)
     assert counts == expected
 
 
@@ -92,7 +92,7 @@ def test_demo_config_dry_run(tmp_path):
     assert out.returncode == 0, out.stderr
     trained, evaluations = 4 * 3, 1 + 4 * 3 * 3
     assert job_counts(out.stdout + out.stderr) == {
-        "pretrain": 1, "prepare_data": 3, "train": trained, "sample": 2 * evaluations, "score": evaluations,
+        "pretrain": 1, "prepare_data": 3, "train": trained, "sample": evaluations, "score": evaluations,
         "cell_index": 1, "aggregate": 1, "figures": 1, "plot_advantages": 1, "bandit": 1, "plan": 1, "all": 1}
     # the plan sizes sampling jobs from the prepared benchmarks: it waits for them, so plan.csv does not
     # depend on whether they happened to be prepared before it ran

@@ -1,4 +1,4 @@
-"""``python -m rsgrpo sample``: checkpoint x benchmark -> parquet of ``n`` samples per problem.
+"""``python -m rsgrpo sample``: checkpoint x benchmarks -> one parquet of ``n`` samples per problem per benchmark.
 
 Output columns: ``problem_id`` (string), ``sample_idx`` (0..n-1), ``text`` (decoded completion),
 ``num_tokens`` (completion tokens, EOS included), ``finished`` (ended with EOS rather than being cut
@@ -15,6 +15,11 @@ Why it is built this way:
   discarded, never mixed. At the end the parquet is written atomically and the parts removed.
 * Large ``n`` (the paper uses 1024 on competition sets): the sample dimension is chunked too, so a
   part never holds more than chunk-size x sample-chunk-size completions.
+* One engine for all of a checkpoint's benchmarks: a process start (importing torch and transformers)
+  and an engine start (loading the weights; for vLLM also compiling and capturing CUDA graphs) cost
+  more than sampling a small benchmark, so the workflow samples every benchmark of a checkpoint in
+  one call. Each benchmark keeps its own output, parts and seeds: its samples equal those of a call
+  for it alone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
@@ -107,101 +114,151 @@ def _write_parquet(df, path: Path) -> None:
         df.to_parquet(tmp, index=False)
 
 
-def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int = 1,
-           temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256, seed: int = 0,
-           engine: str = "auto", template: str = "chat", chunk_size: int = 8,
-           sample_chunk_size: int = 64, batch_size: int = 64, dtype: str = "auto",
-           engine_options: dict | None = None, progress: bool = True) -> Path:
-    """Write ``out`` (parquet, columns :data:`COLUMNS`); return its path. See the module docstring."""
+@dataclass(frozen=True)
+class BenchmarkJob:
+    """One benchmark of a sample call: its file, the parquet to write and its samples per problem."""
+
+    benchmark: Path
+    out: Path
+    n: int
+
+
+@dataclass
+class _Pending:
+    """A benchmark's records, resumable parts and the parts still to generate."""
+
+    job: BenchmarkJob
+    records: list[dict]
+    parts: Path
+    units: list[tuple[int, int, int, int]]
+    todo: list[tuple[int, int, int, int]]
+
+
+def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int = 1, **settings) -> Path:
+    """Write ``out`` (parquet, columns :data:`COLUMNS`) for one benchmark; return its path. See
+    :func:`sample_benchmarks` for the settings and the module docstring."""
+    return sample_benchmarks(model, [BenchmarkJob(Path(benchmark), Path(out), n)], **settings)[0]
+
+
+def sample_benchmarks(model: str | Path, jobs: Sequence[BenchmarkJob], *, temperature: float = 1.0,
+                      top_p: float = 1.0, max_tokens: int = 256, seed: int = 0, engine: str = "auto",
+                      template: str = "chat", chunk_size: int = 8, sample_chunk_size: int = 64,
+                      batch_size: int = 64, dtype: str = "auto", engine_options: dict | None = None,
+                      progress: bool = True) -> list[Path]:
+    """Sample every benchmark of ``jobs`` from one checkpoint with ONE engine (one model load, one
+    vLLM start), benchmark after benchmark; return the written paths. Each benchmark's samples are
+    those a call for it alone would draw (seeds per problem and sample index)."""
+    model = Path(model)
+    if not (model / "config.json").is_file():
+        raise ValueError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
+    if not jobs:
+        raise ValueError("no benchmark to sample")
+    outs = [job.out.resolve() for job in jobs]
+    if len(set(outs)) != len(outs):
+        raise ValueError(f"two benchmarks would write the same file: {[str(job.out) for job in jobs]}")
+    for name, value in (("chunk_size", chunk_size), ("sample_chunk_size", sample_chunk_size),
+                        ("batch_size", batch_size), *(("n", job.n) for job in jobs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"template must be one of {list(PROMPT_TEMPLATES)}, got {template!r}")
+    from rsgrpo.train.engines import resolve_engine_kind
+    from rsgrpo.train.engines.base import SamplingParams
+
+    # Validates temperature / top_p / max_tokens / seed and the engine early, before any model is loaded.
+    params = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    resolve_engine_kind(engine, key="evaluation.engine (--engine)")
+    settings = {"model": str(model.resolve()), "model_digest": _model_digest(model), "temperature": float(temperature),
+                "top_p": float(top_p), "max_tokens": max_tokens, "seed": seed, "template": template,
+                "chunk_size": chunk_size, "sample_chunk_size": sample_chunk_size, "dtype": dtype, "engine": engine}
+    pending = [_plan(job, settings, chunk_size, sample_chunk_size) for job in jobs]
+    if any(p.todo for p in pending):
+        _generate(model, pending, params, engine=engine, template=template, dtype=dtype, batch_size=batch_size,
+                  engine_options=engine_options, progress=progress)
+    return [_assemble(p) for p in pending]
+
+
+def _plan(job: BenchmarkJob, settings: dict, chunk_size: int, sample_chunk_size: int) -> _Pending:
+    """The benchmark's parts directory (made for these settings) and the parts it still lacks."""
+    records = read_benchmark(job.benchmark)
+    parts = job.out.with_name(job.out.name + ".parts")
+    _prepare_parts_dir(parts, {**settings, "benchmark_sha256": _file_digest(job.benchmark), "n": job.n})
+    units = [(p0, min(p0 + chunk_size, len(records)), s0, min(s0 + sample_chunk_size, job.n))
+             for p0 in range(0, len(records), chunk_size) for s0 in range(0, job.n, sample_chunk_size)]
+    todo = [u for u in units if not (parts / _part_name(*u)).is_file()]
+    return _Pending(job, records, parts, units, todo)
+
+
+def _generate(model: Path, pending: list[_Pending], params, *, engine: str, template: str, dtype: str,
+              batch_size: int, engine_options: dict | None, progress: bool) -> None:
+    """Generate the missing parts of every benchmark with one engine."""
     import pandas as pd
     from tqdm import tqdm
 
     from rsgrpo.prepare.loading import load_tokenizer
     from rsgrpo.prepare.prompts import build_prompt
-    from rsgrpo.train.engines import make_engine, resolve_engine_kind
-    from rsgrpo.train.engines.base import SamplingParams, encode_prompts, generation_length, row_seed
+    from rsgrpo.train.engines import make_engine
+    from rsgrpo.train.engines.base import encode_prompts, generation_length, row_seed
 
-    model, benchmark, out = Path(model), Path(benchmark), Path(out)
-    if not (model / "config.json").is_file():
-        raise ValueError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
-    for name, value in (("chunk_size", chunk_size), ("sample_chunk_size", sample_chunk_size),
-                        ("batch_size", batch_size), ("n", n)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if template not in PROMPT_TEMPLATES:
-        raise ValueError(f"template must be one of {list(PROMPT_TEMPLATES)}, got {template!r}")
-    # Validates temperature / top_p / max_tokens / seed and the engine early, before any model is loaded.
-    SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    resolve_engine_kind(engine, key="evaluation.engine (--engine)")
-    records = read_benchmark(benchmark)
-
-    parts = out.with_name(out.name + ".parts")
-    config = {
-        "model": str(model.resolve()), "model_digest": _model_digest(model),
-        "benchmark_sha256": _file_digest(benchmark), "n": n, "temperature": float(temperature),
-        "top_p": float(top_p), "max_tokens": max_tokens, "seed": seed, "template": template,
-        "chunk_size": chunk_size, "sample_chunk_size": sample_chunk_size, "dtype": dtype,
-        "engine": engine,
-    }
-    _prepare_parts_dir(parts, config)
-    units = [(p0, min(p0 + chunk_size, len(records)), s0, min(s0 + sample_chunk_size, n))
-             for p0 in range(0, len(records), chunk_size) for s0 in range(0, n, sample_chunk_size)]
-    todo = [u for u in units if not (parts / _part_name(*u)).is_file()]
-
-    if todo:
-        tokenizer = load_tokenizer(model)
-        prompts, seeds = {}, {}
-        for p0, p1, _, _ in todo:
-            for k in range(p0, p1):
-                if k not in prompts:
-                    rec = records[k]
-                    prompts[k] = build_prompt(rec["problem"], template=template, tokenizer=tokenizer)
-                    seeds[k] = problem_seed(seed, str(rec["id"]))
-        # checked before the model loads; sizes vLLM's KV cache for the work
-        needed = generation_length(encode_prompts(tokenizer, list(prompts.values())), max_tokens, model,
-                                   key="evaluation.max_tokens (--max-tokens)")
-        eng = make_engine(engine, model_dir=model, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size,
-                          max_model_len=needed, key="evaluation.engine (--engine)", **(engine_options or {}))
-        log.info("rollout engine: %s", eng.describe())
-        try:
-            params = SamplingParams(n=1, temperature=temperature, top_p=top_p,
-                                    max_tokens=max_tokens, seed=seed)
-            already = sum((p1 - p0) * (s1 - s0) for p0, p1, s0, s1 in units) - sum(
-                (p1 - p0) * (s1 - s0) for p0, p1, s0, s1 in todo)
-            with tqdm(total=len(records) * n, initial=already, desc="sample", unit="seq",
-                      file=sys.stderr, disable=not progress) as bar:
-                for p0, p1, s0, s1 in todo:
+    tokenizer = load_tokenizer(model)
+    prompts, seeds = [], []  # per benchmark: {record index: prompt / problem seed}
+    for p in pending:
+        needed = sorted({k for p0, p1, _, _ in p.todo for k in range(p0, p1)})
+        prompts.append({k: build_prompt(p.records[k]["problem"], template=template, tokenizer=tokenizer)
+                        for k in needed})
+        seeds.append({k: problem_seed(params.seed, str(p.records[k]["id"])) for k in needed})
+    # checked before the model loads; sizes vLLM's KV cache for the longest prompt of any benchmark
+    every_prompt = [prompt for by_index in prompts for prompt in by_index.values()]
+    needed_length = generation_length(encode_prompts(tokenizer, every_prompt), params.max_tokens, model,
+                                      key="evaluation.max_tokens (--max-tokens)")
+    eng = make_engine(engine, model_dir=model, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size,
+                      max_model_len=needed_length, key="evaluation.engine (--engine)", **(engine_options or {}))
+    log.info("rollout engine: %s", eng.describe())
+    try:
+        for p, by_index, problem_seeds in zip(pending, prompts, seeds):
+            done = sum((p1 - p0) * (s1 - s0) for p0, p1, s0, s1 in p.units if (p0, p1, s0, s1) not in p.todo)
+            with tqdm(total=len(p.records) * p.job.n, initial=done, desc=f"sample {p.job.benchmark.stem}",
+                      unit="seq", file=sys.stderr, disable=not progress) as bar:
+                for p0, p1, s0, s1 in p.todo:
                     keys = [(k, j) for k in range(p0, p1) for j in range(s0, s1)]
                     # One request per (problem, sample) with its own seed: see the module docstring.
-                    results = eng.generate([prompts[k] for k, _ in keys], params,
-                                           seeds=[row_seed(seeds[k], j) for k, j in keys])
-                    rows = [{"problem_id": str(records[k]["id"]), "sample_idx": j, "text": c.text,
+                    results = eng.generate([by_index[k] for k, _ in keys], params,
+                                           seeds=[row_seed(problem_seeds[k], j) for k, j in keys])
+                    rows = [{"problem_id": str(p.records[k]["id"]), "sample_idx": j, "text": c.text,
                              "num_tokens": len(c.token_ids), "finished": bool(c.finished)}
                             for (k, j), (c,) in zip(keys, results)]
-                    _write_parquet(pd.DataFrame(rows, columns=COLUMNS), parts / _part_name(p0, p1, s0, s1))
+                    _write_parquet(pd.DataFrame(rows, columns=COLUMNS), p.parts / _part_name(p0, p1, s0, s1))
                     bar.update(len(keys))
-        finally:
-            eng.close()
+    finally:
+        eng.close()
 
-    frames = [pd.read_parquet(parts / _part_name(*u)) for u in units]
-    order = {str(r["id"]): i for i, r in enumerate(records)}
+
+def _assemble(p: _Pending) -> Path:
+    """Join a benchmark's parts into its parquet (benchmark order, then sample index); drop the parts."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(p.parts / _part_name(*u)) for u in p.units]
+    order = {str(r["id"]): i for i, r in enumerate(p.records)}
     df = pd.concat(frames, ignore_index=True)
     df = df.sort_values(["problem_id", "sample_idx"], key=lambda c: c.map(order) if c.name == "problem_id" else c,
                         kind="stable").reset_index(drop=True)
     df = df.astype({"problem_id": "string", "sample_idx": "int64", "text": "string",
                     "num_tokens": "int64", "finished": "bool"})
-    if len(df) != len(records) * n:
-        raise RuntimeError(f"parts in {parts} hold {len(df)} rows, expected {len(records) * n}")
-    _write_parquet(df, out)
-    shutil.rmtree(parts)
-    return out
+    if len(df) != len(p.records) * p.job.n:
+        raise RuntimeError(f"parts in {p.parts} hold {len(df)} rows, expected {len(p.records) * p.job.n}")
+    _write_parquet(df, p.job.out)
+    shutil.rmtree(p.parts)
+    return p.job.out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory (from prepare-model or train)")
-    parser.add_argument("--benchmark", required=True, help="JSONL with id, problem, answer per line")
-    parser.add_argument("--out", required=True, help="output parquet file")
-    parser.add_argument("--n", type=int, default=1, help="samples per problem")
+    parser.add_argument("--benchmark", required=True, nargs="+",
+                        help="benchmark file(s): JSONL or parquet with id, problem, answer; several are sampled "
+                             "one after the other with one engine")
+    parser.add_argument("--out", required=True, nargs="+", help="output parquet file, one per --benchmark")
+    parser.add_argument("--n", type=int, nargs="+", default=[1],
+                        help="samples per problem: one value for every benchmark, or one per --benchmark")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=256, help="max new tokens per sample")
@@ -234,14 +291,22 @@ def main(args: argparse.Namespace) -> int:
         print("sample: error: --kv-cache-bytes / --gpu-memory-utilization apply to --engine vllm only",
               file=sys.stderr)
         return 2
+    benchmarks, outs, ns = args.benchmark, args.out, args.n
+    if len(outs) != len(benchmarks) or len(ns) not in (1, len(benchmarks)):
+        print(f"sample: error: {len(benchmarks)} --benchmark file(s) need as many --out files (got {len(outs)}) "
+              f"and one --n or one per benchmark (got {len(ns)})", file=sys.stderr)
+        return 2
+    ns = ns * len(benchmarks) if len(ns) == 1 else ns
+    jobs = [BenchmarkJob(Path(b), Path(o), n) for b, o, n in zip(benchmarks, outs, ns)]
     try:
-        out = sample(args.model, args.benchmark, args.out, n=args.n, temperature=args.temperature,
-                     top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed, engine=args.engine,
-                     template=args.template, chunk_size=args.chunk_size,
-                     sample_chunk_size=args.sample_chunk_size, batch_size=args.batch_size,
-                     dtype=args.dtype, engine_options=options, progress=not args.no_progress)
+        written = sample_benchmarks(args.model, jobs, temperature=args.temperature, top_p=args.top_p,
+                                    max_tokens=args.max_tokens, seed=args.seed, engine=args.engine,
+                                    template=args.template, chunk_size=args.chunk_size,
+                                    sample_chunk_size=args.sample_chunk_size, batch_size=args.batch_size,
+                                    dtype=args.dtype, engine_options=options, progress=not args.no_progress)
     except ValueError as exc:
         print(f"sample: error: {exc}", file=sys.stderr)
         return 1
-    print(f"sample: {out}")
+    for out in written:
+        print(f"sample: {out}")
     return 0

@@ -1,18 +1,20 @@
 """``python -m rsgrpo plan``: memory and compute of every training and sampling job of a workflow
 config, before anything is submitted.
 
-For each training job (a cell with training) and each sampling job (a model's evaluated checkpoints
-on one benchmark) the plan gives, per GPU, the bytes of weights, gradients, fp32 master weights,
-AdamW state, the reference model (``kl_coef`` > 0), one micro-batch's activations at the longest
-sequence, the output layer's log-prob chunk and the rollout engine (:mod:`rsgrpo.capacity` holds the
-arithmetic and its sources), the total against the GPU's memory (``models.<key>.gpu_memory_gb``) with
-the largest component named, the colocated vLLM engine's GPU share (the one the trainer computes,
-:func:`rsgrpo.capacity.colocated_engine_share`, unless ``training.engine_options.gpu_memory_utilization``
-sets one) and the KV room it leaves, and the tokens, FLOPs and hours of the run under the assumptions
-of the config's ``plan`` section: ``hours_bound`` with every completion at ``max_new_tokens``, ``hours``
-at ``plan.expected_completion_fraction`` of it, which sizes the SLURM requests. For a training job also
-the minutes per step, the size and write time of a resumable checkpoint and how many checkpoints a job
-of the requested runtime writes.
+For each training job (a cell with training) and each sampling row (a model's evaluated checkpoints
+on one benchmark; one sample job of the workflow samples a checkpoint on every benchmark) the plan
+gives, per GPU, the bytes of weights, gradients, fp32 master weights, AdamW state, the reference
+model (``kl_coef`` > 0), one micro-batch's activations at the longest sequence, the output layer's
+log-prob chunk and the rollout engine (:mod:`rsgrpo.capacity` holds the arithmetic and its sources),
+the total against the GPU's memory (``models.<key>.gpu_memory_gb``) with the largest component
+named, the colocated vLLM engine's GPU share (the one the trainer computes,
+:func:`rsgrpo.capacity.colocated_engine_share`, unless
+``training.engine_options.gpu_memory_utilization`` sets one) and the KV room it leaves, and the
+tokens, FLOPs and hours of the run under the assumptions of the config's ``plan`` section:
+``hours_bound`` with every completion at ``max_new_tokens``, ``hours`` at
+``plan.expected_completion_fraction`` of it, which sizes the SLURM requests. For a training job also
+the minutes per step, the size and write time of a resumable checkpoint and how many checkpoints a
+job of the requested runtime writes.
 
 The model's shape comes from its config.json alone (no weights): the prepared checkpoint's when
 ``models/<key>`` exists, else the one its model source plans (``planned_config`` of
@@ -274,10 +276,22 @@ def misfits(rows: list[dict]) -> list[str]:
     return out
 
 
-def resources(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
+EVERY_BENCHMARK = "*"  # a sample job evaluates one checkpoint on every benchmark (one engine start)
+
+
+def resources(rows: list[dict], max_runtime_minutes: int) -> dict[tuple[str, str, str], dict]:
     """SLURM resources of each train job (key ``("train", model, run)``) and sample job (``("sample",
-    model, benchmark)``): ``runtime`` in minutes and ``mem_mb``."""
-    return {(r["job"], r["model"], r["run"]): {"runtime": r["runtime_min"], "mem_mb": r["mem_mb"]} for r in rows}
+    model, EVERY_BENCHMARK)``): ``runtime`` in minutes and ``mem_mb``. A sample job runs the model's
+    benchmark rows one after the other: their minutes add up (within ``max_runtime_minutes``; a job
+    past its limit resumes from its finished parts) and the largest memory counts."""
+    out = {(r["job"], r["model"], r["run"]): {"runtime": r["runtime_min"], "mem_mb": r["mem_mb"]}
+           for r in rows if r["job"] == "train"}
+    for r in rows:
+        if r["job"] == "sample":
+            job = out.setdefault(("sample", r["model"], EVERY_BENCHMARK), {"runtime": 0, "mem_mb": 0})
+            job["runtime"] = min(max_runtime_minutes, job["runtime"] + r["runtime_min"])
+            job["mem_mb"] = max(job["mem_mb"], r["mem_mb"])
+    return out
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:

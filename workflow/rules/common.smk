@@ -36,7 +36,7 @@ if _MISFITS:
         f"{', '.join(CONFIG_FILES) or 'config'}: jobs that do not fit their GPU:\n  " + "\n  ".join(_MISFITS)
     )
 # SLURM runtime (minutes) and host mem_mb of train and sample jobs: the plan's estimate x plan.safety_factor
-JOB_RESOURCES = plan_jobs.resources(PLAN)
+JOB_RESOURCES = plan_jobs.resources(PLAN, config["plan"]["max_runtime_minutes"])
 BENCHMARKS = list(config["benchmarks"])
 
 # Software under --software-deployment-method conda: the CPU rules run in RSGRPO_ENV; train and
@@ -116,10 +116,7 @@ def planned(job, resource):
     target path) gets the longest runtime and the most memory the config allows."""
 
     def get(wildcards):
-        if job == "train":
-            key = (job, wildcards.model, wildcards.run)
-        else:
-            key = (job, wildcards.model, wildcards.bench)
+        key = (job, wildcards.model, wildcards.run if job == "train" else plan_jobs.EVERY_BENCHMARK)
         fallback = {"runtime": config["plan"]["max_runtime_minutes"], "mem_mb": config["plan"]["max_mem_mb"]}
         return JOB_RESOURCES.get(key, fallback)[resource]
 
@@ -172,7 +169,7 @@ def dataset_spec(wildcards):
 
 def sample_inputs(wildcards):
     cell = cell_of(wildcards)
-    inputs = {"benchmark": LAYOUT.benchmark_data(wildcards.bench)}
+    inputs = {"benchmarks": [LAYOUT.benchmark_data(bench) for bench in BENCHMARKS]}
     if cell.is_base:
         inputs["model"] = LAYOUT.model_dir(cell.model)
     else:
@@ -181,10 +178,10 @@ def sample_inputs(wildcards):
 
 
 def sample_args(wildcards):
-    bench = config["benchmarks"][wildcards.bench]
     ev = config["evaluation"]
     template = config["models"][wildcards.model].get("template", "chat")
+    n = space_separated(config["benchmarks"][bench]["n"] for bench in BENCHMARKS)
     return (
-        f"--n {bench['n']} --temperature {ev['temperature']} --top-p {ev['top_p']}"
+        f"--n {n} --temperature {ev['temperature']} --top-p {ev['top_p']}"
         f" --max-tokens {ev['max_tokens']} --seed {ev['seed']} --engine {ev['engine']} --template {template}"
     )

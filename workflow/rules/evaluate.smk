@@ -1,11 +1,11 @@
 rule sample:
-    """Checkpoint x benchmark -> n completions per problem (resumable in chunks)."""
+    """Checkpoint -> n completions per problem of every benchmark (one engine; resumable in chunks)."""
     input:
         unpack(sample_inputs),
     output:
-        LAYOUT.samples(LAYOUT.cell_dir("{model}/{evalrun}"), "{bench}"),
+        expand(LAYOUT.samples(LAYOUT.cell_dir("{{model}}/{{evalrun}}"), "{bench}"), bench=BENCHMARKS),
     log:
-        LAYOUT.log("sample/{model}/{evalrun}/{bench}"),
+        LAYOUT.log("sample/{model}/{evalrun}"),
     conda:
         software_env
     threads: 2
@@ -17,7 +17,7 @@ rule sample:
         checkpoint=checkpoint_dir,
         args=sample_args,
     shell:
-        "python -m rsgrpo sample --model {params.checkpoint} --benchmark {input.benchmark}"
+        "python -m rsgrpo sample --model {params.checkpoint} --benchmark {input.benchmarks}"
         " --out {output} {params.args} --no-progress > {log} 2>&1"
 
 
