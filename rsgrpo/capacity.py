@@ -125,6 +125,24 @@ class TrainJob:
     completion: int              # max_new_tokens
     gradient_checkpointing: bool
     logprob_chunk: int
+    micro_batch_tokens: int | None = None  # token budget of a micro-batch (rows x longest row); None: none
+
+    @property
+    def batch_tokens(self) -> int:
+        """Padded token slots of the largest micro-batch: ``micro_batch`` sequences at the longest, or
+        the token budget where it is smaller, but at least one sequence (a longer one runs alone)."""
+        tokens = self.micro_batch * self.sequence
+        if self.micro_batch_tokens is None:
+            return tokens
+        return max(self.sequence, min(tokens, self.micro_batch_tokens))
+
+    @property
+    def batch_completion_tokens(self) -> int:
+        """Completion tokens of the largest micro-batch, bounded the same way."""
+        tokens = self.micro_batch * self.completion
+        if self.micro_batch_tokens is None:
+            return tokens
+        return max(self.completion, min(tokens, self.micro_batch_tokens))
 
 
 def train_job(cfg, *, ranks: int, prompt_tokens: int) -> TrainJob:
@@ -134,7 +152,8 @@ def train_job(cfg, *, ranks: int, prompt_tokens: int) -> TrainJob:
                     offload_optimizer=bool(cfg.offload_optimizer), micro_batch=int(cfg.micro_batch_size),
                     sequence=int(prompt_tokens) + int(cfg.max_new_tokens), completion=int(cfg.max_new_tokens),
                     gradient_checkpointing=bool(cfg.gradient_checkpointing),
-                    logprob_chunk=int(cfg.logprob_chunk_tokens))
+                    logprob_chunk=int(cfg.logprob_chunk_tokens),
+                    micro_batch_tokens=None if cfg.micro_batch_tokens is None else int(cfg.micro_batch_tokens))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +259,7 @@ def layer_activation_elements(shape: Shape) -> int:
 
 def kept_activations(shape: Shape, job: TrainJob) -> float:
     """Bytes one micro-batch keeps from its forward for the backward pass (longest sequence)."""
-    tokens = job.micro_batch * job.sequence
+    tokens = job.batch_tokens
     per_token = (shape.layers * (shape.hidden if job.gradient_checkpointing else layer_activation_elements(shape))
                  + ACT_OUTSIDE_LAYERS * shape.hidden)
     return tokens * per_token * BYTES[job.precision]
@@ -250,13 +269,13 @@ def recompute(shape: Shape, job: TrainJob) -> float:
     """Bytes of the layer the backward pass rebuilds at a time (0 without checkpointing)."""
     if not job.gradient_checkpointing:
         return 0.0
-    tokens = job.micro_batch * job.sequence
+    tokens = job.batch_tokens
     return RECOMPUTE_FACTOR * tokens * layer_activation_elements(shape) * BYTES[job.precision]
 
 
 def logprob_chunk(shape: Shape, job: TrainJob) -> float:
     """Bytes of the output layer's float32 working set: one chunk of completion tokens x the vocabulary."""
-    chunk = min(job.logprob_chunk, job.micro_batch * job.completion)
+    chunk = min(job.logprob_chunk, job.batch_completion_tokens)
     return LOGPROB_COPIES * 4 * chunk * shape.vocab
 
 

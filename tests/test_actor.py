@@ -217,3 +217,77 @@ def test_a_zero3_actor_leaves_torch_linear_to_the_rest_of_the_process(tiny_model
         assert out.returncode == 0, out.stderr[-3000:]
         seen[mode] = out.stdout.strip().splitlines()[-1]
     assert seen == {"ours": "original", "patching": "patched"}
+
+
+# ------------------------------------------------------------------------------------------------
+# token-budget micro-batches (micro_batch_tokens)
+# ------------------------------------------------------------------------------------------------
+def _gradients_of_updates(actor, pairs, advantages, *, budget, ppo_epochs):
+    """Loss, grad norm and the gradients of each optimizer step of one update at ``budget``; lr 0, so
+    the weights (and the next update's gradients) stay those of the model as loaded."""
+    actor.cfg.micro_batch_tokens, actor.cfg.ppo_epochs = budget, ppo_epochs
+    grads, step = [], actor.engine.step
+
+    def spy():  # the step's gradients, complete once every micro-batch's backward has run
+        grads.append([p.grad.detach().clone() for p in actor.model.parameters()])
+        step()
+
+    actor.engine.step = spy
+    try:
+        stats = actor.update(pairs, advantages, lr=0.0)
+    finally:
+        actor.engine.step = step
+    return stats, grads
+
+
+def test_token_budget_micro_batches_give_the_update_of_contiguous_micro_batches(tiny_model_dir):
+    """Sorting and packing the pairs by a token budget changes only how the same token sum is split:
+    log-probs, loss and gradients equal those of contiguous micro-batches for a budget of one row per
+    micro-batch, a middling one and one holding every row, also with the pairs shuffled, and with
+    ppo_epochs 2 (the old log-probs of a no-grad pass, mapped back to their rows)."""
+    from rsgrpo.train import micro_batches
+    from rsgrpo.train.actor import Actor
+    from rsgrpo.train.distributed import collectives
+
+    collectives.init_distributed()
+    cfg = from_dict(dict(model_dir=str(tiny_model_dir), engine="hf", lr=1e-3, weight_decay=0.0, grad_clip=0.0,
+                         micro_batch_size=4, seed=0))
+    actor = Actor(cfg, str(tiny_model_dir))
+    vocab = actor.model.config.vocab_size
+    gen = torch.Generator().manual_seed(3)
+    lengths = [(int(torch.randint(3, 9, (), generator=gen)), n) for n in (1, 37, 5, 12, 2, 30, 8, 21, 3, 16)]
+    pairs = [(torch.randint(3, vocab, (p,), generator=gen).tolist(), torch.randint(3, vocab, (c,), generator=gen)
+              .tolist()) for p, c in lengths]
+    advantages = torch.randn(len(pairs), generator=gen)
+    longest = max(len(p) + len(c) for p, c in pairs)
+    contiguous = micro_batches.plan([len(p) + len(c) for p, c in pairs], max_rows=4)
+    budgets = {"one row each": 1, "middling": 2 * longest, "one batch": len(pairs) * longest}
+    assert [len(micro_batches.plan([len(p) + len(c) for p, c in pairs], max_rows=len(pairs), max_tokens=b))
+            for b in budgets.values()] == [len(pairs), 4, 1]  # the budgets do split differently
+
+    actor.cfg.micro_batch_size = 4
+    actor.cfg.micro_batch_tokens = None
+    ref_logp, ref_entropy = actor.logprobs(pairs, with_entropy=True)
+    ref = {epochs: _gradients_of_updates(actor, pairs, advantages, budget=None, ppo_epochs=epochs) for epochs in (1, 2)}
+    assert len(contiguous) == 3 and abs(ref[1][0].loss) > 1e-3 and ref[1][0].grad_norm > 1e-3  # a real update
+    order = torch.randperm(len(pairs), generator=gen).tolist()
+    for shuffled in (False, True):
+        rows = order if shuffled else list(range(len(pairs)))
+        these, adv = [pairs[r] for r in rows], advantages[rows]
+        for name, budget in budgets.items():
+            # the row cap off (all rows), so the budget alone splits
+            actor.cfg.micro_batch_size, actor.cfg.micro_batch_tokens = len(pairs), budget
+            logp, entropy = actor.logprobs(these, with_entropy=True)
+            for i, r in enumerate(rows):
+                torch.testing.assert_close(logp[i], ref_logp[r], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(entropy[i], ref_entropy[r], rtol=1e-5, atol=1e-6)
+            for epochs in (1, 2):
+                stats, grads = _gradients_of_updates(actor, these, adv, budget=budget, ppo_epochs=epochs)
+                ref_stats, ref_grads = ref[epochs]
+                assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-5), (name, shuffled, epochs)
+                assert stats.grad_norm == pytest.approx(ref_stats.grad_norm, rel=1e-5), (name, shuffled, epochs)
+                assert stats.entropy_sum == pytest.approx(ref_stats.entropy_sum, rel=1e-5)
+                assert len(grads) == epochs
+                for step_grads, ref_step_grads in zip(grads, ref_grads):
+                    for g, g_ref in zip(step_grads, ref_step_grads):
+                        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)

@@ -60,6 +60,27 @@ def test_checkpointing_and_chunks_shrink_the_update():
     assert mem["total"] == pytest.approx(sum(capacity.model_states(SHAPE, _job()).values()) + 24e9)
 
 
+def test_a_token_budget_bounds_the_micro_batch_the_update_is_priced_at():
+    """tokens = max(sequence, min(micro_batch x sequence, micro_batch_tokens)): activations and the rebuilt
+    layer scale with those tokens, the output layer's chunk with the completion tokens bounded alike."""
+    per_token = {}
+    for checkpointing in (False, True):
+        full = _job(gradient_checkpointing=checkpointing, logprob_chunk=10**6)  # 4 x 4096 tokens
+        per_token[checkpointing] = capacity.kept_activations(SHAPE, full) / (4 * 4096)
+        for budget, tokens, completion in ((10_000, 10_000, 10_000), (1000, 4096, 3072), (10**6, 4 * 4096, 4 * 3072)):
+            job = _job(gradient_checkpointing=checkpointing, logprob_chunk=10**6, micro_batch_tokens=budget)
+            assert job.batch_tokens == tokens
+            assert capacity.kept_activations(SHAPE, job) == pytest.approx(tokens * per_token[checkpointing])
+            assert capacity.recompute(SHAPE, job) == pytest.approx(
+                checkpointing * tokens * capacity.layer_activation_elements(SHAPE) * 2)
+            assert capacity.logprob_chunk(SHAPE, job) == 2 * 4 * completion * SHAPE.vocab
+    # a budget of 10,000 tokens keeps 10,000 / 16,384 of the activations of 4 full-length sequences
+    budget = capacity.update_memory(SHAPE, _job(micro_batch_tokens=10_000))["activations"]
+    full = capacity.update_memory(SHAPE, _job())["activations"]
+    assert budget == pytest.approx(full * 10_000 / (4 * 4096))
+    assert _job(micro_batch_tokens=None).batch_tokens == 4 * 4096
+
+
 def test_decode_time_is_the_slower_of_bandwidth_and_flops():
     kw = dict(sequences=64, prompt=512, completion=100, peak_flops=1e15, bandwidth=1e12, efficiency=1.0)
     one = capacity.decode_seconds(SHAPE, concurrent=1, **kw)
@@ -188,6 +209,8 @@ def test_train_job_reads_a_train_config():
     assert capacity.train_job(cfg, ranks=4, prompt_tokens=1024) == TrainJob(
         precision="bf16-mixed", zero_stage=3, ranks=4, offload_optimizer=True, micro_batch=4, sequence=4096,
         completion=3072, gradient_checkpointing=True, logprob_chunk=512)
+    cfg.micro_batch_tokens = 8192
+    assert capacity.train_job(cfg, ranks=4, prompt_tokens=1024).micro_batch_tokens == 8192
 
 
 def test_the_reference_model_is_a_full_replica_in_the_compute_dtype():

@@ -55,6 +55,21 @@ def test_two_ranks_follow_the_one_rank_loss_curve(tiny_model_dir, tmp_path, one_
     assert ckpt.load_state(tmp_path / "run" / "checkpoints" / "step-000006")["world_size"] == 2
 
 
+def test_two_ranks_with_token_budget_micro_batches_follow_the_one_rank_run(tiny_model_dir, tmp_path,
+                                                                          one_rank_reference):
+    """micro_batch_tokens 1: every pair its own micro-batch, longest first, so a rank runs as many as it has
+    pairs and one with fewer pads with masked ones; the run still follows the 1-rank run of contiguous
+    micro-batches (the same token-mean loss, summed in another order)."""
+    cfg, runner = write_run_inputs(tmp_path, tiny_model_dir, micro_batch_tokens=1)
+    _run(train_cmd(runner, cfg, tmp_path / "run", "--nproc", "2"))
+    ref_rows, rows = metrics(one_rank_reference), metrics(tmp_path / "run")
+    assert len(rows) == 6
+    _assert_rows_close(ref_rows, rows, rel=1e-4)
+    w_ref, w = _weights(one_rank_reference, 6), _weights(tmp_path / "run", 6)
+    for k in w:
+        torch.testing.assert_close(w[k], w_ref[k], rtol=0, atol=2e-5)
+
+
 def test_two_rank_zero3_run_killed_and_resumed_with_one_rank(tiny_model_dir, tmp_path, one_rank_reference):
     """SIGKILL the whole 2-rank ZeRO-3 launch after a checkpoint; the same command with --nproc 1
     (and ZeRO 0) resumes from it and ends on the 1-rank run's weights (the optimizer moments moved

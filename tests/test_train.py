@@ -179,6 +179,8 @@ BAD_CONFIGS = [
     ({"dtype": "bfloat16"}, "'dtype'", "replaced by 'precision'"),
     ({"engine_batch_size": 8}, "'engine_batch_size'", "replaced by 'hf_batch_size'"),
     ({"logprob_chunk_tokens": 0}, "'logprob_chunk_tokens'", "must be >= 1"),
+    ({"micro_batch_tokens": 0}, "'micro_batch_tokens'", "must be >= 1 or null"),
+    ({"micro_batch_tokens": 512.5}, "'micro_batch_tokens'", "must be of type int or null"),
     ({"keep_last": -1}, "'keep_last'", "-1"),
     ({"max_gen_rounds": 0}, "'max_gen_rounds'", "must be >= 1"),
     ({"overlong": "clip"}, "'overlong'", "must be one of ['none', 'mask', 'penalty']"),
@@ -221,7 +223,8 @@ def test_config_hash_covers_what_trains_differently_and_nothing_else():
     assert config_hash(from_dict({"logging": [], "rollout_log_every": 3, "micro_batch_size": 16, "hf_batch_size": 8,
                                   "gradient_checkpointing": True, "logprob_chunk_tokens": 7, "steps": 3,
                                   "checkpoint_every_minutes": 30, "collective_timeout_minutes": 60,
-                                  "mismatch_max_k3": 0.1, "mismatch_check_every": 5})) == default
+                                  "mismatch_max_k3": 0.1, "mismatch_check_every": 5,
+                                  "micro_batch_tokens": 4096})) == default
     for changed in ({"precision": "bf16-mixed", "zero_stage": 1}, {"max_gen_rounds": 3}, {"dynamic_sampling": False},
                     {"overlong": "mask"}, {"estimator": "grpo"}, {"estimator_params": {"beta": 4.0}}, {"lr": 2e-6},
                     {"rollout_correction": "tis"}, {"rollout_correction": "mis"}):

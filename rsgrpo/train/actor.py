@@ -9,8 +9,8 @@ from their bf16 rounding.
 
 Every rank holds one :class:`Actor`. With several ranks every forward (ZeRO-3 gathers parameters in
 it) and every backward (gradients are reduced in it) is a collective, so each rank runs the same
-number of micro-batches, padding with a fully masked dummy batch where it has fewer sequences than
-the busiest rank.
+number of micro-batches, padding with a fully masked dummy batch where it has fewer micro-batches
+than the busiest rank (:mod:`rsgrpo.train.micro_batches` plans them).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from rsgrpo.train import mismatch
+from rsgrpo.train import micro_batches, mismatch
 from rsgrpo.train.config import TrainConfig, compute_dtype
 from rsgrpo.train.distributed import collectives, zero_state
-from rsgrpo.train.loss import Batch, build_batch, policy_loss, to_token_layout, token_logprobs
+from rsgrpo.train.loss import build_batch, padding_batch, policy_loss, to_token_layout, token_logprobs
 
 __all__ = ["Actor", "UpdateStats", "deepspeed_config"]
 
@@ -134,32 +134,27 @@ class Actor:
                 param.requires_grad_(False)
 
     # -- micro-batches ---------------------------------------------------------------------------
-    def _micro_batch_count(self, n_pairs: int) -> int:
-        """Micro-batches every rank runs: the busiest rank's count (a collective)."""
-        size = self.cfg.micro_batch_size
-        return int(collectives.all_reduce([-(-n_pairs // size)], "max")[0])
+    def _plan(self, pairs: Sequence[Pair]) -> tuple[list[list[int]], int]:
+        """This rank's micro-batches (row indices, :func:`rsgrpo.train.micro_batches.plan`) and how
+        many every rank runs: the busiest rank's count (a collective)."""
+        lengths = [len(prompt) + len(completion) for prompt, completion in pairs]
+        rows = micro_batches.plan(lengths, max_rows=self.cfg.micro_batch_size, max_tokens=self.cfg.micro_batch_tokens)
+        return rows, int(collectives.all_reduce([len(rows)], "max")[0])
 
-    def _dummy_batch(self) -> Batch:
-        """One pad-token "prompt" and one pad-token "completion", fully masked: contributes nothing."""
-        batch = build_batch([([self.pad_id], [self.pad_id])], self.pad_id)
-        batch.completion_mask.zero_()
-        return batch
-
-    def _micro_batches(self, pairs: Sequence[Pair], count: int | None = None):
-        """``(rows, batch)`` per micro-batch of ``pairs`` (``count`` of them, default: the busiest
-        rank's count); ``rows`` is empty for a padding batch."""
-        size = self.cfg.micro_batch_size
-        count = self._micro_batch_count(len(pairs)) if count is None else count
+    def _micro_batches(self, pairs: Sequence[Pair], plan: tuple[list[list[int]], int] | None = None):
+        """``(rows, batch)`` per micro-batch of ``plan`` (default: :meth:`_plan`); ``rows`` is empty for
+        a padding batch (fully masked: it contributes nothing)."""
+        rows_of, count = self._plan(pairs) if plan is None else plan
         for index in range(count):
-            rows = list(range(index * size, min((index + 1) * size, len(pairs))))
-            yield rows, (build_batch([pairs[r] for r in rows], self.pad_id) if rows else self._dummy_batch())
+            rows = rows_of[index] if index < len(rows_of) else []
+            yield rows, (build_batch([pairs[r] for r in rows], self.pad_id) if rows else padding_batch(self.pad_id))
 
     # -- forwards --------------------------------------------------------------------------------
     def logprobs(self, pairs: Sequence[Pair], *, with_entropy: bool = False, reference: bool = False):
         """No-grad completion-token log-probs (and entropies) of every pair, one tensor per pair,
         under the policy (or the reference model)."""
         model = self.ref_model if reference else self.model
-        logps, entropies = [], []
+        logps, entropies = [None] * len(pairs), [None] * len(pairs)  # filled by row: the plan may reorder
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -167,13 +162,13 @@ class Actor:
                 logp, entropy = token_logprobs(model, batch.to(self.device), self.cfg.temperature,
                                                with_entropy=with_entropy, chunk_tokens=self.cfg.logprob_chunk_tokens)
                 mask = batch.completion_mask[:, 1:]
-                for row in range(len(rows)):
-                    keep = mask[row].bool()
-                    logps.append(logp[row].cpu()[keep].clone())
+                for index, row in enumerate(rows):
+                    keep = mask[index].bool()
+                    logps[row] = logp[index].cpu()[keep].clone()
                     if entropy is not None:
-                        entropies.append(entropy[row].cpu()[keep].clone())
+                        entropies[row] = entropy[index].cpu()[keep].clone()
         model.train(was_training)
-        return logps, entropies
+        return logps, (entropies if with_entropy else [])
 
     # -- the update ------------------------------------------------------------------------------
     def update(self, pairs: Sequence[Pair], advantages: torch.Tensor, lr: float,
@@ -213,10 +208,10 @@ class Actor:
             group["lr"] = lr
         totals = {key: 0.0 for key in ("loss", "clipped", "kl", "tokens", "capped", "entropy_sum", "entropy_tokens",
                                        "grad_norm")}
-        count = self._micro_batch_count(len(pairs))
+        plan = self._plan(pairs)
         for epoch in range(cfg.ppo_epochs):
             measure = epoch == 0 and sampling_logp is not None and measured is None
-            sums = self._optimizer_step(pairs, count, advantages, old_logp, ref_logp, n_global, totals,
+            sums = self._optimizer_step(pairs, plan, advantages, old_logp, ref_logp, n_global, totals,
                                         sampling_logp=sampling_logp, first=epoch == 0, measure=measure,
                                         check_step=check_step)
             measured = measured or sums
@@ -256,10 +251,10 @@ class Actor:
                                  abs_mean=out["mismatch_abs_mean"], abs_max=out["mismatch_abs_max"])
         return out
 
-    def _optimizer_step(self, pairs, count, advantages, old_logp, ref_logp, n_global, totals, *,
+    def _optimizer_step(self, pairs, plan, advantages, old_logp, ref_logp, n_global, totals, *,
                         sampling_logp, first: bool, measure: bool, check_step: int | None) -> dict[str, float] | None:
-        """Backward over the ``count`` micro-batches, then one optimizer step; add the stats to
-        ``totals``. ``old_logp`` None: on-policy, the old log-probs are this forward's, detached.
+        """Backward over the micro-batches of ``plan`` (:meth:`_plan`), then one optimizer step; add the
+        stats to ``totals``. ``old_logp`` None: on-policy, the old log-probs are this forward's, detached.
         ``first``: the first epoch, which computes the entropy. ``measure``: the mismatch against
         ``sampling_logp`` is measured (and checked, see :meth:`update`) before the optimizer step and
         returned. Statistics stay on the device until the step ends: one host sync per step, not
@@ -268,7 +263,7 @@ class Actor:
         keys = ("loss", "clipped", "kl", "tokens", "capped", "entropy_sum", "entropy_tokens")
         acc = {key: torch.zeros((), dtype=torch.float64, device=self.device) for key in keys}
         sums = torch.zeros(len(mismatch.SUM_FIELDS), dtype=torch.float64, device=self.device)
-        for index, (rows, batch) in enumerate(self._micro_batches(pairs, count)):
+        for index, (rows, batch) in enumerate(self._micro_batches(pairs, plan)):
             mask = batch.completion_mask[:, 1:].to(self.device)
             logp, entropy = token_logprobs(self.engine, batch.to(self.device), cfg.temperature,
                                            with_entropy=first, chunk_tokens=cfg.logprob_chunk_tokens)
@@ -285,7 +280,7 @@ class Actor:
             # The boundary tells DeepSpeed when the step's gradients are complete (it then averages them
             # over the ranks for stages 0-1); ZeRO-2/3 reduce-scatter each micro-batch's gradients as
             # they come, in fp32 under bf16-mixed (communication_data_type).
-            self.engine.set_gradient_accumulation_boundary(index == count - 1)
+            self.engine.set_gradient_accumulation_boundary(index == plan[1] - 1)
             self.engine.backward(loss, scale_wrt_gas=False)
             acc["loss"] += loss.detach()
             for key in ("clipped", "kl", "tokens"):

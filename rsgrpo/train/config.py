@@ -118,6 +118,12 @@ class TrainConfig:
                              "acts from the 2nd)")
     micro_batch_size: int = _f(8, kind="int",
                                doc="sequences per forward/backward pass (gradient accumulation over the batch)")
+    micro_batch_tokens: int | None = _f(None, kind="int?",
+                                        doc="token budget of a forward/backward pass: null = contiguous chunks of "
+                                            "micro_batch_size sequences; a number = the sequences sorted by length and "
+                                            "packed so that sequences x the longest (prompt + completion) stays "
+                                            "within it (micro_batch_size still caps the sequences; one longer "
+                                            "sequence runs alone): less padding when lengths vary")
     zero_stage: int = _f(0, kind="int",
                          doc="DeepSpeed ZeRO stage 0 | 1 | 2 | 3 (3 partitions the weights too: for models that do not"
                              " fit one device)")
@@ -186,8 +192,9 @@ for _fld in dataclasses.fields(TrainConfig):
 NON_TRAJECTORY_FIELDS = ("run_dir", "checkpoint_every", "checkpoint_every_minutes", "keep_last", "keep_resumable",
                          "logging", "rollout_log_every", "rollout_log_groups", "progress",
                          "grading_workers", "engine", "hf_batch_size", "engine_options", "zero_stage",
-                         "offload_optimizer", "micro_batch_size", "gradient_checkpointing", "logprob_chunk_tokens",
-                         "mismatch_max_k3", "mismatch_check_every", "collective_timeout_minutes")
+                         "offload_optimizer", "micro_batch_size", "micro_batch_tokens", "gradient_checkpointing",
+                         "logprob_chunk_tokens", "mismatch_max_k3", "mismatch_check_every",
+                         "collective_timeout_minutes")
 PRECISIONS = ("fp32", "bf16-mixed")
 OVERLONG_MODES = ("none", "mask", "penalty")
 ROLLOUT_CORRECTIONS = ("none", "tis", "mis")
@@ -323,6 +330,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("grading_timeout", cfg.grading_timeout > 0, "must be > 0")
     need("ppo_epochs", cfg.ppo_epochs >= 1, "must be >= 1")
     need("micro_batch_size", cfg.micro_batch_size >= 1, "must be >= 1")
+    need("micro_batch_tokens", cfg.micro_batch_tokens is None or cfg.micro_batch_tokens >= 1, "must be >= 1 or null")
     need("zero_stage", cfg.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3")
     need("offload_optimizer", not cfg.offload_optimizer or cfg.zero_stage > 0, "needs zero_stage 1, 2 or 3")
     need("zero_stage", cfg.precision != "bf16-mixed" or cfg.zero_stage > 0,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["Batch", "build_batch", "token_logprobs", "naive_token_logprobs", "policy_loss", "to_token_layout"]
+__all__ = ["Batch", "build_batch", "padding_batch", "token_logprobs", "naive_token_logprobs", "policy_loss",
+           "to_token_layout"]
 
 
 @dataclass
@@ -43,6 +44,15 @@ def build_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: in
         attention[row, : len(seq)] = 1
         completion_mask[row, len(prompt): len(seq)] = 1.0
     return Batch(ids, attention, completion_mask)
+
+
+def padding_batch(pad_id: int) -> Batch:
+    """One pad-token "prompt" and one pad-token "completion", fully masked: contributes nothing. What a
+    rank runs where it has fewer micro-batches than the busiest rank (every forward and backward is a
+    collective there)."""
+    batch = build_batch([([pad_id], [pad_id])], pad_id)
+    batch.completion_mask.zero_()
+    return batch
 
 
 def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entropy: bool = False,
