@@ -29,12 +29,15 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the venv's snakemake in ``workdir``; rules find the venv's python first on PATH."""
+def snakemake(workdir: Path, *args: str, timeout: int = 900, env: dict | None = None,
+              program: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run the venv's snakemake (or ``program``, a command line that runs it) in ``workdir``; rules
+    find the venv's python first on PATH."""
     base = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", HF_HUB_OFFLINE="1")
     env = {**base, **(env or {})}
     return subprocess.run(
-        [str(BIN / "snakemake"), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+        [*(program or [str(BIN / "snakemake")]), *args], cwd=workdir, env=env, capture_output=True, text=True,
+        timeout=timeout,
     )
 
 

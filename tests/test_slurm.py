@@ -75,6 +75,8 @@ def _env(test_rewards: Path, cluster: Path | None = None) -> dict:
 
 SLURM_ARGS = ("--profile", "profiles/slurm", "--slurm-status-command", "squeue",
               "--slurm-init-seconds-before-status-checks", "1", "-j", "8")
+# snakemake with the plugin polling every second instead of backing off to minutes (see the script)
+SLURM_SNAKEMAKE = [sys.executable, str(REPO / "tests/slurm/snakemake_polling_every_second.py")]
 
 
 def _local_run(tmp_path: Path, test_rewards: Path, targets: list[str], **training) -> Path:
@@ -114,7 +116,7 @@ def test_tiny_grid_on_two_nodes_equals_one_node(slurm_cluster, test_rewards, tin
     config = _config(tmp_path / "slurm.yaml", nodes=2, ranks_per_node=1)
     started = time.monotonic()
     out = snakemake(wf, *SLURM_ARGS, "--configfile", str(config), env=_env(test_rewards, slurm_cluster),
-                    timeout=1200)
+                    timeout=1200, program=SLURM_SNAKEMAKE)
     took = time.monotonic() - started
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     check_results(wf)
@@ -187,7 +189,7 @@ class FaultRun:
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         with self.output.open("w") as sink:
             self.proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "snakemake"), *SLURM_ARGS, "results/tiny/grpo/manifest.json",
+                [*SLURM_SNAKEMAKE, *SLURM_ARGS, "results/tiny/grpo/manifest.json",
                  "--configfile", str(config)], cwd=self.wf, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
     def explain(self) -> str:
