@@ -97,11 +97,13 @@ def _batch(tokenizer, rng: random.Random, full: dict):
     import torch
 
     eos = tokenizer.eos_token_id
+    pairs = [demonstration(rng, full["rare_frac"], full["digits"], full["rare_slip"], split="train")
+             for _ in range(full["batch_size"])]
+    # one tokenizer call for the whole batch: the same ids as one call per text, without the per-call overhead
+    encoded = tokenizer([text for pair in pairs for text in pair], add_special_tokens=False)["input_ids"]
     rows, losses = [], []
-    for _ in range(full["batch_size"]):
-        problem, completion = demonstration(rng, full["rare_frac"], full["digits"], full["rare_slip"], split="train")
-        prompt_ids = tokenizer(problem, add_special_tokens=False)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+    for prompt_ids, completion_ids in zip(encoded[0::2], encoded[1::2]):
+        completion_ids = completion_ids + [eos]
         rows.append(prompt_ids + completion_ids)
         losses.append([0] * len(prompt_ids) + [1] * len(completion_ids))
     width = max(len(r) for r in rows)

@@ -184,4 +184,5 @@ def sample_args(wildcards):
     return (
         f"--n {n} --temperature {ev['temperature']} --top-p {ev['top_p']}"
         f" --max-tokens {ev['max_tokens']} --seed {ev['seed']} --engine {ev['engine']} --template {template}"
+        f" --batch-size {ev['batch_size']}"
     )
