@@ -68,7 +68,7 @@ demo-llm: $(STAMP)
 	@echo "demo-llm done: demo-llm/results/"
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 bench: $(STAMP)
 	$(PY) perf/bench_core.py

@@ -159,6 +159,10 @@ def worker_ours(spec: dict) -> dict:
             self.step += 1
             return super().processed(scores)
 
+        def keep_rows(self, keep):  # finished rows leave the engine's batch: their targets go with them
+            super().keep_rows(keep)
+            self.targets = [self.targets[int(i)] for i in keep]
+
     class TargetLengthEngine(HFEngine):
         """HFEngine whose step ``s`` completions have the lengths ``spec["targets"][s]`` (see the module doc)."""
 

@@ -128,6 +128,39 @@ def test_seeding_is_deterministic_and_batch_independent(tiny_model_dir, engine):
     assert len({tuple(t) for t in ids(a)[1]}) == 4
 
 
+def test_finished_rows_leave_the_batch_and_no_row_changes(policy, monkeypatch):
+    """Rows that have produced EOS are dropped from the decode batch (KV cache, mask, positions and
+    sampler) once they are a quarter of it; every completion and its log-probs equal those of the
+    same row decoded alone, where nothing is ever dropped."""
+    from rsgrpo.train.engines import hf
+
+    model, tok = policy
+    kept: list[tuple[int, int]] = []
+    real_keep = hf._keep_cache_rows
+
+    def recording(cache, keep):
+        kept.append((cache.layers[0].keys.shape[0], len(keep)))
+        real_keep(cache, keep)
+
+    monkeypatch.setattr(hf, "_keep_cache_rows", recording)
+    prompts = [_chat(tok, "q"), _chat(tok, "a longer question about 3 + 4"), "plain"]
+    params = SamplingParams(n=6, max_tokens=20, seed=5, top_p=0.9, logprobs=True)
+    handle = model.lm_head.register_forward_hook(_EosBias(tok.eos_token_id, 1.0))
+    try:
+        together = HFEngine(model=model, tokenizer=tok, batch_size=18).generate(prompts, params)
+        compactions = list(kept)
+        alone = HFEngine(model=model, tokenizer=tok, batch_size=1).generate(prompts, params)
+    finally:
+        handle.remove()
+    assert compactions and all(after < before for before, after in compactions), compactions
+    lengths = {len(c.token_ids) for row in together for c in row}
+    assert len(lengths) > 3  # rows ended at many different steps
+    for row_together, row_alone in zip(together, alone):
+        for a, b in zip(row_together, row_alone):
+            assert a.token_ids == b.token_ids and a.finished == b.finished
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-6)
+
+
 def test_greedy_matches_stepwise_argmax(policy, engine):
     model, tok = policy
     prompt = _chat(tok, "greedy?")
