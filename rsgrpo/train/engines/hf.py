@@ -211,8 +211,8 @@ class HFEngine(RolloutEngine):
         the loop stops when every row has produced an EOS. Finished rows leave the batch (the KV cache,
         the mask, the positions and the sampler keep the live rows only) once they are a quarter of
         it: with completion lengths that vary 10-100x most of a fixed batch would otherwise decode
-        rows that have ended. A row's tokens do not depend on its batch neighbours, so they do not
-        change.
+        rows that have ended. A row's computation never involves its neighbours; like any other batch
+        size, a smaller batch may only round differently in the last bit of a logit.
         """
         from transformers import StaticCache
 
