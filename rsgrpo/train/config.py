@@ -15,13 +15,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
+from rsgrpo.train.config_values import coerce, config_error
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "config_hash", "compute_dtype", "FIELD_DOCS",
            "PRECISIONS"]
@@ -231,50 +230,6 @@ def compute_dtype(cfg: TrainConfig) -> str:
     return "bfloat16" if cfg.precision == "bf16-mixed" else "float32"
 
 
-def _err(source: str, key: str, value, problem: str) -> ValueError:
-    return ValueError(f"{source}: key {key!r}: {problem} (got {value!r})")
-
-
-def _coerce(source: str, key: str, value, kind: str):
-    """Check ``value`` against ``kind`` ("int", "float?", "str|dict?" ...); return the coerced value.
-
-    Floats accept integers and numeric strings: PyYAML reads ``1e-6`` (no dot) as a string, and
-    refusing the common spelling of a learning rate would only annoy.
-    """
-    optional = kind.endswith("?")
-    base = kind.rstrip("?")
-    if value is None:
-        if optional:
-            return None
-        raise _err(source, key, value, f"must be a {base}, not null")
-    for k in base.split("|"):
-        if k == "bool" and isinstance(value, bool):
-            return value
-        if k == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
-        if k == "float":
-            if isinstance(value, numbers.Real) and not isinstance(value, bool):
-                v = float(value)
-            elif isinstance(value, str):
-                try:
-                    v = float(value)
-                except ValueError:
-                    continue
-            else:
-                continue
-            if not math.isfinite(v):
-                raise _err(source, key, value, "must be a finite number")
-            return v
-        if k == "str" and isinstance(value, str):
-            return value
-        if k == "dict" and isinstance(value, dict):
-            return dict(value)
-        if k == "list" and isinstance(value, list):
-            return list(value)
-    raise _err(source, key, value, f"must be of type {kind.replace('|', ' or ').rstrip('?')}"
-               + (" or null" if optional else ""))
-
-
 def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     """Type- and range-check every field; resolve ``estimator_params``. Returns ``cfg`` (modified).
 
@@ -287,17 +242,17 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     from rsgrpo.train import rewards, sinks
 
     for fld in dataclasses.fields(cfg):
-        setattr(cfg, fld.name, _coerce(source, fld.name, getattr(cfg, fld.name), fld.metadata["kind"]))
+        setattr(cfg, fld.name, coerce(source, fld.name, getattr(cfg, fld.name), fld.metadata["kind"]))
     if cfg.precision in PURE_BF16:
-        raise _err(source, "precision", cfg.precision, PURE_BF16_REASON)
+        raise config_error(source, "precision", cfg.precision, PURE_BF16_REASON)
     for key, allowed in _CHOICES.items():
         v = getattr(cfg, key)
         if v not in allowed:
-            raise _err(source, key, v, f"must be one of {list(allowed)}")
+            raise config_error(source, key, v, f"must be one of {list(allowed)}")
 
     def need(key, ok, problem):
         if not ok:
-            raise _err(source, key, getattr(cfg, key), problem)
+            raise config_error(source, key, getattr(cfg, key), problem)
 
     need("lr", cfg.lr > 0, "must be > 0")
     need("weight_decay", cfg.weight_decay >= 0, "must be >= 0")
@@ -320,10 +275,10 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
          "sample with top_p < 1 (the workflow's evaluation.top_p)")
     tp = cfg.engine_options.get("tensor_parallel_size", 1)
     if tp != 1:
-        raise _err(source, "engine_options.tensor_parallel_size", tp,
-                   "tensor parallelism is not supported in training: every vLLM engine of a tensor-parallel group "
-                   "must be given the same prompts, while each training rank generates its own block of the "
-                   "step's prompts")
+        raise config_error(source, "engine_options.tensor_parallel_size", tp,
+                           "tensor parallelism is not supported in training: every vLLM engine of a tensor-parallel "
+                           "group must be given the same prompts, while each training rank generates its own block of "
+                           "the step's prompts")
     need("hf_batch_size", cfg.hf_batch_size >= 1, "must be >= 1")
     need("logprob_chunk_tokens", cfg.logprob_chunk_tokens >= 1, "must be >= 1")
     need("grading_workers", cfg.grading_workers is None or cfg.grading_workers >= 0, "must be >= 0 or null")
@@ -362,10 +317,11 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
         need("train_data", "source" in cfg.train_data, "a data spec mapping needs a 'source' key")
 
     if cfg.reward_kind not in rewards.REWARDS:
-        raise _err(source, "reward_kind", cfg.reward_kind, f"unknown reward; registered: {sorted(rewards.REWARDS)}")
+        raise config_error(source, "reward_kind", cfg.reward_kind,
+                           f"unknown reward; registered: {sorted(rewards.REWARDS)}")
     if cfg.estimator not in estimators.ESTIMATORS:
-        raise _err(source, "estimator", cfg.estimator,
-                   f"unknown advantage estimator; allowed: {sorted(estimators.ESTIMATORS)}")
+        raise config_error(source, "estimator", cfg.estimator,
+                           f"unknown advantage estimator; allowed: {sorted(estimators.ESTIMATORS)}")
     accepted = estimators.estimator_params(cfg.estimator)
     takes_beta = estimators.takes_beta(cfg.estimator)
     if cfg.estimator_params is None:
@@ -375,18 +331,18 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     params = dict(cfg.estimator_params)
     for k in params:
         if k not in accepted:
-            raise _err(source, f"estimator_params.{k}", params[k],
-                       f"not a parameter of estimator {cfg.estimator!r}; allowed: {sorted(accepted)}")
+            raise config_error(source, f"estimator_params.{k}", params[k],
+                               f"not a parameter of estimator {cfg.estimator!r}; allowed: {sorted(accepted)}")
     if cfg.beta_schedule != "constant":
         if not takes_beta:
-            raise _err(source, "beta_schedule", cfg.beta_schedule,
-                       f"a beta schedule needs an estimator with a beta parameter; {cfg.estimator!r} has none")
+            raise config_error(source, "beta_schedule", cfg.beta_schedule,
+                               f"a beta schedule needs an estimator with a beta parameter; {cfg.estimator!r} has none")
         for key in ("beta_start", "beta_end"):
             v = getattr(cfg, key)
             need(key, v is not None and v >= 0, f"must be a number >= 0 for beta_schedule {cfg.beta_schedule!r}")
         if "beta" in params:
-            raise _err(source, "estimator_params.beta", params["beta"],
-                       "give either estimator_params.beta (constant schedule) or beta_start/beta_end, not both")
+            raise config_error(source, "estimator_params.beta", params["beta"],
+                               "give either estimator_params.beta (constant schedule) or beta_start/beta_end, not both")
         params["beta"] = cfg.beta_start
     else:
         for key in ("beta_start", "beta_end"):
@@ -405,9 +361,9 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
         try:
             estimators.compute(cfg.estimator, probe, **params)
         except ValueError as exc:
-            raise _err(source, "overlong", cfg.overlong,
-                       f"the penalty makes rewards non-binary, which estimator {cfg.estimator!r} refuses ({exc}); "
-                       "use overlong: mask") from None
+            raise config_error(source, "overlong", cfg.overlong,
+                               f"the penalty makes rewards non-binary, which estimator {cfg.estimator!r} refuses "
+                               f"({exc}); use overlong: mask") from None
     return cfg
 
 
@@ -432,9 +388,9 @@ def from_dict(data: dict, source: str = "<config>") -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in data.items():
         if key in RENAMED:
-            raise _err(source, str(key), value, RENAMED[key])
+            raise config_error(source, str(key), value, RENAMED[key])
         if key not in names:
-            raise _err(source, str(key), value, f"unknown key; allowed keys: {sorted(names)}")
+            raise config_error(source, str(key), value, f"unknown key; allowed keys: {sorted(names)}")
     return validate(TrainConfig(**data), source)
 
 
