@@ -131,18 +131,16 @@ class TrainJob:
     def batch_tokens(self) -> int:
         """Padded token slots of the largest micro-batch: ``micro_batch`` sequences at the longest, or
         the token budget where it is smaller, but at least one sequence (a longer one runs alone)."""
-        tokens = self.micro_batch * self.sequence
-        if self.micro_batch_tokens is None:
-            return tokens
-        return max(self.sequence, min(tokens, self.micro_batch_tokens))
+        return self._within_budget(self.sequence)
 
     @property
     def batch_completion_tokens(self) -> int:
         """Completion tokens of the largest micro-batch, bounded the same way."""
-        tokens = self.micro_batch * self.completion
-        if self.micro_batch_tokens is None:
-            return tokens
-        return max(self.completion, min(tokens, self.micro_batch_tokens))
+        return self._within_budget(self.completion)
+
+    def _within_budget(self, per_row: int) -> int:
+        tokens = self.micro_batch * per_row
+        return tokens if self.micro_batch_tokens is None else max(per_row, min(tokens, self.micro_batch_tokens))
 
 
 def train_job(cfg, *, ranks: int, prompt_tokens: int) -> TrainJob:
