@@ -32,10 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_train import bench_model  # noqa: E402  (this folder is on sys.path)
-
-# tests/peak_memory.py's measurement program (fresh process, fixed mmap threshold, peak reset after setup),
-# run here directly so that the variant's other output lines come back too
-from peak_memory import _TEMPLATE  # noqa: E402
+from peak_memory import measured_output  # noqa: E402  (tests/peak_memory.py: the tests' measurement)
 
 SETUP = """
 import json, math, random, statistics, time
@@ -73,14 +70,9 @@ print("SECONDS", json.dumps(seconds))
 
 def _measure(spec: dict) -> dict:
     """Peak MB of the timed updates above the setup; the plan and the seconds come back in its output."""
-    import subprocess
-
-    code = _TEMPLATE.format(setup=SETUP.format(spec=json.dumps(spec)), work=WORK)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=3600,
-                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-                              "MALLOC_MMAP_THRESHOLD_": "65536", "TOKENIZERS_PARALLELISM": "false"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    found = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.stdout.splitlines()
+    stdout = measured_output(SETUP.format(spec=json.dumps(spec)), WORK, timeout=3600,
+                             env={"TOKENIZERS_PARALLELISM": "false"})
+    found = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in stdout.splitlines()
              if line.split(" ", 1)[0] in ("PLAN", "SECONDS", "PEAK_MB")}
     return {**json.loads(found["PLAN"]), "seconds": json.loads(found["SECONDS"]), "peak_mb": float(found["PEAK_MB"])}
 

@@ -39,13 +39,20 @@ print("PEAK_MB", (peak - before - file_growth) / 1024)
 """
 
 
-def peak_mb(setup: str, work: str, timeout: int = 600) -> float:
+def measured_output(setup: str, work: str, timeout: int = 600, env: dict | None = None) -> str:
+    """Standard output of ``setup`` then ``work`` in a fresh process; its ``PEAK_MB`` line is the peak
+    (see the module docstring), the other lines are whatever ``setup`` and ``work`` print."""
     code = _TEMPLATE.format(setup=textwrap.dedent(setup), work=textwrap.dedent(work))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-                              "MALLOC_MMAP_THRESHOLD_": "65536"})
+                              "MALLOC_MMAP_THRESHOLD_": "65536", **(env or {})})
     assert out.returncode == 0, out.stderr[-3000:]
-    line = next(line for line in out.stdout.splitlines() if line.startswith("PEAK_MB"))
+    return out.stdout
+
+
+def peak_mb(setup: str, work: str, timeout: int = 600) -> float:
+    stdout = measured_output(setup, work, timeout)
+    line = next(line for line in stdout.splitlines() if line.startswith("PEAK_MB"))
     return float(line.split()[1])
 
 
