@@ -7,6 +7,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 CORES   ?= 2
+# pytest-xdist workers of `make test`: the SLURM tier mostly waits on its cluster, so a second worker
+# runs the rest of the suite meanwhile (tests/conftest.py orders the work).
+TEST_WORKERS ?= 2
 # torch is pinned in pyproject.toml; install that exact version first so nothing (including the
 # deepspeed source build, which imports torch) can pull a CUDA build of another version.
 TORCH   := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
@@ -68,7 +71,7 @@ demo-llm: $(STAMP)
 	@echo "demo-llm done: demo-llm/results/"
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=10 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10 tests
 
 bench: $(STAMP)
 	$(PY) perf/bench_core.py

@@ -20,6 +20,14 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test`` runs two workers), the tests of an ``xdist_group`` come first:
+    the scheduler hands each group to one worker as a unit in collection order, and the SLURM group is
+    the suite's longest unit -- started last, the other worker would sit idle at the end."""
+    if config.getoption("numprocesses", default=None):
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Path of a tiny random Qwen2 checkpoint (char vocabulary, seed 0), built once per session.
