@@ -10,9 +10,12 @@ Public entry points:
   dispatches to the registered estimator.
 * :data:`ESTIMATORS` -- name -> estimator function (``fn(rewards, **params)``), in registration order,
   which is the order of methods in every table and figure (the paper's: GRPO, the pass@k baselines,
-  RS-GRPO last).
+  RLOO; then MaxRL, W-REINFORCE, GRPO pass@k; RS-GRPO last).
 * :func:`register` -- adds an estimator: a new method is one decorated function here (plus its test);
-  the trainer, the config checks and the analysis find it through this registry.
+  the trainer, the config checks and the analysis find it through this registry. :data:`SOURCES`
+  holds where each formula comes from (docs/estimators.md shows it).
+* :func:`equal_rewards_carry_signal` -- whether a group whose rewards are all equal gets a non-zero
+  advantage (no group baseline, as W-REINFORCE): dropping such groups is then not lossless.
 * :func:`estimator_params`, :func:`takes_beta`, :func:`default_params` -- what an estimator accepts,
   read from its signature (so "takes beta" is a property of the estimator, not of a method name).
 
@@ -30,8 +33,8 @@ import torch
 
 from rsgrpo.registry import refuse_taken
 
-__all__ = ["ESTIMATORS", "EXAMPLE_PARAMS", "register", "compute", "estimator_params", "takes_beta",
-           "default_params"]
+__all__ = ["ESTIMATORS", "EXAMPLE_PARAMS", "SOURCES", "EQUAL_REWARDS_SIGNAL", "register", "compute",
+           "estimator_params", "takes_beta", "default_params", "equal_rewards_carry_signal"]
 
 EPS = 1e-6  # added to the group std by ``grpo`` (the usual GRPO constant)
 
@@ -39,20 +42,30 @@ ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
 # name -> parameters of one valid call on groups of >= 4 binary rewards (the required ones filled
 # in): what generic tests and tools use to exercise every estimator without knowing it.
 EXAMPLE_PARAMS: dict[str, dict] = {}
+# name -> where the formula comes from: the paper, and the repository@commit of published code we match
+SOURCES: dict[str, str] = {}
+# name -> whether a group of equal rewards gets a non-zero advantage (estimators without a group baseline)
+EQUAL_REWARDS_SIGNAL: dict[str, bool] = {}
 
 
-def register(name: str, *, example_params: dict | None = None):
+def register(name: str, *, source: str, example_params: dict | None = None, equal_rewards_signal: bool = False):
     """Decorator adding ``fn(rewards, **params) -> advantages`` to :data:`ESTIMATORS` as ``name``.
 
+    ``source``: a short citation of the formula (paper; ``owner/repo@commit`` of the code it matches).
     ``example_params``: values for the estimator's required parameters in a valid call on groups of
-    at least 4 samples (e.g. ``{"k": 2}``). A name can be registered once: a second estimator of the
+    at least 4 samples (e.g. ``{"k": 2}``). ``equal_rewards_signal``: true when a group whose rewards are
+    all equal gets a non-zero advantage. A name can be registered once: a second estimator of the
     same name would silently change what every existing config means.
     """
+    if not (isinstance(source, str) and source.strip()):
+        raise ValueError(f"estimator {name!r}: source must name the paper (and code) of the formula, got {source!r}")
 
     def wrap(fn):
         refuse_taken(ESTIMATORS, name, "advantage estimator")
         ESTIMATORS[name] = fn
         EXAMPLE_PARAMS[name] = dict(example_params or {})
+        SOURCES[name] = source
+        EQUAL_REWARDS_SIGNAL[name] = bool(equal_rewards_signal)
         return fn
 
     return wrap
@@ -95,8 +108,15 @@ def _check_binary(r: torch.Tensor, name: str) -> None:
         bad = r[(r != 0) & (r != 1)][0].item()
         raise ValueError(
             f"{name} is defined for binary rewards only (each reward 0 or 1), found {bad}; "
-            "use rs_grpo, pkpo_walder, grpo or rloo for continuous rewards"
+            "use rs_grpo, pkpo_walder, grpo, rloo, grpo_passk or max_rl (rewards >= 0) for continuous rewards"
         )
+
+
+def _check_number(value, param: str, name: str) -> float:
+    """A finite real number >= 0 (not a bool), as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < float("inf")):
+        raise ValueError(f"{name}: {param} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _check_k(k, n_samples: int, name: str) -> int:
@@ -145,24 +165,25 @@ def _comb_ratio(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
 # estimators, in the paper's table order (the registry's order is every table's and figure's)
 
 
-@register("grpo")
+@register("grpo", source="Shao et al. 2024, arXiv 2402.03300; volcengine/verl@b178a3c (scale none: Dr. GRPO, "
+                         "arXiv 2503.20783, sail-sg/understand-r1-zero@dfca49d)")
 def grpo(rewards: torch.Tensor, *, scale: str = "std", eps: float = EPS) -> torch.Tensor:
     """GRPO (Shao et al. 2024): ``(r - mean) / (std + eps)`` per group.
 
     ``scale="std"`` divides by the unbiased group standard deviation (as verl and TRL do);
-    ``scale="none"`` returns the mean-centred reward (Dr. GRPO style). Groups with equal rewards get 0.
+    ``scale="none"`` returns the mean-centred reward, Dr. GRPO's advantage (Liu et al. 2025, arXiv
+    2503.20783; verl's ``norm_adv_by_std_in_grpo=False``). Dr. GRPO = ``grpo`` with ``scale: none`` plus
+    ``loss_agg: seq-mean-token-sum-norm`` (its constant length normaliser). Groups with equal rewards get 0.
     """
     _choice(scale, ("std", "none"), "scale", "grpo")
     r = _check_rewards(rewards, min_samples=2 if scale == "std" else 1)
     centred = r - r.mean(dim=1, keepdim=True)
     if scale == "std":
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise ValueError(f"grpo: eps must be a number >= 0, got {eps!r}")
-        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+        centred = centred / (r.std(dim=1, keepdim=True) + _check_number(eps, "eps", "grpo"))
     return _out(centred, rewards)
 
 
-@register("pkpo_walder", example_params={"k": 2})
+@register("pkpo_walder", source="Walder & Karkhanis 2025, arXiv 2505.15201", example_params={"k": 2})
 def pkpo_walder(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
     """PKPO (Walder & Karkhanis 2025, arXiv 2505.15201) with the "k-1" baseline.
 
@@ -194,7 +215,8 @@ def pkpo_walder(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
     return _out(adv, rewards)
 
 
-@register("passk_mahdavi", example_params={"k": 2})
+@register("passk_mahdavi", source="Mahdavi et al. 2025 (their code: variant plugin, normalize true)",
+          example_params={"k": 2})
 def passk_mahdavi(
     rewards: torch.Tensor,
     *,
@@ -242,7 +264,7 @@ def passk_mahdavi(
     return _out(base * weight, rewards)
 
 
-@register("passk_chen", example_params={"k": 2})
+@register("passk_chen", source="Chen et al. 2025, arXiv 2508.10751", example_params={"k": 2})
 def passk_chen(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
     """Pass@k training advantage of Chen et al. 2025 (arXiv 2508.10751), analytic form.
 
@@ -268,7 +290,7 @@ def passk_chen(rewards: torch.Tensor, *, k: int) -> torch.Tensor:
     return _out(adv, rewards)
 
 
-@register("rloo")
+@register("rloo", source="Ahmadian et al. 2024, arXiv 2402.14740")
 def rloo(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE leave-one-out (Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j``."""
     r = _check_rewards(rewards, min_samples=2)
@@ -277,7 +299,63 @@ def rloo(rewards: torch.Tensor) -> torch.Tensor:
     return _out(adv, rewards)
 
 
-@register("rs_grpo")
+@register("max_rl", source="Tajwar et al. 2026, arXiv 2602.02710; PrimeIntellect-ai/prime-rl@559b447")
+def max_rl(rewards: torch.Tensor) -> torch.Tensor:
+    """MaxRL (Tajwar et al. 2026, arXiv 2602.02710): ``(r - mean) / mean`` per group, 0 where the mean is 0.
+
+    Dividing by the group mean (the pass rate ``p``) instead of the std makes the gradient unbiased
+    for the order-``N`` truncation of the maximum-likelihood objective ``log p``: a correct sample gets
+    ``(1-p)/p``, a wrong one -1. As prime-rl's ``MaxRLAlgorithm`` and the paper's Algorithm 1: no eps, a
+    group of mean 0 gets 0 (the authors' verl code adds 1e-6 to the mean and divides by N). Rewards must
+    be >= 0 (prime-rl assumes it; a mean near 0 of mixed signs would blow up). For binary rewards it is
+    the beta -> infinity limit of ``beta * rs_grpo`` (the error is O(e^-beta)).
+    """
+    r = _check_rewards(rewards)
+    if bool((r < 0).any()):
+        raise ValueError(f"max_rl: rewards must be >= 0 (the group mean is a pass rate), found {r.min().item()}")
+    mean = r.mean(dim=1, keepdim=True)
+    safe = torch.where(mean > 0, mean, torch.ones_like(mean))
+    return _out(torch.where(mean > 0, (r - mean) / safe, torch.zeros_like(r)), rewards)
+
+
+@register("w_reinforce", source="Zhu et al. 2025, arXiv 2506.01347; TianHongZXY/RLVR-Decomposed@a5d4e7c",
+          equal_rewards_signal=True)
+def w_reinforce(rewards: torch.Tensor, *, positive_advantage_weight: float = 0.1) -> torch.Tensor:
+    """W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347): correct samples ``positive_advantage_weight``, wrong -1.
+
+    Weighted REINFORCE without a baseline: ``lambda`` times positive-sample reinforcement plus
+    negative-sample reinforcement (NSR). As the authors' ``compute_psr_nsr_outcome_advantage`` with
+    ``advantage=weighted``: reward 1 -> ``positive_advantage_weight * 1``, reward 0 -> ``0 - 1``. The
+    parameter is their config key (the paper's lambda); 0.1 is their recommended value (their
+    ppo_trainer.yaml default 1 is plain REINFORCE on +-1). Not group-relative: all-correct and all-wrong
+    groups carry signal, which dynamic sampling would drop. Binary rewards only.
+    """
+    r = _check_rewards(rewards)
+    _check_binary(r, "w_reinforce")
+    weight = _check_number(positive_advantage_weight, "positive_advantage_weight", "w_reinforce")
+    return _out(torch.where(r == 1, weight * r, r - 1.0), rewards)
+
+
+@register("grpo_passk", source="Tang et al. 2025, arXiv 2503.19595; volcengine/verl@b178a3c")
+def grpo_passk(rewards: torch.Tensor, *, scale: str = "std", eps: float = EPS) -> torch.Tensor:
+    """GRPO pass@k (Tang et al. 2025, arXiv 2503.19595) as verl's ``grpo_passk``: the best sample gets
+    ``(r_max - r_second_max) / (std + eps)``, every other sample 0.
+
+    The leave-one-out advantage of the group's best-of-``N`` reward (pass@k with k = ``N``): leaving out
+    any sample but a unique best does not change the max, so tied best samples get 0 as well. With
+    binary rewards only a group with exactly one correct sample has signal. ``scale="std"`` divides by
+    the unbiased group std (verl's default ``norm_adv_by_std_in_grpo=True``), ``scale="none"`` does not.
+    """
+    _choice(scale, ("std", "none"), "scale", "grpo_passk")
+    r = _check_rewards(rewards, min_samples=2)
+    top = torch.topk(r, 2, dim=1)
+    gap = top.values[:, :1] - top.values[:, 1:]  # 0 for a tied best, whichever of them topk returned
+    if scale == "std":
+        gap = gap / (r.std(dim=1, keepdim=True) + _check_number(eps, "eps", "grpo_passk"))
+    return _out(torch.zeros_like(r).scatter_(1, top.indices[:, :1], gap), rewards)
+
+
+@register("rs_grpo", source="RS-GRPO, arXiv 2509.24261")
 def rs_grpo(rewards: torch.Tensor, *, beta=2.0) -> torch.Tensor:
     """RS-GRPO risk-seeking advantage (arXiv 2509.24261, the risk-sensitive advantage).
 
@@ -333,6 +411,13 @@ def takes_beta(name: str) -> bool:
     """Whether estimator ``name`` has a risk parameter ``beta`` (sweeps give it per cell, beta
     schedules ramp it)."""
     return "beta" in estimator_params(name)
+
+
+def equal_rewards_carry_signal(name: str) -> bool:
+    """Whether estimator ``name`` gives a group of equal rewards a non-zero advantage (it has no group
+    baseline): dynamic sampling, which drops such groups, then changes what the method optimises."""
+    _lookup(name)
+    return EQUAL_REWARDS_SIGNAL[name]
 
 
 def default_params(name: str) -> dict[str, object]:

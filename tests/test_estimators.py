@@ -11,8 +11,10 @@ import torch
 from rsgrpo.estimators import (
     ESTIMATORS,
     EXAMPLE_PARAMS,
+    SOURCES,
     compute,
     default_params,
+    equal_rewards_carry_signal,
     estimator_params,
     register,
     takes_beta,
@@ -307,17 +309,28 @@ def test_rloo_equals_leave_one_out_brute_force():
 
 
 def test_registry_order_is_the_papers_table_order():
-    # tables and figures order methods by registration: GRPO, the pass@k baselines, RS-GRPO, in the paper's
-    # order; an estimator added later (appended to the file or registered elsewhere) comes after them
+    # tables and figures order methods by registration: GRPO, the pass@k baselines and RLOO in the paper's
+    # order, then the later baselines, RS-GRPO last; an estimator registered elsewhere comes after them
     names = list(ESTIMATORS)
-    paper = ["grpo", "pkpo_walder", "passk_mahdavi", "passk_chen", "rloo", "rs_grpo"]
-    assert names[:len(paper)] == paper
+    order = ["grpo", "pkpo_walder", "passk_mahdavi", "passk_chen", "rloo", "max_rl", "w_reinforce", "grpo_passk",
+             "rs_grpo"]
+    assert names[:len(order)] == order
 
 
 def test_register_refuses_a_duplicate_name():
     with pytest.raises(ValueError, match="'grpo' is already registered"):
-        register("grpo")(lambda rewards: rewards)
+        register("grpo", source="a paper")(lambda rewards: rewards)
     assert ESTIMATORS["grpo"].__name__ == "grpo"
+
+
+def test_register_needs_a_source_and_every_estimator_has_one():
+    with pytest.raises(TypeError, match="source"):
+        register("test_estimators_no_source")
+    with pytest.raises(ValueError, match="'test_estimators_no_source': source must name the paper"):
+        register("test_estimators_no_source", source="  ")
+    assert "test_estimators_no_source" not in ESTIMATORS
+    assert all(SOURCES.get(name, "").strip() for name in ESTIMATORS)
+    assert "arXiv 2509.24261" in SOURCES["rs_grpo"] and "arXiv 2505.15201" in SOURCES["pkpo_walder"]
 
 
 def test_takes_beta_and_defaults_come_from_the_signature():
@@ -351,6 +364,19 @@ def test_takes_beta_and_defaults_come_from_the_signature():
         ("grpo", torch.zeros(2, 4), {"beta": 2.0}, "unknown parameter\\(s\\) \\['beta'\\]; allowed parameters"),
         ("rloo", torch.zeros(2, 1), {}, "at least 2 samples"),
         ("grpo", [[1.0, 0.0]], {}, "must be a torch.Tensor"),
+        ("grpo", torch.zeros(2, 4), {"eps": -1e-6}, "grpo: eps must be a finite number >= 0, got -1e-06"),
+        ("max_rl", torch.tensor([[0.5, -0.25]]), {}, "max_rl: rewards must be >= 0 .*found -0.25"),
+        ("w_reinforce", torch.full((2, 4), 0.5), {}, "w_reinforce is defined for binary rewards only.*found 0.5"),
+        ("w_reinforce", torch.zeros(2, 4), {"positive_advantage_weight": -0.1},
+         "w_reinforce: positive_advantage_weight must be a finite number >= 0, got -0.1"),
+        ("w_reinforce", torch.zeros(2, 4), {"positive_advantage_weight": float("inf")}, "got inf"),
+        ("w_reinforce", torch.zeros(2, 4), {"positive_advantage_weight": True}, "got True"),
+        ("w_reinforce", torch.zeros(2, 4), {"positive_advantage_weight": "0.1"}, "got '0.1'"),
+        ("w_reinforce", torch.zeros(2, 4), {"lambda": 0.1}, "unknown parameter.*positive_advantage_weight"),
+        ("grpo_passk", torch.zeros(2, 1), {}, "at least 2 samples"),
+        ("grpo_passk", torch.zeros(2, 4), {"scale": "mad"}, "grpo_passk: scale must be one of \\['std', 'none'\\]"),
+        ("grpo_passk", torch.zeros(2, 4), {"eps": float("nan")}, "grpo_passk: eps must be a finite number >= 0"),
+        ("grpo_passk", torch.zeros(2, 4), {"k": 2}, "unknown parameter\\(s\\) \\['k'\\]"),
     ],
 )
 def test_bad_input_raises_clear_value_error(name, rewards, params, message):
@@ -368,7 +394,9 @@ def test_output_keeps_shape_and_dtype(name):
 
 
 @pytest.mark.parametrize("name", list(ESTIMATORS))
-def test_groups_of_equal_rewards_carry_no_signal(name):
-    # what makes dynamic sampling (dropping such groups) lossless for every registered estimator
+def test_groups_of_equal_rewards_carry_no_signal_unless_registered_so(name):
+    # what makes dynamic sampling (dropping such groups) lossless; an estimator without a group baseline
+    # (W-REINFORCE) says so at registration, and the trainer can ask equal_rewards_carry_signal
     r = torch.tensor([[0.0] * 6, [1.0] * 6])
-    assert compute(name, r, **EXAMPLE_PARAMS[name]).abs().max().item() == 0.0
+    largest = compute(name, r, **EXAMPLE_PARAMS[name]).abs().max().item()
+    assert (largest > 0) == equal_rewards_carry_signal(name), name
