@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -222,9 +223,10 @@ def test_a_zero3_actor_leaves_torch_linear_to_the_rest_of_the_process(tiny_model
 # ------------------------------------------------------------------------------------------------
 # token-budget micro-batches (micro_batch_tokens)
 # ------------------------------------------------------------------------------------------------
-def _gradients_of_updates(actor, pairs, advantages, *, budget, ppo_epochs):
+def _gradients_of_updates(actor, pairs, advantages, *, budget, ppo_epochs, old_logp=None):
     """Loss, grad norm and the gradients of each optimizer step of one update at ``budget``; lr 0, so
-    the weights (and the next update's gradients) stay those of the model as loaded."""
+    the weights (and the next update's gradients) stay those of the model as loaded. ``old_logp``:
+    the old log-probs the update is given (None: its own, ratio 1)."""
     actor.cfg.micro_batch_tokens, actor.cfg.ppo_epochs = budget, ppo_epochs
     grads, step = [], actor.engine.step
 
@@ -234,10 +236,39 @@ def _gradients_of_updates(actor, pairs, advantages, *, budget, ppo_epochs):
 
     actor.engine.step = spy
     try:
-        stats = actor.update(pairs, advantages, lr=0.0)
+        stats = actor.update(pairs, advantages, lr=0.0, old_logp=old_logp)
     finally:
         actor.engine.step = step
     return stats, grads
+
+
+def _actor_and_pairs(model_dir):
+    """A ZeRO-0 actor of the tiny model and 10 random pairs of completions of 1..37 tokens with random
+    advantages (and the generator that made them, for more)."""
+    from rsgrpo.train.actor import Actor
+    from rsgrpo.train.distributed import collectives
+
+    collectives.init_distributed()
+    cfg = from_dict(dict(model_dir=str(model_dir), engine="hf", lr=1e-3, weight_decay=0.0, grad_clip=0.0,
+                         micro_batch_size=4, seed=0))
+    actor = Actor(cfg, str(model_dir))
+    vocab = actor.model.config.vocab_size
+    gen = torch.Generator().manual_seed(3)
+    lengths = [(int(torch.randint(3, 9, (), generator=gen)), n) for n in (1, 37, 5, 12, 2, 30, 8, 21, 3, 16)]
+    pairs = [(torch.randint(3, vocab, (p,), generator=gen).tolist(), torch.randint(3, vocab, (c,), generator=gen)
+              .tolist()) for p, c in lengths]
+    return actor, pairs, torch.randn(len(pairs), generator=gen), gen
+
+
+def _assert_same_update(got, want, label):
+    (stats, grads), (ref_stats, ref_grads) = got, want
+    assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-5), label
+    assert stats.grad_norm == pytest.approx(ref_stats.grad_norm, rel=1e-5), label
+    assert stats.clip_frac == pytest.approx(ref_stats.clip_frac, rel=1e-9), label
+    assert len(grads) == len(ref_grads)
+    for step_grads, ref_step_grads in zip(grads, ref_grads):
+        for g, g_ref in zip(step_grads, ref_step_grads):
+            torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
 
 
 def test_token_budget_micro_batches_give_the_update_of_contiguous_micro_batches(tiny_model_dir):
@@ -246,19 +277,8 @@ def test_token_budget_micro_batches_give_the_update_of_contiguous_micro_batches(
     micro-batch, a middling one and one holding every row, also with the pairs shuffled, and with
     ppo_epochs 2 (the old log-probs of a no-grad pass, mapped back to their rows)."""
     from rsgrpo.train import micro_batches
-    from rsgrpo.train.actor import Actor
-    from rsgrpo.train.distributed import collectives
 
-    collectives.init_distributed()
-    cfg = from_dict(dict(model_dir=str(tiny_model_dir), engine="hf", lr=1e-3, weight_decay=0.0, grad_clip=0.0,
-                         micro_batch_size=4, seed=0))
-    actor = Actor(cfg, str(tiny_model_dir))
-    vocab = actor.model.config.vocab_size
-    gen = torch.Generator().manual_seed(3)
-    lengths = [(int(torch.randint(3, 9, (), generator=gen)), n) for n in (1, 37, 5, 12, 2, 30, 8, 21, 3, 16)]
-    pairs = [(torch.randint(3, vocab, (p,), generator=gen).tolist(), torch.randint(3, vocab, (c,), generator=gen)
-              .tolist()) for p, c in lengths]
-    advantages = torch.randn(len(pairs), generator=gen)
+    actor, pairs, advantages, gen = _actor_and_pairs(tiny_model_dir)
     longest = max(len(p) + len(c) for p, c in pairs)
     contiguous = micro_batches.plan([len(p) + len(c) for p, c in pairs], max_rows=4)
     budgets = {"one row each": 1, "middling": 2 * longest, "one batch": len(pairs) * longest}
@@ -282,12 +302,92 @@ def test_token_budget_micro_batches_give_the_update_of_contiguous_micro_batches(
                 torch.testing.assert_close(logp[i], ref_logp[r], rtol=1e-5, atol=1e-6)
                 torch.testing.assert_close(entropy[i], ref_entropy[r], rtol=1e-5, atol=1e-6)
             for epochs in (1, 2):
-                stats, grads = _gradients_of_updates(actor, these, adv, budget=budget, ppo_epochs=epochs)
-                ref_stats, ref_grads = ref[epochs]
-                assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-5), (name, shuffled, epochs)
-                assert stats.grad_norm == pytest.approx(ref_stats.grad_norm, rel=1e-5), (name, shuffled, epochs)
-                assert stats.entropy_sum == pytest.approx(ref_stats.entropy_sum, rel=1e-5)
-                assert len(grads) == epochs
-                for step_grads, ref_step_grads in zip(grads, ref_grads):
-                    for g, g_ref in zip(step_grads, ref_step_grads):
-                        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
+                got = _gradients_of_updates(actor, these, adv, budget=budget, ppo_epochs=epochs)
+                _assert_same_update(got, ref[epochs], (name, shuffled, epochs))
+                assert got[0].entropy_sum == pytest.approx(ref[epochs][0].entropy_sum, rel=1e-5)
+                assert len(got[1]) == epochs
+
+
+def test_every_policy_loss_and_aggregation_is_independent_of_the_micro_batches(tiny_model_dir):
+    """For every policy loss with every aggregation it accepts (gspo: seq-mean-token-mean; the math of
+    the others is checked in tests/test_loss.py), off-policy (old log-probs given, so the clips act):
+    loss, clip fraction and gradients of contiguous micro-batches of 4 equal those of contiguous
+    micro-batches of 3 of the shuffled pairs, and of token-budget micro-batches (one row each, a
+    middling budget, one holding every row), shuffled or not: the denominators are the whole step's."""
+    from rsgrpo.train.policy_losses import LOSS_AGGS, POLICY_LOSSES
+
+    actor, pairs, advantages, gen = _actor_and_pairs(tiny_model_dir)
+    longest = max(len(p) + len(c) for p, c in pairs)
+    actor.cfg.micro_batch_size, actor.cfg.micro_batch_tokens = 4, None
+    own, _ = actor.logprobs(pairs)
+    noise = {"ppo_clip": 0.5, "gspo": 3e-3, "cispo": 0.3}  # gspo's clip range is 3e-4 / 4e-4
+    order = torch.randperm(len(pairs), generator=gen).tolist()
+    variants = [("contiguous 3, shuffled", 3, None, order), ("one row each, shuffled", len(pairs), 1, order),
+                ("middling", len(pairs), 2 * longest, list(range(len(pairs)))),
+                ("one batch, shuffled", len(pairs), len(pairs) * longest, order)]
+    for kind, spec in POLICY_LOSSES.items():
+        old = [logp + noise[kind] * torch.randn(logp.shape, generator=gen) for logp in own]
+        for agg in spec.loss_aggs or LOSS_AGGS:
+            actor.cfg.policy_loss, actor.cfg.loss_agg = kind, agg
+            actor.cfg.clip_low, actor.cfg.clip_high = spec.clip_low, spec.clip_high
+            actor.cfg.clip_ratio_c = 3.0 if spec.dual_clip else None
+            actor.cfg.micro_batch_size = 4
+            ref = _gradients_of_updates(actor, pairs, advantages, budget=None, ppo_epochs=1, old_logp=old)
+            assert abs(ref[0].loss) > 1e-3 and ref[0].grad_norm > 1e-3, (kind, agg)
+            assert 0 < ref[0].clip_frac < 1, (kind, agg, ref[0].clip_frac)
+            for name, rows_cap, budget, rows in variants:
+                actor.cfg.micro_batch_size = rows_cap
+                got = _gradients_of_updates(actor, [pairs[r] for r in rows], advantages[rows], budget=budget,
+                                            ppo_epochs=1, old_logp=[old[r] for r in rows])
+                _assert_same_update(got, ref, (kind, agg, name))
+
+
+# ------------------------------------------------------------------------------------------------
+# a non-default policy loss resumes exactly
+# ------------------------------------------------------------------------------------------------
+RESUME_RECORDS = [{"id": f"r{i}", "problem": f"{i}", "answer": "1"} for i in range(4)]
+
+
+@register("test_actor_odd_length")
+def odd_length(*, completions, answers, problems, records):
+    return [float(len(text) % 2) for text in completions]
+
+
+def _gspo_trainer(model_dir, run_dir, **over):
+    cfg = dict(model_dir=str(model_dir), steps=3, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=5,
+               lr=1e-3, engine="hf", progress=False, checkpoint_every=1, keep_last=0, keep_resumable=0, seed=1,
+               ppo_epochs=2, reward_kind="test_actor_odd_length", policy_loss="gspo", loss_agg="seq-mean-token-mean")
+    cfg.update(over)
+    return Trainer(from_dict(cfg), run_dir, records=RESUME_RECORDS, prompt_fn=lambda p: f"Q{p}:")
+
+
+def test_a_gspo_run_resumes_bit_exactly_and_its_hash_names_the_loss(tiny_model_dir, tmp_path):
+    """gspo + seq-mean-token-mean (and 2 PPO epochs, so the sequence ratio is clipped): a run resumed
+    from its step-1 checkpoint ends with the uninterrupted run's weights, AdamW moments and metrics
+    bit for bit; the config hash of the checkpoint is not the one of ppo_clip, so neither resumes
+    the other."""
+    from rsgrpo.train.config import config_hash
+
+    a = _gspo_trainer(tiny_model_dir, tmp_path / "a").run()
+    _gspo_trainer(tiny_model_dir, tmp_path / "b").run()
+    for step in (3, 2):
+        shutil.rmtree(tmp_path / "b" / "checkpoints" / ckpt.checkpoint_name(step))
+    resumed = _gspo_trainer(tiny_model_dir, tmp_path / "b")
+    resumed.run()
+    assert resumed.start_step == 1
+    final_a, final_b = (tmp_path / run / "checkpoints" / ckpt.checkpoint_name(3) for run in ("a", "b"))
+    wa, wb = load_file(final_a / "model.safetensors"), load_file(final_b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], v) for k, v in load_file(f"{tiny_model_dir}/model.safetensors").items())
+    state_a, state_b = ckpt.load_state(final_a), ckpt.load_state(final_b)
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert all(torch.equal(state_a["optimizer"][moment][k], state_b["optimizer"][moment][k])
+                   for k in state_a["optimizer"][moment])
+    rows_a, rows_b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert rows_a == rows_b and len(rows_a) == 3
+    assert any(float(r["clip_frac"]) > 0 for r in rows_a)  # the second epoch's sequence ratios were clipped
+    gspo = a["config_hash"]
+    assert gspo == config_hash(_gspo_trainer(tiny_model_dir, tmp_path / "c").cfg)
+    assert gspo != config_hash(_gspo_trainer(tiny_model_dir, tmp_path / "c", policy_loss="ppo_clip").cfg)
+    with pytest.raises(ValueError, match="different config"):
+        _gspo_trainer(tiny_model_dir, tmp_path / "a", steps=4, policy_loss="ppo_clip", loss_agg="token-mean").setup()

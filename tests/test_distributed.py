@@ -70,6 +70,72 @@ def test_two_ranks_with_token_budget_micro_batches_follow_the_one_rank_run(tiny_
         torch.testing.assert_close(w[k], w_ref[k], rtol=0, atol=2e-5)
 
 
+POLICY_LOSS_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    from rsgrpo.train.actor import Actor
+    from rsgrpo.train.config import from_dict
+    from rsgrpo.train.distributed import collectives
+    from rsgrpo.train.policy_losses import LOSS_AGGS, POLICY_LOSSES
+
+    model_dir, out = sys.argv[1], sys.argv[2]
+    info = collectives.init_distributed()
+    # 1 rank: contiguous micro-batches of 4; 2 ranks: token-budget micro-batches (one or two rows each)
+    budget = None if info.world_size == 1 else 40
+    actor = Actor(from_dict(dict(model_dir=model_dir, engine="hf", lr=1e-3, weight_decay=0.0, grad_clip=0.0,
+                                 micro_batch_size=4, micro_batch_tokens=budget, max_new_tokens=40)), model_dir)
+    gen = torch.Generator().manual_seed(11)
+    vocab = actor.model.config.vocab_size
+    pairs = [(torch.randint(3, vocab, (4,), generator=gen).tolist(), torch.randint(3, vocab, (n,), generator=gen)
+              .tolist()) for n in (3, 33, 1, 17, 9, 25, 2, 12, 6, 29, 4, 20)]
+    advantages = torch.randn(len(pairs), generator=gen)
+    own, _ = actor.logprobs(pairs)  # every rank: all pairs, the same micro-batches
+    noise = {"ppo_clip": 0.5, "gspo": 3e-3, "cispo": 0.3}
+    olds = {kind: [lp + noise[kind] * torch.randn(lp.shape, generator=gen) for lp in own] for kind in POLICY_LOSSES}
+    # the ranks' blocks, uneven (5 and 7 pairs): the denominators are the step's, not a rank's
+    rows = range(len(pairs)) if info.world_size == 1 else (range(5) if info.rank == 0 else range(5, len(pairs)))
+    rows = list(rows)
+    grads, step = [], actor.engine.step
+
+    def spy():  # the averaged gradients at the accumulation boundary
+        grads.append(torch.cat([p.grad.detach().flatten() for p in actor.model.parameters()]))
+        step()
+
+    actor.engine.step = spy
+    report = {}
+    for kind, spec in POLICY_LOSSES.items():
+        for agg in LOSS_AGGS:  # all 9 (gspo's config refuses 2; its math is rank-invariant all the same)
+            cfg = actor.cfg
+            cfg.policy_loss, cfg.loss_agg, cfg.clip_low, cfg.clip_high = kind, agg, spec.clip_low, spec.clip_high
+            cfg.clip_ratio_c = 3.0 if spec.dual_clip else None
+            stats = actor.update([pairs[r] for r in rows], advantages[rows], lr=0.0,
+                                 old_logp=[olds[kind][r] for r in rows])
+            report[f"{kind} {agg}"] = {"loss": stats.loss, "clip_frac": stats.clip_frac,
+                                       "grad_norm": stats.grad_norm, "grads": grads.pop()}
+    if info.is_main:
+        torch.save(report, out)
+""")
+
+
+def test_every_policy_loss_and_aggregation_on_two_ranks_equals_one_rank(tiny_model_dir, tmp_path):
+    """All 9 policy_loss x loss_agg pairs in one 2-rank launch against one 1-rank process: off-policy
+    (old log-probs given, the clips acting), uneven blocks of 5 and 7 pairs, token-budget micro-batches
+    on 2 ranks and contiguous ones on 1: loss, clip fraction, gradient norm and the averaged gradients
+    agree to float tolerance (the sequences and tokens of the whole step divide every micro-batch)."""
+    script = tmp_path / "policy_losses.py"
+    script.write_text(POLICY_LOSS_SCRIPT)
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    _run([sys.executable, str(script), str(tiny_model_dir), str(one)], timeout=300)
+    _run(launch_command(2, [str(tiny_model_dir), str(two)], env={}, entry=[str(script)]), timeout=300)
+    ref, got = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    assert len(ref) == 9 and ref.keys() == got.keys()
+    for name, want in ref.items():
+        assert abs(want["loss"]) > 1e-3 and want["grad_norm"] > 1e-3 and 0 < want["clip_frac"] < 1, (name, want)
+        for key in ("loss", "clip_frac", "grad_norm"):
+            assert got[name][key] == pytest.approx(want[key], rel=1e-5), (name, key)
+        torch.testing.assert_close(got[name]["grads"], want["grads"], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_two_rank_zero3_run_killed_and_resumed_with_one_rank(tiny_model_dir, tmp_path, one_rank_reference):
     """SIGKILL the whole 2-rank ZeRO-3 launch after a checkpoint; the same command with --nproc 1
     (and ZeRO 0) resumes from it and ends on the 1-rank run's weights (the optimizer moments moved

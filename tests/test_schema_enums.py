@@ -76,8 +76,11 @@ def test_the_train_configs_engine_choices_are_the_engine_kinds():
 
 
 def test_no_enum_freezes_a_registry():
-    """A source registered by the user's own module must pass the schema: no enum lists sources."""
-    sources = [(*MODEL, "spec", "properties", "source"), ("definitions", "dataset_spec", "properties", "source")]
+    """A source (or policy loss, loss aggregation) registered by the user's own module must pass the
+    schema: no enum lists them."""
+    sources = [(*MODEL, "spec", "properties", "source"), ("definitions", "dataset_spec", "properties", "source"),
+               ("properties", "training", "properties", "policy_loss"),
+               ("properties", "training", "properties", "loss_agg")]
     node = SCHEMA
     for path in sources:
         node = SCHEMA

@@ -147,6 +147,7 @@ def test_defaults_follow_the_paper_and_yaml_file_lists_every_key():
 
 
 BAD_CONFIGS = [
+    ({"estimator": "w_reinforce"}, "'dynamic_sampling'", "has no group baseline"),
     ({"learning_rate": 1e-6}, "learning_rate", "unknown key"),
     ({"lr": -1e-6}, "'lr'", "must be > 0"),
     ({"rollout_correction": "is"}, "'rollout_correction'", "must be one of ['none', 'tis', 'mis']"),
@@ -168,6 +169,18 @@ BAD_CONFIGS = [
     ({"estimator": "rloo", "beta_schedule": "cosine", "beta_start": 0, "beta_end": 4}, "'beta_schedule'", "cosine"),
     ({"beta_start": 1.0}, "'beta_start'", "1.0"),
     ({"clip_low": 1.5}, "'clip_low'", "1.5"),
+    ({"clip_high": -0.1}, "'clip_high'", "must be >= 0"),
+    ({"policy_loss": "ppo"}, "'policy_loss'", "must be one of ['ppo_clip', 'gspo', 'cispo']"),
+    ({"loss_agg": "seq-mean"}, "'loss_agg'",
+     "must be one of ['token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum-norm']"),
+    ({"policy_loss": "gspo"}, "'loss_agg'", "policy_loss gspo is defined with loss_agg seq-mean-token-mean"),
+    ({"policy_loss": "gspo", "loss_agg": "seq-mean-token-sum-norm"}, "'loss_agg'", "weighs a completion by its length"),
+    ({"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean", "rollout_correction": "tis"}, "'rollout_correction'",
+     "policy_loss gspo gives every token of a completion one sequence-level ratio"),
+    ({"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean", "clip_low": 1.0}, "'clip_low'", "must be in [0, 1)"),
+    ({"policy_loss": "cispo", "clip_low": -0.5}, "'clip_low'", "must be >= 0 for policy_loss cispo"),
+    ({"policy_loss": "cispo", "clip_ratio_c": 3.0}, "'clip_ratio_c'", "the dual clip is a ppo_clip setting"),
+    ({"clip_ratio_c": 1.0}, "'clip_ratio_c'", "must be > 1 or null"),
     ({"zero_stage": 4}, "'zero_stage'", "4"),
     ({"offload_optimizer": True}, "'offload_optimizer'", "True"),
     ({"temperature": 0}, "'temperature'", "0"),
@@ -227,8 +240,16 @@ def test_config_hash_covers_what_trains_differently_and_nothing_else():
                                   "micro_batch_tokens": 4096})) == default
     for changed in ({"precision": "bf16-mixed", "zero_stage": 1}, {"max_gen_rounds": 3}, {"dynamic_sampling": False},
                     {"overlong": "mask"}, {"estimator": "grpo"}, {"estimator_params": {"beta": 4.0}}, {"lr": 2e-6},
-                    {"rollout_correction": "tis"}, {"rollout_correction": "mis"}):
+                    {"rollout_correction": "tis"}, {"rollout_correction": "mis"}, {"policy_loss": "cispo"},
+                    {"loss_agg": "seq-mean-token-mean"}, {"loss_agg": "seq-mean-token-sum-norm"},
+                    {"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean"}, {"clip_ratio_c": 3.0},
+                    {"clip_high": 0.3}):
         assert config_hash(from_dict(changed)) != default, changed
+    # clip null is the loss's default: spelled out, the same run
+    assert config_hash(from_dict({"clip_low": 0.2, "clip_high": 0.28})) == default
+    gspo = {"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean"}
+    assert config_hash(from_dict({**gspo, "clip_low": 3e-4})) == config_hash(from_dict(gspo))
+    assert config_hash(from_dict({**gspo, "clip_low": 1e-3})) != config_hash(from_dict(gspo))
     assert config_hash(from_dict({"rollout_correction_cap": 3.0})) == default  # no correction: the cap is unused
     assert config_hash(from_dict({"rollout_correction": "tis", "rollout_correction_cap": 3.0})) != \
         config_hash(from_dict({"rollout_correction": "tis"}))
@@ -293,17 +314,42 @@ def _tiny_trainer(model_dir, run_dir, **overrides):
 @pytest.mark.parametrize("method", list(estimators.ESTIMATORS))
 def test_one_step_moves_logprobs_along_the_advantages(tiny_model_dir, tmp_path, method):
     params = estimators.EXAMPLE_PARAMS[method]
-    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", estimator=method, estimator_params=params)
-    model = trainer.actor.model
+    # an estimator without a group baseline (w_reinforce) trains with dynamic sampling off (the config requires it)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", estimator=method, estimator_params=params,
+                            dynamic_sampling=not estimators.equal_rewards_carry_signal(method))
+    _check_one_step(trainer, by_sign=False)  # some estimators give no negative (or positive) advantage
+
+
+# the policy losses and aggregations besides the default (ppo_clip, token-mean) that a config accepts
+LOSS_PAIRS = [("ppo_clip", "seq-mean-token-mean"), ("ppo_clip", "seq-mean-token-sum-norm"),
+              ("gspo", "seq-mean-token-mean"), ("cispo", "token-mean"), ("cispo", "seq-mean-token-mean"),
+              ("cispo", "seq-mean-token-sum-norm")]
+
+
+@pytest.mark.parametrize("kind,agg", LOSS_PAIRS, ids=[f"{k}-{a}" for k, a in LOSS_PAIRS])
+def test_one_step_of_every_policy_loss_moves_logprobs_along_the_advantages(tiny_model_dir, tmp_path, kind, agg):
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", estimator="grpo", estimator_params={},
+                            policy_loss=kind, loss_agg=agg)
+    _check_one_step(trainer, by_sign=True)
+
+
+def _check_one_step(trainer, *, by_sign: bool):
+    """On-policy (ratio 1) every policy loss's gradient is -sum_j A_j c_j grad log pi(y_j), c_j the
+    completion's weight under the aggregation (1 / tokens, 1 / (completions x its tokens) or
+    1 / (completions x max_new_tokens)); each completion's log-prob moves with the sign of its advantage
+    along it, and the real step (DeepSpeed AdamW) raises the advantage-weighted log-likelihood (with
+    ``by_sign``: the completions of positive advantage gain log-probability on average, the negative
+    ones lose)."""
+    cfg, model = trainer.cfg, trainer.actor.model
     prompts = [f"Q: {r['problem']}\nA:" for r in RECORDS]
     comps = trainer.engine.generate(prompts, type("P", (), {"n": 4})())
     flat = [c for g in comps for c in g]
     rewards = torch.tensor(_reward_fn(None, [c.text for c in flat])).view(3, 4)
-    adv = estimators.compute(method, rewards, **(trainer.cfg.estimator_params)).reshape(-1)
+    adv = estimators.compute(cfg.estimator, rewards, **cfg.estimator_params).reshape(-1)
     pairs = [(c.prompt_token_ids, c.token_ids) for c in flat]
     batch = build_batch(pairs, trainer.actor.pad_id)
     mask = batch.completion_mask[:, 1:]
-    n_tokens = int(mask.sum())
+    n_tokens, lengths = int(mask.sum()), mask.sum(1)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def seq_logp_grads():
@@ -319,16 +365,22 @@ def test_one_step_moves_logprobs_along_the_advantages(tiny_model_dir, tmp_path, 
     with torch.no_grad():
         old, _ = token_logprobs(model, batch)
     lp, _ = token_logprobs(model, batch)
-    loss, _ = policy_loss(lp, old, adv, mask, clip_low=0.2, clip_high=0.28, n_tokens=n_tokens)
+    loss, _ = policy_loss(lp, old, adv, mask, kind=cfg.policy_loss, loss_agg=cfg.loss_agg, clip_low=cfg.clip_low,
+                          clip_high=cfg.clip_high, n_tokens=n_tokens, n_sequences=len(pairs),
+                          horizon=cfg.max_new_tokens)
     g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params)])
-    # on-policy (ratio 1): grad of the token-mean loss = -(1/T) sum_j A_j grad log pi(y_j)
-    expected = -(adv[:, None] * per_seq).sum(0) / n_tokens
+    weight = {"token-mean": torch.full_like(lengths, 1 / n_tokens), "seq-mean-token-mean": 1 / (len(pairs) * lengths),
+              "seq-mean-token-sum-norm": torch.full_like(lengths, 1 / (len(pairs) * cfg.max_new_tokens))}[cfg.loss_agg]
+    expected = -((adv * weight)[:, None] * per_seq).sum(0)
     torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-7)
     # directional derivative of log pi(y_j) along -grad has the sign of A_j
     deriv = per_seq @ (-g)
     nonzero = adv.abs() > 1e-9
-    assert nonzero.sum() >= 3
-    assert torch.equal(torch.sign(deriv[nonzero]), torch.sign(adv[nonzero])), (method, adv, deriv)
+    assert nonzero.sum() >= (1 if cfg.estimator == "grpo_passk" else 3)  # grpo_passk: a group's unique best only
+    if not estimators.equal_rewards_carry_signal(cfg.estimator):
+        # Without a group baseline (w_reinforce: 9 of 12 advantages -1 here) the step can lower every sampled
+        # completion, mass moving to unsampled ones; the weighted log-likelihood below rises all the same.
+        assert torch.equal(torch.sign(deriv[nonzero]), torch.sign(adv[nonzero])), (cfg.estimator, adv, deriv)
 
     # the full training step (DeepSpeed AdamW): the advantage-weighted log-likelihood rises
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -339,7 +391,9 @@ def test_one_step_moves_logprobs_along_the_advantages(tiny_model_dir, tmp_path, 
         lp1, _ = token_logprobs(model, batch)
     delta = ((lp1 - lp0) * mask).sum(1)
     assert float((adv * delta).sum()) > 0
-    assert row.groups_kept == 2  # the all-wrong group is dropped by dynamic sampling
+    if by_sign:
+        assert float(delta[adv > 1e-9].mean()) > 0 > float(delta[adv < -1e-9].mean()), (adv, delta)
+    assert row.groups_kept == (2 if cfg.dynamic_sampling else 3)  # dynamic sampling drops the all-wrong group
     assert row.solved_frac == pytest.approx(2 / 3) and row.cumulative_solve_rate == pytest.approx(2 / 3)
     assert row.reward_mean == pytest.approx(3 / 12)
     assert math.isfinite(row.loss) and row.grad_norm > 0 and row.clip_frac == 0.0
@@ -365,7 +419,7 @@ def test_a_registered_estimator_trains_with_no_other_change(tiny_model_dir, tmp_
     def sign(rewards):
         return torch.sign(rewards - rewards.mean(dim=1, keepdim=True))
 
-    estimators.register("test_train_sign")(sign)
+    estimators.register("test_train_sign", source="this test")(sign)
     try:
         trainer = _tiny_trainer(tiny_model_dir, tmp_path / "run", estimator="test_train_sign", estimator_params=None)
         before = {k: v.detach().clone() for k, v in trainer.actor.model.state_dict().items()}
@@ -376,8 +430,9 @@ def test_a_registered_estimator_trains_with_no_other_change(tiny_model_dir, tmp_
         with pytest.raises(ValueError, match="'beta_schedule'"):  # it has no beta to schedule
             from_dict({"estimator": "test_train_sign", "beta_schedule": "linear", "beta_start": 0, "beta_end": 1})
     finally:
-        estimators.ESTIMATORS.pop("test_train_sign")
-        estimators.EXAMPLE_PARAMS.pop("test_train_sign")
+        for registry in (estimators.ESTIMATORS, estimators.EXAMPLE_PARAMS, estimators.SOURCES,
+                         estimators.EQUAL_REWARDS_SIGNAL):
+            registry.pop("test_train_sign")
 
 
 @register("test_train_record_target")

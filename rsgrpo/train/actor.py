@@ -26,6 +26,7 @@ from rsgrpo.train import micro_batches, mismatch
 from rsgrpo.train.config import TrainConfig, compute_dtype
 from rsgrpo.train.distributed import collectives, zero_state
 from rsgrpo.train.loss import build_batch, padding_batch, policy_loss, to_token_layout, token_logprobs
+from rsgrpo.train.policy_losses import Denominators
 
 __all__ = ["Actor", "UpdateStats", "deepspeed_config"]
 
@@ -189,9 +190,13 @@ class Actor:
         :class:`~rsgrpo.train.mismatch.RolloutMismatchError` above ``mismatch_max_k3`` BEFORE the
         optimizer step, so no update is made on a policy other than the one that sampled.
 
-        Token mean over the GLOBAL batch: each rank divides its token sum by ``n_global / W`` and
-        DeepSpeed averages gradients over the W ranks, so the gradient is that of
-        ``sum over all tokens / n_global`` whatever the number of ranks.
+        The loss (``loss_agg``) is over the GLOBAL batch: the step's completion tokens and completions
+        over every rank are counted once, each rank divides its micro-batches' sums by those counts
+        over W (:class:`~rsgrpo.train.policy_losses.Denominators`) and DeepSpeed averages gradients over
+        the W ranks, so the gradient is that of e.g. ``sum over all tokens / all tokens`` (token-mean) or
+        ``sum over all completions of their token mean / all completions`` whatever the micro-batches
+        and the number of ranks. A completion is never split across micro-batches, so its own token
+        count (and GSPO's sequence ratio) is that of its row.
         """
         cfg = self.cfg
         measured, masked = None, None
@@ -203,7 +208,10 @@ class Actor:
         elif old_logp is None and cfg.ppo_epochs > 1:
             old_logp, _ = self.logprobs(pairs)
         ref_logp = self.logprobs(pairs, reference=True)[0] if self.ref_model is not None else None
-        n_global = collectives.all_reduce([sum(len(completion) for _, completion in pairs)])[0]
+        n_tokens, n_sequences = collectives.all_reduce([sum(len(completion) for _, completion in pairs),
+                                                        sum(1 for _, completion in pairs if completion)])
+        world = collectives.info().world_size
+        denominators = Denominators(n_tokens / world, n_sequences / world, float(cfg.max_new_tokens))
         for group in self.inner_optimizer.param_groups:
             group["lr"] = lr
         totals = {key: 0.0 for key in ("loss", "clipped", "kl", "tokens", "capped", "entropy_sum", "entropy_tokens",
@@ -211,11 +219,11 @@ class Actor:
         plan = self._plan(pairs)
         for epoch in range(cfg.ppo_epochs):
             measure = epoch == 0 and sampling_logp is not None and measured is None
-            sums = self._optimizer_step(pairs, plan, advantages, old_logp, ref_logp, n_global, totals,
+            sums = self._optimizer_step(pairs, plan, advantages, old_logp, ref_logp, denominators, totals,
                                         sampling_logp=sampling_logp, first=epoch == 0, measure=measure,
                                         check_step=check_step)
             measured = measured or sums
-        epochs, world = cfg.ppo_epochs, collectives.info().world_size
+        epochs = cfg.ppo_epochs
         loss, clipped, kl, tokens, capped = collectives.all_reduce(
             [totals["loss"], totals["clipped"], totals["kl"], totals["tokens"], totals["capped"]])
         correction = {"none": 0.0, "tis": capped / max(tokens, 1.0),
@@ -251,7 +259,7 @@ class Actor:
                                  abs_mean=out["mismatch_abs_mean"], abs_max=out["mismatch_abs_max"])
         return out
 
-    def _optimizer_step(self, pairs, plan, advantages, old_logp, ref_logp, n_global, totals, *,
+    def _optimizer_step(self, pairs, plan, advantages, old_logp, ref_logp, denominators, totals, *,
                         sampling_logp, first: bool, measure: bool, check_step: int | None) -> dict[str, float] | None:
         """Backward over the micro-batches of ``plan`` (:meth:`_plan`), then one optimizer step; add the
         stats to ``totals``. ``old_logp`` None: on-policy, the old log-probs are this forward's, detached.
@@ -274,9 +282,11 @@ class Actor:
                 sums, weights = self._rollout_terms(old, self._token_layout(sampling_logp, rows, mask), mask, sums,
                                                     acc, measure=measure)
             adv = (advantages[rows] if rows else torch.zeros(1)).to(self.device)
-            loss, stats = policy_loss(logp, old, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                                      n_tokens=n_global / collectives.info().world_size, ref_logp=ref,
-                                      kl_coef=cfg.kl_coef, token_weights=weights)
+            loss, stats = policy_loss(logp, old, adv, mask, kind=cfg.policy_loss, loss_agg=cfg.loss_agg,
+                                      clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_ratio_c=cfg.clip_ratio_c,
+                                      n_tokens=denominators.tokens, n_sequences=denominators.sequences,
+                                      horizon=denominators.horizon, ref_logp=ref, kl_coef=cfg.kl_coef,
+                                      token_weights=weights)
             # The boundary tells DeepSpeed when the step's gradients are complete (it then averages them
             # over the ranks for stages 0-1); ZeRO-2/3 reduce-scatter each micro-batch's gradients as
             # they come, in fp32 under bf16-mixed (communication_data_type).

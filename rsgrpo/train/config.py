@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
+from rsgrpo.train import config_losses
 from rsgrpo.train.config_values import coerce, config_error
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "config_hash", "compute_dtype", "FIELD_DOCS",
@@ -60,8 +61,28 @@ class TrainConfig:
     beta_ramp_steps: int = _f(0, kind="int",
                               doc="length of the beta ramp in steps (0 = the whole run); beta stays at beta_end "
                                   "afterwards")
-    clip_low: float = _f(0.2, "PPO ratio clip below: ratio >= 1 - clip_low (DAPO clip-higher recipe)", kind="float")
-    clip_high: float = _f(0.28, "PPO ratio clip above: ratio <= 1 + clip_high (clip-higher)", kind="float")
+    policy_loss: str = _f("ppo_clip", kind="str",
+                          doc="policy loss, a name in rsgrpo.train.policy_losses.POLICY_LOSSES: ppo_clip (PPO's "
+                              "clipped token ratio, verl's vanilla) | gspo (one clipped sequence-level ratio per "
+                              "completion, arXiv 2507.18071; needs loss_agg seq-mean-token-mean) | cispo (REINFORCE "
+                              "weighted by the clipped, detached token ratio, MiniMax-M1 arXiv 2506.13585)")
+    loss_agg: str = _f("token-mean", kind="str",
+                       doc="how the token losses make the step's loss (verl's loss_agg_mode), over the whole step "
+                           "(every micro-batch and rank): token-mean (sum / the step's tokens; DAPO) | "
+                           "seq-mean-token-mean (each completion's token mean, averaged over completions; GRPO, "
+                           "GSPO) | seq-mean-token-sum-norm (each completion's token sum / max_new_tokens, averaged "
+                           "over completions; Dr.GRPO)")
+    clip_low: float | None = _f(None, kind="float?",
+                                doc="ratio clip below: ratio >= 1 - clip_low (verl's clip_ratio_low); null = the "
+                                    "policy loss's default: ppo_clip 0.2 (DAPO clip-higher recipe), gspo 3e-4 (GSPO "
+                                    "paper), cispo 10 (>= 1: no lower bound, verl's CISPO example)")
+    clip_high: float | None = _f(None, kind="float?",
+                                 doc="ratio clip above: ratio <= 1 + clip_high (verl's clip_ratio_high); null = the "
+                                     "policy loss's default: ppo_clip 0.28 (clip-higher), gspo 4e-4, cispo 0.2")
+    clip_ratio_c: float | None = _f(None, kind="float?",
+                                    doc="ppo_clip's dual clip (verl's clip_ratio_c, arXiv 1912.09729): the loss of a "
+                                        "negative-advantage token is capped at -A * clip_ratio_c (> 1); null = off "
+                                        "(verl's default is 3.0)")
     kl_coef: float = _f(0.0, kind="float",
                         doc="weight of the k3 KL estimate to the frozen initial policy; 0 = off (the reference model "
                             "is then never loaded)")
@@ -261,8 +282,6 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("adam_eps", cfg.adam_eps > 0, "must be > 0")
     need("warmup_steps", cfg.warmup_steps >= 0, "must be >= 0")
     need("grad_clip", cfg.grad_clip >= 0, "must be >= 0 (0 = off)")
-    need("clip_low", 0 <= cfg.clip_low < 1, "must be in [0, 1)")
-    need("clip_high", cfg.clip_high >= 0, "must be >= 0")
     need("kl_coef", cfg.kl_coef >= 0, "must be >= 0 (0 = off)")
     need("steps", cfg.steps >= 1, "must be >= 1")
     need("prompts_per_step", cfg.prompts_per_step >= 1, "must be >= 1")
@@ -295,6 +314,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("checkpoint_every_minutes", cfg.checkpoint_every_minutes >= 0, "must be >= 0 (0 = off)")
     need("collective_timeout_minutes", cfg.collective_timeout_minutes > 0, "must be > 0")
     need("rollout_correction_cap", cfg.rollout_correction_cap > 1, "must be > 1")
+    config_losses.check(cfg, source)  # policy_loss, loss_agg and the clip ranges (resolves clip null)
     need("mismatch_max_k3", cfg.mismatch_max_k3 >= 0, "must be >= 0 (0 = never stop)")
     need("mismatch_check_every", cfg.mismatch_check_every >= 1, "must be >= 1")
     need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
@@ -322,6 +342,11 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     if cfg.estimator not in estimators.ESTIMATORS:
         raise config_error(source, "estimator", cfg.estimator,
                            f"unknown advantage estimator; allowed: {sorted(estimators.ESTIMATORS)}")
+    if cfg.dynamic_sampling and estimators.equal_rewards_carry_signal(cfg.estimator):
+        raise config_error(source, "dynamic_sampling", True,
+                           f"estimator {cfg.estimator!r} has no group baseline: a group of equal rewards carries "
+                           "signal (all wrong: -1 each), and dynamic sampling would drop it; "
+                           "set dynamic_sampling: false")
     accepted = estimators.estimator_params(cfg.estimator)
     takes_beta = estimators.takes_beta(cfg.estimator)
     if cfg.estimator_params is None:
@@ -436,6 +461,7 @@ def config_hash(cfg: TrainConfig) -> str:
         skip.add("steps")
     if cfg.rollout_correction == "none":  # off trains as before the option existed: earlier runs still resume
         skip.update(("rollout_correction", "rollout_correction_cap"))
+    skip.update(config_losses.hash_skips(cfg))
     d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 

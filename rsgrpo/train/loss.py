@@ -1,4 +1,5 @@
-"""The policy-gradient math of one micro-batch: batch layout, per-token log-probs, the PPO loss.
+"""The policy-gradient math of one micro-batch: batch layout, per-token log-probs, and the policy loss
+(:func:`policy_loss`, from :mod:`rsgrpo.train.policy_losses`, which holds the losses and aggregations).
 
 Pure tensor functions (no optimizer, no ranks, no I/O): the trainer's update stage
 (:mod:`rsgrpo.train.actor`) feeds them micro-batches, and the tests compare them with explicit loops.
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from rsgrpo.train.policy_losses import policy_loss
 
 __all__ = ["Batch", "build_batch", "padding_batch", "token_logprobs", "naive_token_logprobs", "policy_loss",
            "to_token_layout"]
@@ -168,45 +171,6 @@ def naive_token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_
     if not with_entropy:
         return logp, None
     return logp, -(logp_all.exp() * logp_all).sum(-1)
-
-
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
-                clip_low: float, clip_high: float, n_tokens: int | float,
-                ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0,
-                token_weights: torch.Tensor | None = None):
-    """PPO clipped objective with asymmetric clip, summed over tokens and divided by ``n_tokens``.
-
-    ``adv`` is one advantage per sequence (``[B]``) or per token (``[B, T]``). Per token:
-    ``l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`` with ``r = exp(logp - old_logp)``,
-    plus ``kl_coef * k3`` where ``k3 = exp(ref - logp) - (ref - logp) - 1`` (non-negative, unbiased
-    KL(pi || ref) estimate). Token-mean over the WHOLE batch: the caller passes the total number of
-    completion tokens of the batch, so micro-batch losses add up to the token mean (each token has
-    the same weight whatever the length of its sequence -- the DAPO "token-level" loss).
-
-    ``token_weights`` (``[B, T]``, detached): a factor on each token's PPO term (not on the KL), the
-    truncated importance weights of ``rollout_correction: tis`` (:mod:`rsgrpo.train.mismatch`).
-
-    Returns ``(loss, stats)``, stats holding token SUMS (``clipped``, ``kl``, ``tokens``) as detached
-    0-d tensors on the loss's device, so they add up across micro-batches without a host sync each.
-    """
-    if adv.dim() == 1:
-        adv = adv[:, None]
-    ratio = torch.exp(logp - old_logp)
-    surr1 = -adv * ratio
-    surr2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(surr1, surr2)
-    if token_weights is not None:
-        per_token = per_token * token_weights
-    clipped = (surr2 > surr1).to(mask.dtype)
-    kl_sum = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
-    if ref_logp is not None and kl_coef > 0:
-        log_ratio_ref = ref_logp - logp
-        kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1.0
-        per_token = per_token + kl_coef * kl
-        kl_sum = (kl.detach() * mask).sum()
-    loss = (per_token * mask).sum() / n_tokens
-    stats = {"clipped": (clipped * mask).sum().detach(), "kl": kl_sum.detach(), "tokens": mask.sum().detach()}
-    return loss, stats
 
 
 def to_token_layout(per_sequence: Sequence[torch.Tensor], rows: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
