@@ -59,6 +59,8 @@ test-vllm: $(VLLM_STAMP)
 
 DEMO := --configfile config/demo.yaml
 DEMO_LLM := --configfile config/demo-llm.yaml
+CALIBRATE := --configfile config/calibrate.yaml
+EXTENSIONS := --configfile config/grid.yaml config/extensions.yaml
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake all --profile profiles/demo --cores $(CORES) $(DEMO)
@@ -83,6 +85,8 @@ lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakemake --lint $(DEMO)
 	$(VENV)/bin/snakemake --lint $(DEMO_LLM)
+	$(VENV)/bin/snakemake --lint $(CALIBRATE)
+	$(VENV)/bin/snakemake --lint $(EXTENSIONS)
 
 clean:
 	rm -rf results .snakemake

@@ -1,7 +1,8 @@
 # rsgrpo: the experiment of arXiv 2509.24261 (RS-GRPO) as a DAG. Every rule is a thin call of
 # `python -m rsgrpo <verb>` (rule name = verb with `_` for `-`); all computation lives in the rsgrpo
 # package and every path in rsgrpo/layout.py. Config: config/grid.yaml (the paper's grid) by default,
-# `--configfile config/demo.yaml` for the offline demo (see config/README.md).
+# `--configfile config/demo.yaml` for the offline demo, `--configfile config/calibrate.yaml` for the
+# evaluation regime that reproduces the paper's base rows (first on a new cluster; see config/README.md).
 #
 # Targets: `all` (everything), one cell (`results/qwen7b/beta4/passk.csv`), one checkpoint of a cell
 # (`results/qwen7b/beta4/step000100/passk.csv`), `results/bandit/bandit.png`, ...
@@ -38,3 +39,4 @@ rule all:
         final_outputs(),
         rules.aggregate.output if CELLS else [],
         rules.figures.output if CELLS else [],
+        rules.regime_comparison.output if REGIMES else [],

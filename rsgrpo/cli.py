@@ -29,6 +29,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "cell-index": ("analysis", "workflow config -> cells.csv and benchmarks.csv (the results index)"),
     "aggregate": ("analysis", "cells.csv + benchmarks.csv -> Table 2, RS-GRPO - GRPO, ours vs published "
                               "(CSV + Markdown, bootstrap CIs)"),
+    "regime-comparison": ("analysis", "cells.csv + benchmarks.csv -> which evaluation regimes reproduce the "
+                                      "paper's base rows (CSV + Markdown)"),
     "figures": ("analysis", "cells.csv + benchmarks.csv -> pass@k curves, beta ablation, unique answers, "
                             "transition heatmap, entropy"),
     "plot-advantages": ("analysis", "advantage vs reward and vs prompt accuracy (Fig. 2)"),

@@ -14,7 +14,8 @@ The tree, relative to the working directory (defaults of :class:`Layout`)::
         graded.parquet, passk.csv               graded samples and pass@k with CIs (score)
         manifest.json, metrics.csv              training outputs (train; not for the base model)
         step000100/                             an intermediate checkpoint's evaluation (same files)
-    results/aggregate/                          cells.csv, benchmarks.csv (cell_index), tables (aggregate)
+    results/aggregate/                          cells.csv, benchmarks.csv (cell_index), tables (aggregate),
+                                                regime_comparison.csv/.md (regime_comparison)
     results/figures/                            advantages.png/.pdf (plot_advantages), results/ (figures)
     results/bandit/                             bandit.csv, bandit.png (bandit)
     runs/<model>/<run>/checkpoints/step-000100/ resumable training state (outside the declared outputs)
@@ -23,7 +24,9 @@ The tree, relative to the working directory (defaults of :class:`Layout`)::
     data/train/<name>.jsonl, data/benchmarks/<name>.jsonl
     logs/<rule>[/...].log
 
-``<run>`` is ``base`` for the untrained model, else ``[<train_set>/]<leaf>``: the train set is left
+``<run>`` is ``base`` for the untrained model (``base-regime-<name>`` for it sampled under the
+evaluation regime ``<name>`` of the config's ``regimes``, each regime its own cell with its own samples
+and scores), else ``[<train_set>/]<leaf>``: the train set is left
 out when it is the model's default, and the leaf is the config's method key, with ``-beta<b>`` for
 an estimator that takes beta, and ``-seed<s>`` for a cell of a sweep with a ``seeds`` axis (its
 training seed; replicates of one configuration differ only there). One method key is spelled
@@ -41,7 +44,7 @@ from typing import ClassVar
 __all__ = [
     "FINAL", "CHECKPOINTS", "checkpoint_name", "checkpoint_step", "fmt_beta", "split_eval", "Layout", "LAYOUT",
     "PASSK", "GRADED", "SAMPLES", "METRICS", "MANIFEST", "ROLLOUTS", "CELLS_INDEX", "BENCHMARKS_INDEX",
-    "AGGREGATE_TABLES", "BANDIT_CSV", "BANDIT_PNG", "ADVANTAGES",
+    "AGGREGATE_TABLES", "REGIME_COMPARISON", "BANDIT_CSV", "BANDIT_PNG", "ADVANTAGES",
 ]
 
 FINAL = "final"  # the evaluation step of a cell's last checkpoint (its files are the cell's own)
@@ -58,6 +61,7 @@ ROLLOUTS = "rollouts"  # <run_dir>/rollouts/step-000010.jsonl: training rollout 
 CELLS_INDEX = "cells.csv"
 BENCHMARKS_INDEX = "benchmarks.csv"
 AGGREGATE_TABLES = ("table2", "rsgrpo_vs_grpo", "published_comparison")  # each as .csv and .md
+REGIME_COMPARISON = "regime_comparison"  # .csv and .md (regime_comparison): the regimes vs the paper's base rows
 BANDIT_CSV = "bandit.csv"
 BANDIT_PNG = "bandit.png"
 ADVANTAGES = "advantages"  # advantages.png + advantages.pdf
@@ -122,6 +126,7 @@ class Layout:
     BENCHMARK_DATA: ClassVar[str] = "benchmarks"
     EVAL_STEP_REGEX: ClassVar[str] = r"step\d+"  # an intermediate evaluation's folder (for wildcards)
     SEED_SUFFIX: ClassVar[str] = "-seed"  # leaf suffix of a training seed (method keys hold no "-")
+    REGIME_SUFFIX: ClassVar[str] = "-regime-"  # base-regime-<name>: the base model under an evaluation regime
 
     # ------------------------------------------------------------------ inputs: models and data
     def model_dir(self, model: str) -> str:
@@ -162,12 +167,22 @@ class Layout:
             return method, beta_text
         return leaf, None
 
+    def base_run(self, regime: str | None = None) -> str:
+        """Run segment of the base model: ``base``, or ``base-regime-<name>`` under an evaluation regime."""
+        return self.BASE_RUN if regime is None else f"{self.BASE_RUN}{self.REGIME_SUFFIX}{regime}"
+
+    def split_regime(self, leaf: str) -> tuple[str, str | None]:
+        """``base-regime-t06`` -> (``base``, ``t06``); any other leaf -> (leaf, None)."""
+        head, sep, tail = leaf.partition(self.REGIME_SUFFIX)
+        return (head, tail) if sep and head == self.BASE_RUN and tail else (leaf, None)
+
     def run_segment(self, method: str, beta: float | None, train_set: str | None, default_train_set: str,
-                    seed: int | None = None) -> str:
-        """Cell path below ``results/<model>/``: ``base`` (``train_set`` None), ``<leaf>`` on the
-        model's default train set, else ``<train_set>/<leaf>`` (leaf: :meth:`run_leaf`)."""
+                    seed: int | None = None, regime: str | None = None) -> str:
+        """Cell path below ``results/<model>/``: ``base`` (``train_set`` None; :meth:`base_run` with a
+        ``regime``), ``<leaf>`` on the model's default train set, else ``<train_set>/<leaf>`` (leaf:
+        :meth:`run_leaf`)."""
         if train_set is None:
-            return self.BASE_RUN
+            return self.base_run(regime)
         leaf = self.run_leaf(method, beta, seed)
         return leaf if train_set == default_train_set else f"{train_set}/{leaf}"
 
@@ -209,6 +224,10 @@ class Layout:
         if name not in AGGREGATE_TABLES:
             raise ValueError(f"unknown aggregate table {name!r} (known: {', '.join(AGGREGATE_TABLES)})")
         return f"{self.aggregate_dir()}/{name}.{ext}"
+
+    def regime_comparison(self, ext: str = "csv") -> str:
+        """``results/aggregate/regime_comparison.<ext>``: which evaluation regimes reproduce the paper's base rows."""
+        return f"{self.aggregate_dir()}/{REGIME_COMPARISON}.{ext}"
 
     def figures_dir(self) -> str:
         return f"{self.results}/figures"

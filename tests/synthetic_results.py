@@ -88,6 +88,7 @@ class CellSpec:
     diversity: int = 4  # distinct correct solution texts per problem the policy can produce
     seed: int | None = None  # training seed of a replicate (None: no seeds axis)
     seed_offset: float = 0.0  # added to this replicate's final probabilities (clipped to [0, 1])
+    regime: str = ""  # evaluation regime of a base cell (cell <model>/base-regime-<regime>)
 
     def __post_init__(self):
         if not self.estimator and self.method != "base":
@@ -96,7 +97,7 @@ class CellSpec:
     @property
     def group(self) -> str:
         if self.method == "base":
-            return f"{self.model}/base"
+            return f"{self.model}/base" + (f"-regime-{self.regime}" if self.regime else "")
         beta = "" if self.beta is None else f"_beta{self.beta:g}"
         return f"{self.model}/{self.train_set}/{self.method}{beta}"
 
@@ -281,6 +282,7 @@ def write_tree(root: str | Path, cells: list[CellSpec] | None = None, benchmarks
             "passk": str(final_dir / "passk.csv"), "graded": str(final_dir / "graded.parquet"),
             "metrics": metrics,
             "step_evals": ";".join(f"{s}:{d}" for s, d in step_dirs) if spec.eval_steps else "",
+            "regime": spec.regime,
         })
     pd.DataFrame(rows).to_csv(tree.cells_csv, index=False)
     pd.DataFrame([{"benchmark": b.key, "published_name": b.published_name, "n": b.n,

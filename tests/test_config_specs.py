@@ -12,7 +12,7 @@ from rsgrpo.prepare.config_specs import check_config_specs, check_dataset_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["grid.yaml", "demo.yaml", "demo-llm.yaml", "gpu-smoke.yaml"])
+@pytest.mark.parametrize("name", ["grid.yaml", "calibrate.yaml", "demo.yaml", "demo-llm.yaml", "gpu-smoke.yaml"])
 def test_the_shipped_configs_pass(name):
     check_config_specs(yaml.safe_load((ROOT / "config" / name).read_text()), source=name)
 

@@ -110,7 +110,8 @@ def test_named_repository_paths_exist(doc):
 
 
 # `--configfile` takes several values: a target written after it is read as one more config file
-TARGET_AFTER_CONFIGFILE = re.compile(r"--configfile(?:[ \t]+[\w./-]+\.ya?ml)+[ \t]+(?![-#`|)(])([\w./-]+)")
+TARGET_AFTER_CONFIGFILE = re.compile(
+    r"--configfile(?:[ \t]+[\w./-]+\.ya?ml)+[ \t]+(?![-#`|)(])(?![\w./-]+\.ya?ml\b)([\w./-]+)")
 COMMANDS = [*NAMED, REPO / "Makefile", *sorted((REPO / "config").glob("*.yaml")),
             *sorted((REPO / "profiles").glob("*/*.yaml"))]
 
@@ -125,3 +126,5 @@ def test_the_target_check_sees_the_mistake():
     assert TARGET_AFTER_CONFIGFILE.search("snakemake --profile p --configfile config/x.yaml all")
     assert not TARGET_AFTER_CONFIGFILE.search("snakemake all --profile p --configfile config/x.yaml  # first")
     assert not TARGET_AFTER_CONFIGFILE.search("snakemake --configfile config/demo.yaml --report report.html")
+    assert not TARGET_AFTER_CONFIGFILE.search("snakemake all --configfile config/grid.yaml config/extensions.yaml")
+    assert TARGET_AFTER_CONFIGFILE.search("snakemake --configfile config/grid.yaml config/extensions.yaml all")

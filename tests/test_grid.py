@@ -229,3 +229,109 @@ def test_duplicate_yaml_keys_rejected(tmp_path):
     with pytest.raises(G.ConfigError, match="dup.yaml: line 3: duplicate key 'a' \\(first defined on line 2\\)"):
         G.load_yaml_strict(path)
     assert G.load_yaml_strict(REPO / "config/grid.yaml")["bandit"]["seeds"] == 10
+
+
+# ------------------------------------------------------------------------------- evaluation regimes
+CALIBRATE = yaml.safe_load((REPO / "config/calibrate.yaml").read_text())
+
+
+def with_regimes(regimes: list[str] | None = None, methods=("base",)) -> dict:
+    """The paper grid plus two regimes and a sweep sampling qwen7b's and llama8b's base models under them."""
+    cfg = paper()
+    cfg["regimes"] = {"hot": {"temperature": 1.0, "top_p": 1.0, "template": "chat", "max_tokens": "max"},
+                      "cool": {"temperature": 0.6, "label": "cool, the rest as evaluation"}}
+    cfg["sweeps"].append({"name": "regimes", "models": ["qwen7b", "llama8b"], "methods": list(methods),
+                          "regimes": regimes or ["hot", "cool"]})
+    return cfg
+
+
+def test_a_regime_is_a_base_cell_of_its_own_and_a_grid_without_regimes_is_unchanged():
+    cfg = with_regimes()
+    cells = G.expand(cfg)
+    before = G.expand(paper())
+    assert cells[: len(before)] == before and all(c.regime is None for c in before)  # today's cells, same paths
+    added = cells[len(before):]
+    assert [c.id for c in added] == ["qwen7b/base-regime-hot", "qwen7b/base-regime-cool",
+                                     "llama8b/base-regime-hot", "llama8b/base-regime-cool"]
+    assert all(c.is_base and c.regime and c.eval_steps == (L.FINAL,) and c.group == c.id for c in added)
+    lay = L.Layout()
+    assert lay.eval_dir("qwen7b/base-regime-hot", L.FINAL) == "results/qwen7b/base-regime-hot"
+    assert lay.samples(lay.eval_dir(added[0].id, L.FINAL), "aime24") == \
+        "results/qwen7b/base-regime-hot/samples/aime24.parquet"
+    assert (lay.split_regime("base-regime-hot"), lay.split_regime("base"), lay.split_regime("grpo-regime-x")) == (
+        ("base", "hot"), ("base", None), ("grpo-regime-x", None))
+    for cell in added:  # every path parses back to its cell, in the grid or not
+        assert G.cell_from_path(cfg, cell.model, cell.run, cells) == cell
+        assert G.cell_from_path(cfg, cell.model, cell.run) == cell
+    assert G.cell_from_path(cfg, "qwen1p5b", "base-regime-hot").regime == "hot"  # off the grid
+
+
+def test_a_regime_overrides_the_evaluation_sampling_of_its_cells_only():
+    cfg = with_regimes()
+    cells = {c.id: c for c in G.expand(cfg)}
+    assert G.sample_settings(cfg, cells["qwen7b/base"]) == {
+        "temperature": 0.6, "top_p": 0.95, "template": "plain", "max_tokens": 3072}
+    assert G.sample_settings(cfg, cells["qwen7b/base-regime-hot"]) == {
+        "temperature": 1.0, "top_p": 1.0, "template": "chat", "max_tokens": G.MAX_TOKENS}
+    # a key the regime leaves out keeps the evaluation's value, the template the model's
+    assert G.sample_settings(cfg, cells["llama8b/base-regime-cool"]) == {
+        "temperature": 0.6, "top_p": 0.95, "template": "chat", "max_tokens": 3072}
+    assert G.sample_settings(cfg, cells["qwen7b/beta2"]) == G.sample_settings(cfg, cells["qwen7b/base"])
+    assert G.sampling_label(cfg, cells["qwen7b/base-regime-hot"]) == "T 1, top-p 1, chat, max_tokens max"
+    assert G.sampling_label(cfg, cells["qwen7b/base-regime-cool"]) == "cool, the rest as evaluation"
+    rows = {r["cell"]: r for r in cell_index.cells_table(cfg, cells.values())}
+    assert (rows["qwen7b/base-regime-hot"]["regime"], rows["qwen7b/base"]["regime"]) == ("hot", "")
+    assert rows["qwen7b/base-regime-hot"]["label"] == "Base (T 1, top-p 1, chat, max_tokens max)"
+    assert rows["qwen7b/base-regime-hot"]["published_method"] == "Base" and rows["qwen7b/base"]["label"] == "Base"
+
+
+def test_calibrate_config_samples_every_paper_base_model_under_every_regime():
+    cells = G.expand(copy.deepcopy(CALIBRATE), source="config/calibrate.yaml")
+    regimes = CALIBRATE["regimes"]
+    assert len(regimes) == 16 and len(cells) == 5 * 16 and all(c.is_base and c.regime for c in cells)
+    assert {c.model for c in cells} == set(PAPER["models"])
+    assert {(c.model, c.regime) for c in cells} == {(m, r) for m in PAPER["models"] for r in regimes}
+    # the grid of regimes: temperature x top-p x template x max tokens
+    settings = {(r["temperature"], r["top_p"], r["template"], r["max_tokens"]) for r in regimes.values()}
+    assert settings == {(t, p, tpl, mt) for t in (0.6, 1.0) for p in (0.95, 1.0) for tpl in ("chat", "plain")
+                        for mt in (3072, G.MAX_TOKENS)}
+
+
+REGIME_BAD = [
+    (lambda cfg: with_regimes(["hot", "warm"]),
+     "sweeps\\[4\\] \\(regimes\\).regimes\\[1\\]: unknown regime 'warm' \\(known: cool, hot\\)"),
+    (lambda cfg: with_regimes(methods=("base", "grpo")),
+     "sweeps\\[4\\] \\(regimes\\).regimes: \\['hot', 'cool'\\] given, but the sweep trains \\['grpo'\\]"),
+    (lambda cfg: mutate(("regimes", "hot", "temperature"), -0.5)(with_regimes()),
+     "regimes.hot.temperature: must be a number >= 0 \\(0 = greedy\\), got -0.5"),
+    (lambda cfg: mutate(("regimes", "hot", "temperature"), "hot")(with_regimes()),
+     "regimes.hot.temperature: must be a number >= 0 \\(0 = greedy\\), got 'hot'"),
+    (lambda cfg: mutate(("regimes", "hot", "top_p"), 1.5)(with_regimes()),
+     "regimes.hot.top_p: must be a number in \\(0, 1\\], got 1.5"),
+    (lambda cfg: mutate(("regimes", "hot", "max_tokens"), "lots")(with_regimes()),
+     "regimes.hot.max_tokens: must be a positive integer or 'max' .*, got 'lots'"),
+    (lambda cfg: mutate(("regimes", "hot", "max_tokens"), 0)(with_regimes()),
+     "regimes.hot.max_tokens: must be a positive integer or 'max' .*, got 0"),
+    (lambda cfg: mutate(("regimes", "hot", "max_tokens"), 4096)(with_regimes()),
+     "regimes.hot.max_tokens: 4096 new tokens leave no room for a prompt in the 4096-token context of model "
+     "'qwen7b' \\(models.qwen7b.context_length\\)"),
+    (lambda cfg: mutate(("regimes", "hot", "seed"), 3)(with_regimes()),
+     "regimes.hot.seed: unknown key 'seed' \\(a regime sets temperature, top_p, template, max_tokens"),
+]
+
+
+@pytest.mark.parametrize("change, message", REGIME_BAD)
+def test_bad_regime_rejected_with_file_key_and_value(change, message):
+    with pytest.raises(G.ConfigError, match="^config/calibrate.yaml: " + message):
+        G.expand(change(None), source="config/calibrate.yaml")
+
+
+def test_a_regime_path_off_the_config_is_refused():
+    cfg = with_regimes()
+    for run, message in [("base-regime-warm", "unknown regime 'warm' \\(known: cool, hot\\)"),
+                         ("math12k/base-regime-hot", "a regime cell is results/qwen7b/base-regime-hot"),
+                         ("base-regime-hot-seed1", "a regime cell is results/qwen7b/base-regime-hot")]:
+        with pytest.raises(G.ConfigError, match=f"results/qwen7b/{run}: {message}"):
+            G.cell_from_path(cfg, "qwen7b", run)
+    with pytest.raises(G.ConfigError, match="unknown regime 'hot' \\(known: none\\)"):
+        G.cell_from_path(paper(), "qwen7b", "base-regime-hot")

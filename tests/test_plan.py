@@ -14,7 +14,7 @@ from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake
 
 from rsgrpo import capacity, cli
 from rsgrpo.capacity import meta_shape, model_shape
-from rsgrpo.plan.plan import load_workflow_config, notes, plan
+from rsgrpo.plan.plan import load_workflow_config, misfits, notes, plan
 from rsgrpo.prepare.loading import MODEL_CONFIGS, shipped_config_path
 from rsgrpo.prepare.tiny import tiny_config
 
@@ -396,3 +396,78 @@ def test_the_plan_asks_a_model_source_for_its_config_before_the_model_exists(tmp
     finally:
         for name in ("test_plan_planned", "test_plan_unplanned"):
             model_sources.MODEL_SOURCES.pop(name)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    config = load_workflow_config([str(REPO / "config" / "calibrate.yaml")])
+    return config, plan(config)
+
+
+def test_the_calibration_prices_each_regime_with_its_own_max_tokens(calibration, grid):
+    """config/calibrate.yaml: one sampling row per model x regime x benchmark, each a single base cell
+    capped at its regime's max_tokens (max: the context, the smaller of models.<key>.context_length and
+    config.json's max_position_embeddings, minus plan.prompt_tokens); a grid without regimes has none."""
+    config, rows = calibration
+    assert all(r["job"] == "sample" and r["fits"] and r["jobs"] == 1 for r in rows)
+    assert len(rows) == 5 * 16 * 6 and {r["regime"] for r in rows} == set(config["regimes"])
+    assert {r["regime"] for r in grid[1]} == {"-"}
+    prompt = config["plan"]["prompt_tokens"]
+    context = {"qwen1p5b": 4096, "qwen7b": 4096, "qwen25_7b": 32768, "qwen3_4b": 32768, "llama8b": 131072}
+    problems = {key: bench["problems"] for key, bench in config["benchmarks"].items()}
+    for r in rows:
+        cap = 3072 if config["regimes"][r["regime"]]["max_tokens"] == 3072 else context[r["model"]] - prompt
+        assert r["generated_tokens_bound"] == 32 * problems[r["run"]] * cap, r
+    hours: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r["model"], str(config["regimes"][r["regime"]]["max_tokens"]))
+        hours[key] = hours.get(key, 0.0) + r["gpu_hours"]
+    for model in context:  # temperature, top-p and template do not change the price, the cap does
+        same = {round(sum(r["gpu_hours"] for r in rows if (r["model"], r["regime"]) == (model, name)), 2)
+                for name, regime in config["regimes"].items() if regime["max_tokens"] == 3072}
+        assert len(same) == 1
+    for model in ("qwen1p5b", "qwen7b"):  # a 4096-token context: max = 4096 - 1024 = 3072 at the plan's prompt
+        assert hours[(model, "max")] == pytest.approx(hours[(model, "3072")], abs=0.05)
+    for model in ("qwen25_7b", "qwen3_4b", "llama8b"):
+        assert hours[(model, "max")] > 10 * hours[(model, "3072")]
+
+
+def test_a_regime_sample_job_asks_slurm_for_its_own_plan(tmp_path, calibration):
+    from rsgrpo.plan.plan import resources, sample_key
+
+    config, rows = calibration
+    planned = resources(rows, config["plan"]["max_runtime_minutes"])
+    assert sample_key("llama8b") == ("sample", "llama8b", "*")
+    assert sample_key("llama8b", "t1_p1_plain_max") == ("sample", "llama8b", "*@t1_p1_plain_max")
+    short = planned[sample_key("qwen3_4b", "t06_p095_chat_3072")]
+    long = planned[sample_key("qwen3_4b", "t06_p095_chat_max")]
+    assert short["runtime"] < long["runtime"]
+    proc = snakemake(copy_workflow(tmp_path / "wf"), "-n", "results/qwen3_4b/base-regime-t06_p095_chat_max/passk.csv",
+                     "--configfile", "config/calibrate.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    asked = dry_run_resources(proc.stdout)["sample"]
+    assert (asked["runtime"], asked["mem_mb"]) == (long["runtime"], long["mem_mb"])
+
+
+def test_the_extensions_overlay_plans_each_method_with_its_training_keys(grid):
+    """config/extensions.yaml over config/grid.yaml: every new cell fits its GPUs; W-REINFORCE trains
+    without dynamic sampling, so it generates one round per step (no refill) and trains as many tokens;
+    a cell the paper grid has too is planned as there; and the plan checks every cell's train config, so a
+    W-REINFORCE method left with dynamic sampling on is refused before any job runs."""
+    import copy
+
+    config = load_workflow_config([str(REPO / "config/grid.yaml"), str(REPO / "config/extensions.yaml")])
+    rows = plan(config)
+    assert misfits(rows) == []
+    train = {(r["model"], r["run"]): r for r in rows if r["job"] == "train"}
+    assert len(train) == 26
+    nsr, mle = train[("qwen1p5b", "w_reinforce")], train[("qwen1p5b", "max_rl")]
+    assert nsr["generated_tokens"] * config["plan"]["gen_rounds"] == mle["generated_tokens"]
+    assert nsr["trained_tokens"] == mle["trained_tokens"] and nsr["hours"] < mle["hours"]
+    paper = {(r["model"], r["run"]): r for r in grid[1] if r["job"] == "train"}
+    for shared in [("qwen1p5b", "beta2"), ("qwen1p5b", "beta8"), ("llama8b", "grpo")]:
+        assert train[shared] == paper[shared]
+    broken = copy.deepcopy(config)
+    del broken["methods"]["w_reinforce"]["training"]
+    with pytest.raises(ValueError, match="'dynamic_sampling'.*no group baseline"):
+        plan(broken)

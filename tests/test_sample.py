@@ -232,3 +232,36 @@ def test_sampling_dtype_defaults_to_the_checkpoints_own(tiny_model_dir, bench, t
     for model_dir in (tiny_model_dir, bf16):
         sample_mod.sample(model_dir, bench, tmp_path / f"{model_dir.name}.parquet", n=1, max_tokens=4, engine="hf")
     assert seen == ["float32", "bfloat16"]
+
+
+def test_max_tokens_max_fills_the_context_after_each_benchmarks_longest_prompt(tiny_model_dir, bench, tmp_path,
+                                                                                capsys):
+    """--max-tokens max (an evaluation regime's max_tokens: max): context - the benchmark's longest prompt,
+    the context being the smaller of --context-length and the model's; the samples are those of that
+    number given explicitly."""
+    from rsgrpo.prepare.loading import load_tokenizer
+    from rsgrpo.prepare.prompts import build_prompt
+    from rsgrpo.train.engines.base import encode_prompts
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    longest = max(len(ids) for ids in encode_prompts(
+        tokenizer, [build_prompt(r["problem"], template="plain") for r in PROBLEMS]))
+    filled = pd.read_parquet(_run(tiny_model_dir, bench, tmp_path / "max.parquet", n=2, max_tokens="max",
+                                  context_length=longest + 6, template="plain"))
+    explicit = pd.read_parquet(_run(tiny_model_dir, bench, tmp_path / "six.parquet", n=2, max_tokens=6,
+                                    template="plain"))
+    pd.testing.assert_frame_equal(filled, explicit)
+    assert filled["num_tokens"].max() <= 6 and (filled.loc[~filled["finished"], "num_tokens"] == 6).all()
+    with pytest.raises(ValueError, match=r"--max-tokens max: the longest prompt of .*bench.jsonl' \(\d+ tokens\) "
+                                         r"leaves no room in the context of 10 tokens"):
+        _run(tiny_model_dir, bench, tmp_path / "none.parquet", max_tokens="max", context_length=10, template="plain")
+    out = tmp_path / "cli.parquet"
+    assert cli.main(["sample", "--model", str(tiny_model_dir), "--benchmark", str(bench), "--out", str(out),
+                     "--n", "2", "--max-tokens", "max", "--context-length", str(longest + 6), "--seed", "3",
+                     "--engine", "hf", "--template", "plain", "--chunk-size", "2", "--sample-chunk-size", "3",
+                     "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out), filled)
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--model", str(tiny_model_dir), "--benchmark", str(bench), "--out", str(out),
+                  "--max-tokens", "lots"])
+    assert "an integer or 'max', got 'lots'" in capsys.readouterr().err

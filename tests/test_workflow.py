@@ -39,6 +39,47 @@ def test_paper_grid_dry_run_job_counts(tmp_path):
     assert job_counts(out.stdout + out.stderr) == PAPER_COUNTS
 
 
+EXTENSIONS_COUNTS = {
+    "all": 1, "bandit": 1, "plan": 1, "plot_advantages": 1, "cell_index": 1, "aggregate": 1, "figures": 1,
+    "prepare_model": 4,  # qwen1p5b, qwen7b, qwen3_4b, llama8b
+    "prepare_data": 8,  # deepmath103k, math12k + 6 benchmarks
+    # 8 methods on qwen1p5b, 5 on each of 3 math12k models, RS-GRPO at beta 8, 32 and 128 (beta 2 and MaxRL
+    # are the first sweep's cells)
+    "train": 26,
+    "sample": 50,  # 4 base + 26 final + 5 beta-to-max-rl cells x 4 intermediate steps
+    "score": 50,
+}
+
+
+def test_extensions_overlay_dry_run(tmp_path):
+    """config/extensions.yaml over config/grid.yaml: the new methods as sweeps of the paper's models and
+    data; a method's `training` keys reach its cells' train commands (and only theirs), and a cell the
+    paper grid has too keeps its path and its command."""
+    wf = copy_workflow(tmp_path)
+    both = ("--configfile", "config/grid.yaml", "config/extensions.yaml")
+    out = snakemake(wf, "-n", *both)
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout + out.stderr) == EXTENSIONS_COUNTS
+    targets = [f"results/qwen1p5b/{run}/metrics.csv" for run in
+               ("gspo", "cispo", "dr_grpo", "w_reinforce", "beta2")]
+    out = snakemake(wf, "-n", "-p", *targets, *both)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.replace("'", "")
+    commands = {run: next(line for line in text.splitlines() if "python -m rsgrpo train" in line
+                          and f"--run-dir runs/qwen1p5b/{run} " in line) for run in
+                ("gspo", "cispo", "dr_grpo", "w_reinforce", "beta2")}
+    assert '--set=policy_loss="gspo" --set=loss_agg="seq-mean-token-mean"' in commands["gspo"]
+    assert '--set=policy_loss="cispo"' in commands["cispo"] and "loss_agg" not in commands["cispo"]
+    assert '--set=loss_agg="seq-mean-token-sum-norm"' in commands["dr_grpo"]
+    assert '--set=estimator_params={"scale": "none"}' in commands["dr_grpo"]
+    assert "--set=dynamic_sampling=false" in commands["w_reinforce"]
+    assert '--set=estimator_params={"positive_advantage_weight": 0.1}' in commands["w_reinforce"]
+    for key in ("policy_loss", "loss_agg", "dynamic_sampling"):
+        assert key not in commands["beta2"]
+    paper = snakemake(wf, "-n", "-p", targets[-1])
+    assert commands["beta2"] in paper.stdout.replace("'", "")  # the paper grid's cell, unchanged
+
+
 def test_single_cell_schedules_exactly_its_jobs(tmp_path):
     out = snakemake(copy_workflow(tmp_path), "-n", "-p", "results/qwen7b/beta4/passk.csv")
     assert out.returncode == 0, out.stderr
@@ -103,6 +144,65 @@ def test_demo_config_dry_run(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+CALIBRATE_COUNTS = {
+    "all": 1, "bandit": 1, "plan": 1, "plot_advantages": 1, "cell_index": 1, "aggregate": 1, "figures": 1,
+    "regime_comparison": 1,
+    "prepare_model": 5,  # the paper grid's models
+    "prepare_data": 6,  # its benchmarks; nothing is trained, so no train set is prepared
+    "sample": 80,  # 5 base models x 16 regimes, each its own cell
+    "score": 80,
+}
+
+
+def test_calibrate_config_dry_run(tmp_path):
+    """config/calibrate.yaml: the paper grid's base models under 16 evaluation regimes, each its own
+    sample and score job with its regime's arguments, then the comparison with the paper's base rows;
+    the paper grid (no regimes) keeps its jobs (test_paper_grid_dry_run_job_counts) and commands."""
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "-n", "--configfile", "config/calibrate.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout + out.stderr) == CALIBRATE_COUNTS
+    out = snakemake(wf, "-n", "-p", "results/llama8b/base-regime-t1_p1_plain_max/samples/aime24.parquet",
+                    "results/qwen7b/base-regime-t06_p095_chat_3072/samples/aime24.parquet",
+                    "--configfile", "config/calibrate.yaml")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert job_counts(text) == {"prepare_model": 2, "prepare_data": 6, "sample": 2}
+    assert ("--temperature 1.0 --top-p 1.0 --max-tokens max --seed 0 --engine auto --template plain --batch-size 64"
+            " --context-length 131072 --no-progress > logs/sample/llama8b/base-regime-t1_p1_plain_max.log") in text
+    assert ("--temperature 0.6 --top-p 0.95 --max-tokens 3072 --seed 0 --engine auto --template chat --batch-size 64"
+            " --no-progress > logs/sample/qwen7b/base-regime-t06_p095_chat_3072.log") in text
+    assert "--n 32 32 32 32 32 32 " in text
+    out = snakemake(wf, "-n", "-p", "results/qwen7b/base/samples/aime24.parquet")
+    assert ("--n 32 1024 1024 1024 1024 1024 --temperature 0.6 --top-p 0.95 --max-tokens 3072 --seed 0 --engine auto"
+            " --template plain --batch-size 64 --no-progress > logs/sample/qwen7b/base.log") in out.stdout + out.stderr
+
+
+def test_calibrate_config_has_the_paper_grids_models_and_benchmarks():
+    """Copied from config/grid.yaml (a config is complete in itself): the same models, training sets and
+    benchmarks, only 32 samples per problem (pass@1 and pass@32 are what the comparison needs)."""
+    grid, calibrate = (yaml.safe_load((REPO / f"config/{name}.yaml").read_text()) for name in ("grid", "calibrate"))
+    assert calibrate["models"] == grid["models"] and calibrate["train_sets"] == grid["train_sets"]
+    assert calibrate["benchmarks"].keys() == grid["benchmarks"].keys()
+    for key, bench in calibrate["benchmarks"].items():
+        assert {**bench, "n": None, "ks": None} == {**grid["benchmarks"][key], "n": None, "ks": None}, key
+        assert bench["n"] == 32 and bench["ks"] == [1, 2, 4, 8, 16, 32]
+    assert calibrate["methods"] == {"base": grid["methods"]["base"]}
+    assert calibrate["evaluation"] == grid["evaluation"]
+
+
+def test_a_regime_leaves_out_what_it_does_not_override(tmp_path):
+    """The schema fills no default into a regime (its template refers to the models' one, which has a
+    default): a key a regime leaves out keeps the evaluation's value and the model's template."""
+    from rsgrpo.plan.plan import load_workflow_config
+
+    base = yaml.safe_load((REPO / "config/calibrate.yaml").read_text())
+    base["regimes"] = {"hot": {"temperature": 1.0}}
+    base["sweeps"][0]["regimes"] = ["hot"]
+    config = load_workflow_config([str(write_config(tmp_path / "one.yaml", base))])
+    assert config["regimes"] == {"hot": {"temperature": 1.0}}
+
+
 SCHEMA_ERRORS = [
     ({"bandit": {"betas": [-1]}}, "-1 is less than the minimum of 0"),
     ({"bandit": {"seeds": 0}}, "0 is less than the minimum of 1"),
@@ -113,6 +213,9 @@ SCHEMA_ERRORS = [
     ({"benchmarks": {"b": {"spec": {"source": "local"}, "n": 0, "ks": [1]}}}, "0 is less than the minimum of 1"),
     ({"evaluation": {"top_p": 1.5}}, "1.5 is greater than the maximum of 1"),
     ({"sweeps": [{"models": ["m"]}]}, "'methods' is a required property"),
+    ({"regimes": {"hot": {"temperature": -1}}}, "-1 is less than the minimum of 0"),
+    ({"regimes": {"hot": {"max_tokens": "all"}}}, "'all' is not valid under any of the given schemas"),
+    ({"regimes": {"hot": {"template": "fancy"}}}, "'fancy' is not one of \\['chat', 'plain', 'raw'\\]"),
 ]
 
 # specs against the registries (rsgrpo.prepare.config_specs), checked before the cross-checks
@@ -129,6 +232,8 @@ CROSS_CHECK_ERRORS = [
      "k=16 exceeds the 8 samples"),
     ({"methods": {"grpo": {"estimator": "grpo", "params": {"temperature": 1}}}},
      "estimator 'grpo' takes no parameter 'temperature'"),
+    ({"sweeps": [{"models": ["qwen7b"], "methods": ["base"], "regimes": ["hot"]}]},
+     "sweeps\\[0\\].regimes\\[0\\]: unknown regime 'hot' \\(known: none\\)"),
 ]
 
 
@@ -223,3 +328,32 @@ def test_real_run_on_tiny_config(tiny_local_run):
     for name in figures + ["bandit.png", "advantages.png", "table2.csv", "rsgrpo_vs_grpo.csv",
                            "published_comparison.csv"]:
         assert name in html, name
+
+
+def test_a_calibration_runs_for_real_on_the_tiny_model(tmp_path):
+    """The tiny model's base cell under two regimes, one filling the context (--max-tokens max): each is
+    sampled with its own settings, and regime_comparison reads them (the tiny model has no published
+    row, so its table is empty and says so)."""
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = {k: v for k, v in TINY.items() if k not in ("training", "sweeps")}
+    cfg["models"] = {"tiny": dict(TINY["models"]["tiny"], context_length=140)}
+    cfg["methods"] = {"base": TINY["methods"]["base"]}
+    cfg["regimes"] = {"short": {"temperature": 0.6, "max_tokens": 4},
+                      "fill": {"temperature": 1.0, "top_p": 0.9, "max_tokens": "max"}}
+    cfg["sweeps"] = [{"models": ["tiny"], "methods": ["base"], "regimes": ["short", "fill"]}]
+    cfg["plan"] = {"prompt_tokens": 100}
+    config = str(write_config(tmp_path / "calibrate-tiny.yaml", cfg))
+    out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "results/aggregate/regime_comparison.csv",
+                    "--configfile", config)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    short = pd.read_parquet(wf / "results/tiny/base-regime-short/samples/arith_test.parquet")
+    filled = pd.read_parquet(wf / "results/tiny/base-regime-fill/samples/arith_test.parquet")
+    assert short["num_tokens"].max() <= 4 and filled["num_tokens"].max() > 4
+    log = (wf / "logs/sample/tiny/base-regime-fill.log").read_text()
+    cap = int(re.search(r"--max-tokens max = (\d+) \(context 140 - longest prompt (\d+)\)", log).group(1))
+    assert filled["num_tokens"].max() <= cap and (filled.loc[~filled["finished"], "num_tokens"] == cap).all()
+    cells = pd.read_csv(wf / "results/aggregate/cells.csv", keep_default_na=False)
+    assert sorted(zip(cells.cell, cells.regime)) == [("tiny/base-regime-fill", "fill"),
+                                                     ("tiny/base-regime-short", "short")]
+    assert "No base cell of this config has a published Base row" in (
+        wf / "results/aggregate/regime_comparison.md").read_text()

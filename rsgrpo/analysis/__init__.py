@@ -2,7 +2,9 @@
 
 Verbs (one module each): ``cell-index`` (:mod:`~rsgrpo.analysis.cell_index`: the results index
 ``cells.csv`` + ``benchmarks.csv`` and its reader), ``aggregate`` (:mod:`~rsgrpo.analysis.aggregate`:
-Table 2, RS-GRPO - GRPO, ours vs published), ``figures`` (:mod:`~rsgrpo.analysis.figures`) and
+Table 2, RS-GRPO - GRPO, ours vs published), ``regime-comparison``
+(:mod:`~rsgrpo.analysis.regime_comparison`: which evaluation regimes reproduce the paper's base rows),
+``figures`` (:mod:`~rsgrpo.analysis.figures`) and
 ``plot-advantages`` (:mod:`~rsgrpo.analysis.plot_advantages`). Beside them:
 :mod:`~rsgrpo.analysis.cell_files` reads a cell's own files (graded samples, pass@k, training
 metrics) and :mod:`~rsgrpo.analysis.figure_data` computes the numbers the figures draw.

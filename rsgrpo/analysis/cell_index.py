@@ -5,7 +5,8 @@
 Format (both files CSV with a header; an empty field means "none"):
 
 * ``cells.csv`` -- one row per evaluated cell: ``cell, model, model_name, train_set, method, estimator,
-  beta, seed, group, label, published_method, published_model, passk, graded, metrics, step_evals``.
+  beta, seed, group, label, published_method, published_model, passk, graded, metrics, step_evals,
+  regime``.
 
   - ``cell`` is the cell id ``<model>/<run>`` (unique). ``method`` is the key of the cell's method in
     the config (``methods.<key>``: a label, an estimator and its params) and ``estimator`` the
@@ -26,6 +27,10 @@ Format (both files CSV with a header; an empty field means "none"):
     A cell without a seed that shares its group with seeded ones counts as one more replicate, ordered
     first (only a hand-written index has one: :func:`rsgrpo.grid.expand` refuses such a grid). Both
     columns are required: the index is always written by the ``cell-index`` verb.
+  - ``regime`` is the evaluation regime a base cell was sampled under (a key of the config's
+    ``regimes``, :func:`rsgrpo.grid.sample_settings`; its ``label`` then says the sampling, e.g.
+    ``Base (T 0.6, top-p 0.95, plain, max_tokens 3072)``), empty for every other cell; an index
+    without the column reads as all empty (:mod:`rsgrpo.analysis.regime_comparison` compares the regimes).
   - A *setting* is ``<display model>/<train_set>``, the display model being the first non-empty
     ``published_model`` among the model's cells, else its ``model_name`` (so it matches the
     published Table 2). A cell with an empty ``train_set`` (the base model) belongs to every setting
@@ -58,7 +63,7 @@ import pandas as pd
 from rsgrpo import estimators
 from rsgrpo.analysis.cell_files import Counts, SeedCounts, load_counts, read_table
 from rsgrpo.evaluate.passk import powers_of_two
-from rsgrpo.grid import Cell, expand, step_number
+from rsgrpo.grid import Cell, expand, sampling_label, step_number
 from rsgrpo.io import atomic_path
 from rsgrpo.layout import FINAL, LAYOUT, Layout, fmt_beta
 
@@ -70,7 +75,8 @@ __all__ = [
 ]
 
 CELL_COLUMNS = ["cell", "model", "model_name", "train_set", "method", "estimator", "beta", "seed", "group", "label",
-                "published_method", "published_model", "passk", "graded", "metrics", "step_evals"]
+                "published_method", "published_model", "passk", "graded", "metrics", "step_evals", "regime"]
+OPTIONAL_CELL_COLUMNS = ("regime",)  # read as empty where an index lacks them
 # the columns that define a configuration: every replicate (cell) of a group has the same values
 GROUP_COLUMNS = ["model", "model_name", "train_set", "method", "estimator", "beta", "label", "published_method",
                  "published_model"]
@@ -106,6 +112,8 @@ def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = LAYOUT) ->
         label = method.get("label", cell.method)
         if cell.beta is not None:
             label = f"{label} (β={fmt_beta(cell.beta)})"
+        if cell.regime is not None:
+            label = f"{label} ({sampling_label(config, cell)})"
         published = method.get("published", "")
         if published and cell.beta is not None and cell.beta != method.get("published_beta", cell.beta):
             published = ""  # the paper reports this method at one beta only
@@ -130,6 +138,7 @@ def cells_table(config: dict, cells: Iterable[Cell], layout: Layout = LAYOUT) ->
                 "step_evals": "" if cell.is_base else ";".join(
                     f"{step_number(config, s, cell)}:{layout.eval_dir(cell.id, s)}" for s in cell.eval_steps
                 ),
+                "regime": cell.regime or "",
             }
         )
     return rows
@@ -344,7 +353,8 @@ def _read_cells(cells_path: Path) -> pd.DataFrame:
     """``cells.csv`` indexed by cell id: ``beta`` parsed, ``seed`` nullable Int64, paths resolved and
     checked to exist (None where empty)."""
     base_dir = cells_path.parent
-    cells = _text_table(cells_path, "cells", CELL_COLUMNS)
+    cells = _text_table(cells_path, "cells", [c for c in CELL_COLUMNS if c not in OPTIONAL_CELL_COLUMNS])
+    cells = cells.assign(**{c: "" for c in OPTIONAL_CELL_COLUMNS if c not in cells.columns})
     dup = cells["cell"][cells["cell"].duplicated()]
     if len(dup):
         raise ValueError(f"cells file {str(cells_path)!r}: column 'cell' repeats {dup.iloc[0]!r}")

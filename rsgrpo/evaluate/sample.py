@@ -20,6 +20,11 @@ Why it is built this way:
   more than sampling a small benchmark, so the workflow samples every benchmark of a checkpoint in
   one call. Each benchmark keeps its own output, parts and seeds: its samples equal those of a call
   for it alone.
+* ``--max-tokens max``: as many new tokens as the model's context leaves after the benchmark's longest
+  prompt (the context is ``max_position_embeddings`` of the checkpoint's config.json, or
+  ``--context-length`` where that is smaller), one cap per benchmark, so a benchmark's samples still
+  do not depend on the others of the call. The workflow's evaluation regimes use it
+  (:func:`rsgrpo.grid.sample_settings`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsgrpo.grid import MAX_TOKENS
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
 
 COLUMNS = ["problem_id", "sample_idx", "text", "num_tokens", "finished"]
@@ -141,13 +147,15 @@ def sample(model: str | Path, benchmark: str | Path, out: str | Path, *, n: int 
 
 
 def sample_benchmarks(model: str | Path, jobs: Sequence[BenchmarkJob], *, temperature: float = 1.0,
-                      top_p: float = 1.0, max_tokens: int = 256, seed: int = 0, engine: str = "auto",
+                      top_p: float = 1.0, max_tokens: int | str = 256, seed: int = 0, engine: str = "auto",
                       template: str = "chat", chunk_size: int = 8, sample_chunk_size: int = 64,
                       batch_size: int = 64, dtype: str = "auto", engine_options: dict | None = None,
-                      progress: bool = True) -> list[Path]:
+                      progress: bool = True, context_length: int | None = None) -> list[Path]:
     """Sample every benchmark of ``jobs`` from one checkpoint with ONE engine (one model load, one
     vLLM start), benchmark after benchmark; return the written paths. Each benchmark's samples are
-    those a call for it alone would draw (seeds per problem and sample index)."""
+    those a call for it alone would draw (seeds per problem and sample index). ``max_tokens``
+    :data:`MAX_TOKENS` fills the context (the smaller of the model's and ``context_length``) after
+    each benchmark's longest prompt (see the module docstring)."""
     model = Path(model)
     if not (model / "config.json").is_file():
         raise ValueError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
@@ -157,7 +165,8 @@ def sample_benchmarks(model: str | Path, jobs: Sequence[BenchmarkJob], *, temper
     if len(set(outs)) != len(outs):
         raise ValueError(f"two benchmarks would write the same file: {[str(job.out) for job in jobs]}")
     for name, value in (("chunk_size", chunk_size), ("sample_chunk_size", sample_chunk_size),
-                        ("batch_size", batch_size), *(("n", job.n) for job in jobs)):
+                        ("batch_size", batch_size), *(("n", job.n) for job in jobs),
+                        *((("context_length", context_length),) if context_length is not None else ())):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if template not in PROMPT_TEMPLATES:
@@ -166,16 +175,33 @@ def sample_benchmarks(model: str | Path, jobs: Sequence[BenchmarkJob], *, temper
     from rsgrpo.train.engines.base import SamplingParams
 
     # Validates temperature / top_p / max_tokens / seed and the engine early, before any model is loaded.
-    params = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    fill = max_tokens == MAX_TOKENS  # a cap per benchmark, resolved once the prompts are tokenized
+    params = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=1 if fill else max_tokens,
+                            seed=seed)
     resolve_engine_kind(engine, key="evaluation.engine (--engine)")
     settings = {"model": str(model.resolve()), "model_digest": _model_digest(model), "temperature": float(temperature),
                 "top_p": float(top_p), "max_tokens": max_tokens, "seed": seed, "template": template,
                 "chunk_size": chunk_size, "sample_chunk_size": sample_chunk_size, "dtype": dtype, "engine": engine}
+    context = None
+    if fill:
+        context = _fill_context(model, context_length)
+        settings["context_length"] = context
     pending = [_plan(job, settings, chunk_size, sample_chunk_size) for job in jobs]
     if any(p.todo for p in pending):
         _generate(model, pending, params, engine=engine, template=template, dtype=dtype, batch_size=batch_size,
-                  engine_options=engine_options, progress=progress)
+                  engine_options=engine_options, progress=progress, context=context)
     return [_assemble(p) for p in pending]
+
+
+def _fill_context(model: Path, context_length: int | None) -> int:
+    """The context ``--max-tokens max`` fills: the model's, or ``context_length`` where that is smaller."""
+    from rsgrpo.train.engines.base import context_length as model_context
+
+    known = [c for c in (model_context(model), context_length) if c is not None]
+    if not known:
+        raise ValueError(f"--max-tokens {MAX_TOKENS} needs the model's context: {str(model / 'config.json')!r} "
+                         "has no max_position_embeddings; pass --context-length")
+    return min(known)
 
 
 def _plan(job: BenchmarkJob, settings: dict, chunk_size: int, sample_chunk_size: int) -> _Pending:
@@ -190,8 +216,11 @@ def _plan(job: BenchmarkJob, settings: dict, chunk_size: int, sample_chunk_size:
 
 
 def _generate(model: Path, pending: list[_Pending], params, *, engine: str, template: str, dtype: str,
-              batch_size: int, engine_options: dict | None, progress: bool) -> None:
-    """Generate the missing parts of every benchmark with one engine."""
+              batch_size: int, engine_options: dict | None, progress: bool, context: int | None = None) -> None:
+    """Generate the missing parts of every benchmark with one engine; ``context``: fill it (``--max-tokens
+    max``), each benchmark up to its longest prompt."""
+    import dataclasses
+
     import pandas as pd
     from tqdm import tqdm
 
@@ -207,22 +236,26 @@ def _generate(model: Path, pending: list[_Pending], params, *, engine: str, temp
         prompts.append({k: build_prompt(p.records[k]["problem"], template=template, tokenizer=tokenizer)
                         for k in needed})
         seeds.append({k: problem_seed(params.seed, str(p.records[k]["id"])) for k in needed})
+    caps = [params.max_tokens] * len(pending)  # per benchmark
+    if context is not None:
+        caps = [_fill_cap(p, context, template, tokenizer) for p in pending]
     # checked before the model loads; sizes vLLM's KV cache for the longest prompt of any benchmark
-    every_prompt = [prompt for by_index in prompts for prompt in by_index.values()]
-    needed_length = generation_length(encode_prompts(tokenizer, every_prompt), params.max_tokens, model,
-                                      key="evaluation.max_tokens (--max-tokens)")
+    needed_length = max(generation_length(encode_prompts(tokenizer, list(by_index.values())), cap, model,
+                                          key="evaluation.max_tokens (--max-tokens)")
+                        for by_index, cap in zip(prompts, caps))
     eng = make_engine(engine, model_dir=model, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size,
                       max_model_len=needed_length, key="evaluation.engine (--engine)", **(engine_options or {}))
     log.info("rollout engine: %s", eng.describe())
     try:
-        for p, by_index, problem_seeds in zip(pending, prompts, seeds):
+        for p, by_index, problem_seeds, cap in zip(pending, prompts, seeds, caps):
+            params_b = dataclasses.replace(params, max_tokens=cap)
             done = sum((p1 - p0) * (s1 - s0) for p0, p1, s0, s1 in p.units if (p0, p1, s0, s1) not in p.todo)
             with tqdm(total=len(p.records) * p.job.n, initial=done, desc=f"sample {p.job.benchmark.stem}",
                       unit="seq", file=sys.stderr, disable=not progress) as bar:
                 for p0, p1, s0, s1 in p.todo:
                     keys = [(k, j) for k in range(p0, p1) for j in range(s0, s1)]
                     # One request per (problem, sample) with its own seed: see the module docstring.
-                    results = eng.generate([by_index[k] for k, _ in keys], params,
+                    results = eng.generate([by_index[k] for k, _ in keys], params_b,
                                            seeds=[row_seed(problem_seeds[k], j) for k, j in keys])
                     rows = [{"problem_id": str(p.records[k]["id"]), "sample_idx": j, "text": c.text,
                              "num_tokens": len(c.token_ids), "finished": bool(c.finished)}
@@ -231,6 +264,22 @@ def _generate(model: Path, pending: list[_Pending], params, *, engine: str, temp
                     bar.update(len(keys))
     finally:
         eng.close()
+
+
+def _fill_cap(p: _Pending, context: int, template: str, tokenizer) -> int:
+    """``--max-tokens max`` of one benchmark: ``context`` minus its longest prompt (every problem's, not
+    only those still to sample, so a resumed run draws with the same cap)."""
+    from rsgrpo.prepare.prompts import build_prompt
+    from rsgrpo.train.engines.base import encode_prompts
+
+    prompts = [build_prompt(r["problem"], template=template, tokenizer=tokenizer) for r in p.records]
+    longest = max(len(ids) for ids in encode_prompts(tokenizer, prompts))
+    if longest >= context:
+        raise ValueError(f"--max-tokens {MAX_TOKENS}: the longest prompt of {str(p.job.benchmark)!r} ({longest} "
+                         f"tokens) leaves no room in the context of {context} tokens")
+    log.info("%s: --max-tokens %s = %d (context %d - longest prompt %d)", p.job.benchmark.name, MAX_TOKENS,
+             context - longest, context, longest)
+    return context - longest
 
 
 def _assemble(p: _Pending) -> Path:
@@ -251,6 +300,15 @@ def _assemble(p: _Pending) -> Path:
     return p.job.out
 
 
+def _max_tokens(text: str) -> int | str:
+    if text == MAX_TOKENS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer or {MAX_TOKENS!r}, got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory (from prepare-model or train)")
     parser.add_argument("--benchmark", required=True, nargs="+",
@@ -261,7 +319,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples per problem: one value for every benchmark, or one per --benchmark")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-tokens", type=int, default=256, help="max new tokens per sample")
+    parser.add_argument("--max-tokens", type=_max_tokens, default=256,
+                        help=f"max new tokens per sample, or {MAX_TOKENS!r}: the model's context minus each "
+                             "benchmark's longest prompt")
+    parser.add_argument("--context-length", type=int, default=None,
+                        help=f"with --max-tokens {MAX_TOKENS}: fill at most this context (default: the model's, "
+                             "max_position_embeddings of its config.json)")
     parser.add_argument("--seed", type=int, default=0)
     from rsgrpo.train.engines import ENGINE_KINDS  # the engines (and torch) only when the verb runs
 
@@ -303,7 +366,8 @@ def main(args: argparse.Namespace) -> int:
                                     max_tokens=args.max_tokens, seed=args.seed, engine=args.engine,
                                     template=args.template, chunk_size=args.chunk_size,
                                     sample_chunk_size=args.sample_chunk_size, batch_size=args.batch_size,
-                                    dtype=args.dtype, engine_options=options, progress=not args.no_progress)
+                                    dtype=args.dtype, engine_options=options, progress=not args.no_progress,
+                                    context_length=args.context_length)
     except ValueError as exc:
         print(f"sample: error: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,10 @@
 config, before anything is submitted.
 
 For each training job (a cell with training) and each sampling row (a model's evaluated checkpoints
-on one benchmark; one sample job of the workflow samples a checkpoint on every benchmark) the plan
+on one benchmark; one sample job of the workflow samples a checkpoint on every benchmark; the base
+cells of an evaluation regime get rows of their own, column ``regime``, capped at the regime's
+``max_tokens``: ``max`` is the model's context, the smaller of ``models.<key>.context_length`` and its
+config.json's ``max_position_embeddings``, minus ``plan.prompt_tokens``) the plan
 gives, per GPU, the bytes of weights, gradients, fp32 master weights, AdamW state, the reference
 model (``kl_coef`` > 0), one micro-batch's activations at the longest sequence, the output layer's
 log-prob chunk and the rollout engine (:mod:`rsgrpo.capacity` holds the arithmetic and its sources),
@@ -39,12 +42,13 @@ from rsgrpo.capacity import BYTES, GB, Shape, model_shape
 SAMPLE_ENGINE_SHARE = 0.9      # vLLM's own default gpu_memory_utilization for a GPU of its own
 COMPONENTS = ["weights", "gradients", "master_weights", "optimizer", "reference_model", "activations",
               "logprob_chunk", "rollout_engine"]
-COLUMNS = (["job", "model", "run", "jobs", "gpus", "precision", "zero_stage", "params_b"]
+COLUMNS = (["job", "model", "run", "regime", "jobs", "gpus", "precision", "zero_stage", "params_b"]
            + [f"{c}_gb" for c in COMPONENTS]
            + ["total_gb", "gpu_memory_gb", "fits", "largest", "engine_share", "engine_gb", "kv_room_gb", "engine_fits",
               "engine_share_fits", "host_gb", "generated_tokens_bound", "generated_tokens", "trained_tokens", "pflops",
               "minutes_per_step_bound", "minutes_per_step", "hours_bound", "hours", "gpu_hours", "runtime_min",
               "submissions", "checkpoint_gb", "checkpoint_min", "checkpoints_per_job", "mem_mb"])
+NO_REGIME = "-"  # the regime column of train rows and of sampling under the evaluation section
 HOST_BASE_GB = 16  # per job: Python, torch, tokenizer, data, DeepSpeed and vLLM host-side buffers
 STATES = ["weights", "gradients", "master_weights", "optimizer", "reference_model"]  # resident while generating
 
@@ -84,7 +88,7 @@ def _runtime(hours: float, jobs: int, gpus: int, assume: dict) -> tuple[int, int
 def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | str, shape: Shape,
          memory: dict[str, float], gpu_gb: float, *, tokens: dict[str, float], flops: float, hours: float,
          hours_bound: float, host: float, jobs: int, assume: dict, engine: dict | None = None,
-         share: float | None = None, share_fits: bool = True, **extra) -> dict:
+         share: float | None = None, share_fits: bool = True, regime: str = NO_REGIME, **extra) -> dict:
     """A plan row; ``hours`` (expected) and ``hours_bound`` (every completion at its cap): wall hours of
     all ``jobs`` of the row together; ``host``: bytes of one job; ``engine``: a vLLM engine's
     ``capacity.engine_memory`` at full-length sequences (its KV room must hold one) and ``share`` its
@@ -95,7 +99,7 @@ def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | st
     mem_mb = int(min(assume["max_mem_mb"], math.ceil((host + HOST_BASE_GB * GB) * assume["safety_factor"] / 1e6)))
     blank = {c: "-" for c in ("minutes_per_step_bound", "minutes_per_step", "checkpoint_gb", "checkpoint_min",
                               "checkpoints_per_job")}
-    return {"job": job, "model": key, "run": run, "jobs": jobs, "gpus": gpus, "precision": precision,
+    return {"job": job, "model": key, "run": run, "regime": regime, "jobs": jobs, "gpus": gpus, "precision": precision,
             "zero_stage": zero, "params_b": round(shape.params / 1e9, 3),
             **{f"{c}_gb": _gb(v) for c, v in parts.items()}, "total_gb": _gb(total),
             "gpu_memory_gb": gpu_gb if gpus > 0 else "-", "fits": gpus == 0 or total <= gpu_gb * GB,
@@ -199,26 +203,36 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
     assume = config["plan"]
     peak, bandwidth = assume["gpu"]["tflops"] * 1e12, assume["gpu"]["bandwidth_tbs"] * 1e12
     cells = G.expand(config)
-    shapes = {}
+    shapes, contexts = {}, {}
     for key in dict.fromkeys(c.model for c in cells):
         try:
-            shapes[key] = model_shape(model_config(key, config["models"][key], layout.model_dir(key)))
+            found = model_config(key, config["models"][key], layout.model_dir(key))
+            shapes[key] = model_shape(found)
+            contexts[key] = min((int(c) for c in (config["models"][key].get("context_length"),
+                                                  found.get("max_position_embeddings")) if c), default=0)
         except MissingModelConfig:
             if unplanned is None:
                 raise
             unplanned.append(key)
     cells = [c for c in cells if c.model in shapes]
     rows = [_train_row(config, cell, shapes[cell.model], layout, assume) for cell in cells if not cell.is_base]
-    ev = config["evaluation"]
-    for key in dict.fromkeys(c.model for c in cells):
+    for key, regime in dict.fromkeys((c.model, c.regime) for c in cells):
         model = config["models"][key]
         shape = shapes[key]
         gpus = min(1, int(model.get("gpus", 0)))
         gpu_gb = float(model.get("gpu_memory_gb", 80))
-        checkpoints = sum(len(c.eval_steps) if not c.is_base else 1 for c in cells if c.model == key)
+        sampled = [c for c in cells if (c.model, c.regime) == (key, regime)]
+        checkpoints = sum(len(c.eval_steps) if not c.is_base else 1 for c in sampled)
+        prompt, cap = int(assume["prompt_tokens"]), G.sample_settings(config, sampled[0])["max_tokens"]
+        if cap == G.MAX_TOKENS:
+            cap = contexts[key] - prompt
+            if cap < 1:
+                raise ValueError(f"regimes.{regime}.max_tokens: {G.MAX_TOKENS} leaves no room for new tokens "
+                                 f"after plan.prompt_tokens = {prompt} in the {contexts[key]}-token context of "
+                                 f"models.{key}")
+        cap = int(cap)
         for bench_key, bench in config["benchmarks"].items():
             sequences = bench["n"] * _problems(bench_key, bench, assume, layout)
-            prompt, cap = int(assume["prompt_tokens"]), int(ev["max_tokens"])
             out = {}
             for name, completion in (("bound", cap), ("expected", _expected(cap, assume))):
                 engine = capacity.engine_memory(shape, sequences=sequences, sequence=prompt + completion,
@@ -236,7 +250,7 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
                              tokens={"generated_bound": out["bound"][3], "generated": generated, "trained": 0},
                              flops=flops, hours=hours, hours_bound=out["bound"][1], host=2 * shape.params,
                              jobs=checkpoints, assume=assume, engine=out["bound"][0] if gpus else None,
-                             share=SAMPLE_ENGINE_SHARE))
+                             share=SAMPLE_ENGINE_SHARE, regime=NO_REGIME if regime is None else regime))
     return rows
 
 
@@ -279,16 +293,23 @@ def misfits(rows: list[dict]) -> list[str]:
 EVERY_BENCHMARK = "*"  # a sample job evaluates one checkpoint on every benchmark (one engine start)
 
 
+def sample_key(model: str, regime: str | None = None) -> tuple[str, str, str]:
+    """Key of :func:`resources` for a model's sample jobs (under an evaluation regime: its own)."""
+    every = EVERY_BENCHMARK if regime in (None, NO_REGIME) else f"{EVERY_BENCHMARK}@{regime}"
+    return "sample", model, every
+
+
 def resources(rows: list[dict], max_runtime_minutes: int) -> dict[tuple[str, str, str], dict]:
-    """SLURM resources of each train job (key ``("train", model, run)``) and sample job (``("sample",
-    model, EVERY_BENCHMARK)``): ``runtime`` in minutes and ``mem_mb``. A sample job runs the model's
-    benchmark rows one after the other: their minutes add up (within ``max_runtime_minutes``; a job
-    past its limit resumes from its finished parts) and the largest memory counts."""
+    """SLURM resources of each train job (key ``("train", model, run)``) and sample job (:func:`sample_key`:
+    ``("sample", model, EVERY_BENCHMARK)``, a regime's ``*@<regime>``): ``runtime`` in minutes and
+    ``mem_mb``. A sample job runs the model's benchmark rows one after the other: their minutes add up
+    (within ``max_runtime_minutes``; a job past its limit resumes from its finished parts) and the
+    largest memory counts."""
     out = {(r["job"], r["model"], r["run"]): {"runtime": r["runtime_min"], "mem_mb": r["mem_mb"]}
            for r in rows if r["job"] == "train"}
     for r in rows:
         if r["job"] == "sample":
-            job = out.setdefault(("sample", r["model"], EVERY_BENCHMARK), {"runtime": 0, "mem_mb": 0})
+            job = out.setdefault(sample_key(r["model"], r["regime"]), {"runtime": 0, "mem_mb": 0})
             job["runtime"] = min(max_runtime_minutes, job["runtime"] + r["runtime_min"])
             job["mem_mb"] = max(job["mem_mb"], r["mem_mb"])
     return out
@@ -305,9 +326,9 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["job", "model", "run", "jobs", "gpus", "params_b", "total_gb", "gpu_memory_gb", "largest", "engine_share",
-            "kv_room_gb", "hours_bound", "hours", "gpu_hours", "runtime_min", "submissions", "checkpoints_per_job",
-            "mem_mb"]
+    cols = ["job", "model", "run", "regime", "jobs", "gpus", "params_b", "total_gb", "gpu_memory_gb", "largest",
+            "engine_share", "kv_room_gb", "hours_bound", "hours", "gpu_hours", "runtime_min", "submissions",
+            "checkpoints_per_job", "mem_mb"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)

@@ -42,6 +42,30 @@ rule aggregate:
         " --out {params.outdir} --bootstrap {params.bootstrap} > {log} 2>&1"
 
 
+rule regime_comparison:
+    """Which evaluation regimes reproduce the paper's base rows: every base cell vs Table 2's Base row."""
+    input:
+        cells=rules.cell_index.output.cells,
+        benchmarks=rules.cell_index.output.benchmarks,
+        results=regime_inputs(),
+    output:
+        csv=report(
+            LAYOUT.regime_comparison("csv"),
+            caption="../report/regime_comparison.rst",
+            category="Tables",
+        ),
+        md=LAYOUT.regime_comparison("md"),
+    log:
+        LAYOUT.log("regime_comparison"),
+    conda:
+        RSGRPO_ENV
+    params:
+        bootstrap=config["evaluation"]["bootstrap"],
+    shell:
+        "python -m rsgrpo regime-comparison --cells {input.cells} --benchmarks {input.benchmarks}"
+        " --out-csv {output.csv} --out-md {output.md} --bootstrap {params.bootstrap} > {log} 2>&1"
+
+
 rule figures:
     """pass@k curves, beta ablation, unique answers, transition heatmap, entropy (those the grid allows)."""
     input:

@@ -25,6 +25,7 @@ LAYOUT = Layout()
 # model and dataset specs against the registries of sources and generators (not schema enums)
 check_config_specs(config, source=", ".join(CONFIG_FILES) or "config")
 CELLS = G.expand(config, source=", ".join(CONFIG_FILES) or "config")
+REGIMES = any(cell.regime is not None for cell in CELLS)  # base cells under evaluation regimes: compare them
 # Every job must fit its GPU (python -m rsgrpo plan): refused here, dry runs included, not after days in a queue.
 UNPLANNED = []  # models whose config.json exists only once prepare-model has run
 PLAN = plan_jobs.plan(config, LAYOUT, unplanned=UNPLANNED)
@@ -116,7 +117,10 @@ def planned(job, resource):
     target path) gets the longest runtime and the most memory the config allows."""
 
     def get(wildcards):
-        key = (job, wildcards.model, wildcards.run if job == "train" else plan_jobs.EVERY_BENCHMARK)
+        if job == "train":
+            key = (job, wildcards.model, wildcards.run)
+        else:  # a sample job: the model's, or its evaluation regime's
+            key = plan_jobs.sample_key(wildcards.model, cell_of(wildcards).regime)
         fallback = {"runtime": config["plan"]["max_runtime_minutes"], "mem_mb": config["plan"]["max_mem_mb"]}
         return JOB_RESOURCES.get(key, fallback)[resource]
 
@@ -150,6 +154,12 @@ def aggregate_inputs():
     return files
 
 
+def regime_inputs():
+    """What regime_comparison reads: every base cell's final pass@k table and graded samples."""
+    folders = [LAYOUT.eval_dir(cell.id, FINAL) for cell in CELLS if cell.is_base]
+    return [f for folder in folders for f in (LAYOUT.passk(folder), LAYOUT.graded(folder))]
+
+
 def final_outputs():
     """Every cell's final pass@k table and every evaluated checkpoint's."""
     outs = []
@@ -178,11 +188,16 @@ def sample_inputs(wildcards):
 
 
 def sample_args(wildcards):
+    """The sample verb's settings: evaluation's, under a base cell's regime its overrides (G.sample_settings);
+    max_tokens max fills the model's context_length after each benchmark's longest prompt."""
     ev = config["evaluation"]
-    template = config["models"][wildcards.model].get("template", "chat")
+    s = G.sample_settings(config, cell_of(wildcards))
     n = space_separated(config["benchmarks"][bench]["n"] for bench in BENCHMARKS)
+    fill = ""
+    if s["max_tokens"] == G.MAX_TOKENS:
+        fill = f" --context-length {config['models'][wildcards.model]['context_length']}"
     return (
-        f"--n {n} --temperature {ev['temperature']} --top-p {ev['top_p']}"
-        f" --max-tokens {ev['max_tokens']} --seed {ev['seed']} --engine {ev['engine']} --template {template}"
-        f" --batch-size {ev['batch_size']}"
+        f"--n {n} --temperature {s['temperature']} --top-p {s['top_p']}"
+        f" --max-tokens {s['max_tokens']} --seed {ev['seed']} --engine {ev['engine']} --template {s['template']}"
+        f" --batch-size {ev['batch_size']}{fill}"
     )
