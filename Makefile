@@ -7,8 +7,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 CORES   ?= 2
-# pytest-xdist workers of `make test`: the SLURM tier mostly waits on its cluster, so a second worker
-# runs the rest of the suite meanwhile (tests/conftest.py orders the work).
+# pytest-xdist workers of `make test`, each running whole test files (one SLURM cluster at a time), the
+# longest first (tests/conftest.py).
 TEST_WORKERS ?= 2
 # torch is pinned in pyproject.toml; install that exact version first so nothing (including the
 # deepspeed source build, which imports torch) can pull a CUDA build of another version.
@@ -73,7 +73,7 @@ demo-llm: $(STAMP)
 	@echo "demo-llm done: demo-llm/results/"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 tests
 
 bench: $(STAMP)
 	$(PY) perf/bench_core.py

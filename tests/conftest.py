@@ -20,12 +20,18 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# The longest test files, which `make test` starts first (pytest-xdist: --dist loadfile sends a whole file
+# to one worker, --no-loadscope-reorder keeps this order): the SLURM tier needs its cluster on one worker,
+# and started last it would leave the other worker idle at the end.
+LONGEST_FILES = ("test_slurm.py", "test_workflow.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``make test`` runs two workers), the tests of an ``xdist_group`` come first:
-    the scheduler hands each group to one worker as a unit in collection order, and the SLURM group is
-    the suite's longest unit -- started last, the other worker would sit idle at the end."""
-    if config.getoption("numprocesses", default=None):
-        items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+    """In a pytest-xdist worker (which collects what the controller schedules), the tests of
+    :data:`LONGEST_FILES` come first, in that order."""
+    if hasattr(config, "workerinput"):
+        first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
+        items.sort(key=lambda item: first.get(item.path.name, len(first)))
 
 
 @pytest.fixture(scope="session")

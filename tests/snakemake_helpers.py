@@ -13,10 +13,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# The pytest-xdist group of the tests that run the tiny DAG for real on a cluster or as its one-node
-# reference: one worker runs them all, so the SLURM cluster and the shared local run exist once, and it
-# starts with them, the longest unit of the suite (conftest.pytest_collection_modifyitems).
-CLUSTER_GROUP = "cluster"
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -31,13 +31,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from snakemake_helpers import CLUSTER_GROUP, REPO, copy_workflow, dry_run_resources, snakemake, write_config
+from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake, write_config
 from test_workflow import TINY, check_results
 from train_helpers import assert_rows_close, metrics
 
 CLUSTER = REPO / "tests/slurm/cluster.sh"
-# One pytest-xdist worker runs this module: one cluster at a time on this machine (snakemake_helpers.CLUSTER_GROUP).
-pytestmark = pytest.mark.xdist_group(CLUSTER_GROUP)
 STEPS, CHECKPOINT_EVERY = 12, 3  # the fault runs; the faults come after step 4, well before the end
 PROFILE_TRAIN = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]["train"]
 SIGNAL = re.search(r"--signal=(\w+)@", PROFILE_TRAIN["slurm_extra"]).group(1)  # the profile's warning signal

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from snakemake_helpers import CLUSTER_GROUP, REPO, copy_workflow, job_counts, snakemake, write_config
+from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
 
 from rsgrpo.grading import extract_answer
 from rsgrpo.train import checkpoint as ckpt
@@ -296,7 +296,6 @@ def check_results(wf):
     return cells
 
 
-@pytest.mark.xdist_group(CLUSTER_GROUP)  # its fixture is the SLURM test's one-node reference: one worker builds it
 def test_real_run_on_tiny_config(tiny_local_run):
     """The whole DAG on CPU: prepare, train (2 steps), sample, score, aggregate, figures, report."""
     wf, config, env = tiny_local_run
