@@ -7,6 +7,7 @@ hub lookup costs ~50 s per call on this offline machine.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,16 +48,37 @@ def tiny_model_dir(tmp_path_factory):
 
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """``build(folder)``'s JSON result, computed once per test session even under pytest-xdist: the
+    first worker to get here builds it in the session's shared temporary folder while holding a lock,
+    the others wait and reuse it (pytest-xdist's documented pattern for session fixtures)."""
+    import fcntl
+    import json
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # <session>/popen-gwN -> <session>, shared by the workers of this run only
+    folder, done = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)))
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def one_rank_reference(tiny_model_dir, tmp_path_factory):
     """A 1-process run (ZeRO 0) of the shared 6-step config of ``train_helpers.write_run_inputs``: the
     trajectory every N-rank, resumed or preempted run must follow."""
     from train_helpers import run_checked, train_cmd, write_run_inputs
 
-    tmp = tmp_path_factory.mktemp("one-rank")
-    cfg, runner = write_run_inputs(tmp, tiny_model_dir)
-    run_checked(train_cmd(runner, cfg, tmp / "run"))
-    return tmp / "run"
+    def build(tmp):
+        cfg, runner = write_run_inputs(tmp, tiny_model_dir)
+        run_checked(train_cmd(runner, cfg, tmp / "run"))
+        return str(tmp / "run")
+
+    return Path(built_once(tmp_path_factory, "one-rank", build))
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +104,13 @@ def tiny_local_run(tmp_path_factory, test_rewards):
     from snakemake_helpers import copy_workflow, snakemake, write_config
     from test_workflow import TINY
 
-    wf = copy_workflow(tmp_path_factory.mktemp("tiny-local") / "wf")
-    config = write_config(wf / "tiny.yaml", dict(TINY, training=dict(TINY["training"], reward_kind="has_digit")))
-    env = {"PYTHONPATH": str(test_rewards)}
-    out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(config), env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return wf, config, env
+    def build(folder):
+        wf = copy_workflow(folder / "wf")
+        config = write_config(wf / "tiny.yaml", dict(TINY, training=dict(TINY["training"], reward_kind="has_digit")))
+        env = {"PYTHONPATH": str(test_rewards)}
+        out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(config), env=env)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return [str(wf), str(config), env]
+
+    wf, config, env = built_once(tmp_path_factory, "tiny-local", build)
+    return Path(wf), Path(config), env
