@@ -345,20 +345,13 @@ def test_every_policy_loss_and_aggregation_is_independent_of_the_micro_batches(t
 # ------------------------------------------------------------------------------------------------
 # a non-default policy loss resumes exactly
 # ------------------------------------------------------------------------------------------------
-RESUME_RECORDS = [{"id": f"r{i}", "problem": f"{i}", "answer": "1"} for i in range(4)]
-
-
-@register("test_actor_odd_length")
-def odd_length(*, completions, answers, problems, records):
-    return [float(len(text) % 2) for text in completions]
-
-
 def _gspo_trainer(model_dir, run_dir, **over):
-    cfg = dict(model_dir=str(model_dir), steps=3, prompts_per_step=2, samples_per_prompt=3, max_new_tokens=5,
-               lr=1e-3, engine="hf", progress=False, checkpoint_every=1, keep_last=0, keep_resumable=0, seed=1,
-               ppo_epochs=2, reward_kind="test_actor_odd_length", policy_loss="gspo", loss_agg="seq-mean-token-mean")
-    cfg.update(over)
-    return Trainer(from_dict(cfg), run_dir, records=RESUME_RECORDS, prompt_fn=lambda p: f"Q{p}:")
+    """test_checkpoint's resumable tiny trainer with gspo, seq-mean-token-mean and 2 PPO epochs."""
+    from test_checkpoint import _trainer
+
+    return _trainer(model_dir, run_dir, **{"steps": 3, "checkpoint_every": 1, "keep_resumable": 0, "seed": 1,
+                                           "ppo_epochs": 2, "policy_loss": "gspo", "loss_agg": "seq-mean-token-mean",
+                                           **over})
 
 
 def test_a_gspo_run_resumes_bit_exactly_and_its_hash_names_the_loss(tiny_model_dir, tmp_path):
