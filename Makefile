@@ -62,8 +62,10 @@ DEMO_LLM := --configfile config/demo-llm.yaml
 CALIBRATE := --configfile config/calibrate.yaml
 EXTENSIONS := --configfile config/grid.yaml config/extensions.yaml
 
+# The demo's ~90 jobs each do seconds of work: `rsgrpo.preload` imports torch, transformers & co. once
+# and forks every `python -m rsgrpo` job from there (each job still a process of its own).
 demo: $(STAMP)
-	$(VENV)/bin/snakemake all --profile profiles/demo --cores $(CORES) $(DEMO)
+	$(PY) -m rsgrpo.preload -- $(VENV)/bin/snakemake all --profile profiles/demo --cores $(CORES) $(DEMO)
 	$(VENV)/bin/snakemake $(DEMO) --report report.html
 	@echo "demo done: results/, report.html"
 
