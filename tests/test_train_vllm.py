@@ -5,7 +5,8 @@ A Trainer with ``zero_stage: 3`` (one gloo rank) and ``engine: vllm`` builds its
 from the bucket-by-bucket gather after each update. Checks: torch's linear is still torch's own
 after the actor is built (DeepSpeed's ``memory_efficient_linear`` would replace it for the engine
 too), the run ends with its two metric rows and checkpoint, and after every refresh the engine
-computes what transformers computes with the trainer's weights of that moment.
+computes what transformers computes with the trainer's weights of that moment. The same with LoRA
+(under ZeRO-3 and without ZeRO): the engine gets the merged weights.
 """
 
 from __future__ import annotations
@@ -70,12 +71,19 @@ class ProbedTrainer(Trainer):
         self.seen["pushes"].append((vllm_prompt_logprobs(self.engine, self.probe_ids), greedy, weights))
 
 
-def test_a_zero3_actor_and_a_vllm_engine_train_in_one_process(tiny_model_dir, tmp_path):
+# LoRA: the engine gets the merged weights (base + adapters) at every refresh, gathered under ZeRO-3 or
+# read from the module without ZeRO (the vLLM engine never shares the actor's module)
+LORA = {"rank": 4, "alpha": 8, "target_modules": "all-linear"}
+
+
+@pytest.mark.parametrize("zero_stage,lora,lr", [(3, None, 1e-3), (3, LORA, 1e-2), (0, LORA, 1e-2)],
+                         ids=["full-zero3", "lora-zero3", "lora-zero0"])
+def test_a_zero3_actor_and_a_vllm_engine_train_in_one_process(tiny_model_dir, tmp_path, zero_stage, lora, lr):
     cfg = from_dict(dict(model_dir=str(tiny_model_dir), steps=2, prompts_per_step=2, samples_per_prompt=4,
-                         max_new_tokens=8, lr=1e-3, micro_batch_size=4, ppo_epochs=1, seed=3, progress=False,
-                         zero_stage=3, engine="vllm", engine_options={"kv_cache_memory_bytes": KV_CACHE},
+                         max_new_tokens=8, lr=lr, micro_batch_size=4, ppo_epochs=1, seed=3, progress=False,
+                         zero_stage=zero_stage, engine="vllm", engine_options={"kv_cache_memory_bytes": KV_CACHE},
                          reward_kind="test_train_vllm_has_digit", dynamic_sampling=False, checkpoint_every=0,
-                         logging=[]))
+                         logging=[], lora=lora))
     trainer = ProbedTrainer(cfg, tmp_path / "run", records=RECORDS, prompt_fn=lambda p: f"Q: {p}\nA:")
     trainer.run()
     seen = trainer.seen
@@ -106,6 +114,13 @@ def test_a_zero3_actor_and_a_vllm_engine_train_in_one_process(tiny_model_dir, tm
     saved = load_file(ckpt.latest_checkpoint(tmp_path / "run")[1] / "model.safetensors")
     last = seen["pushes"][-1][2]
     assert set(saved) <= set(last) and all(torch.equal(saved[k], last[k]) for k in saved)
+    if lora is not None:  # merged weights: every adapted layer moved, the base model's own never did
+        base = load_file(tiny_model_dir / "model.safetensors")
+        assert set(saved) == set(base)
+        moved = {k for k in saved if not torch.equal(saved[k], base[k])}
+        assert moved and all(k.endswith("_proj.weight") for k in moved)
+        frozen = {n for n, p in trainer.actor.model.named_parameters() if not p.requires_grad}
+        assert frozen and all(".lora_" not in n for n in frozen)
 
 
 def test_a_vllm_engine_left_with_stale_weights_stops_the_run_within_one_step(tiny_model_dir, tmp_path,

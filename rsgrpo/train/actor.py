@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rsgrpo.train import micro_batches, mismatch
+from rsgrpo.train import lora, micro_batches, mismatch
 from rsgrpo.train.config import TrainConfig, compute_dtype
 from rsgrpo.train.distributed import collectives, zero_state
 from rsgrpo.train.loss import build_batch, padding_batch, policy_loss, to_token_layout, token_logprobs
@@ -99,7 +99,11 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
 class Actor:
     """Policy model + DeepSpeed engine (+ reference model), loaded from ``source`` (the initial
     model or the checkpoint a run resumes from); ``masters``: the fp32 master weights by parameter
-    name of the checkpoint a bf16-mixed run resumes from (default: the source's weights)."""
+    name of the checkpoint a bf16-mixed run resumes from (default: the source's weights).
+
+    With ``cfg.lora`` the model is the base (``source`` is then always the initial model) with LoRA
+    adapters attached (:mod:`rsgrpo.train.lora`); ``masters`` are the adapters' fp32 values (default:
+    their initialisation), whatever the precision."""
 
     def __init__(self, cfg: TrainConfig, source: str, masters: Mapping[str, torch.Tensor] | None = None):
         import deepspeed
@@ -115,10 +119,14 @@ class Actor:
                                                  zero3_config=deepspeed_config(cfg) if cfg.zero_stage == 3 else None)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora is not None:
+            self.model = lora.attach(self.model, cfg.lora, adapters=masters)
+            masters = lora.adapter_values(self.model)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        optimizer = torch.optim.AdamW([p for _, p in zero_state.trainable_parameters(self.model)], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      eps=cfg.adam_eps)
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
                                                     config=deepspeed_config(cfg))
         if cfg.precision == "bf16-mixed":  # masters from the exact fp32 values, not the bf16 rounding
@@ -341,14 +349,15 @@ class Actor:
         """``(name, full tensor)`` of every weight; a collective under ZeRO-3 (gathered by buckets).
         The tensors are the live (gathered) ones on the device, or host copies with ``to_host``
         (:func:`rsgrpo.train.distributed.zero_state.gathered_parameters`)."""
-        return zero_state.gathered_parameters(self.model, include_aliases=include_aliases, to_host=to_host)
+        weights = zero_state.gathered_parameters(self.model, include_aliases=include_aliases, to_host=to_host)
+        return weights if self.cfg.lora is None else lora.merged_weights(weights, self.cfg.lora)
 
     def resume_tensors(self, *, rank: int, world_size: int):
         """This rank's share of what resume needs beyond the HF weights: AdamW moments and, for
         bf16-mixed, fp32 masters (a collective every rank iterates; see
         :func:`rsgrpo.train.distributed.zero_state.owned_state_tensors`)."""
         return zero_state.owned_state_tensors(self.engine, self.model, rank=rank, world_size=world_size,
-                                              masters=self.cfg.precision == "bf16-mixed")
+                                              masters=self.cfg.precision == "bf16-mixed" or self.cfg.lora is not None)
 
     def write_checkpoint_files(self, writer, *, rank: int, world_size: int, is_main: bool) -> None:
         """This rank's part of a checkpoint (:class:`rsgrpo.train.checkpoint.CheckpointWriter`): its
@@ -357,10 +366,10 @@ class Actor:
         bucket; rank 0 copies each gathered tensor to the host and writes it, the others only take
         part: they copy and keep nothing)."""
         writer.write_resume(self.resume_tensors(rank=rank, world_size=world_size))
-        if self.cfg.zero_stage == 3:
+        if self.cfg.zero_stage == 3 or self.cfg.lora is not None:  # gathered, or merged: written tensor by tensor
             weights = self.full_weights(include_aliases=False, to_host=is_main)
             if is_main:
-                writer.write_weights(self.model, self.tokenizer, weights)
+                writer.write_weights(self.hf_model, self.tokenizer, weights)
             else:
                 for _ in weights:
                     pass
@@ -372,10 +381,16 @@ class Actor:
         module holds one partition) the full weights gathered bucket by bucket, a collective. The
         gathered tensors go to the engine as they are, on the device: the engine copies each into
         its own weights, and each bucket is released once the engine has taken it."""
-        if self.cfg.zero_stage == 3:
-            engine.load_named_weights(self.full_weights())
+        if self.cfg.zero_stage == 3 or (self.cfg.lora is not None and getattr(engine, "model", None) is not self.model):
+            engine.load_named_weights(self.full_weights())  # gathered, or merged: by the base model's names
         else:
-            engine.load_weights(self.model)
+            engine.load_weights(self.model)  # the engine shares the module (LoRA: it runs the adapters unmerged)
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The Hugging Face model (the base model inside PEFT's wrapper with LoRA): its config and
+        generation config are what a checkpoint's weights are saved with."""
+        return self.model.get_base_model() if self.cfg.lora is not None else self.model
 
     def optimizer_step_count(self) -> int:
         return zero_state.optimizer_step_count(self.engine)

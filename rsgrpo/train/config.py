@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rsgrpo.prepare.prompts import PROMPT_TEMPLATES
-from rsgrpo.train import config_losses
+from rsgrpo.train import config_lora, config_losses
 from rsgrpo.train.config_values import coerce, config_error
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "validate", "config_hash", "compute_dtype", "FIELD_DOCS",
@@ -156,6 +156,10 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, kind="bool",
                                       doc="recompute each layer's activations in the backward pass instead of "
                                           "keeping them (transformers' gradient checkpointing)")
+    lora: dict | None = _f(None, kind="dict?",
+                           doc="null = full fine-tuning; {rank, alpha, dropout, target_modules: all-linear | [names]} "
+                               "= LoRA adapters (PEFT) with the base frozen (rsgrpo/train/config_lora.py; lr about "
+                               "10x full fine-tuning's, docs/training.md)")
     logprob_chunk_tokens: int = _f(1024, kind="int",
                                    doc="completion tokens per chunk of the output layer and log-softmax: bounds the "
                                        "float32 [tokens, vocab] logits held at once")
@@ -315,6 +319,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> TrainConfig:
     need("collective_timeout_minutes", cfg.collective_timeout_minutes > 0, "must be > 0")
     need("rollout_correction_cap", cfg.rollout_correction_cap > 1, "must be > 1")
     config_losses.check(cfg, source)  # policy_loss, loss_agg and the clip ranges (resolves clip null)
+    config_lora.check(cfg, source)  # fills in the lora block's defaults
     need("mismatch_max_k3", cfg.mismatch_max_k3 >= 0, "must be >= 0 (0 = never stop)")
     need("mismatch_check_every", cfg.mismatch_check_every >= 1, "must be >= 1")
     need("keep_last", cfg.keep_last >= 0, "must be >= 0 (0 = keep all)")
@@ -462,6 +467,7 @@ def config_hash(cfg: TrainConfig) -> str:
     if cfg.rollout_correction == "none":  # off trains as before the option existed: earlier runs still resume
         skip.update(("rollout_correction", "rollout_correction_cap"))
     skip.update(config_losses.hash_skips(cfg))
+    skip.update(config_lora.hash_skips(cfg))
     d = {k: v for k, v in to_dict(cfg).items() if k not in skip}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -55,7 +55,7 @@ import torch
 from rsgrpo import estimators
 from rsgrpo.prepare.loading import check_gradient_checkpointing
 from rsgrpo.train import checkpoint as ckpt
-from rsgrpo.train import data_order, engines, preemption, rewards, rollout_log, sinks
+from rsgrpo.train import data_order, engines, lora, preemption, rewards, rollout_log, sinks
 from rsgrpo.train.actor import Actor, UpdateStats
 from rsgrpo.train.config import TrainConfig, compute_dtype, config_hash
 from rsgrpo.train.distributed import collectives, launch
@@ -144,7 +144,9 @@ class Trainer:
         np.random.seed(cfg.seed % 2 ** 32)
         source = str(resume_from) if resume_from is not None else cfg.model_dir
         self.prompts, max_model_len = build_prompts(cfg, self.data.records, source, self._prompt_fn)
-        self.actor = Actor(cfg, source, masters=state["masters"] if state is not None else None)
+        # LoRA: the frozen base from model_dir and the adapters from the state (a checkpoint's weights are merged)
+        self.actor = Actor(cfg, cfg.model_dir if cfg.lora is not None else source,
+                           masters=state["masters"] if state is not None else None)
         self.start_step = int(state["step"]) if state is not None else 0  # the engine's seed needs it
         self.engine = self._make_engine(source, max_model_len)
         if self.dist.is_main:
@@ -162,6 +164,8 @@ class Trainer:
             engines.resolve_engine_kind(self.cfg.engine)  # no silent fallback to transformers on a GPU machine
         if self.cfg.gradient_checkpointing:
             check_gradient_checkpointing(source)
+        if self.cfg.lora is not None:
+            lora.check_targets(self.cfg.lora, source, "train config")
         if torch.cuda.is_available() and self.cfg.precision == "fp32" and self.dist.is_main:
             log.warning("precision fp32 on a GPU: training and rollouts in fp32 (twice the memory, several times "
                         "slower); the workflow's GPU configs use precision: bf16-mixed, zero_stage >= 1")
@@ -181,6 +185,8 @@ class Trainer:
         per start step (its requests are unseeded, see ``COLOCATED_VLLM_DEFAULTS``), and on a GPU it
         gets the share of the GPU the plan computes (:func:`engine_share`) unless the config sets one."""
         shared = self.actor.model if self.cfg.zero_stage != 3 else None
+        if self.cfg.lora is not None and engines.resolve_engine_kind(self.cfg.engine) == "vllm":
+            shared = None  # the engine loads the merged weights of source; PEFT's module has other names
         if self._engine_factory is not None:
             return self._engine_factory(shared, self.actor.tokenizer, source)
         cfg = self.cfg

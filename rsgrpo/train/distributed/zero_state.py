@@ -97,12 +97,18 @@ def gathered_parameters(model: torch.nn.Module, *, bucket_numel: int = 50_000_00
         yield k, out(b)
 
 
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(name, parameter)`` of what the optimizer trains, in ``named_parameters()`` order: every
+    parameter in full fine-tuning, the adapters with LoRA (the base frozen)."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
 def load_master_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
-    """Set every parameter's fp32 master copy from ``weights[name]`` (any float dtype, full shape;
-    read lazily, one tensor at a time). Collective under ZeRO-3."""
+    """Set every trained parameter's fp32 master copy from ``weights[name]`` (any float dtype, full
+    shape; read lazily, one tensor at a time). Collective under ZeRO-3."""
     from deepspeed.utils import safe_set_full_fp32_param
 
-    for name, param in model.named_parameters():
+    for name, param in trainable_parameters(model):
         value = weights[name]
         shape = tuple(param.ds_shape) if _is_zero3(param) else tuple(param.shape)
         if tuple(value.shape) != shape:
@@ -149,8 +155,9 @@ def optimizer_step_count(ds_engine) -> int:
 def owned_state_tensors(ds_engine, model: torch.nn.Module, *, rank: int, world_size: int,
                         masters: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """This rank's share of the state resume needs, as ``("exp_avg/<name>", full tensor)``,
-    ``("exp_avg_sq/<name>", ...)`` and with ``masters`` ``("master/<name>", fp32 master)``: parameter
-    ``i`` (``model.named_parameters()`` order) belongs to rank ``i % world_size``.
+    ``("exp_avg_sq/<name>", ...)`` and with ``masters`` ``("master/<name>", fp32 master)`` (without
+    ZeRO, where an fp32 model is its own master, the parameter): trained parameter ``i``
+    (:func:`trainable_parameters` order) belongs to rank ``i % world_size``.
 
     Collective for ZeRO 1-3 and for masters (each tensor is assembled from all ranks' fragments):
     every rank walks every parameter, keeps the tensors it owns and drops the others, so no rank
@@ -161,7 +168,7 @@ def owned_state_tensors(ds_engine, model: torch.nn.Module, *, rank: int, world_s
     stage = zero_stage(ds_engine)
     inner = inner_optimizer(ds_engine)
     step = adam_step(inner)
-    for index, (name, param) in enumerate(model.named_parameters()):
+    for index, (name, param) in enumerate(trainable_parameters(model)):
         mine = index % world_size == rank
         for moment in _MOMENTS:
             if stage == 0:
@@ -175,6 +182,8 @@ def owned_state_tensors(ds_engine, model: torch.nn.Module, *, rank: int, world_s
                 yield f"{moment}/{name}", tensor.detach().to("cpu", torch.float32, copy=True)
         if masters:
             master = safe_get_full_fp32_param(param)
+            if master is None and stage == 0 and param.dtype == torch.float32:
+                master = param
             if master is None:
                 raise RuntimeError(f"parameter {name} has no fp32 master copy (not a bf16-mixed DeepSpeed model)")
             if mine:
@@ -185,7 +194,7 @@ def full_optimizer_state(ds_engine, model: torch.nn.Module) -> dict[str, Any]:
     """AdamW state as ``{"step": int, "exp_avg": {name: full tensor}, "exp_avg_sq": {...}}``.
 
     Collective for ZeRO stages 1-3 (DeepSpeed assembles each tensor from the partitions of all
-    ranks); every rank gets the full state. Names are those of ``model.named_parameters()``.
+    ranks); every rank gets the full state. Names are those of :func:`trainable_parameters`.
     """
     out: dict[str, Any] = {"step": optimizer_step_count(ds_engine), **{m: {} for m in _MOMENTS}}
     for key, tensor in owned_state_tensors(ds_engine, model, rank=0, world_size=1):
@@ -204,7 +213,7 @@ def load_full_optimizer_state(ds_engine, model: torch.nn.Module, state: Mapping[
     stage = zero_stage(ds_engine)
     inner = inner_optimizer(ds_engine)
     step = int(state["step"])
-    named = list(model.named_parameters())
+    named = trainable_parameters(model)
     names = {n for n, _ in named}
     saved = set(state["exp_avg"])
     if names != saved:
