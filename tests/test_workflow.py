@@ -80,6 +80,149 @@ def test_extensions_overlay_dry_run(tmp_path):
     assert commands["beta2"] in paper.stdout.replace("'", "")  # the paper grid's cell, unchanged
 
 
+LORA_COUNTS = dict(
+    PAPER_COUNTS,
+    train=56,  # the paper's 27 trained cells, their 27 LoRA twins (rank 32) and GRPO / RS-GRPO at rank 1
+    sample=125,  # the paper's 64 + 27 LoRA finals + 8 LoRA ablation cells x 4 intermediate steps + 2 rank 1
+    score=125,
+)
+
+
+def _merged(*files: str) -> dict:
+    """The workflow config of ``--configfile`` FILES, merged as Snakemake merges them: mappings key by
+    key, anything else replaced."""
+    def merge(base, over):
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {**base, **{k: merge(base[k], v) if k in base else v for k, v in over.items()}}
+        return over
+
+    out: dict = {}
+    for name in files:
+        out = merge(out, yaml.safe_load((REPO / name).read_text()))
+    return out
+
+
+def _train_commands(output: str) -> dict[str, list[str]]:
+    """{run dir: the argv of its ``python -m rsgrpo train`` (up to the log redirection)} from ``snakemake -n -p``."""
+    import shlex
+
+    commands = {}
+    for line in output.splitlines():
+        if "python -m rsgrpo train" in line:
+            argv = shlex.split(line[line.index("python -m rsgrpo train"):])
+            argv = argv[: argv.index(">")]
+            commands[argv[argv.index("--run-dir") + 1]] = argv
+    return commands
+
+
+def test_lora_overlay_dry_run(tmp_path):
+    """config/lora.yaml over config/grid.yaml: every trained cell of the paper grid once more with LoRA
+    (and GRPO / RS-GRPO at rank 1). Each LoRA cell's train command carries the lora block and the LoRA lr
+    (10x full fine-tuning's) and parses, as the train verb parses it, into a valid TrainConfig that differs
+    from its full fine-tuning twin's in those two keys only; the full fine-tuning cells keep their paths and
+    their commands, and carry no lora."""
+    from rsgrpo import grid as G
+    from rsgrpo.layout import LAYOUT
+    from rsgrpo.train.config import load_config, to_dict
+    from rsgrpo.train.config_lora import DEFAULTS
+
+    files = ("config/grid.yaml", "config/lora.yaml")
+    both = ("--configfile", *files)
+    lint = snakemake(REPO, "--lint", *both)  # as `make lint`
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "-n", *both)
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout + out.stderr) == LORA_COUNTS
+
+    paper_cfg, config = _merged(files[0]), _merged(*files)
+    assert config["sweeps"][: len(paper_cfg["sweeps"])] == paper_cfg["sweeps"]  # the paper's sweeps, unchanged
+    methods = config["methods"]
+
+    def lora_of(cell):
+        return methods[cell.method].get("training", {}).get("lora")
+
+    def twin(cell):  # the full fine-tuning cell a LoRA cell mirrors: grpo_lora, grpo_lora_r1 -> grpo
+        method = cell.method.split("_lora")[0]
+        return G.run_segment(config["models"][cell.model], cell.train_set, method, cell.beta)
+
+    paper = [c for c in G.expand(paper_cfg) if not c.is_base]
+    steps = {c.id: c.eval_steps for c in paper}
+    trained = [c for c in G.expand(config) if not c.is_base]
+    lora_cells = [c for c in trained if lora_of(c) is not None]
+    assert {c.id for c in trained if lora_of(c) is None} == {c.id for c in paper}
+    assert len(lora_cells) == 29 and all(c.method.split("_lora")[0] in paper_cfg["methods"] for c in lora_cells)
+    mirrored = {(c.model, twin(c), c.eval_steps) for c in lora_cells if c.method.endswith("_lora")}
+    assert mirrored == {(c.model, c.run, c.eval_steps) for c in paper}  # every paper cell, at its steps
+
+    def metrics(cells):
+        return [LAYOUT.metrics(LAYOUT.cell_dir(c.id)) for c in cells]
+
+    out = snakemake(wf, "-n", "-p", *metrics(trained), *both)
+    assert out.returncode == 0, out.stderr
+    commands = _train_commands(out.stdout)
+    paper_out = snakemake(wf, "-n", "-p", *metrics(paper))  # the paper grid alone (the default config)
+    assert paper_out.returncode == 0, paper_out.stderr
+    paper_commands = _train_commands(paper_out.stdout)
+    assert len(commands) == len(trained) and len(paper_commands) == len(paper)
+
+    def train_config(argv):
+        return load_config(None, [a.removeprefix("--set=") for a in argv if a.startswith("--set=")])
+
+    for cell in trained:
+        argv = commands[LAYOUT.run_dir(cell.id)]
+        cfg = train_config(argv)
+        block = lora_of(cell)
+        if block is None:
+            assert argv == paper_commands[LAYOUT.run_dir(cell.id)], cell.id
+            assert cfg.lora is None and not any("lora" in a for a in argv), cell.id
+            continue
+        lr = methods[cell.method]["training"]["lr"]
+        assert lr == pytest.approx(10 * paper_cfg["training"]["lr"])  # docs/training.md: LoRA lr ~ 10x
+        assert f"--set=lora={json.dumps(block)}" in argv and f"--set=lr={json.dumps(lr)}" in argv, cell.id
+        assert cfg.lora == {**DEFAULTS, **block} and cfg.lr == lr, cell.id
+        full_argv = paper_commands[LAYOUT.run_dir(f"{cell.model}/{twin(cell)}")]
+        full = to_dict(train_config(full_argv))
+        # keep_last follows the evaluated steps: the rank-1 cells evaluate only the final one
+        same_steps = steps[f"{cell.model}/{twin(cell)}"] == cell.eval_steps
+        assert {k: v for k, v in to_dict(cfg).items() if full[k] != v and (same_steps or k != "keep_last")} == {
+            "lora": cfg.lora, "lr": lr}, cell.id
+        assert argv[argv.index("--nproc") + 1] == full_argv[full_argv.index("--nproc") + 1], cell.id
+
+
+def test_demo_lora_overlay_dry_run(tmp_path):
+    """config/demo-lora.yaml over config/demo.yaml (`make demo-lora`): the demo's 12 trained cells unchanged
+    and 6 LoRA cells (GRPO and RS-GRPO beta 4, 3 seeds), evaluated at the demo's steps, whose train commands
+    carry the lora block and the LoRA lr and parse into valid TrainConfigs."""
+    from rsgrpo.train.config import load_config
+
+    files = ("config/demo.yaml", "config/demo-lora.yaml")
+    both = ("--configfile", *files)
+    lint = snakemake(REPO, "--lint", *both)  # as `make lint`
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    wf = copy_workflow(tmp_path)
+    out = snakemake(wf, "all", "-n", "-p", *both)
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout + out.stderr)
+    assert (counts["train"], counts["sample"], counts["score"], counts["pretrain"]) == (18, 55, 55, 1)
+    demo = snakemake(wf, "all", "-n", "-p", "--configfile", files[0])
+    assert demo.returncode == 0, demo.stderr
+    commands, demo_commands = _train_commands(out.stdout), _train_commands(demo.stdout)
+    lora_runs = sorted(r for r in commands if "_lora" in r)
+    assert lora_runs == [f"runs/adder/{m}-seed{s}" for m in ("grpo_lora", "rs_grpo_lora-beta4") for s in (0, 1, 2)]
+    assert {r: commands[r] for r in commands if r not in lora_runs} == demo_commands  # the demo's, unchanged
+    def train_config(argv):
+        return load_config(None, [a.removeprefix("--set=") for a in argv if a.startswith("--set=")])
+
+    full_lr = train_config(demo_commands["runs/adder/grpo-seed0"]).lr
+    for run in lora_runs:
+        cfg = train_config(commands[run])
+        assert cfg.lora == {"rank": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear"}, run
+        assert cfg.lr == pytest.approx(10 * full_lr), run
+        assert cfg.estimator == ("rs_grpo" if "rs_grpo" in run else "grpo"), run
+
+
 def test_single_cell_schedules_exactly_its_jobs(tmp_path):
     out = snakemake(copy_workflow(tmp_path), "-n", "-p", "results/qwen7b/beta4/passk.csv")
     assert out.returncode == 0, out.stderr
