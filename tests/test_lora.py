@@ -151,7 +151,8 @@ def test_merged_weights_in_bf16_round_once(tiny_model_dir):
 def test_only_adapters_train_and_checkpoints_hold_merged_weights_and_small_resume_state(tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     trainer = _trainer(tiny_model_dir, run)
-    trainer.run()
+    manifest = trainer.run()
+    assert manifest["config"]["lora"] == {**LORA, "alpha": 8.0, "dropout": 0.0}  # the manifest records the settings
     base = load_file(tiny_model_dir / "model.safetensors")
     model = trainer.actor.model
     for name, param in model.named_parameters():
