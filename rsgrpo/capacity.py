@@ -12,6 +12,13 @@ two AdamW moments. fp32 training has no master copy: 4 bytes of weights, 4 of gr
 state per parameter, partitioned as the stage says. With ``kl_coef`` > 0 every rank also holds the
 frozen reference model, a full replica in the compute dtype (``rsgrpo.train.actor``).
 
+A LoRA job (``TrainJob.lora``) freezes the base: it stays in the compute dtype (partitioned under
+ZeRO-3 like any weight) with no gradients, fp32 masters or AdamW state; the adapters
+(:mod:`rsgrpo.capacity_lora`) are the trainable parameters and get all of those, partitioned as the
+stage says, in the formulas above with the adapters' count in place of the model's. Its activations
+are full fine-tuning's plus the adapters' (:func:`rsgrpo.capacity_lora.layer_activation_bytes`); its
+update computes no weight gradients of the base.
+
 Activations of one micro-batch at the longest sequence, per token and layer, are the tensors the
 backward pass of a Llama/Qwen decoder layer keeps: the two RMSNorm inputs and outputs, q/k/v (grouped
 keys and values), the attention output, the MLP input, gate, up, SiLU and product (the attention
@@ -31,6 +38,9 @@ import functools
 import json
 import math
 from dataclasses import dataclass
+
+from rsgrpo import capacity_lora
+from rsgrpo.capacity_lora import Lora
 
 GB = 1e9
 
@@ -79,6 +89,9 @@ MAX_ENGINE_SHARE = 0.95  # vLLM's own checks expect some memory left to the proc
 # Bytes per parameter of a resumable checkpoint (rsgrpo.train.checkpoint): the HF weights in the
 # compute dtype plus the resume state, fp32 master weights (bf16-mixed only) and the two AdamW moments.
 CHECKPOINT_BYTES = {"bf16-mixed": 2 + 4 + 8, "fp32": 4 + 8}
+# A LoRA run's resume state per adapter parameter: fp32 values (in either precision: the adapters are
+# not in the merged HF weights) and the two AdamW moments (rsgrpo.train.actor.resume_tensors).
+LORA_RESUME_BYTES = 4 + 8
 
 # --- host memory -----------------------------------------------------------------------------------
 # One math-verify grading worker (rsgrpo.grading, a forkserver child with math-verify and sympy
@@ -126,6 +139,7 @@ class TrainJob:
     gradient_checkpointing: bool
     logprob_chunk: int
     micro_batch_tokens: int | None = None  # token budget of a micro-batch (rows x longest row); None: none
+    lora: Lora | None = None     # LoRA adapters on a frozen base; None: full fine-tuning
 
     @property
     def batch_tokens(self) -> int:
@@ -151,7 +165,8 @@ def train_job(cfg, *, ranks: int, prompt_tokens: int) -> TrainJob:
                     sequence=int(prompt_tokens) + int(cfg.max_new_tokens), completion=int(cfg.max_new_tokens),
                     gradient_checkpointing=bool(cfg.gradient_checkpointing),
                     logprob_chunk=int(cfg.logprob_chunk_tokens),
-                    micro_batch_tokens=None if cfg.micro_batch_tokens is None else int(cfg.micro_batch_tokens))
+                    micro_batch_tokens=None if cfg.micro_batch_tokens is None else int(cfg.micro_batch_tokens),
+                    lora=capacity_lora.lora_of(getattr(cfg, "lora", None)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,26 +235,38 @@ def meta_shape(config: dict) -> Shape:
 # ------------------------------------------------------------------------------------------------
 # memory
 # ------------------------------------------------------------------------------------------------
+def trainable(shape: Shape, job: TrainJob) -> tuple[int, int, int]:
+    """(all parameters, trainable parameters, parameters of the largest trainable module): the model's
+    three times for full fine-tuning; with LoRA the base plus the adapters, the adapters, the largest
+    adapter module."""
+    if job.lora is None:
+        return shape.params, shape.params, shape.largest_layer
+    adapters = capacity_lora.adapter_params(shape, job.lora)
+    return shape.params + adapters, adapters, capacity_lora.largest_adapter(shape, job.lora)
+
+
 def model_states(shape: Shape, job: TrainJob) -> dict[str, float]:
-    """Bytes per GPU of weights, gradients, fp32 master weights and optimizer state (see module doc)."""
-    p, n, stage = shape.params, job.ranks, job.zero_stage
+    """Bytes per GPU of weights, gradients, fp32 master weights and optimizer state (see module doc);
+    with LoRA ``weights`` holds the frozen base and the adapters, the rest the adapters' states."""
+    p, t, big_t = trainable(shape, job)  # weights are all p; gradients and optimizer the t trainable ones
+    n, stage = job.ranks, job.zero_stage
     if job.precision not in BYTES:
         raise ValueError(f"precision must be one of {sorted(BYTES)}, got {job.precision!r}")
     if job.precision == "bf16-mixed":
         if stage == 0:
             raise ValueError("precision bf16-mixed needs zero_stage 1, 2 or 3")
         if stage == 3:  # a partition of the bf16 weights, and the largest layer's weights and gradients gathered
-            weights, gradients = 2 * shape.largest_layer + 2 * p / n, 2 * shape.largest_layer + 4 * p / n
+            weights, gradients = 2 * shape.largest_layer + 2 * p / n, 2 * big_t + 4 * t / n
         else:  # the whole bf16 weights; bf16 and fp32 gradient partitions
-            weights, gradients = 2 * p, (2 + 4) * p / n
+            weights, gradients = 2 * p, (2 + 4) * t / n
         if job.offload_optimizer:  # DeepSpeed's cpu_offload: gradient partitions, masters and moments in host memory
-            gathered = 2 * shape.largest_layer if stage == 3 else 0.0
+            gathered = 2 * big_t if stage == 3 else 0.0
             return {"weights": weights, "gradients": gathered, "master_weights": 0.0, "optimizer": 0.0}
-        return {"weights": weights, "gradients": gradients, "master_weights": 4 * p / n, "optimizer": 8 * p / n}
+        return {"weights": weights, "gradients": gradients, "master_weights": 4 * t / n, "optimizer": 8 * t / n}
     # fp32: no master copy; stage 1 partitions the optimizer, 2 also the gradients, 3 also the weights
     weights = 4 * shape.largest_layer + 4 * p / n if stage == 3 else 4 * p
-    gradients = 4 * shape.largest_layer * (stage == 3) + 4 * p / n if stage >= 2 else 4 * p
-    optimizer = 8 * p / n if stage >= 1 else 8 * p
+    gradients = 4 * big_t * (stage == 3) + 4 * t / n if stage >= 2 else 4 * t
+    optimizer = 8 * t / n if stage >= 1 else 8 * t
     if job.offload_optimizer:
         optimizer = 0.0
     return {"weights": weights, "gradients": gradients, "master_weights": 0.0, "optimizer": optimizer}
@@ -255,12 +282,18 @@ def layer_activation_elements(shape: Shape) -> int:
     return ACT_PER_HIDDEN * shape.hidden + ACT_PER_KV * shape.kv_width + ACT_PER_INTERMEDIATE * shape.intermediate
 
 
+def _adapter_activations(shape: Shape, job: TrainJob) -> list[float]:
+    """Bytes per token each layer's LoRA adapters add to its kept activations (none without LoRA)."""
+    return [] if job.lora is None else capacity_lora.layer_activation_bytes(shape, job.lora, BYTES[job.precision])
+
+
 def kept_activations(shape: Shape, job: TrainJob) -> float:
     """Bytes one micro-batch keeps from its forward for the backward pass (longest sequence)."""
     tokens = job.batch_tokens
     per_token = (shape.layers * (shape.hidden if job.gradient_checkpointing else layer_activation_elements(shape))
                  + ACT_OUTSIDE_LAYERS * shape.hidden)
-    return tokens * per_token * BYTES[job.precision]
+    adapters = 0.0 if job.gradient_checkpointing else sum(_adapter_activations(shape, job))  # checkpointing: inputs
+    return tokens * per_token * BYTES[job.precision] + tokens * adapters
 
 
 def recompute(shape: Shape, job: TrainJob) -> float:
@@ -268,7 +301,8 @@ def recompute(shape: Shape, job: TrainJob) -> float:
     if not job.gradient_checkpointing:
         return 0.0
     tokens = job.batch_tokens
-    return RECOMPUTE_FACTOR * tokens * layer_activation_elements(shape) * BYTES[job.precision]
+    adapters = max(_adapter_activations(shape, job), default=0.0)
+    return RECOMPUTE_FACTOR * tokens * (layer_activation_elements(shape) * BYTES[job.precision] + adapters)
 
 
 def logprob_chunk(shape: Shape, job: TrainJob) -> float:
@@ -348,8 +382,8 @@ def host_memory(shape: Shape, job: TrainJob, *, ranks_per_node: int, kl_referenc
     sleeping vLLM engine keeps nothing on the host (sleep level 2 discards its weights,
     ``rsgrpo.train.engines.vllm``)."""
     per_rank = BYTES[job.precision] * shape.params * (2 if kl_reference else 1)
-    if job.offload_optimizer:
-        per_rank += (4 + 4 + 8) * shape.params / job.ranks
+    if job.offload_optimizer:  # the trainable parameters' states: all of them, or LoRA's adapters
+        per_rank += (4 + 4 + 8) * trainable(shape, job)[1] / job.ranks
     per_rank += grading_workers * GRADING_WORKER_BYTES
     return ranks_per_node * per_rank
 
@@ -377,9 +411,13 @@ def engine_memory(shape: Shape, *, sequences: int, sequence: int, gpu_bytes: flo
 # ------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------
-def checkpoint_bytes(shape: Shape, precision: str) -> float:
-    """Bytes of one resumable checkpoint (:data:`CHECKPOINT_BYTES` per parameter)."""
-    return float(CHECKPOINT_BYTES[precision] * shape.params)
+def checkpoint_bytes(shape: Shape, precision: str, lora: Lora | None = None) -> float:
+    """Bytes of one resumable checkpoint (:data:`CHECKPOINT_BYTES` per parameter); with ``lora`` the
+    merged HF weights in the compute dtype (what ``sample`` loads, as large as full fine-tuning's) and
+    the adapters' resume state (:data:`LORA_RESUME_BYTES` per adapter parameter)."""
+    if lora is None:
+        return float(CHECKPOINT_BYTES[precision] * shape.params)
+    return float(BYTES[precision] * shape.params + LORA_RESUME_BYTES * capacity_lora.adapter_params(shape, lora))
 
 
 def checkpoints_per_job(*, job_minutes: float, minutes_per_step: float, write_minutes: float,
@@ -409,14 +447,25 @@ def forward_flops_per_token(shape: Shape, context: float) -> float:
 
 
 def train_step_flops(shape: Shape, *, sequences: int, prompt: int, completion: int,
-                     gradient_checkpointing: bool, ppo_epochs: int = 1) -> dict[str, float]:
+                     gradient_checkpointing: bool, ppo_epochs: int = 1,
+                     adapter_params: int | None = None) -> dict[str, float]:
     """FLOPs of one RL step: generation (forward of each new token at its context) and the update
     (forward + backward = 3x forward over prompt + completion, one more forward with checkpointing,
-    one no-grad forward more when ``ppo_epochs`` > 1, times the epochs)."""
+    one no-grad forward more when ``ppo_epochs`` > 1, times the epochs). With LoRA's
+    ``adapter_params`` the update's forward adds 2 FLOPs per adapter parameter and token, and its
+    backward computes only the input gradients through the frozen base (2 per parameter, attention's
+    2x its forward) plus the adapters' input and weight gradients (4 per adapter parameter); the
+    rollout engine generates with merged weights."""
     gen = sequences * completion * forward_flops_per_token(shape, prompt + completion / 2)
     tokens = sequences * (prompt + completion)
     fwd = tokens * forward_flops_per_token(shape, (prompt + completion) / 2)
-    per_epoch = fwd * (4 if gradient_checkpointing else 3)
+    if adapter_params is None:
+        per_epoch = fwd * (4 if gradient_checkpointing else 3)
+    else:
+        attention = fwd - tokens * 2 * shape.params
+        fwd += tokens * 2 * adapter_params
+        backward = tokens * (2 * shape.params + 4 * adapter_params) + 2 * attention
+        per_epoch = fwd * (2 if gradient_checkpointing else 1) + backward
     update = per_epoch * ppo_epochs + (fwd if ppo_epochs > 1 else 0.0)
     return {"generate": gen, "update": update, "generated_tokens": float(sequences * completion),
             "trained_tokens": float(tokens * ppo_epochs)}

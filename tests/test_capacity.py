@@ -11,6 +11,7 @@ from peak_memory import peak_mb
 
 from rsgrpo import capacity
 from rsgrpo.capacity import Shape, TrainJob
+from rsgrpo.capacity_lora import Lora
 
 SHAPE = Shape(params=7_615_616_512, largest_layer=545_001_472, layers=28, hidden=3584, intermediate=18944, heads=28,
               kv_heads=4, head_dim=128, vocab=152064)
@@ -269,3 +270,167 @@ def test_checkpoints_per_job_is_a_lower_bound_of_the_trainers_rule(steps, minute
         assert count == 4  # 100 steps = 2428 min a checkpoint
     if steps == 0 and minutes == 720 and per_step == 24.26:
         assert count == 13  # 30 steps = 729.6 min a checkpoint
+
+
+# ------------------------------------------------------------------------------------------------
+# LoRA: a frozen base, adapters trained (rsgrpo.capacity_lora)
+# ------------------------------------------------------------------------------------------------
+R16 = Lora(rank=16)  # config_lora.DEFAULTS: rank 16, all-linear, dropout 0
+# SHAPE's decoder layer: q, k, v, o, gate, up, down as rank x (in + out) with q = 28 x 128 = 3584 and
+# kv = 4 x 128 = 512: (h + q) + 2 (h + kv) + (q + h) + 2 (h + inter) + (inter + h)
+ADAPTERS_R16 = 16 * 28 * ((3584 + 3584) + 2 * (3584 + 512) + (3584 + 3584) + 3 * (3584 + 18944))
+LARGEST_ADAPTER_R16 = 16 * 18944  # lora_B of gate/up, lora_A of down: [18944, 16] / [16, 18944]
+
+
+def _peft_trainable(config: dict, **lora) -> int:
+    """Trainable parameters of PEFT's LoRA model built on the meta device from a config.json dict."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+        peft_model = get_peft_model(model, LoraConfig(bias="none", task_type="CAUSAL_LM", **lora))
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def _lora_configs() -> dict[str, dict]:
+    """The tiny test model and every config.json the plan knows (the grid's models, SmolLM2)."""
+    from rsgrpo.prepare.loading import MODEL_CONFIGS
+    from rsgrpo.prepare.tiny import tiny_config
+
+    configs = {"tiny": MODELS["tiny"], "tiny-prepare": tiny_config().to_dict()}
+    configs.update({p.stem: json.loads(p.read_text()) for p in sorted(MODEL_CONFIGS.glob("*.json"))})
+    return configs
+
+
+@pytest.mark.parametrize("name", sorted(_lora_configs()))
+def test_the_closed_form_adapter_count_is_pefts(name):
+    from rsgrpo.capacity import model_shape
+    from rsgrpo.capacity_lora import adapter_params
+
+    config = _lora_configs()[name]
+    shape = model_shape(config)
+    for rank, targets in ((16, "all-linear"), (3, ["q_proj", "v_proj"]), (8, ["mlp.down_proj", "o_proj"]),
+                          (2, ["layers.1.self_attn.k_proj"])):
+        lora = Lora(rank=rank, targets=targets if isinstance(targets, str) else tuple(targets))
+        assert adapter_params(shape, lora) == _peft_trainable(config, r=rank, lora_alpha=32,
+                                                              target_modules=targets), (rank, targets)
+
+
+def test_all_linear_is_config_loras():
+    from rsgrpo import capacity_lora
+    from rsgrpo.train import config_lora
+
+    assert capacity_lora.ALL_LINEAR == config_lora.ALL_LINEAR == config_lora.DEFAULTS["target_modules"]
+    assert capacity_lora.lora_of(config_lora.DEFAULTS) == R16 and capacity_lora.lora_of(None) is None
+
+
+def test_a_target_no_layer_has_is_named():
+    with pytest.raises(ValueError, match=r"lora\.target_modules: 'c_attn' matches no linear layer"):
+        capacity.model_states(SHAPE, _job(lora=Lora(rank=4, targets=("q_proj", "c_attn"))))
+
+
+def test_lora_model_states_by_hand_are_below_full_fine_tuning_at_every_stage():
+    """SHAPE (Qwen2.5-Math-7B) on 4 ranks, rank 16 all-linear: the bf16 base (partitioned by ZeRO-3),
+    the adapters' bf16 weights, fp32 gradients, masters and moments as full fine-tuning's formulas give
+    them for ADAPTERS_R16 parameters."""
+    from rsgrpo.capacity_lora import adapter_params, largest_adapter
+
+    assert adapter_params(SHAPE, R16) == ADAPTERS_R16 == 40_370_176
+    assert largest_adapter(SHAPE, R16) == LARGEST_ADAPTER_R16
+    p, a, big, n, top = SHAPE.params, ADAPTERS_R16, SHAPE.largest_layer, 4, LARGEST_ADAPTER_R16
+    by_hand = {  # (precision, stage, offload) -> (weights, gradients, master_weights, optimizer)
+        ("bf16-mixed", 1, False): (2 * (p + a), 6 * a / n, 4 * a / n, 8 * a / n),
+        ("bf16-mixed", 2, False): (2 * (p + a), 6 * a / n, 4 * a / n, 8 * a / n),
+        ("bf16-mixed", 3, False): (2 * big + 2 * (p + a) / n, 2 * top + 4 * a / n, 4 * a / n, 8 * a / n),
+        ("bf16-mixed", 3, True): (2 * big + 2 * (p + a) / n, 2 * top, 0, 0),
+        ("fp32", 0, False): (4 * (p + a), 4 * a, 0, 8 * a),
+        ("fp32", 1, False): (4 * (p + a), 4 * a, 0, 8 * a / n),
+        ("fp32", 2, False): (4 * (p + a), 4 * a / n, 0, 8 * a / n),
+        ("fp32", 3, False): (4 * big + 4 * (p + a) / n, 4 * top + 4 * a / n, 0, 8 * a / n),
+    }
+    for (precision, stage, offload), expected in by_hand.items():
+        kw = dict(precision=precision, zero_stage=stage, ranks=n, offload_optimizer=offload)
+        lora = capacity.model_states(SHAPE, _job(lora=R16, **kw))
+        full = capacity.model_states(SHAPE, _job(**kw))
+        assert tuple(lora[k] for k in ("weights", "gradients", "master_weights", "optimizer")) == pytest.approx(
+            expected), (precision, stage, offload)
+        assert sum(lora.values()) < sum(full.values()), (precision, stage, offload)
+    # the numbers: bf16-mixed ZeRO-1 on one GPU, 20 bytes per parameter against the bf16 base + 20 per adapter
+    one = sum(capacity.model_states(SHAPE, _job(lora=R16)).values())
+    assert one == pytest.approx(2 * p + 20 * a) and one / 1e9 == pytest.approx(16.04, abs=0.01)
+    assert sum(capacity.model_states(SHAPE, _job()).values()) / 1e9 == pytest.approx(152.31, abs=0.01)
+
+
+def test_lora_null_is_full_fine_tuning():
+    """A train config with lora null makes a job without LoRA, priced as before the key existed."""
+    from rsgrpo.train.config import TrainConfig
+
+    cfg = TrainConfig(precision="bf16-mixed", zero_stage=3, micro_batch_size=4, max_new_tokens=3072,
+                      gradient_checkpointing=True, logprob_chunk_tokens=1024, lora=None)
+    job = capacity.train_job(cfg, ranks=4, prompt_tokens=1024)
+    assert job.lora is None and job == _job(zero_stage=3, ranks=4)
+    p, big = SHAPE.params, SHAPE.largest_layer
+    assert capacity.model_states(SHAPE, job) == {"weights": 2 * big + 2 * p / 4, "gradients": 2 * big + 4 * p / 4,
+                                                 "master_weights": 4 * p / 4, "optimizer": 8 * p / 4}
+    assert capacity.checkpoint_bytes(SHAPE, "bf16-mixed", None) == 14 * p
+    assert capacity.trainable(SHAPE, job) == (p, p, big)
+
+
+def test_train_job_reads_the_lora_block():
+    from rsgrpo.train.config import TrainConfig, validate
+
+    cfg = validate(TrainConfig(lora={"rank": 8, "target_modules": ["q_proj", "v_proj"]}))
+    job = capacity.train_job(cfg, ranks=1, prompt_tokens=1024)
+    assert job.lora == Lora(rank=8, targets=("q_proj", "v_proj"), dropout=0.0)
+
+
+def test_lora_adds_rank_wide_activations_and_dropouts_copies():
+    """Without checkpointing every layer keeps each adapter's rank-wide lora_A output (7 adapters per
+    layer under all-linear); with checkpointing only the rebuilt layer does. Dropout adds each
+    adapter's dropped-out input and its bool mask."""
+    tokens = 4 * 4096
+    for checkpointing in (False, True):
+        full, lora = _job(gradient_checkpointing=checkpointing), _job(gradient_checkpointing=checkpointing, lora=R16)
+        kept = capacity.kept_activations(SHAPE, lora) - capacity.kept_activations(SHAPE, full)
+        rebuilt = capacity.recompute(SHAPE, lora) - capacity.recompute(SHAPE, full)
+        per_layer = 7 * 16 * 2  # bytes per token: 7 adapters, rank 16, bf16
+        assert kept == pytest.approx(0 if checkpointing else tokens * 28 * per_layer)
+        assert rebuilt == pytest.approx(tokens * per_layer if checkpointing else 0)
+    dropout = _job(gradient_checkpointing=False, lora=Lora(rank=16, targets=("q_proj",), dropout=0.1))
+    plain = _job(gradient_checkpointing=False)
+    extra = capacity.kept_activations(SHAPE, dropout) - capacity.kept_activations(SHAPE, plain)
+    assert extra == pytest.approx(tokens * 28 * (16 * 2 + 3584 * (2 + 1)))
+    # a small share of the kept activations (under 1% at rank 16): LoRA's saving is in the model states
+    adapters = capacity.kept_activations(SHAPE, _job(gradient_checkpointing=False, lora=R16))
+    assert 0 < adapters - capacity.kept_activations(SHAPE, plain) < 0.01 * capacity.kept_activations(SHAPE, plain)
+
+
+def test_lora_checkpoints_hold_the_merged_weights_and_the_adapters_state():
+    a = ADAPTERS_R16
+    assert capacity.checkpoint_bytes(SHAPE, "bf16-mixed", R16) == 2 * SHAPE.params + (4 + 8) * a
+    assert capacity.checkpoint_bytes(SHAPE, "fp32", R16) == 4 * SHAPE.params + (4 + 8) * a
+    assert capacity.checkpoint_bytes(SHAPE, "bf16-mixed", R16) < capacity.checkpoint_bytes(SHAPE, "bf16-mixed") / 6
+
+
+def test_lora_offloads_and_colocates_only_the_adapters_states():
+    job = _job(zero_stage=3, ranks=4, lora=R16)
+    offloaded = _job(zero_stage=3, ranks=4, lora=R16, offload_optimizer=True)
+    host = capacity.host_memory(SHAPE, offloaded, ranks_per_node=4) - capacity.host_memory(SHAPE, job, ranks_per_node=4)
+    assert host == pytest.approx(4 * 16 * ADAPTERS_R16 / 4)  # 4 ranks: a quarter of the fp32 grads, masters, moments
+    lora = capacity.colocated_engine_share(SHAPE, job, 80e9, kl_reference=False)
+    full = capacity.colocated_engine_share(SHAPE, _job(zero_stage=3, ranks=4), 80e9, kl_reference=False)
+    assert lora["resident_bytes"] == sum(capacity.model_states(SHAPE, job).values())
+    assert lora["share"] > full["share"] and lora["weights_bytes"] == full["weights_bytes"]  # vLLM: merged weights
+
+
+def test_lora_update_skips_the_bases_weight_gradients():
+    kw = dict(sequences=64, prompt=1024, completion=3072, gradient_checkpointing=True)
+    full = capacity.train_step_flops(SHAPE, **kw)
+    lora = capacity.train_step_flops(SHAPE, adapter_params=ADAPTERS_R16, **kw)
+    tokens, p, a = 64 * 4096, SHAPE.params, ADAPTERS_R16
+    attention = 4 * 28 * 2048 * 28 * 128  # per token at the mean context of the update
+    forward = tokens * (2 * (p + a) + attention)
+    assert lora["update"] == pytest.approx(2 * forward + tokens * (2 * p + 4 * a + 2 * attention))
+    assert lora["generate"] == full["generate"] and 0.7 < lora["update"] / full["update"] < 0.8

@@ -471,3 +471,119 @@ def test_the_extensions_overlay_plans_each_method_with_its_training_keys(grid):
     del broken["methods"]["w_reinforce"]["training"]
     with pytest.raises(ValueError, match="'dynamic_sampling'.*no group baseline"):
         plan(broken)
+
+
+# ------------------------------------------------------------------------------------------------
+# LoRA cells and the comparison with full fine-tuning
+# ------------------------------------------------------------------------------------------------
+LORA_COLUMNS = ["model", "params_b", "gpus", "zero_stage", "gpu_memory_gb", "lora", "lora_from", "adapter_params_m",
+                "full_run", "lora_run", "full_states_gb", "lora_states_gb", "full_gb_per_gpu", "lora_gb_per_gpu",
+                "full_engine_gb", "lora_engine_gb", "full_fits", "lora_fits", "full_gpus_needed", "lora_gpus_needed",
+                "full_gpu_hours", "lora_gpu_hours", "full_checkpoint_gb", "lora_checkpoint_gb"]
+LORA_OVERLAY = {  # one full fine-tuning sweep (qwen1p5b) and one LoRA sweep (qwen7b: LoRA cells only)
+    "methods": {"grpo_lora": {"estimator": "grpo", "params": {"scale": "std"}, "label": "GRPO (LoRA)",
+                              "training": {"lora": {"rank": 8, "target_modules": ["q_proj", "v_proj"]}}}},
+    "sweeps": [{"name": "full", "models": ["qwen1p5b"], "methods": ["base", "grpo"]},
+               {"name": "lora", "models": ["qwen7b"], "methods": ["base", "grpo_lora"]}]}
+
+
+@pytest.fixture(scope="module")
+def grid_comparison(grid):
+    from rsgrpo.plan.lora_comparison import lora_comparison
+
+    return lora_comparison(grid[0])
+
+
+def test_the_comparison_has_a_row_per_grid_model_at_loras_defaults(grid, grid_comparison):
+    """config/grid.yaml has no LoRA cell: every model's first cell against itself with
+    rsgrpo.train.config_lora.DEFAULTS (rank 16, all-linear); the full side is the plan's own row."""
+    from rsgrpo.capacity_lora import Lora, adapter_params
+    from rsgrpo.plan.lora_comparison import LORA_COLUMNS as COLUMNS
+
+    config, rows = grid
+    assert COLUMNS == LORA_COLUMNS
+    assert [r["model"] for r in grid_comparison] == list(config["models"])
+    assert all(list(r) == LORA_COLUMNS for r in grid_comparison)
+    assert all(r["lora"] == "-" for r in rows)  # the paper grid trains every weight
+    for r in grid_comparison:
+        model = config["models"][r["model"]]
+        shape = model_shape(json.loads(shipped_config_path(model["spec"]["id"]).read_text()))
+        planned = _row(rows, r["model"], r["full_run"])
+        assert r["lora"] == "rank 16, all-linear" and r["lora_from"] == "defaults" and r["full_run"] == r["lora_run"]
+        assert r["adapter_params_m"] == round(adapter_params(shape, Lora(16)) / 1e6, 2)
+        assert r["full_gpu_hours"] == planned["gpu_hours"] and r["full_checkpoint_gb"] == planned["checkpoint_gb"]
+        assert r["full_engine_gb"] == planned["engine_gb"] and r["gpus"] == planned["gpus"] == model["gpus"]
+        assert r["full_states_gb"] == pytest.approx(sum(planned[f"{c}_gb"] for c in
+                                                        ("weights", "gradients", "master_weights", "optimizer")),
+                                                    abs=0.03)
+        # LoRA: the bf16 base and the adapters' 20 bytes each (plus ZeRO-3's gathered layer), far below
+        assert r["lora_states_gb"] < r["full_states_gb"] / 4 and r["lora_gb_per_gpu"] < r["full_gb_per_gpu"]
+        assert r["lora_engine_gb"] > r["full_engine_gb"] and r["lora_gpu_hours"] < r["full_gpu_hours"]
+        assert r["lora_checkpoint_gb"] < r["full_checkpoint_gb"] / 6 and r["full_fits"] and r["lora_fits"]
+        assert r["lora_gpus_needed"] == 1 <= r["full_gpus_needed"] <= r["gpus"]
+    qwen7b = next(r for r in grid_comparison if r["model"] == "qwen7b")
+    # full fine-tuning at ZeRO-3: 2 GPUs hold 4 x 0.55B gathered + 18 x 7.6B / 2 = 70.7 GB of states, which
+    # with the 6 GB margin leaves less than the engine's smallest share (4 GB of 80); 3 GPUs leave 26 GB
+    assert qwen7b["full_gpus_needed"] == 3
+    shape = model_shape(json.loads(shipped_config_path("Qwen/Qwen2.5-Math-7B").read_text()))
+    a = adapter_params(shape, Lora(16))
+    # ZeRO-3 on 4: the gathered embedding and a quarter of the bf16 base and adapters; the largest adapter's
+    # bf16 gradient gathered ([16, 18944]) and a quarter of the adapters' fp32 gradients, masters and moments
+    assert qwen7b["lora_states_gb"] == round((2 * shape.largest_layer + 2 * (shape.params + a) / 4
+                                             + 2 * 16 * shape.intermediate + (4 + 4 + 8) * a / 4) / 1e9, 2) == 5.08
+
+
+def test_lora_cells_are_planned_with_their_adapters_and_lead_the_comparison(tmp_path):
+    """A config whose qwen7b trains only with LoRA (rank 8 on q_proj and v_proj): its plan rows price
+    the frozen base and the adapters; the comparison prices that cell against itself with lora null,
+    and qwen1p5b (full fine-tuning only) with qwen7b's lora block."""
+    from rsgrpo.capacity_lora import Lora, adapter_params
+    from rsgrpo.plan.lora_comparison import lora_comparison
+
+    overlay = tmp_path / "lora.yaml"
+    overlay.write_text(yaml.safe_dump(LORA_OVERLAY))
+    config = load_workflow_config([str(REPO / "config" / "grid.yaml"), str(overlay)])
+    rows = plan(config)
+    assert misfits(rows) == []
+    lora_row, full_row = _row(rows, "qwen7b", "grpo_lora"), _row(rows, "qwen1p5b", "grpo")
+    assert lora_row["lora"] == "rank 8, q_proj+v_proj" and full_row["lora"] == "-"
+    shape = model_shape(json.loads(shipped_config_path("Qwen/Qwen2.5-Math-7B").read_text()))
+    lora = Lora(rank=8, targets=("q_proj", "v_proj"))
+    a = adapter_params(shape, lora)
+    assert a == 8 * 28 * ((3584 + 3584) + (3584 + 512))  # q: 3584 -> 28 x 128, v: 3584 -> 4 x 128
+    assert lora_row["gradients_gb"] == round((2 * 8 * 3584 + 4 * a / 4) / 1e9, 2)
+    assert lora_row["master_weights_gb"] == round(a / 1e9, 2) and lora_row["optimizer_gb"] == round(2 * a / 1e9, 2)
+    assert lora_row["checkpoint_gb"] == round((2 * shape.params + 12 * a) / 1e9, 2)
+    comparison = {r["model"]: r for r in lora_comparison(config)}
+    assert list(comparison) == ["qwen1p5b", "qwen7b"]  # the models that train
+    assert comparison["qwen7b"]["lora_from"] == comparison["qwen1p5b"]["lora_from"] == "qwen7b/grpo_lora"
+    assert comparison["qwen7b"]["full_run"] == comparison["qwen7b"]["lora_run"] == "grpo_lora"
+    assert comparison["qwen1p5b"]["lora"] == comparison["qwen7b"]["lora"] == "rank 8, q_proj+v_proj"
+    assert comparison["qwen7b"]["lora_gpu_hours"] == lora_row["gpu_hours"]
+    assert comparison["qwen7b"]["full_checkpoint_gb"] == round(14 * shape.params / 1e9, 2)
+
+
+def test_a_lora_target_the_model_lacks_is_refused_naming_the_cell(tmp_path):
+    overlay = tmp_path / "lora.yaml"
+    broken = json.loads(json.dumps(LORA_OVERLAY))
+    broken["methods"]["grpo_lora"]["training"]["lora"]["target_modules"] = ["q_proj", "c_attn"]
+    overlay.write_text(yaml.safe_dump(broken))
+    config = load_workflow_config([str(REPO / "config" / "grid.yaml"), str(overlay)])
+    with pytest.raises(ValueError, match=r"plan: qwen7b/grpo_lora: lora\.target_modules: 'c_attn' matches no linear"):
+        plan(config)
+
+
+def test_plan_verb_writes_the_comparison_as_csv_and_markdown(tmp_path, capsys):
+    csv_path, md_path = tmp_path / "lora_vs_full.csv", tmp_path / "lora_vs_full.md"
+    assert cli.main(["plan", "--config", str(REPO / "config" / "grid.yaml"), "--lora-csv", str(csv_path),
+                     "--lora-md", str(md_path)]) == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["model"] for r in rows] == ["qwen1p5b", "qwen7b", "qwen25_7b", "qwen3_4b", "llama8b"]
+    assert list(rows[0]) == LORA_COLUMNS
+    md = md_path.read_text()
+    assert md.startswith("## LoRA vs full fine-tuning, per model") and md.count("\n| qwen") == 4
+    assert "full_gb_per_gpu | lora_gb_per_gpu" in md and "full_gpus_needed | lora_gpus_needed" in md
+    assert "## LoRA vs full fine-tuning, per model" in capsys.readouterr().out
+    from rsgrpo.plan.lora_comparison import lora_comparison_path
+
+    assert lora_comparison_path("results/plan/plan.csv", "md") == "results/plan/lora_vs_full.md"

@@ -17,7 +17,12 @@ tokens, FLOPs and hours of the run under the assumptions of the config's ``plan`
 ``hours_bound`` with every completion at ``max_new_tokens``, ``hours`` at
 ``plan.expected_completion_fraction`` of it, which sizes the SLURM requests. For a training job also
 the minutes per step, the size and write time of a resumable checkpoint and how many checkpoints a
-job of the requested runtime writes.
+job of the requested runtime writes. A cell whose training settings have ``lora`` is priced as LoRA
+training (column ``lora``; :mod:`rsgrpo.capacity_lora`): the frozen base without gradients or
+optimizer state, the adapters' states, full fine-tuning's activations plus the adapters'.
+
+:func:`lora_comparison` prices, per model that trains, LoRA next to full fine-tuning: GB per GPU, the
+fewest GPUs each fits on, GPU-hours and checkpoint sizes (``results/plan/lora_vs_full.csv`` and ``.md``).
 
 The model's shape comes from its config.json alone (no weights): the prepared checkpoint's when
 ``models/<key>`` exists, else the one its model source plans (``planned_config`` of
@@ -32,86 +37,31 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 from rsgrpo import capacity
-from rsgrpo.capacity import BYTES, GB, Shape, model_shape
+from rsgrpo.capacity import GB
+from rsgrpo.io import atomic_path
+from rsgrpo.plan.lora_comparison import LORA_COLUMNS, lora_comparison, lora_comparison_path, lora_markdown
+from rsgrpo.plan.rows import (
+    COLUMNS,
+    NO_REGIME,
+    MissingModelConfig,
+    expected_completion,
+    markdown_table,
+    model_config,
+    plan_row,
+    planned_cells,
+    train_row,
+)
+
+# what the workflow (workflow/rules/*.smk), scripts and tests use of the plan, some of it from its modules
+__all__ = ["MissingModelConfig", "load_workflow_config", "lora_comparison_path", "misfits", "model_config", "notes",
+           "plan", "resources", "sample_key"]
 
 SAMPLE_ENGINE_SHARE = 0.9      # vLLM's own default gpu_memory_utilization for a GPU of its own
-COMPONENTS = ["weights", "gradients", "master_weights", "optimizer", "reference_model", "activations",
-              "logprob_chunk", "rollout_engine"]
-COLUMNS = (["job", "model", "run", "regime", "jobs", "gpus", "precision", "zero_stage", "params_b"]
-           + [f"{c}_gb" for c in COMPONENTS]
-           + ["total_gb", "gpu_memory_gb", "fits", "largest", "engine_share", "engine_gb", "kv_room_gb", "engine_fits",
-              "engine_share_fits", "host_gb", "generated_tokens_bound", "generated_tokens", "trained_tokens", "pflops",
-              "minutes_per_step_bound", "minutes_per_step", "hours_bound", "hours", "gpu_hours", "runtime_min",
-              "submissions", "checkpoint_gb", "checkpoint_min", "checkpoints_per_job", "mem_mb"])
-NO_REGIME = "-"  # the regime column of train rows and of sampling under the evaluation section
-HOST_BASE_GB = 16  # per job: Python, torch, tokenizer, data, DeepSpeed and vLLM host-side buffers
 STATES = ["weights", "gradients", "master_weights", "optimizer", "reference_model"]  # resident while generating
-
-
-class MissingModelConfig(ValueError):
-    """A model whose config.json is neither prepared nor shipped (a hub model the package does not know)."""
-
-
-def model_config(key: str, model: dict, model_dir: str | Path) -> dict:
-    """config.json of a workflow model (see the module docstring for where it comes from)."""
-    from rsgrpo.prepare.model_sources import MODEL_SOURCES, parse_model_spec
-
-    prepared = Path(model_dir) / "config.json"
-    if prepared.is_file():
-        return json.loads(prepared.read_text())
-    spec = parse_model_spec(model["spec"])
-    planned = MODEL_SOURCES[spec["source"]].planned_config(spec)
-    if planned is not None:
-        return planned
-    raise MissingModelConfig(f"models.{key}: no config.json to plan from (spec {spec}): its source plans none "
-                             f"before it is built (for a hub model: none is shipped in rsgrpo/prepare/model_configs); "
-                             f"run `python -m rsgrpo prepare-model` for it first (the plan then reads {prepared})")
-
-
-def _gb(x: float) -> float:
-    return round(x / GB, 2)
-
-
-def _runtime(hours: float, jobs: int, gpus: int, assume: dict) -> tuple[int, int]:
-    """SLURM minutes of one job of a row and the submissions it takes: the expected hours x the safety
-    factor within the config's bounds; CPU jobs (gpus 0), whose hours are not GPU hours, a fixed limit."""
-    per_job = hours * 60 / jobs * assume["safety_factor"] if gpus > 0 else assume["cpu_runtime_minutes"]
-    runtime = int(min(assume["max_runtime_minutes"], max(assume["min_runtime_minutes"], math.ceil(per_job))))
-    return runtime, max(1, math.ceil(per_job / assume["max_runtime_minutes"]))  # a job past its limit resumes
-
-
-def _row(job: str, key: str, run: str, gpus: int, precision: str, zero: int | str, shape: Shape,
-         memory: dict[str, float], gpu_gb: float, *, tokens: dict[str, float], flops: float, hours: float,
-         hours_bound: float, host: float, jobs: int, assume: dict, engine: dict | None = None,
-         share: float | None = None, share_fits: bool = True, regime: str = NO_REGIME, **extra) -> dict:
-    """A plan row; ``hours`` (expected) and ``hours_bound`` (every completion at its cap): wall hours of
-    all ``jobs`` of the row together; ``host``: bytes of one job; ``engine``: a vLLM engine's
-    ``capacity.engine_memory`` at full-length sequences (its KV room must hold one) and ``share`` its
-    GPU share; ``extra``: the training job's per-step and checkpoint columns."""
-    parts = {c: memory.get(c, 0.0) for c in COMPONENTS}
-    total = sum(parts.values())
-    runtime, submissions = _runtime(hours, jobs, gpus, assume)
-    mem_mb = int(min(assume["max_mem_mb"], math.ceil((host + HOST_BASE_GB * GB) * assume["safety_factor"] / 1e6)))
-    blank = {c: "-" for c in ("minutes_per_step_bound", "minutes_per_step", "checkpoint_gb", "checkpoint_min",
-                              "checkpoints_per_job")}
-    return {"job": job, "model": key, "run": run, "regime": regime, "jobs": jobs, "gpus": gpus, "precision": precision,
-            "zero_stage": zero, "params_b": round(shape.params / 1e9, 3),
-            **{f"{c}_gb": _gb(v) for c, v in parts.items()}, "total_gb": _gb(total),
-            "gpu_memory_gb": gpu_gb if gpus > 0 else "-", "fits": gpus == 0 or total <= gpu_gb * GB,
-            "largest": max(parts, key=parts.get),
-            "engine_share": share if engine else "-", "engine_gb": _gb(engine["reserved"]) if engine else "-",
-            "kv_room_gb": _gb(engine["kv_room"]) if engine else "-",
-            "engine_fits": engine["kv_fits"] if engine else True, "engine_share_fits": share_fits,
-            "host_gb": _gb(host + HOST_BASE_GB * GB), "generated_tokens_bound": int(tokens["generated_bound"]),
-            "generated_tokens": int(tokens["generated"]), "trained_tokens": int(tokens["trained"]),
-            "pflops": round(flops / 1e15, 1), **blank, "hours_bound": round(hours_bound, 2), "hours": round(hours, 2),
-            "gpu_hours": round(hours * max(gpus, 1), 2), "runtime_min": runtime, "submissions": submissions,
-            **extra, "mem_mb": mem_mb}
 
 
 def _problems(key: str, bench: dict, assume: dict, layout) -> int:
@@ -120,74 +70,6 @@ def _problems(key: str, bench: dict, assume: dict, layout) -> int:
         with prepared.open() as f:
             return sum(1 for line in f if line.strip())
     return int(bench.get("problems", assume["problems"]))
-
-
-def _expected(tokens: int, assume: dict) -> int:
-    """The expected mean completion of a cap of ``tokens`` (``plan.expected_completion_fraction``)."""
-    return max(1, round(assume["expected_completion_fraction"] * tokens))
-
-
-def _train_row(config: dict, cell, shape: Shape, layout, assume: dict) -> dict:
-    """The plan row of one training cell (see the module docstring)."""
-    from rsgrpo import grid as G
-    from rsgrpo.train.config import from_dict
-
-    model = config["models"][cell.model]
-    cfg = from_dict(G.train_settings(config, cell, layout), f"plan: {cell.id}")
-    nodes = int(model.get("nodes", 1))
-    gpus = int(model.get("gpus", 0)) * nodes
-    local_ranks = int(model.get("gpus", 0)) or int(model.get("cpu_processes", 1))
-    gpu_gb = float(model.get("gpu_memory_gb", 80))
-    gpu_bytes = gpu_gb * GB
-    peak, bandwidth = assume["gpu"]["tflops"] * 1e12, assume["gpu"]["bandwidth_tbs"] * 1e12
-    prompt = int(assume["prompt_tokens"])
-    ranks = gpus or local_ranks * nodes
-    job = capacity.train_job(cfg, ranks=ranks, prompt_tokens=prompt)
-    kl, dtype = cfg.kl_coef > 0, BYTES[cfg.precision]
-    colocated = gpus > 0 and cfg.engine != "hf"
-    sized = capacity.colocated_engine_share(shape, job, gpu_bytes, kl_reference=kl)
-    share = float(cfg.engine_options.get("gpu_memory_utilization", sized["share"]))
-    engine = share * gpu_bytes if colocated else 0.0
-    memory = capacity.train_memory(shape, job, engine_bytes=engine, kl_reference=kl)
-    sequences = cfg.prompts_per_step * cfg.samples_per_prompt
-    per_rank = math.ceil(sequences / ranks)
-    # dynamic sampling refills the batch: generation repeats, the update does not
-    rounds = min(float(assume["gen_rounds"]), cfg.max_gen_rounds) if cfg.dynamic_sampling else 1.0
-
-    def step(completion: int) -> tuple[float, dict, dict | None]:
-        """Seconds of one step at completions of ``completion`` tokens, its FLOPs and the engine."""
-        # without a vLLM reservation (transformers on CPU) every sequence of the rank decodes at once
-        use = capacity.engine_memory(shape, sequences=per_rank, sequence=prompt + completion, gpu_bytes=gpu_bytes,
-                                     utilization=share, dtype_bytes=dtype) if engine else None
-        decode = capacity.decode_seconds(shape, sequences=per_rank, prompt=prompt, completion=completion,
-                                         concurrent=use["concurrent"] if use else per_rank, peak_flops=peak,
-                                         bandwidth=bandwidth, efficiency=assume["decode_efficiency"], dtype_bytes=dtype)
-        flops = capacity.train_step_flops(shape, sequences=sequences, prompt=prompt, completion=completion,
-                                          gradient_checkpointing=cfg.gradient_checkpointing, ppo_epochs=cfg.ppo_epochs)
-        return rounds * decode + flops["update"] / (ranks * peak * assume["train_mfu"]), flops, use
-
-    bound, bound_flops, engine_use = step(cfg.max_new_tokens)
-    expected, flops, _ = step(_expected(cfg.max_new_tokens, assume))
-    hours = cfg.steps * expected / 3600
-    runtime, _ = _runtime(hours, 1, gpus, assume)
-    workers = cfg.grading_workers if cfg.grading_workers is not None else max(1, assume["train_cpus"] // local_ranks)
-    host = capacity.host_memory(shape, job, ranks_per_node=local_ranks, kl_reference=kl, grading_workers=workers)
-    ckpt = capacity.checkpoint_bytes(shape, cfg.precision)
-    write = ckpt / (assume["checkpoint_write_gbs"] * GB) / 60
-    # a job runs until its time limit, or until the run ends when the whole run fits in it
-    written = capacity.checkpoints_per_job(job_minutes=min(runtime, hours * 60), minutes_per_step=expected / 60,
-                                           write_minutes=write, every_steps=cfg.checkpoint_every,
-                                           every_minutes=cfg.checkpoint_every_minutes)
-    fits = not colocated or engine + sized["resident_bytes"] + sized["margin_bytes"] <= gpu_bytes
-    tokens = {"generated_bound": bound_flops["generated_tokens"] * rounds * cfg.steps,
-              "generated": flops["generated_tokens"] * rounds * cfg.steps,
-              "trained": flops["trained_tokens"] * cfg.steps}
-    return _row("train", cell.model, cell.run, gpus, cfg.precision, cfg.zero_stage, shape, memory, gpu_gb,
-                tokens=tokens, flops=(flops["generate"] * rounds + flops["update"]) * cfg.steps, hours=hours,
-                hours_bound=cfg.steps * bound / 3600, host=host, jobs=1, assume=assume, engine=engine_use,
-                share=share, share_fits=fits, minutes_per_step_bound=round(bound / 60, 2),
-                minutes_per_step=round(expected / 60, 2), checkpoint_gb=_gb(ckpt), checkpoint_min=round(write, 2),
-                checkpoints_per_job=written if gpus > 0 else "-")  # CPU jobs are not timed
 
 
 def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> list[dict]:
@@ -202,20 +84,8 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
     layout = layout or LAYOUT
     assume = config["plan"]
     peak, bandwidth = assume["gpu"]["tflops"] * 1e12, assume["gpu"]["bandwidth_tbs"] * 1e12
-    cells = G.expand(config)
-    shapes, contexts = {}, {}
-    for key in dict.fromkeys(c.model for c in cells):
-        try:
-            found = model_config(key, config["models"][key], layout.model_dir(key))
-            shapes[key] = model_shape(found)
-            contexts[key] = min((int(c) for c in (config["models"][key].get("context_length"),
-                                                  found.get("max_position_embeddings")) if c), default=0)
-        except MissingModelConfig:
-            if unplanned is None:
-                raise
-            unplanned.append(key)
-    cells = [c for c in cells if c.model in shapes]
-    rows = [_train_row(config, cell, shapes[cell.model], layout, assume) for cell in cells if not cell.is_base]
+    cells, shapes, contexts = planned_cells(config, layout, unplanned)
+    rows = [train_row(config, cell, shapes[cell.model], layout, assume) for cell in cells if not cell.is_base]
     for key, regime in dict.fromkeys((c.model, c.regime) for c in cells):
         model = config["models"][key]
         shape = shapes[key]
@@ -234,7 +104,7 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
         for bench_key, bench in config["benchmarks"].items():
             sequences = bench["n"] * _problems(bench_key, bench, assume, layout)
             out = {}
-            for name, completion in (("bound", cap), ("expected", _expected(cap, assume))):
+            for name, completion in (("bound", cap), ("expected", expected_completion(cap, assume))):
                 engine = capacity.engine_memory(shape, sequences=sequences, sequence=prompt + completion,
                                                 gpu_bytes=gpu_gb * GB,
                                                 utilization=SAMPLE_ENGINE_SHARE if gpus else None)
@@ -245,12 +115,12 @@ def plan(config: dict, layout=None, *, unplanned: list[str] | None = None) -> li
                 out[name] = (engine, seconds * checkpoints / 3600, flops * checkpoints,
                              sequences * completion * checkpoints)
             engine, hours, flops, generated = out["expected"]
-            rows.append(_row("sample", key, bench_key, gpus, "bf16", "-", shape,
-                             {"rollout_engine": out["bound"][0]["reserved"]}, gpu_gb,
-                             tokens={"generated_bound": out["bound"][3], "generated": generated, "trained": 0},
-                             flops=flops, hours=hours, hours_bound=out["bound"][1], host=2 * shape.params,
-                             jobs=checkpoints, assume=assume, engine=out["bound"][0] if gpus else None,
-                             share=SAMPLE_ENGINE_SHARE, regime=NO_REGIME if regime is None else regime))
+            rows.append(plan_row("sample", key, bench_key, gpus, "bf16", "-", shape,
+                                 {"rollout_engine": out["bound"][0]["reserved"]}, gpu_gb,
+                                 tokens={"generated_bound": out["bound"][3], "generated": generated, "trained": 0},
+                                 flops=flops, hours=hours, hours_bound=out["bound"][1], host=2 * shape.params,
+                                 jobs=checkpoints, assume=assume, engine=out["bound"][0] if gpus else None,
+                                 share=SAMPLE_ENGINE_SHARE, regime=NO_REGIME if regime is None else regime))
     return rows
 
 
@@ -315,23 +185,26 @@ def resources(rows: list[dict], max_runtime_minutes: int) -> dict[tuple[str, str
     return out
 
 
-def write_csv(rows: list[dict], path: str | Path) -> Path:
+def write_csv(rows: list[dict], path: str | Path, columns: list[str] = COLUMNS) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return path
 
 
+def write_text(text: str, path: str | Path) -> Path:
+    """``text`` and a final newline to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+    return Path(path)
+
+
 def markdown(rows: list[dict]) -> str:
-    cols = ["job", "model", "run", "regime", "jobs", "gpus", "params_b", "total_gb", "gpu_memory_gb", "largest",
-            "engine_share", "kv_room_gb", "hours_bound", "hours", "gpu_hours", "runtime_min", "submissions",
-            "checkpoints_per_job", "mem_mb"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(rows, ["job", "model", "run", "regime", "jobs", "gpus", "lora", "params_b", "total_gb",
+                         "gpu_memory_gb", "largest", "engine_share", "kv_room_gb", "hours_bound", "hours", "gpu_hours",
+                         "runtime_min", "submissions", "checkpoints_per_job", "mem_mb"])
 
 
 def notes(rows: list[dict], assume: dict) -> list[str]:
@@ -365,6 +238,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config-json", default=None,
                         help="the workflow's effective config as JSON (the rule passes it; already validated)")
     parser.add_argument("--out", default=None, help="also write the plan as CSV here")
+    parser.add_argument("--lora-csv", default=None,
+                        help="also write the comparison of LoRA and full fine-tuning per model as CSV here")
+    parser.add_argument("--lora-md", default=None, help="... and as Markdown here")
 
 
 def load_workflow_config(paths: list[str]) -> dict:
@@ -393,12 +269,18 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = json.loads(args.config_json) if args.config_json else load_workflow_config(args.config)
         rows = plan(config)
+        comparison = lora_comparison(config)
     except ValueError as exc:
         print(f"plan: error: {exc}", file=sys.stderr)
         return 1
     print(markdown(rows))
+    print(f"\n{lora_markdown(comparison)}")
     if args.out:
         print(f"plan: {write_csv(rows, args.out)}", file=sys.stderr)
+    if args.lora_csv:
+        print(f"plan: {write_csv(comparison, args.lora_csv, LORA_COLUMNS)}", file=sys.stderr)
+    if args.lora_md:
+        print(f"plan: {write_text(lora_markdown(comparison), args.lora_md)}", file=sys.stderr)
     for note in notes(rows, config["plan"]):
         print(f"plan: note: {note}", file=sys.stderr)
     bad = misfits(rows)

@@ -1,12 +1,19 @@
 rule plan:
-    """Memory per GPU and GPU-hours of every train and sample job of the config, before any runs; the
-    config check has already refused a job that does not fit its GPU. A sampling job's size is the
-    benchmark's problem count once the benchmark is prepared (before, the config's assumption): the
-    rule waits for the benchmarks, so the plan it writes does not depend on the order jobs ran in."""
+    """Memory per GPU and GPU-hours of every train and sample job of the config, before any runs, and per
+    model LoRA next to full fine-tuning (GB per GPU, GPUs needed, GPU-hours); the config check has already
+    refused a job that does not fit its GPU. A sampling job's size is the benchmark's problem count once
+    the benchmark is prepared (before, the config's assumption): the rule waits for the benchmarks, so the
+    plan it writes does not depend on the order jobs ran in."""
     input:
         expand(LAYOUT.benchmark_data("{bench}"), bench=BENCHMARKS),
     output:
-        report(LAYOUT.plan_csv(), caption="../report/plan.rst", category="Plan"),
+        csv=report(LAYOUT.plan_csv(), caption="../report/plan.rst", category="Plan"),
+        lora_csv=report(
+            plan_jobs.lora_comparison_path(LAYOUT.plan_csv(), "csv"),
+            caption="../report/plan.rst",
+            category="Plan",
+        ),
+        lora_md=plan_jobs.lora_comparison_path(LAYOUT.plan_csv(), "md"),
     log:
         LAYOUT.log("plan"),
     conda:
@@ -14,4 +21,5 @@ rule plan:
     params:
         config=shlex.quote(json.dumps(config, sort_keys=True)),
     shell:
-        "python -m rsgrpo plan --config-json {params.config} --out {output} > {log} 2>&1"
+        "python -m rsgrpo plan --config-json {params.config} --out {output.csv}"
+        " --lora-csv {output.lora_csv} --lora-md {output.lora_md} > {log} 2>&1"
