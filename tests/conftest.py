@@ -100,15 +100,18 @@ def test_rewards(tmp_path_factory):
 def tiny_local_run(tmp_path_factory, test_rewards):
     """The tiny config's whole DAG on this machine (`--profile profiles/local`, two ranks on one node),
     trained on ``has_digit``: ``(workflow dir, config path, env)``. Shared by the local workflow test
-    and, as the one-node reference, by the two-node SLURM test."""
-    from snakemake_helpers import copy_workflow, snakemake, write_config
+    and, as the one-node reference, by the two-node SLURM test. It runs under ``rsgrpo.preload``, as
+    ``make demo`` does: its jobs are forked from a server that imported their libraries once (the
+    SLURM run, whose jobs start fresh, must still give the same weights)."""
+    from snakemake_helpers import PRELOADED, copy_workflow, snakemake, write_config
     from test_workflow import TINY
 
     def build(folder):
         wf = copy_workflow(folder / "wf")
         config = write_config(wf / "tiny.yaml", dict(TINY, training=dict(TINY["training"], reward_kind="has_digit")))
         env = {"PYTHONPATH": str(test_rewards)}
-        out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(config), env=env)
+        out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "--configfile", str(config), env=env,
+                        program=PRELOADED)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return [str(wf), str(config), env]
 

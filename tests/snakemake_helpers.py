@@ -13,6 +13,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# snakemake under the preload server, as `make demo` runs it: the workflow's `python -m rsgrpo` jobs are
+# forked from a process that imported their libraries once (rsgrpo/preload.py)
+PRELOADED = [sys.executable, "-m", "rsgrpo.preload", "--", str(BIN / "snakemake")]
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -31,7 +31,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from snakemake_helpers import REPO, copy_workflow, dry_run_resources, snakemake, write_config
+from snakemake_helpers import PRELOADED, REPO, copy_workflow, dry_run_resources, snakemake, write_config
 from test_workflow import TINY, check_results
 from train_helpers import assert_rows_close, metrics
 
@@ -84,7 +84,7 @@ def _local_run(tmp_path: Path, test_rewards: Path, targets: list[str], **trainin
     wf = copy_workflow(tmp_path)
     config = _config(tmp_path / "local.yaml", nodes=1, ranks_per_node=2, **training)
     out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", *targets, "--configfile", str(config),
-                    env=_env(test_rewards))
+                    env=_env(test_rewards), program=PRELOADED)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return wf
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from snakemake_helpers import REPO, copy_workflow, job_counts, snakemake, write_config
+from snakemake_helpers import PRELOADED, REPO, copy_workflow, job_counts, snakemake, write_config
 
 from rsgrpo.grading import extract_answer
 from rsgrpo.train import checkpoint as ckpt
@@ -486,7 +486,7 @@ def test_a_calibration_runs_for_real_on_the_tiny_model(tmp_path):
     cfg["plan"] = {"prompt_tokens": 100}
     config = str(write_config(tmp_path / "calibrate-tiny.yaml", cfg))
     out = snakemake(wf, "--profile", "profiles/local", "--cores", "2", "results/aggregate/regime_comparison.csv",
-                    "--configfile", config)
+                    "--configfile", config, program=PRELOADED)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     short = pd.read_parquet(wf / "results/tiny/base-regime-short/samples/arith_test.parquet")
     filled = pd.read_parquet(wf / "results/tiny/base-regime-fill/samples/arith_test.parquet")
