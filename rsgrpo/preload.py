@@ -43,8 +43,9 @@ import time
 from collections.abc import Mapping, Sequence
 
 SOCKET_VARIABLE = "RSGRPO_PRELOAD_SOCKET"
-# What Snakemake sets per job (thread counts, its temporary folder) and the shell's own bookkeeping.
-# The thread counts are applied in the worker; the rest are read at run time, never at import.
+# What Snakemake sets per job (thread counts, its temporary folder) and the shell's own bookkeeping:
+# they may differ from the server's. The worker applies the thread counts and forgets the temporary
+# folder tempfile found at import.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
                     "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 PER_JOB_VARIABLES = frozenset({*THREAD_VARIABLES, "TMPDIR", "TMP", "TEMP", "TEMPDIR", "SHLVL", "_", "PWD",
@@ -158,6 +159,8 @@ def serve(path: str, modules: Sequence[str] = PRELOAD) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
                 _supervise(conn, started_with, imports_set, read)
+            except Exception as exc:  # a malformed request or a client gone early: the server goes on
+                print(f"rsgrpo.preload: a request failed: {exc!r}", file=sys.stderr, flush=True)
             finally:
                 os._exit(0)
         conn.close()
