@@ -243,6 +243,10 @@ class Layout:
         """``python -m rsgrpo plan``'s table: memory per GPU and GPU-hours of every job."""
         return f"{self.results}/plan/plan.csv"
 
+    def lora_vs_full(self, ext: str) -> str:
+        """The plan's LoRA next to full fine-tuning for every model that trains (``csv`` or ``md``)."""
+        return f"{self.results}/plan/lora_vs_full.{ext}"
+
     def bandit_dir(self) -> str:
         return f"{self.results}/bandit"
 

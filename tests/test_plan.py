@@ -584,6 +584,6 @@ def test_plan_verb_writes_the_comparison_as_csv_and_markdown(tmp_path, capsys):
     assert md.startswith("## LoRA vs full fine-tuning, per model") and md.count("\n| qwen") == 4
     assert "full_gb_per_gpu | lora_gb_per_gpu" in md and "full_gpus_needed | lora_gpus_needed" in md
     assert "## LoRA vs full fine-tuning, per model" in capsys.readouterr().out
-    from rsgrpo.plan.lora_comparison import lora_comparison_path
+    from rsgrpo.layout import LAYOUT
 
-    assert lora_comparison_path("results/plan/plan.csv", "md") == "results/plan/lora_vs_full.md"
+    assert LAYOUT.lora_vs_full("md") == "results/plan/lora_vs_full.md"

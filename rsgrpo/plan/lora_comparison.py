@@ -1,16 +1,14 @@
 """LoRA next to full fine-tuning for every model of a workflow config that trains (the ``plan`` verb's
-``lora_vs_full.csv`` and ``.md``; columns in docs/cluster.md): GB per GPU, the fewest GPUs each fits
-on, GPU-hours and checkpoint sizes, priced as :mod:`rsgrpo.plan.plan` prices a training job."""
+``results/plan/lora_vs_full.csv`` and ``.md``, ``LAYOUT.lora_vs_full``; columns in docs/cluster.md): GB per
+GPU, the fewest GPUs each fits on, GPU-hours and checkpoint sizes, priced as :mod:`rsgrpo.plan.plan`
+prices a training job."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from rsgrpo import capacity, capacity_lora
 from rsgrpo.capacity import Shape
 from rsgrpo.plan.rows import gb, lora_label, markdown_table, planned_cells, price_training, ranks_of, train_config
 
-LORA_COMPARISON = "lora_vs_full"  # file stem of its .csv and .md, next to plan.csv
 LORA_TITLE = "LoRA vs full fine-tuning, per model"
 VARIANT_COLUMNS = ["run", "states_gb", "gb_per_gpu", "engine_gb", "fits", "gpus_needed", "gpu_hours", "checkpoint_gb"]
 LORA_COLUMNS = (["model", "params_b", "gpus", "zero_stage", "gpu_memory_gb", "lora", "lora_from", "adapter_params_m"]
@@ -99,8 +97,3 @@ def lora_markdown(rows: list[dict]) -> str:
         return f"## {LORA_TITLE}\n\nNo model of the config trains."
     shown = [c for c in LORA_COLUMNS if c not in ("full_run", "lora_run", "full_fits", "lora_fits")]
     return f"## {LORA_TITLE}\n\n" + markdown_table(rows, shown)
-
-
-def lora_comparison_path(plan_csv: str | Path, ext: str) -> str:
-    """Where the comparison lies: ``lora_vs_full.<ext>`` next to ``plan.csv``."""
-    return str(Path(plan_csv).with_name(f"{LORA_COMPARISON}.{ext}"))

@@ -43,7 +43,7 @@ from pathlib import Path
 from rsgrpo import capacity
 from rsgrpo.capacity import GB
 from rsgrpo.io import atomic_path
-from rsgrpo.plan.lora_comparison import LORA_COLUMNS, lora_comparison, lora_comparison_path, lora_markdown
+from rsgrpo.plan.lora_comparison import LORA_COLUMNS, lora_comparison, lora_markdown
 from rsgrpo.plan.rows import (
     COLUMNS,
     NO_REGIME,
@@ -57,8 +57,8 @@ from rsgrpo.plan.rows import (
 )
 
 # what the workflow (workflow/rules/*.smk), scripts and tests use of the plan, some of it from its modules
-__all__ = ["MissingModelConfig", "load_workflow_config", "lora_comparison_path", "misfits", "model_config", "notes",
-           "plan", "resources", "sample_key"]
+__all__ = ["MissingModelConfig", "load_workflow_config", "misfits", "model_config", "notes", "plan", "resources",
+           "sample_key"]
 
 SAMPLE_ENGINE_SHARE = 0.9      # vLLM's own default gpu_memory_utilization for a GPU of its own
 STATES = ["weights", "gradients", "master_weights", "optimizer", "reference_model"]  # resident while generating

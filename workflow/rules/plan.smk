@@ -9,11 +9,11 @@ rule plan:
     output:
         csv=report(LAYOUT.plan_csv(), caption="../report/plan.rst", category="Plan"),
         lora_csv=report(
-            plan_jobs.lora_comparison_path(LAYOUT.plan_csv(), "csv"),
+            LAYOUT.lora_vs_full("csv"),
             caption="../report/plan.rst",
             category="Plan",
         ),
-        lora_md=plan_jobs.lora_comparison_path(LAYOUT.plan_csv(), "md"),
+        lora_md=LAYOUT.lora_vs_full("md"),
     log:
         LAYOUT.log("plan"),
     conda:
