@@ -111,6 +111,8 @@ class Actor:
         from rsgrpo.prepare.loading import SafetensorsWeights, load_policy
 
         self.cfg = cfg
+        if cfg.lora is not None:  # a checkpoint's weights are merged: the base comes from model_dir, the adapters
+            source = cfg.model_dir  # from masters
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
         # ZeRO-3: built partitioned (deepspeed.zero.Init), so no rank holds the whole model on its

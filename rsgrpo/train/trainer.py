@@ -144,9 +144,7 @@ class Trainer:
         np.random.seed(cfg.seed % 2 ** 32)
         source = str(resume_from) if resume_from is not None else cfg.model_dir
         self.prompts, max_model_len = build_prompts(cfg, self.data.records, source, self._prompt_fn)
-        # LoRA: the frozen base from model_dir and the adapters from the state (a checkpoint's weights are merged)
-        self.actor = Actor(cfg, cfg.model_dir if cfg.lora is not None else source,
-                           masters=state["masters"] if state is not None else None)
+        self.actor = Actor(cfg, source, masters=state["masters"] if state is not None else None)
         self.start_step = int(state["step"]) if state is not None else 0  # the engine's seed needs it
         self.engine = self._make_engine(source, max_model_len)
         if self.dist.is_main:
