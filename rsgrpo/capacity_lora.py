@@ -63,6 +63,11 @@ def layer_linears(shape: DecoderShape) -> dict[str, tuple[int, int]]:
             "mlp.down_proj": (inter, h)}
 
 
+def matches(name: str, target: str) -> bool:
+    """PEFT's rule for a ``target_modules`` entry: the module is named so or its name ends in ``.<target>``."""
+    return name == target or name.endswith("." + target)
+
+
 @functools.lru_cache(maxsize=256)
 def adapted_linears(shape: DecoderShape, lora: Lora) -> tuple[tuple[tuple[int, int], ...], ...]:
     """Per decoder layer, the (in_features, out_features) of each linear layer ``lora`` adapts.
@@ -73,9 +78,6 @@ def adapted_linears(shape: DecoderShape, lora: Lora) -> tuple[tuple[tuple[int, i
         return tuple(tuple(linears.values()) for _ in range(shape.layers))
     if isinstance(lora.targets, str):
         raise ValueError(f"lora.target_modules: {lora.targets!r} must be {ALL_LINEAR!r} or a list of module names")
-
-    def matches(name: str, target: str) -> bool:
-        return name == target or name.endswith("." + target)
 
     for target in lora.targets:
         if not any(matches(n, target) for layer in names for n in layer):

@@ -115,6 +115,13 @@ def _train_commands(output: str) -> dict[str, list[str]]:
     return commands
 
 
+def train_config(argv: list[str]):
+    """The TrainConfig a train command's ``--set=`` arguments give, parsed as the train verb parses them."""
+    from rsgrpo.train.config import load_config
+
+    return load_config(None, [a.removeprefix("--set=") for a in argv if a.startswith("--set=")])
+
+
 def test_lora_overlay_dry_run(tmp_path):
     """config/lora.yaml over config/grid.yaml: every trained cell of the paper grid once more with LoRA
     (and GRPO / RS-GRPO at rank 1). Each LoRA cell's train command carries the lora block and the LoRA lr
@@ -123,7 +130,7 @@ def test_lora_overlay_dry_run(tmp_path):
     their commands, and carry no lora."""
     from rsgrpo import grid as G
     from rsgrpo.layout import LAYOUT
-    from rsgrpo.train.config import load_config, to_dict
+    from rsgrpo.train.config import to_dict
     from rsgrpo.train.config_lora import DEFAULTS
 
     files = ("config/grid.yaml", "config/lora.yaml")
@@ -167,9 +174,6 @@ def test_lora_overlay_dry_run(tmp_path):
     paper_commands = _train_commands(paper_out.stdout)
     assert len(commands) == len(trained) and len(paper_commands) == len(paper)
 
-    def train_config(argv):
-        return load_config(None, [a.removeprefix("--set=") for a in argv if a.startswith("--set=")])
-
     for cell in trained:
         argv = commands[LAYOUT.run_dir(cell.id)]
         cfg = train_config(argv)
@@ -195,7 +199,6 @@ def test_demo_lora_overlay_dry_run(tmp_path):
     """config/demo-lora.yaml over config/demo.yaml (`make demo-lora`): the demo's 12 trained cells unchanged
     and 6 LoRA cells (GRPO and RS-GRPO beta 4, 3 seeds), evaluated at the demo's steps, whose train commands
     carry the lora block and the LoRA lr and parse into valid TrainConfigs."""
-    from rsgrpo.train.config import load_config
 
     files = ("config/demo.yaml", "config/demo-lora.yaml")
     both = ("--configfile", *files)
@@ -212,9 +215,6 @@ def test_demo_lora_overlay_dry_run(tmp_path):
     lora_runs = sorted(r for r in commands if "_lora" in r)
     assert lora_runs == [f"runs/adder/{m}-seed{s}" for m in ("grpo_lora", "rs_grpo_lora-beta4") for s in (0, 1, 2)]
     assert {r: commands[r] for r in commands if r not in lora_runs} == demo_commands  # the demo's, unchanged
-    def train_config(argv):
-        return load_config(None, [a.removeprefix("--set=") for a in argv if a.startswith("--set=")])
-
     full_lr = train_config(demo_commands["runs/adder/grpo-seed0"]).lr
     for run in lora_runs:
         cfg = train_config(commands[run])

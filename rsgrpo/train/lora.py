@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
+from rsgrpo import capacity_lora
 from rsgrpo.train.config_lora import ALL_LINEAR
 from rsgrpo.train.config_values import config_error
 from rsgrpo.train.distributed.zero_state import trainable_parameters
@@ -40,7 +41,7 @@ def linear_module_names(model_dir: str) -> list[str]:
 
 def check_targets(lora: Mapping, model_dir: str, source: str = "<config>") -> None:
     """ValueError naming ``lora.target_modules`` when one of its names matches no linear layer of the
-    model (PEFT matches a name to a module named so or ending in ``.<name>``)."""
+    model (PEFT's rule: :func:`rsgrpo.capacity_lora.matches`)."""
     names = [n for n in linear_module_names(model_dir) if n.split(".")[-1] != "lm_head"]
     targets = lora["target_modules"]
     if targets == ALL_LINEAR:
@@ -48,7 +49,7 @@ def check_targets(lora: Mapping, model_dir: str, source: str = "<config>") -> No
             raise config_error(source, "lora.target_modules", targets, f"the model in {model_dir} has no linear layer")
         return
     for target in targets:
-        if not any(n == target or n.endswith("." + target) for n in names):
+        if not any(capacity_lora.matches(n, target) for n in names):
             kinds = sorted({n.split(".")[-1] for n in names})
             raise config_error(source, "lora.target_modules", target,
                                f"matches no linear layer of the model in {model_dir} (its layers end in {kinds})")
